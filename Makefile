@@ -1,0 +1,48 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both install what is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit system deps venv dist bench clean
+
+deps:
+	@scripts/install-deps.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip >/dev/null
+	@$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: deps $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit tests/lifecycle
+
+system: venv
+	$(BIN)/pytest -q -m system tests/system
+
+test: lint typecheck
+	$(BIN)/pytest -q --durations=15
+
+demo: venv
+	@scripts/demo.sh
+
+dist: venv
+	@$(BIN)/pip install -q -e '.[dist]'
+	@scripts/build-dist.sh
+
+bench: venv
+	@for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,196 @@
+"""The small interface every hypervisor back end implements (QEMU, VirtualBox, Fake).
+
+The supervisor only ever talks to a :class:`Backend`. A back end is created for one VM (one
+slot) and is told everything in one frozen :class:`VmConfig`, built from the job spec, the
+command line and init_data (see ``vmwrapper.runconfig``). Methods raise subclasses of
+:class:`vmwrapper.errors.BackendError`; they never call ``sys.exit`` or print.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+class VmState(enum.Enum):
+    """What the hypervisor says the VM is doing (never scraped from a log when avoidable)."""
+
+    ABSENT = "absent"  # not created / not registered
+    POWERED_OFF = "poweredoff"  # defined, not running (also: guest shut itself down)
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SAVING = "saving"  # snapshot or save-state in progress
+    RESTORING = "restoring"
+    SAVED = "saved"  # state saved to disk, process gone (VirtualBox savestate)
+    CRASHED = "crashed"  # aborted, guru meditation, QEMU died, guest panic
+
+    @property
+    def online(self) -> bool:
+        """vboxwrapper's 'online': the VM process exists and owns resources."""
+        return self in (VmState.STARTING, VmState.RUNNING, VmState.PAUSED, VmState.SAVING,
+                        VmState.RESTORING)
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    state: VmState
+    detail: str = ""  # human text, e.g. QEMU's exit reason or VirtualBox's VMState
+    exit_code: int | None = None  # the hypervisor process's exit status, when known
+
+
+class Diagnosis(enum.Enum):
+    """Host or guest problems a back end can recognise (reference §6.2, §6.3)."""
+
+    VM_EXTENSIONS_DISABLED = "vm_extensions_disabled"  # VT-x/AMD-V off in the BIOS
+    NO_VM_EXTENSIONS = "no_vm_extensions"  # CPU has none; a 64-bit guest cannot run
+    FOREIGN_HYPERVISOR = "foreign_hypervisor"  # another hypervisor holds VT-x
+    HOST_OUT_OF_MEMORY = "host_out_of_memory"
+    GUEST_OUT_OF_MEMORY = "guest_out_of_memory"  # the guest printed EXIT_OUT_OF_MEMORY
+    GURU_MEDITATION = "guru_meditation"
+
+
+@dataclass(frozen=True)
+class Share:
+    """A host directory the guest mounts by tag/name: `shared`, `project` or `scratch`."""
+
+    name: str
+    host_path: Path
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class PortRule:
+    """One TCP forward from host to guest. ``bind`` is 127.0.0.1 unless the job says is_remote."""
+
+    host_port: int
+    guest_port: int
+    bind: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    enabled: bool = False  # False: no NIC at all under QEMU; cable unplugged under VirtualBox
+    bridged: bool = False
+    driver: str = ""  # vm_network_driver (NIC model); "" = back end default
+    nat_dns_host_resolver: bool = False
+    port_rules: tuple[PortRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class RemoteDesktop:
+    """The VM console (VNC under QEMU, VRDE under VirtualBox): loopback + per-task password."""
+
+    port: int
+    password: str
+    bind: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    """Everything a back end needs to define and run one VM. Paths are absolute."""
+
+    name: str  # boinc_<16 hex of md5(result name)> or boinc_standalone
+    description: str  # the result name
+    slot_dir: Path
+    project_dir: Path
+    os_name: str = ""
+    memory_mb: int = 512
+    cpus: int = 1
+    vram_mb: int = 16
+    graphics_controller: str = "VBoxVGA"
+    disk_controller_type: str = "sata"
+    disk_controller_model: str = "IntelAHCI"
+    disk_image: Path | None = None  # slot/vm_image.vdi (None in ISO mode or with multiattach)
+    multiattach_parent: Path | None = None  # project/<multiattach_vdi_file>, never written
+    iso_image: Path | None = None  # slot/vm_isocontext.iso
+    cache_disk: Path | None = None  # slot/vm_cache.vdi
+    floppy_image: Path | None = None  # slot/vm_floppy_<slot>.img
+    boot_iso: bool = False
+    shares: tuple[Share, ...] = ()
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    remote_desktop: RemoteDesktop | None = None
+    headless: bool = True
+    rtc_utc: bool = True  # guest clock in UTC (False: host local time)
+    hw_acceleration: bool = True  # False: host lacks/disabled VT-x; 32-bit guests only
+    arch: str = "x86_64"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One VM's hypervisor. Every call is synchronous and bounded in time."""
+
+    name: str  # "qemu", "virtualbox", "fake"
+
+    def exists(self) -> bool:
+        """The VM is defined (created/registered), e.g. left by an earlier run of this slot."""
+        ...
+
+    def create(self, config: VmConfig) -> None:
+        """Define the VM from ``config``. A VM left by an earlier run is reused, not duplicated."""
+        ...
+
+    def start(self, restore: str | None = None) -> int:
+        """Start the VM (from checkpoint ``restore`` if given); return the hypervisor's PID."""
+        ...
+
+    def status(self) -> VmStatus: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def checkpoint(self, name: str) -> None:
+        """Take snapshot ``name`` of the running VM (pausing it briefly).
+
+        Raises CheckpointRefused when the hypervisor says "not now" (retry in a moment) and
+        CheckpointError when it failed. The VM is left running in both cases.
+        """
+        ...
+
+    def checkpoints(self) -> tuple[str, ...]:
+        """Names of the snapshots that exist now (used to verify a new one before dropping old)."""
+        ...
+
+    def delete_checkpoint(self, name: str) -> None: ...
+
+    def save_state(self) -> None:
+        """Save the whole VM state to disk and stop (VirtualBox savestate; QEMU: a snapshot then
+        quit). A later ``start`` resumes from it."""
+        ...
+
+    def poweroff(self, timeout: float = 30.0) -> None:
+        """Stop the VM: graceful (ACPI) within ``timeout``, then hard, then kill. Idempotent."""
+        ...
+
+    def cleanup(self) -> None:
+        """Power off and remove the VM and every file it made (overlays, snapshots). Idempotent."""
+        ...
+
+    def pid(self) -> int | None: ...
+
+    def cpu_time(self) -> float:
+        """CPU seconds used by the hypervisor's process tree in this run (0 when not running)."""
+        ...
+
+    def set_cpu_cap(self, percent: int) -> None:
+        """Limit the VM to ``percent`` (1..100) of its CPUs (client cpu_usage_limit)."""
+        ...
+
+    def set_network(self, connected: bool) -> None:
+        """Plug or unplug the NIC at run time (client network suspension)."""
+        ...
+
+    def set_bandwidth(self, bytes_per_sec: float) -> None:
+        """Limit NIC throughput (0 = unlimited)."""
+        ...
+
+    def guest_log(self) -> list[str]:
+        """Guest console lines that arrived since the last call (for `Guest Log:` lines)."""
+        ...
+
+    def diagnose(self) -> tuple[Diagnosis, ...]:
+        """What the hypervisor's logs say went wrong (re-read each call, never cached)."""
+        ...
