@@ -1,8 +1,9 @@
 """The small interface every hypervisor back end implements (QEMU, VirtualBox, Fake).
 
-The supervisor only ever talks to a :class:`Backend`. A back end is created for one VM (one
-slot) and is told everything in one frozen :class:`VmConfig`, built from the job spec, the
-command line and init_data (see ``vmwrapper.runconfig``). Methods raise subclasses of
+The supervisor only ever talks to a :class:`Backend`. A back end object is constructed for one
+VM (one slot) with everything in one frozen :class:`VmConfig` (built from the job spec, the
+command line and init_data by ``vmwrapper.runconfig``) plus back-end options as keyword
+arguments, e.g. ``QemuBackend(config, accel="auto")``. Methods raise subclasses of
 :class:`vmwrapper.errors.BackendError`; they never call ``sys.exit`` or print.
 """
 
@@ -128,8 +129,8 @@ class Backend(Protocol):
         """The VM is defined (created/registered), e.g. left by an earlier run of this slot."""
         ...
 
-    def create(self, config: VmConfig) -> None:
-        """Define the VM from ``config``. A VM left by an earlier run is reused, not duplicated."""
+    def create(self) -> None:
+        """Define the VM from its config. A VM left by an earlier run is reused, not duplicated."""
         ...
 
     def start(self, restore: str | None = None) -> int:
