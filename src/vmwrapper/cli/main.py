@@ -49,10 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
-    if args_in and args_in[0] not in SUBCOMMANDS and args_in[0] not in ("-h", "--help", "--version"):
+    if (
+        args_in
+        and args_in[0] not in SUBCOMMANDS
+        and args_in[0] not in ("-h", "--help", "--version")
+    ):
         args_in = ["run", *args_in]  # started by a BOINC client: vboxwrapper's command line
     elif not args_in:
         args_in = ["run"]
+    if args_in[0] == "run":  # vboxwrapper's command line is scanned as the original does
+        from vmwrapper.cli.run import run_argv
+
+        return run_argv(args_in[1:])
     parser = build_parser()
     args = parser.parse_args(args_in)
     handler: Callable[[argparse.Namespace], int] = args.handler

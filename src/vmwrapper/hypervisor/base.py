@@ -31,8 +31,13 @@ class VmState(enum.Enum):
     @property
     def online(self) -> bool:
         """vboxwrapper's 'online': the VM process exists and owns resources."""
-        return self in (VmState.STARTING, VmState.RUNNING, VmState.PAUSED, VmState.SAVING,
-                        VmState.RESTORING)
+        return self in (
+            VmState.STARTING,
+            VmState.RUNNING,
+            VmState.PAUSED,
+            VmState.SAVING,
+            VmState.RESTORING,
+        )
 
 
 @dataclass(frozen=True)

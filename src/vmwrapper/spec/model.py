@@ -24,7 +24,9 @@ class PortForward:
     def rules(self) -> tuple[tuple[int, int, bool], ...]:
         """The NAT rules this block expands to: `nports` consecutive pairs, or one."""
         count = max(self.nports, 1)
-        return tuple((self.host_port + i, self.guest_port + i, self.is_remote) for i in range(count))
+        return tuple(
+            (self.host_port + i, self.guest_port + i, self.is_remote) for i in range(count)
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,283 @@
+"""The wrapper's command line and the run configuration computed from it (pure).
+
+``vmwrapper run`` accepts vboxwrapper's command line exactly (reference §1): options are
+scanned left to right, an option with a value takes the next argument. Unlike the original, a
+missing or malformed value is a clear error (exit 206) instead of a crash or a silent 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmwrapper.boinc.init_data import AppInitData
+from vmwrapper.errors import CommandLineError
+from vmwrapper.hypervisor.base import (
+    NetworkConfig,
+    PortRule,
+    RemoteDesktop,
+    Share,
+    VmConfig,
+)
+from vmwrapper.spec.model import MIN_MEMORY_SIZE_MB, JobSpec
+
+MAX_CLI_THREADS = 32
+BACKENDS = ("qemu", "virtualbox", "fake")
+DEFAULT_BACKEND = "qemu"
+STANDALONE_VM_NAME = "boinc_standalone"
+
+
+@dataclass(frozen=True)
+class WrapperArgs:
+    """vboxwrapper's options, plus our own `--dry-run` and `--backend`."""
+
+    trickle: float = 0.0
+    nthreads: float = 0.0
+    memory_size_mb: float = 0.0
+    vmimage: int = 0
+    register_only: bool = False
+    sporadic: bool = False
+    dry_run: bool = False
+    backend: str = ""
+
+
+def _number(option: str, text: str, convert: Callable[[str], float]) -> float:
+    try:
+        value = convert(text)
+    except ValueError:
+        raise CommandLineError(f"{option} needs a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise CommandLineError(f"{option} needs a number of 0 or more, got {text!r}")
+    return value
+
+
+_VALUE_OPTIONS: dict[str, tuple[str, Callable[[str], float]]] = {
+    "--trickle": ("trickle", float),
+    "--nthreads": ("nthreads", float),
+    "--memory_size_mb": ("memory_size_mb", float),
+    "--vmimage": ("vmimage", int),
+}
+_FLAG_OPTIONS = {
+    "--register_only": "register_only",
+    "--sporadic": "sporadic",
+    "--dry-run": "dry_run",
+}
+
+USAGE = """\
+usage: vmwrapper [run] [--trickle SECONDS] [--nthreads N] [--memory_size_mb MB]
+                 [--vmimage N] [--register_only] [--sporadic]
+                 [--backend qemu|virtualbox|fake] [--dry-run]"""
+
+
+def parse_wrapper_args(argv: Sequence[str]) -> WrapperArgs:
+    """Scan vboxwrapper's options left to right. Raises CommandLineError (BOINC exit 206)."""
+    values: dict[str, object] = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _FLAG_OPTIONS:
+            values[_FLAG_OPTIONS[arg]] = True
+        elif arg in _VALUE_OPTIONS or arg == "--backend":
+            if i + 1 >= len(args):
+                raise CommandLineError(f"{arg} needs a value")
+            i += 1
+            if arg == "--backend":
+                if args[i] not in BACKENDS:
+                    raise CommandLineError(f"--backend must be one of {', '.join(BACKENDS)}")
+                values["backend"] = args[i]
+            else:
+                name, convert = _VALUE_OPTIONS[arg]
+                number = _number(arg, args[i], convert)
+                values[name] = int(number) if name == "vmimage" else number
+        else:
+            raise CommandLineError(f"Unrecognized option: {arg!r}\n{USAGE}")
+        i += 1
+    return WrapperArgs(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What this run of the wrapper is: names, sizes and switches, before any VM exists."""
+
+    standalone: bool
+    result_name: str
+    slot: int
+    vm_name: str
+    image_name: str
+    floppy_name: str
+    cpus: int
+    memory_mb: int
+    trickle_period: float
+    register_only: bool
+    sporadic: bool
+    headless: bool
+    backend: str
+    #: human lines for the log: every adjustment made, never silently
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def vm_name_for(result_name: str, standalone: bool) -> str:
+    """``boinc_`` + the first 16 hex digits of MD5(result name); fixed name when standalone."""
+    if standalone:
+        return STANDALONE_VM_NAME
+    return "boinc_" + hashlib.md5(result_name.encode("utf-8")).hexdigest()[:16]
+
+
+def cpu_count(args: WrapperArgs, aid: AppInitData, notes: list[str]) -> int:
+    """vboxwrapper's rule: more than one CPU only if --nthreads or init_data's ncpus says so."""
+    if aid.ncpus > 1 or args.nthreads > 1:
+        if args.nthreads:
+            threads = args.nthreads
+            if threads > MAX_CLI_THREADS:
+                notes.append(f"--nthreads {threads:g} capped at {MAX_CLI_THREADS}")
+                threads = MAX_CLI_THREADS
+            return math.ceil(threads)
+        return math.ceil(aid.ncpus)
+    return 1
+
+
+def memory_size(args: WrapperArgs, spec: JobSpec, notes: list[str]) -> int:
+    memory = args.memory_size_mb or spec.memory_size_mb
+    if memory < MIN_MEMORY_SIZE_MB:
+        notes.append(
+            f"Memory size {memory:g}MB is too small; setting it to {MIN_MEMORY_SIZE_MB:g}MB"
+        )
+        memory = MIN_MEMORY_SIZE_MB
+    return int(memory)
+
+
+def build_run_config(
+    args: WrapperArgs,
+    spec: JobSpec,
+    aid: AppInitData,
+    *,
+    standalone: bool,
+    backend_from_env: str = "",
+) -> RunConfig:
+    notes: list[str] = []
+    backend = args.backend or backend_from_env or DEFAULT_BACKEND
+    if backend not in BACKENDS:
+        raise CommandLineError(f"VMWRAPPER_BACKEND must be one of {', '.join(BACKENDS)}")
+    if standalone:
+        image, floppy = "vm_image.vdi", "vm_floppy.img"
+        if args.vmimage:
+            notes.append("--vmimage is ignored in standalone mode")
+    else:
+        image = f"vm_image_{args.vmimage}.vdi" if args.vmimage else "vm_image.vdi"
+        floppy = f"vm_floppy_{aid.slot}.img"
+    return RunConfig(
+        standalone=standalone,
+        result_name=aid.result_name,
+        slot=aid.slot,
+        vm_name=vm_name_for(aid.result_name, standalone),
+        image_name=image,
+        floppy_name=floppy,
+        cpus=cpu_count(args, aid, notes),
+        memory_mb=memory_size(args, spec, notes),
+        trickle_period=args.trickle,
+        register_only=args.register_only,
+        sporadic=args.sporadic,
+        # vbox_window shows the console; standalone too (vboxwrapper §3.3); never in a sandbox
+        headless=not ((aid.vbox_window and not aid.using_sandbox) or standalone),
+        backend=backend,
+        notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True)
+class RuntimePorts:
+    """Ports chosen at run time and kept across restarts (from vbox_checkpoint.xml)."""
+
+    webapi_port: int = 0  # host side of pf_guest_port; 0 = choose a free one
+    remote_desktop_port: int = 0
+    console_password: str = ""
+
+
+def _shares(spec: JobSpec, slot_dir: Path, project_dir: Path) -> tuple[Share, ...]:
+    shares: list[Share] = []
+    if spec.enable_shared_directory:
+        shares.append(Share("shared", slot_dir / "shared"))
+    elif spec.share_slot_dir:
+        shares.append(Share("shared", slot_dir))
+    if spec.share_project_dir:
+        shares.append(Share("project", project_dir))
+    elif spec.enable_scratch_directory:
+        shares.append(Share("scratch", project_dir / "scratch"))
+    return tuple(shares)
+
+
+def _network(spec: JobSpec, ports: RuntimePorts) -> NetworkConfig:
+    if not spec.enable_network:
+        return NetworkConfig(enabled=False)  # forwards need a network (vboxwrapper skips them)
+    rules: list[PortRule] = []
+    if spec.pf_guest_port:
+        rules.append(PortRule(ports.webapi_port, spec.pf_guest_port))
+    for forward in spec.port_forward:
+        for host, guest, remote in forward.rules():
+            rules.append(PortRule(host, guest, "" if remote else "127.0.0.1"))
+    return NetworkConfig(
+        enabled=True,
+        bridged=spec.network_bridged_mode,
+        driver=spec.vm_network_driver,
+        nat_dns_host_resolver=spec.enable_nat_dns_host_resolver,
+        port_rules=tuple(rules),
+    )
+
+
+def hw_acceleration_usable(aid: AppInitData, standalone: bool) -> bool:
+    """Whether the host offers VT-x/AMD-V to us (a back end may still refine this)."""
+    if standalone:
+        return True
+    if aid.vm_extensions_disabled:
+        return False
+    return aid.host_info.has_vm_extensions
+
+
+def build_vm_config(
+    run: RunConfig,
+    spec: JobSpec,
+    aid: AppInitData,
+    slot_dir: Path,
+    project_dir: Path,
+    ports: RuntimePorts = RuntimePorts(),
+) -> VmConfig:
+    """The back-end-neutral VM definition for this run."""
+    iso_mode = spec.enable_isocontextualization
+    controller = (spec.vm_disk_controller_type, spec.vm_disk_controller_model)
+    if iso_mode and spec.vm_disk_controller_model == "PIIX4":
+        controller = ("sata", "IntelAHCI")  # vboxwrapper forces this for ISO contextualization
+    multiattach = project_dir / spec.multiattach_vdi_file if spec.multiattach_vdi_file else None
+    remote = (
+        RemoteDesktop(ports.remote_desktop_port, ports.console_password)
+        if spec.enable_remotedesktop
+        else None
+    )
+    return VmConfig(
+        name=run.vm_name,
+        description=run.result_name or "standalone",
+        slot_dir=slot_dir,
+        project_dir=project_dir,
+        os_name=spec.os_name,
+        memory_mb=run.memory_mb,
+        cpus=run.cpus,
+        vram_mb=int(spec.vram_size_mb),
+        graphics_controller=spec.vm_graphics_controller_type,
+        disk_controller_type=controller[0],
+        disk_controller_model=controller[1],
+        disk_image=None if (iso_mode or multiattach) else slot_dir / run.image_name,
+        multiattach_parent=None if iso_mode else multiattach,
+        iso_image=slot_dir / "vm_isocontext.iso" if iso_mode else None,
+        cache_disk=slot_dir / "vm_cache.vdi" if iso_mode and spec.enable_cache_disk else None,
+        floppy_image=slot_dir / run.floppy_name if spec.enable_floppyio else None,
+        boot_iso=spec.boot_iso,
+        shares=_shares(spec, slot_dir, project_dir),
+        network=_network(spec, ports),
+        remote_desktop=remote,
+        headless=run.headless,
+        rtc_utc=True,
+        hw_acceleration=hw_acceleration_usable(aid, run.standalone),
+    )

@@ -1,0 +1,197 @@
+"""vboxwrapper's command line and the run configuration rules (reference §1, §3.4)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from vmwrapper.boinc.init_data import AppInitData, HostInfo
+from vmwrapper.errors import CommandLineError
+from vmwrapper.runconfig import (
+    RuntimePorts,
+    WrapperArgs,
+    build_run_config,
+    build_vm_config,
+    parse_wrapper_args,
+    vm_name_for,
+)
+from vmwrapper.spec import parse_job
+
+AID = AppInitData(result_name="wu_42_r0", slot=7, ncpus=1.0, project_dir="/p")
+
+
+def config(argv: list[str], spec_body: str = "", aid: AppInitData = AID, standalone: bool = False):  # type: ignore[no-untyped-def]
+    spec = parse_job(f"<vbox_job>{spec_body}</vbox_job>").spec
+    return build_run_config(parse_wrapper_args(argv), spec, aid, standalone=standalone)
+
+
+def test_every_vboxwrapper_option() -> None:
+    args = parse_wrapper_args(
+        [
+            "--trickle",
+            "3600",
+            "--nthreads",
+            "2.5",
+            "--memory_size_mb",
+            "2048",
+            "--vmimage",
+            "3",
+            "--register_only",
+            "--sporadic",
+        ]
+    )
+    assert args == WrapperArgs(
+        trickle=3600.0,
+        nthreads=2.5,
+        memory_size_mb=2048.0,
+        vmimage=3,
+        register_only=True,
+        sporadic=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--bogus"], "Unrecognized option: '--bogus'"),
+        (["--nthreads"], "--nthreads needs a value"),
+        (["--nthreads", "two"], "needs a number"),
+        (["--vmimage", "1.5"], "needs a number"),
+        (["--memory_size_mb", "-5"], "0 or more"),
+        (["--backend", "xen"], "must be one of"),
+        (["--nthreads=2"], "Unrecognized option"),
+    ],
+)
+def test_bad_command_lines(argv: list[str], needle: str) -> None:
+    with pytest.raises(CommandLineError, match=needle):
+        parse_wrapper_args(argv)
+
+
+def test_vm_name_is_boinc_plus_md5_prefix() -> None:
+    expected = "boinc_" + hashlib.md5(b"wu_42_r0").hexdigest()[:16]
+    assert vm_name_for("wu_42_r0", False) == expected
+    assert config([]).vm_name == expected
+    assert vm_name_for("anything", True) == "boinc_standalone"
+
+
+@pytest.mark.parametrize(
+    ("argv", "ncpus", "cpus"),
+    [
+        ([], 1.0, 1),
+        ([], 2.0, 2),
+        ([], 1.5, 2),
+        (["--nthreads", "3"], 1.0, 3),
+        (["--nthreads", "2.2"], 4.0, 3),
+        (["--nthreads", "1"], 1.0, 1),
+        (["--nthreads", "64"], 1.0, 32),
+        (["--nthreads", "1"], 4.0, 1),
+        ([], 0.0, 1),
+    ],
+)
+def test_cpu_rule(argv: list[str], ncpus: float, cpus: int) -> None:
+    aid = AppInitData(result_name="r", ncpus=ncpus)
+    assert config(argv, aid=aid).cpus == cpus
+
+
+def test_thread_cap_is_noted() -> None:
+    assert any("capped at 32" in n for n in config(["--nthreads", "40"]).notes)
+
+
+@pytest.mark.parametrize(
+    ("argv", "body", "memory"),
+    [
+        ([], "", 512),
+        ([], "<memory_size_mb>2048</memory_size_mb>", 2048),
+        (["--memory_size_mb", "4096"], "<memory_size_mb>2048</memory_size_mb>", 4096),
+        (["--memory_size_mb", "100"], "<memory_size_mb>2048</memory_size_mb>", 512),
+        (["--memory_size_mb", "0"], "<memory_size_mb>1024</memory_size_mb>", 1024),
+    ],
+)
+def test_memory_rule_with_512_floor(argv: list[str], body: str, memory: int) -> None:
+    run = config(argv, body)
+    assert run.memory_mb == memory
+    assert any("too small" in n for n in run.notes) == (memory == 512)
+
+
+def test_image_and_floppy_names() -> None:
+    assert config([]).image_name == "vm_image.vdi"
+    assert config(["--vmimage", "2"]).image_name == "vm_image_2.vdi"
+    assert config([]).floppy_name == "vm_floppy_7.img"
+    standalone = config(["--vmimage", "2"], standalone=True)
+    assert (standalone.image_name, standalone.floppy_name) == ("vm_image.vdi", "vm_floppy.img")
+    assert any("ignored in standalone" in n for n in standalone.notes)
+
+
+def test_headless_unless_vbox_window_or_standalone() -> None:
+    assert config([]).headless
+    assert not config([], aid=AppInitData(result_name="r", vbox_window=True)).headless
+    assert config(
+        [], aid=AppInitData(result_name="r", vbox_window=True, using_sandbox=True)
+    ).headless
+    assert not config([], standalone=True).headless
+
+
+def test_backend_choice() -> None:
+    assert config([]).backend == "qemu"
+    assert config(["--backend", "virtualbox"]).backend == "virtualbox"
+    spec = parse_job("<vbox_job/>").spec
+    run = build_run_config(WrapperArgs(), spec, AID, standalone=False, backend_from_env="fake")
+    assert run.backend == "fake"
+
+
+def test_vm_config_maps_the_job() -> None:
+    body = (
+        "<enable_network/><enable_shared_directory/><share_project_dir/><enable_floppyio/>"
+        "<pf_guest_port>80</pf_guest_port><enable_remotedesktop/><vram_size_mb>32</vram_size_mb>"
+        "<port_forward><host_port>2000</host_port><guest_port>22</guest_port><nports>2</nports>"
+        "<is_remote/></port_forward>"
+    )
+    spec = parse_job(f"<vbox_job>{body}</vbox_job>").spec
+    run = config([], body)
+    slot, project = Path("/s/slots/7"), Path("/s/projects/p")
+    vm = build_vm_config(run, spec, AID, slot, project, RuntimePorts(0, 5901, "pw"))
+    assert vm.disk_image == slot / "vm_image.vdi"
+    assert vm.floppy_image == slot / "vm_floppy_7.img"
+    assert [(s.name, s.host_path) for s in vm.shares] == [
+        ("shared", slot / "shared"),
+        ("project", project),
+    ]
+    rules = [(r.host_port, r.guest_port, r.bind) for r in vm.network.port_rules]
+    assert rules == [(0, 80, "127.0.0.1"), (2000, 22, ""), (2001, 23, "")]
+    assert vm.remote_desktop is not None and vm.remote_desktop.bind == "127.0.0.1"
+    assert vm.vram_mb == 32 and vm.memory_mb == 512
+
+
+def test_vm_config_network_off_drops_forwards_and_iso_mode() -> None:
+    body = (
+        "<enable_isocontextualization/><enable_cache_disk/><vm_disk_controller_model>PIIX4"
+        "</vm_disk_controller_model><pf_guest_port>80</pf_guest_port>"
+        "<multiattach_vdi_file>base.vdi</multiattach_vdi_file>"
+    )
+    spec = parse_job(f"<vbox_job>{body}</vbox_job>").spec
+    vm = build_vm_config(config([], body), spec, AID, Path("/s"), Path("/p"))
+    assert not vm.network.enabled and vm.network.port_rules == ()
+    assert vm.disk_image is None and vm.multiattach_parent is None
+    assert vm.iso_image == Path("/s/vm_isocontext.iso") and vm.cache_disk == Path("/s/vm_cache.vdi")
+    assert (vm.disk_controller_type, vm.disk_controller_model) == ("sata", "IntelAHCI")
+
+
+def test_multiattach_parent_in_project_dir() -> None:
+    body = "<multiattach_vdi_file>base_1.vdi</multiattach_vdi_file>"
+    spec = parse_job(f"<vbox_job>{body}</vbox_job>").spec
+    vm = build_vm_config(config([], body), spec, AID, Path("/s"), Path("/p"))
+    assert vm.multiattach_parent == Path("/p/base_1.vdi") and vm.disk_image is None
+
+
+def test_hw_acceleration_from_host_features() -> None:
+    spec = parse_job("<vbox_job/>").spec
+    with_vmx = AppInitData(result_name="r", host_info=HostInfo(p_features="fpu vmx sse"))
+    no_vmx = AppInitData(result_name="r", host_info=HostInfo(p_features="fpu sse hypervisor"))
+    disabled = AppInitData(
+        result_name="r", vm_extensions_disabled=True, host_info=HostInfo(p_features="svm")
+    )
+    for aid, expected in ((with_vmx, True), (no_vmx, False), (disabled, False)):
+        run = build_run_config(WrapperArgs(), spec, aid, standalone=False)
+        assert build_vm_config(run, spec, aid, Path("/s"), Path("/p")).hw_acceleration is expected
