@@ -1,0 +1,138 @@
+# Shell functions shared by the guest scripts (busybox sh). Sourced, not run.
+# Under QEMU the host's shared directory is a virtio-9p export. QEMU refuses every snapshot
+# while a 9p export is mounted in the guest, so the guest keeps /root/shared on its own RAM
+# disk (inside every snapshot) and mounts the host share only in short "sync windows":
+#   pull      once at start: host -> /root/shared
+#   push      about once a second, only when something changed: new or changed regular files
+#             go to the host as a temp name, then a rename (the host never sees half a file)
+#   final     after boinc_app exits: every file created or changed since the pull, again, so
+#             the host's copy is right even after a restore from an older snapshot
+# Symlinks are never copied to the host, deletions are not propagated, and files the host
+# adds after the pull are not seen (the job's inputs are all there before the VM starts).
+
+WORK=/root/shared                # what the app sees
+HOSTMNT=/run/vmwrapper/host      # where a sync window mounts the host share
+STATE=/run/vmwrapper             # sync state (lists of "mtime size path")
+NINEP_OPTS=trans=virtio,version=9p2000.L,msize=262144,cache=none
+TMP_PREFIX=.vmwrapper-tmp.
+
+say() { echo "VMWRAPPER_GUEST: $*"; }
+
+fail() {
+    echo "VMWRAPPER_GUEST_ERROR: $*"
+    panic_or_power_off
+}
+
+power_off() {
+    sync
+    poweroff -f
+    sleep 30
+}
+
+has_pvpanic() {
+    ls /sys/bus/platform/drivers/pvpanic-mmio 2>/dev/null | grep -q QEMU0001 ||
+        ls /sys/bus/pci/drivers/pvpanic-pci 2>/dev/null | grep -q :
+}
+
+panic_or_power_off() {
+    # With a pvpanic device (QEMU) a panic makes QEMU exit non-zero, so the wrapper sees a
+    # crash with the error line above; without one (VirtualBox) power off instead.
+    sync
+    if has_pvpanic; then
+        echo 1 > /proc/sys/kernel/sysrq
+        echo c > /proc/sysrq-trigger
+    fi
+    poweroff -f
+    sleep 30
+}
+
+share_tags() {
+    for tag in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
+        [ -r "$tag" ] && tr -d '\000' < "$tag" && echo
+    done
+}
+
+share_has_9p_tag() { share_tags | grep -qx "$1"; }
+
+share_mount() { # TAG DIR
+    mkdir -p "$2" && mount -t 9p -o "$NINEP_OPTS" "$1" "$2"
+}
+
+# "mtime size ./path" for every regular file under $WORK (never symlinks), sorted.
+share_list() {
+    (cd "$WORK" && find . -type f ! -name "$TMP_PREFIX*" -exec stat -c '%Y %s %n' {} + 2>/dev/null) | sort -k3
+}
+
+share_pull() {
+    share_mount shared "$HOSTMNT" || return 1
+    cp -a "$HOSTMNT/." "$WORK/"
+    rc=$?
+    umount "$HOSTMNT"
+    [ $rc -eq 0 ] || return 1
+    share_list > "$STATE/pulled"
+    cp "$STATE/pulled" "$STATE/pushed"
+    say "pulled $(wc -l < "$STATE/pulled") files from the host into $WORK"
+}
+
+# Paths (./x) in list NEW that are not in list OLD, or modified at or after SINCE (seconds):
+# mtime has 1 s resolution, so a file written twice in one second is pushed once more.
+share_changed() { # OLD NEW SINCE
+    awk -v since="$3" 'NR == FNR { old[$0] = 1; next }
+        !($0 in old) || $1 >= since { sub(/^[^ ]+ [^ ]+ /, ""); print }' "$1" "$2"
+}
+
+# Copy the files named in $1 (one ./path a line) to the host in one window.
+share_push_files() {
+    [ -s "$1" ] || return 0
+    share_mount shared "$HOSTMNT" || return 1
+    rc=0
+    while IFS= read -r path; do
+        [ -f "$WORK/$path" ] && [ ! -L "$WORK/$path" ] || continue
+        dir=${path%/*}
+        base=${path##*/}
+        mkdir -p "$HOSTMNT/$dir" &&
+            cp "$WORK/$path" "$HOSTMNT/$dir/$TMP_PREFIX$base" &&
+            mv -f "$HOSTMNT/$dir/$TMP_PREFIX$base" "$HOSTMNT/$path" || rc=1
+    done < "$1"
+    umount "$HOSTMNT" || rc=1
+    return $rc
+}
+
+share_push_changed() {
+    start=$(date +%s)
+    share_list > "$STATE/now"
+    share_changed "$STATE/pushed" "$STATE/now" "$((LAST_PUSH - 1))" > "$STATE/changed"
+    if share_push_files "$STATE/changed"; then
+        mv "$STATE/now" "$STATE/pushed"
+        LAST_PUSH=$start
+    else
+        say "push to the host failed; will retry"
+    fi
+}
+
+share_agent_loop() {
+    LAST_PUSH=$(date +%s)
+    while [ ! -e "$STATE/agent.stop" ]; do
+        sleep 1
+        share_push_changed
+    done
+}
+
+share_agent_start() {
+    rm -f "$STATE/agent.stop"
+    share_agent_loop &
+    AGENT_PID=$!
+}
+
+share_agent_stop() {
+    touch "$STATE/agent.stop"
+    wait "$AGENT_PID" 2>/dev/null
+}
+
+share_final_push() {
+    share_list > "$STATE/now"
+    # Everything that differs from what was pulled, whatever was pushed before.
+    share_changed "$STATE/pulled" "$STATE/now" 9999999999 > "$STATE/changed"
+    share_push_files "$STATE/changed" || return 1
+    say "pushed $(wc -l < "$STATE/changed") files to the host"
+}
