@@ -1,0 +1,167 @@
+"""The shared directory as the wrapper sees it: bounded, symlink-safe reads and the start-up files.
+
+Everything here touches the file system; what the files *mean* is in :mod:`.triggers`.
+The guest controls the shared directory, so every read is bounded
+(:data:`~.triggers.MAX_TRIGGER_BYTES`), opens with ``O_NOFOLLOW`` and accepts regular files
+only, and every name must stay inside the slot: a guest cannot make the wrapper read, copy or
+delete a file elsewhere on the host through a symlink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from vmwrapper.errors import InputError
+from vmwrapper.shared_dir.heartbeat import MISSING, UNREADABLE
+from vmwrapper.shared_dir.triggers import (
+    MAX_TRIGGER_BYTES,
+    GraphicsStatus,
+    cmdline_text,
+    format_graphics_status,
+    parse_fraction_done,
+)
+
+GRAPHICS_STATUS_FILE = "graphics_status.xml"
+#: vboxwrapper reports this when the fraction-done file exists but cannot be read.
+UNREADABLE_FRACTION = 0.001
+
+
+class SharedDir:
+    """``slot/<shared_dir>``: ``shared`` with enable_shared_directory, the slot with
+    share_slot_dir, else the slot itself (vboxwrapper would use ``/<name>``, §12.13)."""
+
+    def __init__(self, slot_dir: Path, shared_rel: str) -> None:
+        self.slot_dir = slot_dir.resolve()
+        rel = shared_rel if shared_rel not in ("", ".") else "."
+        self.path = (self.slot_dir / rel).resolve() if rel != "." else self.slot_dir
+        if not self._inside(self.path):
+            raise InputError(f"shared directory {self.path} is outside the slot {self.slot_dir}")
+
+    def _inside(self, path: Path) -> bool:
+        return path == self.slot_dir or self.slot_dir in path.parents
+
+    def file(self, name: str) -> Path:
+        """The path of ``name`` in the shared dir; refuses names that leave it."""
+        if not name or name.startswith("/") or ".." in Path(name).parts:
+            raise InputError(f"file name {name!r} must be a plain name inside the shared dir")
+        path = self.path / name
+        if not self._inside(path.parent.resolve()):
+            raise InputError(f"{name!r} leads outside the slot")
+        return path
+
+    def read(self, name: str, limit: int = MAX_TRIGGER_BYTES) -> bytes | None:
+        """The file's first ``limit`` bytes, or None if it is absent, a symlink or not a file."""
+        try:
+            fd = os.open(self.file(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except (OSError, InputError):
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return os.read(fd, limit)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def read_text(self, name: str) -> str | None:
+        data = self.read(name)
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+    def exists(self, name: str) -> bool:
+        try:
+            return stat.S_ISREG(os.lstat(self.file(name)).st_mode)
+        except (OSError, InputError):
+            return False
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(OSError, InputError):
+            os.unlink(self.file(name))
+
+    def present(self, names: Iterable[str]) -> list[str]:
+        return [n for n in names if self.exists(n)]
+
+    def fraction_done(self, name: str) -> float | None:
+        """The fraction in ``name``: None if absent, 0.001 if present but unreadable."""
+        if not self.exists(name):
+            return None
+        try:
+            size = os.lstat(self.file(name)).st_size
+        except (OSError, InputError):
+            return UNREADABLE_FRACTION
+        # Only the tail matters (vboxwrapper seeks to 32 bytes before the end).
+        text = self._tail(name, size)
+        if text is None:
+            return UNREADABLE_FRACTION
+        value = parse_fraction_done(text)
+        return UNREADABLE_FRACTION if value is None else value
+
+    def _tail(self, name: str, size: int) -> str | None:
+        try:
+            fd = os.open(self.file(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except (OSError, InputError):
+            return None
+        try:
+            os.lseek(fd, max(size - 256, 0), os.SEEK_SET)
+            return os.read(fd, 256).decode("utf-8", errors="replace")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def mtime(self, name: str) -> float | str:
+        """The heartbeat file's mtime, or MISSING / UNREADABLE."""
+        try:
+            st = os.lstat(self.file(name))
+        except FileNotFoundError:
+            return MISSING
+        except (OSError, InputError):
+            return UNREADABLE
+        return st.st_mtime if stat.S_ISREG(st.st_mode) else UNREADABLE
+
+    def copy_out(self, name: str, dest: Path) -> None:
+        """Copy shared/<name> to ``dest`` (temp + rename), never through a symlink."""
+        src = self.file(name)
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fin:
+            if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+                raise InputError(f"{src} is not a regular file")
+            tmp = dest.with_name(f".{dest.name}.vmwrapper-tmp")
+            with tmp.open("wb") as fout:
+                shutil.copyfileobj(fin, fout)
+                fout.flush()
+                os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+
+    # -- start-up files ------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def copy_in(self, source: Path, name: str) -> bool:
+        """``copy_to_shared``: copy ``source`` to shared/<name> unless it exists. True if copied."""
+        dest = self.file(name)
+        if dest.exists() or dest.is_symlink():
+            return False
+        shutil.copyfile(source, dest)
+        return True
+
+    def write_cmdline(self, argv: Sequence[str]) -> None:
+        self.file("cmdline").write_text(cmdline_text(argv), encoding="utf-8")
+
+    def make_sporadic_files(self) -> None:
+        """``--sporadic``: the API's boinc_sporadic_dir creates the files ``ac`` and ``ca``."""
+        for name in ("ac", "ca"):
+            self.file(name).touch(exist_ok=True)
+
+
+def write_graphics_status(slot_dir: Path, status: GraphicsStatus) -> None:
+    path = slot_dir / GRAPHICS_STATUS_FILE
+    tmp = slot_dir / f".{GRAPHICS_STATUS_FILE}.tmp"
+    tmp.write_text(format_graphics_status(status), encoding="utf-8")
+    os.replace(tmp, path)

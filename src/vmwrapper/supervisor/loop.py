@@ -1,0 +1,854 @@
+"""The 1 Hz loop: observe → :func:`machine.step` → act, until the machine returns an Outcome.
+
+This is the only module that calls the back end and the AppClient while the job runs. Each
+tick it reads the client's requests, the VM's state, the guest's console lines and the shared
+directory's trigger files into one :class:`~.machine.Observation`, lets the pure machine decide,
+performs the actions in order, reports status to the client and sleeps the rest of the second.
+An action that raises is classified (:mod:`.backoff`) and fed back to the machine at once as a
+failure; on the way out (the machine's DONE state) every action is best effort.
+
+Time is injected (``clock``, ``sleep``) so lifecycle tests run hours of job time in
+milliseconds; so is the first checkpoint's random offset (``seed``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from vmwrapper.boinc.app import ClientStatus
+from vmwrapper.boinc.init_data import AppInitData
+from vmwrapper.errors import CheckpointError, CheckpointRefused, InputError, VmWrapperError
+from vmwrapper.hypervisor.base import Backend, Diagnosis, VmState
+from vmwrapper.outcome import Finish, Outcome, PlainExit, TemporaryExit
+from vmwrapper.shared_dir.heartbeat import HeartbeatWatch
+from vmwrapper.shared_dir.triggers import (
+    GraphicsStatus,
+    parse_completion,
+    parse_temporary_exit,
+)
+from vmwrapper.shared_dir.watch import SharedDir, write_graphics_status
+from vmwrapper.spec.model import JobSpec
+from vmwrapper.supervisor import backoff, events
+from vmwrapper.supervisor import checkpoint as ckpt
+from vmwrapper.supervisor import machine as m
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+POLL_PERIOD = 1.0
+BOOT_TIMEOUT = 300.0  # vboxwrapper's bring-up wait
+#: An iteration longer than this (host suspended to RAM, say) adds only this much elapsed time.
+MAX_TICK = 60.0
+STATUS_REPORT_PERIOD = 6000.0
+#: A tick whose status query fails keeps the last known state; this many in a row is a failure.
+MAX_STATUS_FAILURES = 60
+#: A final checkpoint (before a temporary exit) retries a refused snapshot for this long.
+FINAL_CHECKPOINT_PATIENCE = 10.0
+GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
+CERN_OUTPUT_FILE = "output"
+
+
+class Client(Protocol):
+    """What the loop needs of :class:`vmwrapper.boinc.app.AppClient`."""
+
+    init_data: AppInitData
+
+    @property
+    def standalone(self) -> bool: ...
+    def poll(self) -> ClientStatus: ...
+    def ack_reread(self) -> AppInitData: ...
+    def report_status(
+        self,
+        *,
+        cpu_time: float,
+        checkpoint_cpu_time: float,
+        fraction_done: float,
+        other_pid: int | None = None,
+        bytes_sent: float = 0,
+        bytes_received: float = 0,
+    ) -> None: ...
+    def send_trickle_up(self, variety: str, text: str) -> None: ...
+    def upload_file(self, logical_name: str) -> None: ...
+    def upload_status(self, logical_name: str) -> int | None: ...
+    def web_graphics_url(self, url: str) -> None: ...
+    def remote_desktop_addr(self, addr: str) -> None: ...
+    def resolve(self, logical_name: str) -> Path: ...
+    def tick(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the loop needs besides the back end and the client (built by cli/run.py)."""
+
+    job: JobSpec
+    slot_dir: Path
+    argv: tuple[str, ...] = ()  # the wrapper's argv (copy_cmdline_to_shared)
+    trickle_period: float = 0.0  # --trickle
+    register_only: bool = False
+    sporadic: bool = False
+    webapi_port: int = 0
+    remote_desktop_port: int = 0
+    seed: int | None = None  # first checkpoint offset; None = random
+    poll_period: float = POLL_PERIOD
+    boot_timeout: float = BOOT_TIMEOUT
+    #: Called once the VM is online (floppy contextualization); None = nothing to do.
+    contextualize: Callable[[], None] | None = None
+
+
+@dataclass
+class _Runtime:
+    """The loop's mutable bookkeeping (everything the pure machine must not hold)."""
+
+    elapsed: float
+    base_cpu: float  # CPU seconds of earlier runs (from the checkpoint record)
+    cpu: float  # reported CPU time, never decreasing
+    checkpoint_cpu: float
+    record: ckpt.CheckpointRecord
+    policy: ckpt.CheckpointPolicy
+    last_checkpoint_elapsed: float
+    checkpoints_this_run: int = 0
+    checkpoint_retry_at: float = 0.0
+    boot_started: float = 0.0
+    vm_state: VmState = VmState.ABSENT
+    status_failures: int = 0
+    network_connected: bool = True
+    heartbeat: HeartbeatWatch | None = None
+    last_trickle_elapsed: float = 0.0
+    last_status_report: float = 0.0
+    fraction: float = 0.0
+    uploads: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> requested|done
+    last_tick: float | None = None
+    counting: bool = False  # elapsed time advances (RUNNING, VM not paused)
+    client: m.ClientView = dataclasses.field(default_factory=m.ClientView)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        backend: Backend,
+        client: Client,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.client = client
+        self.settings = settings
+        self.job = settings.job
+        self.clock = clock
+        self.sleep = sleep
+        self.wallclock = wallclock
+        self.shared = SharedDir(settings.slot_dir, settings.job.shared_dir)
+        self.config = m.MachineConfig(
+            job_duration=self.job.job_duration,
+            register_only=settings.register_only,
+            savestate_on_quit=self.job.enable_vm_savestate_usage,
+            enable_network=self.job.enable_network,
+            cern_output=self.job.enable_cern_dataformat,
+            temporary_exit_trigger_file=self.job.temporary_exit_trigger_file,
+        )
+        record = ckpt.read_record(settings.slot_dir)
+        policy = ckpt.make_policy(
+            client_period=client.init_data.checkpoint_period,
+            minimum=self.job.minimum_checkpoint_interval,
+            automatic=not self.job.disable_automatic_checkpoints,
+            seed=settings.seed,
+        )
+        self.rt = _Runtime(
+            elapsed=record.elapsed_time,
+            base_cpu=record.cpu_time,
+            cpu=record.cpu_time,
+            checkpoint_cpu=record.cpu_time,
+            record=record,
+            policy=policy,
+            last_checkpoint_elapsed=record.elapsed_time,
+            last_trickle_elapsed=record.elapsed_time,
+            last_status_report=record.elapsed_time,
+        )
+        if self.job.heartbeat_filename:
+            self.rt.heartbeat = HeartbeatWatch(self.job.minimum_heartbeat_interval)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        """Run the job to its outcome. Never raises for anything the job or host does."""
+        outcome = self._start_up_files()
+        if outcome is not None:
+            return self._conclude(outcome)
+        self._log_start()
+        state = m.State.STARTING
+        while True:
+            tick_start = self.clock()
+            self._account_elapsed(tick_start)
+            obs = self._observe(state)
+            step = m.step(state, obs, self.config)
+            self._log_step(state, step)
+            failure = self._perform(step)
+            if failure is not None:
+                step = m.step(step.state, self._failure_observation(obs, failure), self.config)
+                self._log_step(state, step)
+                self._perform(step)
+            if step.outcome is not None:
+                return self._conclude(step.outcome)
+            state = step.state
+            self.rt.counting = state is m.State.RUNNING
+            self._report(state)
+            self.client.tick()
+            spent = self.clock() - tick_start
+            self.sleep(max(self.settings.poll_period - spent, 0.0))
+
+    def _account_elapsed(self, now: float) -> None:
+        """Elapsed time advances only while the VM runs (not suspended, not booting)."""
+        if self.rt.last_tick is not None and self.rt.counting:
+            self.rt.elapsed += min(max(now - self.rt.last_tick, 0.0), MAX_TICK)
+        self.rt.last_tick = now
+
+    def _conclude(self, outcome: Outcome) -> Outcome:
+        kind = type(outcome).__name__
+        if isinstance(outcome, Finish):
+            detail = f"status {outcome.status}" + (
+                f": {outcome.message}" if outcome.message else ""
+            )
+        elif isinstance(outcome, TemporaryExit):
+            detail = f"delay {outcome.delay:g} s: {outcome.reason}"
+        else:
+            detail = f"exit code {outcome.code}"
+        log.info(
+            "Outcome: %s (%s)",
+            kind,
+            detail,
+            extra={"event": events.OUTCOME, "outcome": kind, "elapsed": round(self.rt.elapsed, 3)},
+        )
+        return outcome
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def _start_up_files(self) -> Outcome | None:
+        """Shared dir, copy_to_shared, cmdline, --sporadic (reference §3.3 steps 11-12)."""
+        job = self.job
+        if job.enable_shared_directory:
+            try:
+                self.shared.ensure()
+            except OSError as exc:
+                log.error("Could not create the shared directory: %s", exc)
+        if job.enable_scratch_directory:
+            try:
+                Path(self.client.init_data.project_dir or "project", "scratch").mkdir(
+                    parents=True, exist_ok=True
+                )
+            except OSError as exc:
+                log.error("Could not create the scratch directory: %s", exc)
+        if self.settings.sporadic:
+            try:
+                self.shared.make_sporadic_files()
+            except (OSError, InputError) as exc:
+                log.error("--sporadic: could not create ac/ca files: %s", exc)
+                return PlainExit(1)
+        for name in job.copy_to_shared:
+            try:
+                if self.shared.copy_in(self.client.resolve(name), name):
+                    log.info("Copied %s to the shared directory.", name)
+            except (OSError, InputError) as exc:
+                log.error("copy_to_shared: could not copy %s: %s", name, exc)
+        if job.copy_cmdline_to_shared:
+            try:
+                self.shared.write_cmdline(self.settings.argv)
+            except (OSError, InputError) as exc:
+                log.error("copy_cmdline_to_shared: %s", exc)
+        return None
+
+    def _log_start(self) -> None:
+        rec = self.rt.record
+        if rec.elapsed_time or rec.cpu_time:
+            log.info(
+                "Restoring from checkpoint: elapsed %f s, CPU %f s, snapshot %s",
+                rec.elapsed_time,
+                rec.cpu_time,
+                rec.snapshot or "(none)",
+                extra={"event": events.RESTORE, "snapshot": rec.snapshot},
+            )
+        if self.rt.policy.automatic:
+            log.info("Checkpoint interval offset: %d seconds.", int(self.rt.policy.first_offset))
+            log.info(
+                "Setting checkpoint interval to %d seconds. (Higher value of (Preference: %d "
+                "seconds) or (Vbox_job.xml: %d seconds))",
+                int(self.rt.policy.interval),
+                int(self.client.init_data.checkpoint_period),
+                int(self.job.minimum_checkpoint_interval),
+            )
+        if self.settings.trickle_period > 0:
+            log.info("Feature: Enabling trickle-ups (Interval: %f)", self.settings.trickle_period)
+
+    # -- observe --------------------------------------------------------------------------
+
+    def _client_view(self) -> m.ClientView:
+        cs = self.client.poll()
+        return m.ClientView(
+            suspended=cs.suspended,
+            quit_request=cs.quit_request,
+            abort_request=cs.abort_request,
+            no_heartbeat=cs.no_heartbeat,
+            reread_init_data=cs.reread_init_data,
+            network_suspended=cs.network_suspended,
+        )
+
+    def _observe(self, state: m.State) -> m.Observation:
+        rt = self.rt
+        client = self._client_view()
+        rt.client = client
+        base = m.Observation(
+            client=client,
+            elapsed=rt.elapsed,
+            network_connected=rt.network_connected,
+            transient_delay=backoff.load(self.settings.slot_dir).next_delay(),
+        )
+        if state is m.State.STARTING:
+            return replace(base, restore_snapshot=self._restore_snapshot())
+        vm_state, detail, exit_code = self._vm_status()
+        guest_oom = self._forward_guest_log()
+        diagnoses: tuple[Diagnosis, ...] = ()
+        boot_timed_out = (
+            state is m.State.BOOTING and self.clock() - rt.boot_started > self.settings.boot_timeout
+        )
+        if not vm_state.online or boot_timed_out:
+            diagnoses = self._diagnose()
+        job = self.job
+        obs = replace(
+            base,
+            vm=vm_state,
+            vm_detail=detail,
+            vm_exit_code=exit_code,
+            diagnoses=diagnoses,
+            guest_oom=guest_oom,
+            boot_timed_out=boot_timed_out,
+            completion=self._trigger(job.completion_trigger_file, parse_completion),
+            temporary_exit=self._trigger(job.temporary_exit_trigger_file, parse_temporary_exit),
+            trickles=self._trickle_files(),
+        )
+        if state is m.State.RUNNING:
+            obs = replace(
+                obs,
+                heartbeat_failure=self._heartbeat_check(),
+                uploads_ready=self._uploads_ready(),
+                checkpoint_due=(
+                    rt.policy.due(
+                        rt.elapsed, rt.last_checkpoint_elapsed, rt.checkpoints_this_run > 0
+                    )
+                    and self.clock() >= rt.checkpoint_retry_at
+                ),
+                periodic_trickle=self._periodic_trickle(),
+            )
+            self._poll_uploads()
+        return obs
+
+    def _restore_snapshot(self) -> str:
+        """The record's snapshot if the back end still has it (else boot fresh)."""
+        wanted = self.rt.record.snapshot
+        if not wanted or not self.rt.policy.automatic:
+            return ""
+        try:
+            have = self.backend.checkpoints() if self.backend.exists() else ()
+        except VmWrapperError as exc:
+            log.warning("Could not list checkpoints: %s", exc)
+            return ""
+        if wanted in have:
+            return wanted
+        log.warning(
+            "Checkpoint %s is gone; the VM boots afresh (elapsed and CPU time are kept).",
+            wanted,
+            extra={"event": events.RESTORE, "snapshot": ""},
+        )
+        return ""
+
+    def _vm_status(self) -> tuple[VmState, str, int | None]:
+        rt = self.rt
+        try:
+            status = self.backend.status()
+        except VmWrapperError as exc:
+            rt.status_failures += 1
+            log.warning("VM status query failed (%d in a row): %s", rt.status_failures, exc)
+            if rt.status_failures > MAX_STATUS_FAILURES:
+                return VmState.CRASHED, f"status unknown for {rt.status_failures} s: {exc}", None
+            return rt.vm_state, "", None
+        rt.status_failures = 0
+        if status.state is not rt.vm_state:
+            log.info(
+                "VM state change detected. (old = '%s', new = '%s')",
+                rt.vm_state.value,
+                status.state.value,
+                extra={
+                    "event": events.VM_STATE,
+                    "old": rt.vm_state.value,
+                    "new": status.state.value,
+                },
+            )
+            rt.vm_state = status.state
+        return status.state, status.detail, status.exit_code
+
+    def _forward_guest_log(self) -> bool:
+        try:
+            lines = self.backend.guest_log()
+        except VmWrapperError:
+            return False
+        oom = False
+        for line in lines:
+            log.info("Guest Log: %s", line, extra={"event": events.GUEST_LOG})
+            oom = oom or GUEST_OOM_MARKER in line
+        return oom
+
+    def _diagnose(self) -> tuple[Diagnosis, ...]:
+        try:
+            return tuple(self.backend.diagnose())
+        except VmWrapperError as exc:
+            log.warning("Could not read the hypervisor's logs: %s", exc)
+            return ()
+
+    def _trigger(self, name: str, parse: Callable[[str], _T]) -> _T | None:
+        if not name:
+            return None
+        text = self.shared.read_text(name)
+        return None if text is None else parse(text)
+
+    def _trickle_files(self) -> tuple[tuple[str, str], ...]:
+        found: list[tuple[str, str]] = []
+        for name in self.job.trickle_trigger_file:
+            text = self.shared.read_text(name)
+            if text is not None:
+                found.append((name, text))
+        return tuple(found)
+
+    def _heartbeat_check(self) -> int | None:
+        watch = self.rt.heartbeat
+        if watch is None or not watch.check_due(self.rt.elapsed):
+            return None
+        watch, code = watch.check(self.rt.elapsed, self.shared.mtime(self.job.heartbeat_filename))
+        self.rt.heartbeat = watch
+        if code is not None:
+            log.error(
+                "VM Heartbeat file check failed (%s, code %d).",
+                self.job.heartbeat_filename,
+                code,
+                extra={"event": events.HEARTBEAT_FILE, "code": code},
+            )
+        return code
+
+    def _uploads_ready(self) -> tuple[str, ...]:
+        names = [n for n in self.job.intermediate_upload_file if n not in self.rt.uploads]
+        return tuple(self.shared.present(names))
+
+    def _poll_uploads(self) -> None:
+        for name, state in list(self.rt.uploads.items()):
+            if state != "requested":
+                continue
+            status = self.client.upload_status(name)
+            if status is None:
+                continue
+            self.rt.uploads[name] = "done"
+            if status >= 0:
+                log.info(
+                    "Intermediate file uploaded. (%s)",
+                    name,
+                    extra={"event": events.UPLOAD_DONE, "file": name, "status": status},
+                )
+            else:
+                log.error(
+                    "Intermediate upload of %s failed (%d).",
+                    name,
+                    status,
+                    extra={"event": events.UPLOAD_DONE, "file": name, "status": status},
+                )
+
+    def _periodic_trickle(self) -> str | None:
+        period = self.settings.trickle_period
+        if period <= 0:
+            return None
+        # Fires at each multiple of the period; a restart does not fire again at once (§12.15).
+        if math.floor(self.rt.elapsed / period) <= math.floor(
+            self.rt.last_trickle_elapsed / period
+        ):
+            return None
+        return f"<cpu_time>{self.rt.cpu:f}</cpu_time>"
+
+    def _failure_observation(self, obs: m.Observation, failure: backoff.Failure) -> m.Observation:
+        diagnoses = obs.diagnoses
+        if failure.error_class is backoff.ErrorClass.HOST_PROBLEM and not diagnoses:
+            diagnoses = self._diagnose()
+        return replace(obs, failure=failure, diagnoses=diagnoses)
+
+    # -- act ------------------------------------------------------------------------------
+
+    def _perform(self, step: m.Step) -> backoff.Failure | None:
+        """Do the step's actions; return the failure that stopped them (live states only)."""
+        ending = step.state is m.State.DONE
+        for action in step.actions:
+            if isinstance(action, m.Exit):
+                return None
+            try:
+                self._do(action)
+            except Exception as exc:  # classified below; the machine decides what it means
+                failure = backoff.classify(exc)
+                log.error(
+                    "%s failed: %s",
+                    type(action).__name__,
+                    exc,
+                    extra={
+                        "event": events.FAILURE,
+                        "action": type(action).__name__,
+                        "error_class": failure.error_class.value,
+                    },
+                )
+                if not ending:
+                    return failure
+        return None
+
+    def _do(self, action: m.Action) -> None:
+        handler = getattr(self, f"_do_{type(action).__name__}")
+        handler(action)
+
+    def _do_PrepareVm(self, action: m.PrepareVm) -> None:
+        backend = self.backend
+        if not backend.exists():
+            log.info("Create VM. (%s)", backend.name, extra={"event": events.VM_CREATED})
+            backend.create()
+            return
+        status = backend.status()
+        if status.state.online:
+            log.info("VM was running (left by an earlier run); powering it off.")
+            backend.poweroff()
+        keep = self.rt.record.snapshot
+        for orphan in ckpt.orphan_snapshots(backend.checkpoints(), keep):
+            log.info("Deleting orphan snapshot %s (no checkpoint record names it).", orphan)
+            try:
+                backend.delete_checkpoint(orphan)
+            except VmWrapperError as exc:
+                log.warning("Could not delete snapshot %s: %s", orphan, exc)
+
+    def _do_StartVm(self, action: m.StartVm) -> None:
+        try:
+            pid = self.backend.start(action.restore or None)
+        except CheckpointError as exc:
+            if not action.restore:
+                raise
+            # A damaged snapshot must not lose the job: boot afresh, keep elapsed and CPU.
+            log.warning("Restoring %s failed (%s); booting afresh.", action.restore, exc)
+            self.backend.poweroff()
+            pid = self.backend.start(None)
+        self.rt.boot_started = self.clock()
+        log.info(
+            "Successfully started VM. (PID = '%d')%s",
+            pid,
+            f" from checkpoint {action.restore}" if action.restore else "",
+            extra={"event": events.VM_STARTED, "pid": pid, "snapshot": action.restore},
+        )
+        self._report(m.State.BOOTING, other_pid=pid)
+
+    def _do_BringUp(self, action: m.BringUp) -> None:
+        log.info("VM is online.", extra={"event": events.VM_ONLINE})
+        if self.settings.contextualize is not None:
+            self.settings.contextualize()
+        port = self.settings.webapi_port
+        if port and not (self.settings.slot_dir / "graphics_app").exists():
+            url = f"http://localhost:{port}"
+            self.client.web_graphics_url(url)
+            log.info("Detected: Web Application Enabled (%s)", url)
+        if self.settings.remote_desktop_port:
+            addr = f"localhost:{self.settings.remote_desktop_port}"
+            self.client.remote_desktop_addr(addr)
+            log.info("Detected: Remote Desktop Enabled (%s)", addr)
+        self._write_record(self.rt.record)
+
+    def _do_ApplyPreferences(self, action: m.ApplyPreferences) -> None:
+        aid = self.client.init_data
+        if action.reread:
+            log.info("Preference change detected", extra={"event": events.PREFERENCES})
+            aid = self.client.ack_reread()
+        prefs = aid.global_prefs
+        limit = prefs.cpu_usage_limit
+        percent = 100 if limit <= 0 else min(max(int(limit), 1), 100)
+        self.backend.set_cpu_cap(percent)
+        limits = [x for x in (prefs.max_bytes_sec_up, prefs.max_bytes_sec_down) if x > 0]
+        bandwidth = min(limits) if limits else 0.0
+        if self.job.enable_network:
+            self.backend.set_bandwidth(bandwidth)
+        self.rt.policy = self.rt.policy.with_client_period(
+            aid.checkpoint_period, self.job.minimum_checkpoint_interval
+        )
+        log.info(
+            "Applied preferences: CPU cap %d%%, bandwidth %s, checkpoint interval %d seconds.",
+            percent,
+            f"{bandwidth:g} B/s" if bandwidth else "unlimited",
+            int(self.rt.policy.interval),
+            extra={
+                "event": events.PREFERENCES,
+                "cpu_cap": percent,
+                "bandwidth": bandwidth,
+                "checkpoint_interval": self.rt.policy.interval,
+            },
+        )
+
+    def _do_PauseVm(self, action: m.PauseVm) -> None:
+        self.backend.pause()
+        log.info("Suspended: VM paused.", extra={"event": events.SUSPEND})
+
+    def _do_ResumeVm(self, action: m.ResumeVm) -> None:
+        self.backend.resume()
+        log.info("Resumed: VM running.", extra={"event": events.RESUME})
+
+    def _do_TakeCheckpoint(self, action: m.TakeCheckpoint) -> None:
+        rt = self.rt
+        if not rt.policy.automatic:
+            self._commit_checkpoint("")  # disable_automatic_checkpoints: the record only
+            return
+        deadline = self.clock() + (FINAL_CHECKPOINT_PATIENCE if action.final else 0.0)
+        name = ckpt.snapshot_name(rt.elapsed, self.backend.checkpoints())
+        while True:
+            try:
+                self.backend.checkpoint(name)
+                break
+            except CheckpointRefused as exc:
+                log.info(
+                    "Checkpoint refused for now (%s); retrying shortly.",
+                    exc,
+                    extra={"event": events.CHECKPOINT_REFUSED},
+                )
+                if self.clock() >= deadline:
+                    rt.checkpoint_retry_at = self.clock() + ckpt.REFUSED_RETRY_DELAY
+                    if action.final:
+                        raise CheckpointError("snapshot refused until the deadline") from exc
+                    return
+                self.sleep(0.5)
+        if name not in self.backend.checkpoints():
+            raise CheckpointError(f"snapshot {name} was taken but the hypervisor does not list it")
+        self._commit_checkpoint(name)
+
+    def _commit_checkpoint(self, snapshot: str) -> None:
+        """Record the verified snapshot, then drop the one it replaces (that order)."""
+        rt = self.rt
+        old = rt.record.snapshot
+        cpu = self._cpu_time()
+        record = replace(rt.record, elapsed_time=rt.elapsed, cpu_time=cpu, snapshot=snapshot)
+        self._write_record(record)
+        rt.last_checkpoint_elapsed = rt.elapsed
+        rt.checkpoint_cpu = cpu
+        rt.checkpoints_this_run += 1
+        backoff.reset(self.settings.slot_dir)
+        if old and old != snapshot:
+            try:
+                self.backend.delete_checkpoint(old)
+            except VmWrapperError as exc:  # an orphan now; deleted at the next start
+                log.warning("Could not delete the previous snapshot %s: %s", old, exc)
+        log.info(
+            "Checkpoint completed.",
+            extra={
+                "event": events.CHECKPOINT,
+                "snapshot": snapshot,
+                "elapsed": round(rt.elapsed, 3),
+                "cpu_time": round(cpu, 3),
+            },
+        )
+
+    def _write_record(self, record: ckpt.CheckpointRecord) -> None:
+        record = replace(
+            record,
+            webapi_port=self.settings.webapi_port,
+            remote_desktop_port=self.settings.remote_desktop_port,
+        )
+        ckpt.write_record(self.settings.slot_dir, record)
+        self.rt.record = record
+
+    def _do_SaveState(self, action: m.SaveState) -> None:
+        try:
+            self._do_TakeCheckpoint(m.TakeCheckpoint(final=True))
+        except VmWrapperError as exc:
+            log.warning("Checkpoint before saving the VM state failed: %s", exc)
+        self.backend.save_state()
+
+    def _do_PowerOff(self, action: m.PowerOff) -> None:
+        self.backend.poweroff()
+
+    def _do_Cleanup(self, action: m.Cleanup) -> None:
+        self.backend.cleanup()
+
+    def _do_SetNetwork(self, action: m.SetNetwork) -> None:
+        self.backend.set_network(action.connected)
+        self.rt.network_connected = action.connected  # only after it worked (§12.11)
+        log.info(
+            "Network %s.",
+            "resumed" if action.connected else "suspended",
+            extra={"event": events.NETWORK, "connected": action.connected},
+        )
+
+    def _do_SendTrickle(self, action: m.SendTrickle) -> None:
+        self.client.send_trickle_up(action.variety, action.text)
+        if action.trigger_file:
+            self.shared.remove(action.trigger_file)
+        else:
+            self.rt.last_trickle_elapsed = self.rt.elapsed
+        log.info(
+            "Trickle-up sent (%s).",
+            action.variety,
+            extra={
+                "event": events.TRICKLE_UP,
+                "variety": action.variety,
+                "bytes": len(action.text),
+            },
+        )
+
+    def _do_RequestUpload(self, action: m.RequestUpload) -> None:
+        name = action.name
+        self.rt.uploads[name] = "requested"
+        try:
+            dest = self.client.resolve(name)
+            src = self.shared.file(name)
+            # The client uploads the file behind the logical name: put the guest's file there.
+            if src.resolve() != dest.resolve():
+                self.shared.copy_out(name, dest)
+            self.client.upload_file(name)
+        except (OSError, VmWrapperError) as exc:
+            self.rt.uploads[name] = "done"
+            log.error("Intermediate upload of %s not requested: %s", name, exc)
+            return
+        log.info(
+            "Intermediate upload requested (%s).",
+            name,
+            extra={"event": events.UPLOAD_REQUESTED, "file": name},
+        )
+
+    def _do_RemoveTrigger(self, action: m.RemoveTrigger) -> None:
+        if action.name:
+            log.info(
+                "VM Temporary Exit File Detected.", extra={"event": events.TEMPORARY_EXIT_TRIGGER}
+            )
+            self.shared.remove(action.name)
+
+    def _do_WriteCernOutput(self, action: m.WriteCernOutput) -> None:
+        (self.settings.slot_dir / CERN_OUTPUT_FILE).write_text("Work Unit completed!\n")
+
+    def _do_RecordTransientFailure(self, action: m.RecordTransientFailure) -> None:
+        slot = self.settings.slot_dir
+        backoff.save(slot, backoff.load(slot).bumped(action.reason))
+
+    def _do_ResetBackoff(self, action: m.ResetBackoff) -> None:
+        backoff.reset(self.settings.slot_dir)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def _cpu_time(self) -> float:
+        try:
+            run_cpu = self.backend.cpu_time()
+        except VmWrapperError:
+            run_cpu = 0.0
+        self.rt.cpu = max(self.rt.cpu, self.rt.base_cpu + run_cpu)  # monotonic across restarts
+        return self.rt.cpu
+
+    def _fraction_done(self) -> float:
+        job, rt = self.job, self.rt
+        if job.job_duration > 0:
+            rt.fraction = min(rt.elapsed / job.job_duration, 1.0)
+        elif job.fraction_done_filename:
+            value = self.shared.fraction_done(job.fraction_done_filename)
+            if value is not None:
+                rt.fraction = value
+        return rt.fraction
+
+    def _report(self, state: m.State, other_pid: int | None = None) -> None:
+        rt = self.rt
+        cpu = self._cpu_time()
+        fraction = self._fraction_done()
+        pid = other_pid if other_pid is not None else self._pid()
+        self.client.report_status(
+            cpu_time=cpu,
+            checkpoint_cpu_time=rt.checkpoint_cpu,
+            fraction_done=fraction,
+            other_pid=pid,
+        )
+        if self.job.enable_graphics_support:
+            cs = self.rt.client
+            status = GraphicsStatus(
+                updated_time=self.wallclock(),
+                cpu_time=cpu,
+                elapsed_time=rt.elapsed,
+                fraction_done=fraction,
+                no_heartbeat=cs.no_heartbeat,
+                suspended=cs.suspended,
+                quit_request=cs.quit_request,
+                abort_request=cs.abort_request,
+                network_suspended=cs.network_suspended,
+            )
+            try:
+                write_graphics_status(self.settings.slot_dir, status)
+            except OSError as exc:
+                log.warning("Could not write graphics_status.xml: %s", exc)
+        if rt.elapsed >= rt.last_status_report + STATUS_REPORT_PERIOD:
+            rt.last_status_report = rt.elapsed
+            log.info(
+                "Status Report: Job Duration: '%f'",
+                self.job.job_duration,
+                extra={"event": events.STATUS_REPORT},
+            )
+            log.info("Status Report: Elapsed Time: '%f'", rt.elapsed)
+            log.info("Status Report: CPU Time: '%f'", cpu)
+
+    def _pid(self) -> int | None:
+        try:
+            return self.backend.pid()
+        except VmWrapperError:
+            return None
+
+    # -- logging --------------------------------------------------------------------------
+
+    def _log_step(self, before: m.State, step: m.Step) -> None:
+        if step.event is m.Event.TICK:
+            return
+        code = _EVENT_CODES.get(step.event)
+        message = _EVENT_MESSAGES.get(step.event)
+        if message:
+            log.info(message, extra={"event": code or step.event.value})
+        if step.state is not before:
+            log.debug(
+                "supervisor: %s -> %s on %s", before.value, step.state.value, step.event.value
+            )
+
+
+_EVENT_CODES: dict[m.Event, str] = {
+    m.Event.ABORT: events.ABORT,
+    m.Event.QUIT: events.QUIT,
+    m.Event.NO_HEARTBEAT: events.NO_HEARTBEAT,
+    m.Event.COMPLETION: events.COMPLETION_TRIGGER,
+}
+_EVENT_MESSAGES: dict[m.Event, str] = {
+    m.Event.ABORT: "Received Abort Request.",
+    m.Event.QUIT: "Received Quit Request.",
+    m.Event.NO_HEARTBEAT: "Lost contact with the BOINC client (no heartbeat).",
+    m.Event.COMPLETION: "VM Completion File Detected.",
+    m.Event.VM_STOPPED: "VM is no longer is a running state. It is in 'poweroff'.",
+    m.Event.VM_CRASHED: "VM Premature Shutdown Detected.",
+    m.Event.DURATION_REACHED: "Elapsed time limit (job_duration) reached.",
+    m.Event.GUEST_OUT_OF_MEMORY: "EXIT_OUT_OF_MEMORY detected in the guest's log.",
+    m.Event.BOOT_TIMEOUT: "VM did not come online in time.",
+    m.Event.REGISTER_ONLY: "--register_only: the VM is created and left registered.",
+}
+
+
+def run_supervisor(
+    backend: Backend,
+    client: Client,
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Outcome:
+    """Run one job episode to its outcome (the entry point cli/run.py calls)."""
+    return Supervisor(backend, client, settings, clock=clock, sleep=sleep).run()
+
+
+__all__: Sequence[str] = ("Client", "Settings", "Supervisor", "run_supervisor")
