@@ -227,10 +227,10 @@ def _package(args: argparse.Namespace) -> int:
     plan = plan_app_version(request)
     for placement in plan.placements:
         _copy(Path(placement.source), out_dir / placement.physical_name, placement.executable)
+    (out_dir / "version.xml").write_text(format_version_xml(plan.version))
+    _write_templates(args, out_dir, spec, purpose, boinc_app, image.stat().st_size)
     if args.iso_context is not None:
         image.unlink()
-    (out_dir / "version.xml").write_text(format_version_xml(plan.version))
-    _write_templates(args, out_dir, spec, purpose, boinc_app, image)
 
     print(f"wrote app version {args.app} {args.version} ({plan_class.value}) in {out_dir}")
     from vmwrapper.cli.lint import lint_and_report  # the same checks `vmwrapper lint` runs
@@ -244,7 +244,7 @@ def _write_templates(
     spec: JobSpec,
     purpose: Purpose,
     boinc_app: str,
-    image: Path,
+    image_size: int,
 ) -> None:
     inputs = _inputs(args.input)
     inputs_dir = out_dir / "inputs"
@@ -262,7 +262,8 @@ def _write_templates(
     templates = out_dir / "templates"
     templates.mkdir(exist_ok=True)
     memory_mb = max(spec.memory_size_mb, 512.0)
-    image_bytes = image.stat().st_size if spec.multiattach_vdi_file == "" else 0
+    # A multiattach parent is not copied into the slot; only the differencing disk grows there.
+    image_bytes = 0 if spec.multiattach_vdi_file else image_size
     bounds = WorkunitBounds(
         rsc_memory_bound=(memory_mb + 256) * MIB,
         # The slot holds a copy of the image plus what the VM writes to it.
