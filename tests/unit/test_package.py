@@ -24,7 +24,6 @@ from vmwrapper.packaging.templates import (
     parse_output_template,
 )
 from vmwrapper.packaging.version import (
-    AppVersion,
     ImageMode,
     PackageRequest,
     PlanClass,
