@@ -9,16 +9,21 @@ supervisor. The wrapper ends in exactly one place: ``conclude(outcome)``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from vmwrapper import WRAPPER_RELEASE, __version__
 from vmwrapper.boinc.init_data import FILE_NAME as INIT_DATA_FILE
 from vmwrapper.boinc.init_data import AppInitData, parse_init_data
 from vmwrapper.errors import CommandLineError, InitDataError, SpecError
 from vmwrapper.outcome import (
+    ERR_EXEC,
     ERR_FOPEN,
     ERR_XML_PARSE,
     EXIT_INIT_FAILURE,
@@ -27,6 +32,8 @@ from vmwrapper.outcome import (
 )
 from vmwrapper.runconfig import RunConfig, WrapperArgs, build_run_config, parse_wrapper_args
 from vmwrapper.spec import ParsedJob, parse_job
+
+log = logging.getLogger(__name__)
 
 NAME = "run"
 HELP = "run a BOINC job in a VM (what a BOINC client starts; vboxwrapper's options)"
@@ -133,17 +140,127 @@ def run_argv(argv: Sequence[str]) -> int:
     if isinstance(prepared, Prepared) and prepared.args.dry_run:
         print(describe(prepared))
         return 0
-    if not isinstance(prepared, Prepared):
-        print(getattr(prepared, "message", ""), file=sys.stderr)
-        return conclude(prepared)
-    print("vmwrapper run: the VM part of `run` is not wired in yet (supervisor)", file=sys.stderr)
-    return 1
+    from vmwrapper.supervisor import events
+
+    uninstall = events.install(slot_dir)
+    try:
+        if not isinstance(prepared, Prepared):
+            print(getattr(prepared, "message", ""), file=sys.stderr)
+            return conclude(prepared, slot_dir)
+        return run_vm(prepared, argv)
+    finally:
+        uninstall()
 
 
-def conclude(outcome: Outcome) -> int:
+# --- the VM part (supervisor) --------------------------------------------------------------
+
+
+def _free_port() -> int:
+    """A free loopback TCP port (vboxwrapper's boinc_get_port)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _floppy_writer(prepared: Prepared, path: Path) -> Callable[[], None]:
+    """Contextualization: init_data.xml (or the CERN lines) on the floppyio image."""
+    from vmwrapper.context import floppy
+
+    def write() -> None:
+        spec = prepared.job.spec
+        if spec.enable_cern_dataformat:
+            payload = floppy.cern_payload(prepared.init_data)
+        else:
+            init_xml = prepared.slot_dir / INIT_DATA_FILE
+            payload = floppy.plain_payload(init_xml.read_bytes() if init_xml.exists() else b"")
+        image = floppy.build_floppy(payload)
+        for note in image.notes:
+            log.warning("%s", note)
+        floppy.write_floppy(path, image)
+
+    return write
+
+
+def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
+    """Attach to the client, build the back end and run the supervisor to its outcome."""
+    import secrets
+
+    from vmwrapper.boinc.app import AppClient
+    from vmwrapper.runconfig import RuntimePorts, build_vm_config
+    from vmwrapper.supervisor import checkpoint
+    from vmwrapper.supervisor.loop import Settings, run_supervisor
+    from vmwrapper.supervisor.select import make_backend
+
+    spec, run, slot_dir = prepared.job.spec, prepared.run, prepared.slot_dir
+    client = AppClient.attach(slot_dir)
+    try:
+        record = checkpoint.read_record(slot_dir)
+        webapi = record.webapi_port
+        if not webapi and spec.enable_network and spec.pf_guest_port:
+            webapi = spec.pf_host_port or _free_port()
+        remote = record.remote_desktop_port
+        if not remote and spec.enable_remotedesktop:
+            remote = _free_port()
+        ports = RuntimePorts(webapi, remote, secrets.token_urlsafe(12))
+        aid = client.init_data
+        project_dir = (
+            slot_dir / "project"
+            if prepared.standalone or not aid.project_dir
+            else Path(aid.project_dir)
+        )
+        vm_config = build_vm_config(run, spec, aid, slot_dir, project_dir, ports)
+        settings = Settings(
+            job=spec,
+            slot_dir=slot_dir,
+            argv=(sys.argv[0], *argv),
+            trickle_period=run.trickle_period,
+            register_only=run.register_only,
+            sporadic=run.sporadic,
+            webapi_port=webapi,
+            remote_desktop_port=remote,
+            contextualize=(
+                _floppy_writer(prepared, vm_config.floppy_image)
+                if vm_config.floppy_image is not None
+                else None
+            ),
+        )
+        log.info(
+            "vmwrapper %s (vboxwrapper release %d compatible), back end %s",
+            __version__,
+            WRAPPER_RELEASE,
+            run.backend,
+            extra={"event": "wrapper_start", "backend": run.backend},
+        )
+        try:
+            backend = make_backend(run.backend, vm_config)
+        except CommandLineError as exc:
+            return conclude(Finish(EXIT_INIT_FAILURE, str(exc)), slot_dir, client)
+        try:
+            outcome = run_supervisor(backend, client, settings)
+        except Exception as exc:  # a bug in the wrapper: say so, and stop the VM
+            log.exception("internal error: %s", exc)
+            with contextlib.suppress(Exception):
+                backend.poweroff()
+            outcome = Finish(ERR_EXEC, f"vmwrapper internal error: {type(exc).__name__}: {exc}")
+        return conclude(outcome, slot_dir, client)
+    finally:
+        client.close()
+
+
+def conclude(outcome: Outcome, slot_dir: Path | None = None, client: Any = None) -> int:
     """The one place the wrapper ends: BOINC files for the outcome, then the exit status."""
+    from vmwrapper.boinc.app import AppClient
     from vmwrapper.outcome import exit_status
 
+    if slot_dir is not None:
+        if client is None:
+            with AppClient.attach(slot_dir) as own:
+                own.write_outcome(outcome)
+        else:
+            client.write_outcome(outcome)
     return exit_status(outcome)
 
 

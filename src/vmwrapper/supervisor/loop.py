@@ -98,7 +98,8 @@ class Settings:
     seed: int | None = None  # first checkpoint offset; None = random
     poll_period: float = POLL_PERIOD
     boot_timeout: float = BOOT_TIMEOUT
-    #: Called once the VM is online (floppy contextualization); None = nothing to do.
+    #: Writes the contextualization media (floppy) before the VM is created or started: QEMU
+    #: opens the image read-only at start, VirtualBox needs it at create. None = none.
     contextualize: Callable[[], None] | None = None
 
 
@@ -516,6 +517,9 @@ class Supervisor:
 
     def _do_PrepareVm(self, action: m.PrepareVm) -> None:
         backend = self.backend
+        if self.settings.contextualize is not None:
+            # Every run, not only when the VM is created (vboxwrapper's §12.17).
+            self.settings.contextualize()
         if not backend.exists():
             log.info("Create VM. (%s)", backend.name, extra={"event": events.VM_CREATED})
             backend.create()
@@ -553,8 +557,6 @@ class Supervisor:
 
     def _do_BringUp(self, action: m.BringUp) -> None:
         log.info("VM is online.", extra={"event": events.VM_ONLINE})
-        if self.settings.contextualize is not None:
-            self.settings.contextualize()
         port = self.settings.webapi_port
         if port and not (self.settings.slot_dir / "graphics_app").exists():
             url = f"http://localhost:{port}"

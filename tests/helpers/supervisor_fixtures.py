@@ -1,0 +1,174 @@
+"""Run the real supervisor in-process against FakeBackend, a real AppClient and a real segment.
+
+The client side is the protocol's own: :class:`ClientSide` creates ``boinc_mmap_file`` as the
+BOINC client does, sends control messages, reads status messages and takes trickle-up files.
+Time is a :class:`FakeClock`: the loop's ``sleep`` advances it and runs the client's scheduled
+actions, so hours of job time take milliseconds and every test is exact.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vmwrapper.boinc import files
+from vmwrapper.boinc.app import AppClient
+from vmwrapper.boinc.init_data import AppInitData, GlobalPrefs, format_init_data
+from vmwrapper.boinc.messages import Channel
+from vmwrapper.boinc.shmem import Segment
+from vmwrapper.hypervisor.base import Share, VmConfig
+from vmwrapper.hypervisor.fake import FakeBackend, FakeScript
+from vmwrapper.outcome import Outcome
+from vmwrapper.spec.model import JobSpec
+from vmwrapper.supervisor import events
+from vmwrapper.supervisor.loop import Settings, Supervisor
+
+
+class FakeClock:
+    """Monotonic time that only moves when the code under test sleeps."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.on_sleep: list[Callable[[], None]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+        for callback in list(self.on_sleep):
+            callback()
+
+
+@dataclass
+class ClientSide:
+    """The BOINC client's half of the slot: segment, control messages, status, trickles."""
+
+    slot: Path
+    clock: FakeClock
+    segment: Segment
+    schedule: list[tuple[float, str]] = field(default_factory=list)  # (clock offset, message)
+    statuses: list[str] = field(default_factory=list)
+    trickles: list[files.Trickle] = field(default_factory=list)
+    start: float = 0.0
+
+    def send(self, message: str) -> None:
+        self.segment.send(Channel.PROCESS_CONTROL_REQUEST, message)
+
+    def poll(self) -> None:
+        """What the client does every second."""
+        due = [(t, msg) for t, msg in self.schedule if self.clock.now - self.start >= t]
+        for item in due:
+            if self.segment.send(Channel.PROCESS_CONTROL_REQUEST, item[1]):
+                self.schedule.remove(item)
+                break  # one message per poll, as the client's queue does
+        status = self.segment.receive(Channel.APP_STATUS)
+        if status is not None:
+            self.statuses.append(status)
+        if self.segment.receive(Channel.TRICKLE_UP) is not None:
+            path = self.slot / files.TRICKLE_UP_FILE
+            if path.exists():
+                self.trickles.append(files.parse_trickle_up(path.read_text()))
+                path.unlink()
+
+
+@dataclass
+class Run:
+    outcome: Outcome
+    backend: FakeBackend
+    client: ClientSide
+    slot: Path
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return events.read_events(self.slot)
+
+    def codes(self) -> list[str]:
+        return [e["event"] for e in self.events]
+
+    def shared(self, name: str) -> Path:
+        return self.slot / "shared" / name
+
+
+def make_slot(
+    tmp: Path, *, prefs: GlobalPrefs | None = None, checkpoint_period: float = 60.0
+) -> Path:
+    slot = tmp / "slots" / "0"
+    slot.mkdir(parents=True, exist_ok=True)
+    project = tmp / "projects" / "example.org"
+    project.mkdir(parents=True, exist_ok=True)
+    aid = AppInitData(
+        project_dir=str(project),
+        boinc_dir=str(tmp),
+        result_name="job_1_0",
+        slot=0,
+        shm_key=-1,
+        client_pid=os.getpid(),
+        checkpoint_period=checkpoint_period,
+        global_prefs=prefs or GlobalPrefs(),
+    )
+    (slot / "init_data.xml").write_text(format_init_data(aid))
+    return slot
+
+
+def vm_config(slot: Path, job: JobSpec) -> VmConfig:
+    shares = (Share("shared", slot / "shared"),) if job.enable_shared_directory else ()
+    return VmConfig(
+        name="boinc_test",
+        description="job_1_0",
+        slot_dir=slot,
+        project_dir=slot.parent.parent / "projects" / "example.org",
+        shares=shares,
+    )
+
+
+def run_job(
+    tmp: Path,
+    job: JobSpec,
+    script: FakeScript | None = None,
+    *,
+    control: list[tuple[float, str]] | None = None,
+    settings: dict[str, Any] | None = None,
+    clock: FakeClock | None = None,
+    backend: FakeBackend | None = None,
+    max_seconds: float = 100_000.0,
+    prefs: GlobalPrefs | None = None,
+    before_tick: Callable[[FakeClock, FakeBackend], None] | None = None,
+) -> Run:
+    """One wrapper episode in ``tmp``'s slot; returns its outcome (and leaves the slot)."""
+    clock = clock or FakeClock()
+    slot = make_slot(tmp, prefs=prefs)
+    if job.enable_shared_directory:
+        (slot / "shared").mkdir(exist_ok=True)
+    state_file = slot / "fake_vm.json"
+    fake = backend or FakeBackend(vm_config(slot, job), script, clock=clock, state_file=state_file)
+    segment = Segment.create(slot)
+    side = ClientSide(slot, clock, segment, list(control or []), start=clock.now)
+    clock.on_sleep = [side.poll]
+    if before_tick is not None:
+        clock.on_sleep.append(lambda: before_tick(clock, fake))
+    limit = clock.now + max_seconds
+
+    def guard() -> None:
+        if clock.now > limit:
+            raise AssertionError("the supervisor did not finish in time")
+
+    clock.on_sleep.append(guard)
+    uninstall = events.install(slot, stream=open(os.devnull, "w"))  # noqa: SIM115
+    client = AppClient.attach(slot, clock=clock, sleep=clock.sleep)
+    try:
+        base = Settings(job=job, slot_dir=slot, seed=1, argv=("vmwrapper", "--nthreads", "1"))
+        sup = Supervisor(
+            fake, client, replace(base, **(settings or {})), clock=clock, sleep=clock.sleep
+        )
+        outcome = sup.run()
+        client.write_outcome(outcome)
+        side.poll()
+    finally:
+        client.close()
+        segment.close()
+        uninstall()
+    return Run(outcome, fake, side, slot)
