@@ -1,0 +1,304 @@
+"""Runs VBoxManage: exit status and output, a timeout, retries with back-off, and the trace files.
+
+vboxwrapper's runner (reference §6.4) ignores the exit status on Unix, has no timeout there, and
+replaces the real error code with ERR_TIMEOUT after retrying (§12.4). This one:
+
+* takes the exit status *and* the first ``(0x...)`` HRESULT of the output;
+* kills a command that runs longer than its timeout (45 s by default, as on Windows);
+* always retries VBOX_E_INVALID_OBJECT_STATE (a session lock held by someone else) and
+  CO_E_SERVER_EXEC_FAILURE (VBoxSVC not reachable) with doubling sleeps 1, 2, 4, 8, 16 s, other
+  failures 1 s apart when the step allows it, never the MultiAttach "VirtualBox 4.0" error;
+* keeps the last attempt's original code in the raised :class:`VBoxManageError`;
+* appends every attempt to ``vbox_trace.txt`` and ``vbox_replay.txt`` in the slot (§9).
+
+:func:`vbox_environment` sets up PATH and VBOX_USER_HOME as vboxwrapper does (§3.2) without
+its bugs (§12.6): PATH is only ever extended, ``$HOME`` is used, nothing unset is dereferenced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmwrapper.errors import BackendError
+from vmwrapper.hypervisor.virtualbox import output
+from vmwrapper.hypervisor.virtualbox.commands import Step
+
+log = logging.getLogger(__name__)
+
+TRACE_FILE = "vbox_trace.txt"
+REPLAY_FILE = "vbox_replay.txt"
+DEFAULT_TIMEOUT = 45.0
+MAX_RETRIES = 5
+ERR_NOT_FOUND = -161
+ERR_TIMEOUT = -182
+
+_MULTIATTACH_40 = (
+    "Cannot attach medium",
+    "the media type",
+    "MultiAttach",
+    "can only be attached to machines that were created with VirtualBox 4.0 or later",
+)
+_LOCK_NOTE = (
+    "Another VirtualBox management application has locked the session for\n"
+    "this VM. BOINC cannot properly monitor this VM\n"
+    "and so this job will be aborted.\n\n"
+)
+_SERVICE_NOTE = (
+    "Unable to communicate with VirtualBox.  VirtualBox may need to\nbe reinstalled.\n\n"
+)
+
+
+def signed(hresult: int) -> int:
+    """An HRESULT as vboxwrapper's int (0x80bb0007 → -2135228409)."""
+    return hresult - (1 << 32) if hresult >= 1 << 31 else hresult
+
+
+def is_multiattach_40_error(text: str) -> bool:
+    return all(part in text for part in _MULTIATTACH_40)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """One finished VBoxManage call (its last attempt)."""
+
+    argv: tuple[str, ...]
+    exit_code: int | None  # None: not started or killed by the timeout
+    output: str
+    hresult: int | None = None
+    timed_out: bool = False
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    @property
+    def code(self) -> int:
+        """vboxwrapper's return value: 0, the signed HRESULT, ERR_TIMEOUT, ERR_NOT_FOUND or the
+        exit status when VirtualBox printed no code."""
+        if self.ok:
+            return 0
+        if self.hresult is not None:
+            return signed(self.hresult)
+        if self.timed_out:
+            return ERR_TIMEOUT
+        if self.exit_code is None:
+            return ERR_NOT_FOUND
+        return self.exit_code
+
+
+class VBoxManageError(BackendError):
+    """A VBoxManage command failed for good. ``hresult`` is VirtualBox's original code."""
+
+    def __init__(self, item: str, result: CommandResult, notes: str = "") -> None:
+        self.item = item
+        self.result = result
+        self.hresult = result.hresult
+        self.error_name = output.error_name(result.output)
+        self.timed_out = result.timed_out
+        text = result.output + (f"\nNotes:\n\n{notes}" if notes else "")
+        what = "timed out" if result.timed_out else f"failed ({result.code})"
+        super().__init__(
+            f"VBoxManage {item} {what} after {result.attempts} attempt(s)",
+            argv=result.argv,
+            exit_code=result.exit_code,
+            output=text,
+            code=result.code,
+        )
+
+    @property
+    def lock_error(self) -> bool:
+        return self.hresult == output.VBOX_E_INVALID_OBJECT_STATE
+
+
+Sleep = Callable[[float], None]
+
+
+class VBoxManage:
+    """The VBoxManage runner of one slot. Inject ``sleep``/``wall_clock`` in tests."""
+
+    def __init__(
+        self,
+        trace_dir: Path,
+        *,
+        executable: str = "VBoxManage",
+        env: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = MAX_RETRIES,
+        sleep: Sleep = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.trace_dir = trace_dir
+        self.executable = executable
+        self.env = dict(env) if env is not None else None
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+
+    def run(self, step: Step, *, timeout: float | None = None, trace: bool = True) -> CommandResult:
+        """Run ``step`` with retries; return the result or raise :class:`VBoxManageError`."""
+        result, notes = self._run_with_retries(step, timeout, trace)
+        if result.ok:
+            return result
+        error = VBoxManageError(step.item, result, notes)
+        if step.log_error:
+            log.warning(
+                "Error in %s for VM: %d\nCommand:\n%s\nOutput:\n%s",
+                step.item,
+                result.code,
+                shlex.join(result.argv),
+                error.output,
+                extra={"event": "vbox_command_failed", "item": step.item, "code": result.code},
+            )
+        raise error
+
+    def probe(
+        self, step: Step, *, timeout: float | None = None, trace: bool = True
+    ) -> CommandResult:
+        """Run ``step`` and return the result whatever it is (no exception for failures)."""
+        result, _ = self._run_with_retries(step, timeout, trace)
+        return result
+
+    def _run_with_retries(
+        self, step: Step, timeout: float | None, trace: bool
+    ) -> tuple[CommandResult, str]:
+        notes = ""
+        delay = 1.0
+        attempt = 0
+        while True:
+            attempt += 1
+            result = self._attempt(step.args, timeout if timeout is not None else self.timeout)
+            result = CommandResult(
+                result.argv,
+                result.exit_code,
+                result.output,
+                result.hresult,
+                result.timed_out,
+                attempt,
+            )
+            if trace:
+                self._trace(result)
+            if result.ok:
+                return result, notes
+            lock = result.hresult == output.VBOX_E_INVALID_OBJECT_STATE
+            service = result.hresult == output.CO_E_SERVER_EXEC_FAILURE
+            if lock and is_multiattach_40_error(result.output):
+                return result, notes
+            if lock and _LOCK_NOTE not in notes:
+                notes += _LOCK_NOTE
+            if service and _SERVICE_NOTE not in notes:
+                notes += _SERVICE_NOTE
+            if not (lock or service or step.retry) or attempt > self.max_retries:
+                return result, notes
+            if (lock or service) and attempt > 1:
+                delay *= 2
+            log.debug("retrying %s in %.0f s (code %d)", step.item, delay, result.code)
+            self._sleep(delay)
+
+    def _attempt(self, args: tuple[str, ...], timeout: float) -> CommandResult:
+        argv = (self.executable, "-q", *args)
+        try:
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                timeout=timeout,
+                check=False,
+            )
+        except FileNotFoundError:
+            return CommandResult(argv, None, f"{self.executable}: not found")
+        except subprocess.TimeoutExpired as exc:
+            text = _decode(exc.output)
+            return CommandResult(
+                argv,
+                None,
+                text + f"\n(timed out after {timeout:g} s)",
+                output.error_code(text),
+                timed_out=True,
+            )
+        text = _decode(proc.stdout)
+        code = output.error_code(text) if proc.returncode != 0 else None
+        return CommandResult(argv, proc.returncode, text, code)
+
+    def _trace(self, result: CommandResult) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._wall_clock()))
+        command = shlex.join(("VBoxManage", *result.argv[1:]))
+        try:
+            with open(self.trace_dir / REPLAY_FILE, "a", encoding="utf-8") as replay:
+                replay.write(command + "\n")
+            with open(self.trace_dir / TRACE_FILE, "a", encoding="utf-8") as trace:
+                trace.write(
+                    f"{stamp} ({os.getpid()}): \nCommand: {command}\nExit Code: {result.code}\n"
+                    f"Output:\n{result.output}\n"
+                )
+        except OSError as exc:  # tracing must never break the run
+            log.debug("cannot write VBoxManage trace: %s", exc)
+
+
+def _decode(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return data
+    return data.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class VBoxEnvironment:
+    executable: str  # absolute path of VBoxManage, or the bare name when not found
+    env: dict[str, str]
+    profile_dir: Path  # where VBoxSVC.log lives
+
+
+def vbox_environment(
+    environ: Mapping[str, str],
+    *,
+    boinc_dir: Path,
+    system: str | None = None,
+    is_file: Callable[[str], bool] = os.path.isfile,
+    is_dir: Callable[[str], bool] = os.path.isdir,
+) -> VBoxEnvironment:
+    """PATH and VBOX_USER_HOME for VBoxManage's children (§3.2, minus §12.6).
+
+    VBoxManage is looked up on the existing PATH first (so a test's simulator or a user's
+    install wins); only if it is not there are /usr/local/bin and /usr/bin appended when they
+    hold it. The profile dir is VBOX_USER_HOME when set; else ``$HOME/.config/VirtualBox`` on
+    Linux when ``$HOME/.config`` exists; else ``<boinc_dir>/projects/VirtualBox``.
+    """
+    system = system or platform.system()
+    env = dict(environ)
+    path = env.get("PATH", "")
+    found = shutil.which("VBoxManage", path=path) if path else None
+    if found is None:
+        for folder in ("/usr/local/bin", "/usr/bin"):
+            candidate = os.path.join(folder, "VBoxManage")
+            if is_file(candidate):
+                found = candidate
+                parts = [p for p in path.split(os.pathsep) if p]
+                if folder not in parts:
+                    env["PATH"] = os.pathsep.join([*parts, folder])
+                break
+    if env.get("VBOX_USER_HOME"):
+        profile = Path(env["VBOX_USER_HOME"])
+    else:
+        home = env.get("HOME", "")
+        if system == "Linux" and home and is_dir(os.path.join(home, ".config")):
+            profile = Path(home) / ".config" / "VirtualBox"
+        elif system == "Windows" and env.get("USERPROFILE"):
+            profile = Path(env["USERPROFILE"]) / ".VirtualBox"
+        else:
+            profile = boinc_dir / "projects" / "VirtualBox"
+        env["VBOX_USER_HOME"] = str(profile)
+    return VBoxEnvironment(executable=found or "VBoxManage", env=env, profile_dir=profile)
