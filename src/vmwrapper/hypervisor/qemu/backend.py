@@ -626,9 +626,6 @@ class QemuBackend:
         return self._proc is not None and self._exit is None
 
     def _kill(self) -> None:
-        if self._cap is not None:
-            self._cap.close()
-            self._cap = None
         if self._alive():
             assert self._proc is not None
             with contextlib.suppress(ProcessLookupError):
@@ -652,6 +649,14 @@ class QemuBackend:
 
     def _hmp(self, line: str, timeout: float = 0) -> str:
         return str(self._execute("human-monitor-command", {"command-line": line}, timeout))
+
+    def qmp(self, cmd: str, args: dict[str, object] | None = None) -> Any:
+        """Run one QMP command on the running VM (for diagnostics and tests)."""
+        return self._execute(cmd, args)
+
+    def hmp(self, line: str) -> str:
+        """Run one human monitor command on the running VM; its reply text."""
+        return self._hmp(line)
 
     # --- state -------------------------------------------------------------------------
 

@@ -1,0 +1,105 @@
+"""Helpers for QEMU back-end tests: slots with blank disks, configs, always-cleaned back ends.
+
+A VM with a blank disk is the cheapest real QEMU there is: SeaBIOS finds nothing to boot and
+idles, yet QMP, pause/resume, snapshots, -loadvm, kills and every device work on it. Such a
+VM must be stopped within a minute (SeaBIOS then reboots, and -no-reboot ends QEMU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from vmwrapper.hypervisor.base import VmConfig
+from vmwrapper.hypervisor.qemu.backend import QemuBackend
+
+GUEST_MEMORY_MB = 256
+
+
+def make_image(path: Path, fmt: str = "vdi", size: str = "16M") -> Path:
+    """A blank disk image made by qemu-img (VDI: what a project ships)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), size], check=True)
+    return path
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_slot(root: Path, with_blank_disk: bool = True) -> tuple[Path, Path]:
+    """(slot dir, project dir) under ``root``; the slot gets a blank vm_image.vdi."""
+    slot = root / "slots" / "0"
+    project = root / "projects" / "example.org"
+    slot.mkdir(parents=True)
+    project.mkdir(parents=True)
+    if with_blank_disk:
+        make_image(slot / "vm_image.vdi")
+    return slot, project
+
+
+def vm_config(slot: Path, project: Path, **changes: Any) -> VmConfig:
+    """A small VM for ``slot`` (256 MB, 1 CPU, the slot's vm_image.vdi), with ``changes``."""
+    base = VmConfig(
+        name="boinc_0123456789abcdef",
+        description="test_result_0",
+        slot_dir=slot,
+        project_dir=project,
+        memory_mb=GUEST_MEMORY_MB,
+        cpus=1,
+        disk_image=slot / "vm_image.vdi",
+    )
+    return replace(base, **changes)
+
+
+@contextmanager
+def qemu_backend(config: VmConfig, **options: Any) -> Iterator[QemuBackend]:
+    """A QemuBackend (TCG unless told) whose QEMU is always stopped and files removed."""
+    options.setdefault("accel", "tcg")
+    backend = QemuBackend(config, **options)
+    try:
+        yield backend
+    finally:
+        pid = backend.pid()
+        backend.cleanup()
+        if pid is not None:  # belt and braces: never leave a QEMU behind a failed test
+            with suppress(psutil.Error):
+                psutil.Process(pid).kill()
+
+
+def non_loopback_ipv4() -> str | None:
+    """An IPv4 address of this host that is not 127.x, or None when it has none."""
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            if addr.family == socket.AF_INET and not addr.address.startswith("127."):
+                return str(addr.address)
+    return None
+
+
+def tcp_connects(host: str, port: int, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """(ip, port) of every TCP socket the process listens on."""
+    return {
+        (conn.laddr.ip, conn.laddr.port)
+        for conn in psutil.Process(pid).net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN
+    }
