@@ -154,7 +154,7 @@ def _strtol_prefix(text: str) -> int | None:
     sign, digits = match.groups()
     if digits[:2] in ("0x", "0X"):
         value = int(digits[2:], 16)
-    elif len(digits) > 1:
+    elif digits.startswith("0") and len(digits) > 1:
         value = int(digits[1:], 8)
     else:
         value = int(digits)
