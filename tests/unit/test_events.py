@@ -1,0 +1,55 @@
+"""The log handler: vboxwrapper's stderr line format and events.jsonl."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from vmwrapper.supervisor import events
+
+
+def test_stderr_line_format_is_vboxwrappers() -> None:
+    record = logging.LogRecord(
+        "vmwrapper.x", logging.INFO, "f", 1, "VM Completion File Detected.", None, None
+    )
+    record.created = time.mktime((2026, 11, 27, 6, 15, 22, 0, 0, -1))
+    record.process = 4242
+    line = events.BoincStderrFormatter().format(record)
+    assert line == "2026-11-27 06:15:22 (4242): VM Completion File Detected."
+
+
+def test_install_writes_both_outputs_with_event_codes(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    uninstall = events.install(tmp_path, stream=stream)
+    try:
+        log = logging.getLogger("vmwrapper.test")
+        log.info(
+            "Checkpoint completed.", extra={"event": events.CHECKPOINT, "snapshot": "boinc_600"}
+        )
+        log.warning("plain line")
+    finally:
+        uninstall()
+    lines = stream.getvalue().splitlines()
+    assert re.fullmatch(
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d \({os.getpid()}\): Checkpoint completed\.", lines[0]
+    )
+    got = events.read_events(tmp_path)
+    assert [e["event"] for e in got] == ["checkpoint", "log"]
+    assert got[0]["snapshot"] == "boinc_600" and got[0]["level"] == "info"
+    assert got[0]["message"] == "Checkpoint completed." and got[0]["pid"] == os.getpid()
+    # uninstalled: nothing more is written
+    logging.getLogger("vmwrapper.test").info("after")
+    assert len(events.read_events(tmp_path)) == 2
+
+
+def test_event_codes_are_unique() -> None:
+    codes = [
+        v
+        for k, v in vars(events).items()
+        if k.isupper() and isinstance(v, str) and k != "EVENTS_FILE"
+    ]
+    assert len(codes) == len(set(codes))
