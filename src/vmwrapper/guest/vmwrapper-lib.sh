@@ -18,6 +18,11 @@ TMP_PREFIX=.vmwrapper-tmp.
 
 say() { echo "VMWRAPPER_GUEST: $*"; }
 
+# With `vmwrapper.trace` on the kernel command line, print the uptime at each boot step.
+TRACE=0
+grep -q 'vmwrapper.trace' /proc/cmdline 2>/dev/null && TRACE=1
+trace() { [ "$TRACE" = 1 ] && say "trace $(cut -d' ' -f1 /proc/uptime) $*"; }
+
 fail() {
     echo "VMWRAPPER_GUEST_ERROR: $*"
     panic_or_power_off
@@ -113,19 +118,27 @@ share_push_changed() {
 share_agent_loop() {
     LAST_PUSH=$(date +%s)
     while [ ! -e "$STATE/agent.stop" ]; do
-        sleep 1
+        # A background sleep, so share_agent_stop can cut it short (the agent is then never
+        # inside a window when it sees the stop flag).
+        sleep 1 &
+        echo $! > "$STATE/agent.sleep"
+        wait $!
+        [ -e "$STATE/agent.stop" ] && break
         share_push_changed
     done
 }
 
 share_agent_start() {
     rm -f "$STATE/agent.stop"
-    share_agent_loop &
+    # stderr off: the shell would report the killed sleep ("Terminated"); failures are
+    # reported with `say` on stdout.
+    share_agent_loop 2>/dev/null &
     AGENT_PID=$!
 }
 
 share_agent_stop() {
     touch "$STATE/agent.stop"
+    kill "$(cat "$STATE/agent.sleep" 2>/dev/null)" 2>/dev/null
     wait "$AGENT_PID" 2>/dev/null
 }
 
