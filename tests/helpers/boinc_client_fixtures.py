@@ -1,0 +1,142 @@
+"""Helpers for running jobs under the real BOINC client (Debian boinc-client 7.20.5).
+
+* :func:`require_boinc_client` - fail (not skip) with the fix when the client is missing:
+  ``make test`` installs it through scripts/install-deps.sh;
+* :func:`write_probe_app_dir` - an APP_DIR (contract §1) whose main program is a launcher
+  running ``tests/helpers/boinc_probe_app.py`` on our Python app side;
+* :class:`ClientSession` - one data directory and the client on it, restartable, always
+  stopped by :meth:`ClientSession.close`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from vmwrapper.boincclient import (
+    BoincClient,
+    DataDir,
+    JobRequest,
+    Naming,
+    StopReport,
+    write_data_dir,
+)
+
+PROBE_APP = Path(__file__).with_name("boinc_probe_app.py")
+PROBE_LAUNCHER = """#!/bin/sh
+# The probe app's main program: like examples/common/vmwrapper-launcher, the interpreter comes
+# from VMWRAPPER_PYTHON, which the data-dir writer bakes in (the client passes no variables).
+exec "${VMWRAPPER_PYTHON:-python3}" probe_app.py "$@"
+"""
+PROBE_VERSION_XML = """<version>
+    <file>
+        <physical_name>probe_launcher_1</physical_name>
+        <main_program/>
+    </file>
+    <file>
+        <physical_name>probe_app_1.py</physical_name>
+        <logical_name>probe_app.py</logical_name>
+        <copy_file/>
+    </file>
+    <dont_throttle/>
+    <is_wrapper/>
+    <api_version>7.20.5</api_version>
+</version>
+"""
+PROBE_INPUT_TEMPLATE = """<input_template>
+    <file_info>
+        <number>0</number>
+    </file_info>
+    <workunit>
+        <file_ref>
+            <file_number>0</file_number>
+            <open_name>shared/in</open_name>
+            <copy_file/>
+        </file_ref>
+        <command_line>--steps 8 --hold-at 4</command_line>
+    </workunit>
+</input_template>
+"""
+PROBE_OUTPUT_TEMPLATE = """<output_template>
+    <file_info>
+        <name><OUTFILE_0/></name>
+        <generated_locally/>
+        <upload_when_present/>
+        <max_nbytes>100000</max_nbytes>
+        <url><UPLOAD_URL/></url>
+    </file_info>
+    <result>
+        <file_ref>
+            <file_name><OUTFILE_0/></file_name>
+            <open_name>shared/out</open_name>
+            <copy_file/>
+        </file_ref>
+    </result>
+</output_template>
+"""
+
+
+def require_boinc_client() -> None:
+    missing = [p for p in ("boinc", "boinccmd") if shutil.which(p) is None]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not found: run scripts/install-deps.sh (Debian boinc-client)"
+        )
+
+
+def write_probe_app_dir(app_dir: Path, input_text: str = "hello-probe") -> Path:
+    """The probe app as a project would ship it."""
+    (app_dir / "templates").mkdir(parents=True)
+    (app_dir / "inputs").mkdir()
+    (app_dir / "version.xml").write_text(PROBE_VERSION_XML)
+    launcher = app_dir / "probe_launcher_1"
+    launcher.write_text(PROBE_LAUNCHER)
+    launcher.chmod(0o755)
+    shutil.copyfile(PROBE_APP, app_dir / "probe_app_1.py")
+    (app_dir / "templates" / "input_template.xml").write_text(PROBE_INPUT_TEMPLATE)
+    (app_dir / "templates" / "output_template.xml").write_text(PROBE_OUTPUT_TEMPLATE)
+    (app_dir / "inputs" / "in").write_text(input_text + "\n")
+    return app_dir
+
+
+class ClientSession:
+    """A data directory with its client, for one test module."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        app_dir: Path,
+        jobs: Sequence[JobRequest],
+        *,
+        naming: Naming = Naming(app_name="probe"),  # noqa: B008 - frozen value
+        checkpoint_period: float = 2.0,
+    ) -> None:
+        require_boinc_client()
+        self.data: DataDir = write_data_dir(
+            data_dir,
+            app_dir,
+            jobs,
+            password="pw-" + data_dir.name,
+            naming=naming,
+            python=sys.executable,
+            checkpoint_period=checkpoint_period,
+        )
+        self.client = BoincClient(self.data)
+        self.stops: list[StopReport] = []
+
+    def start(self) -> BoincClient:
+        self.client = BoincClient(self.data)  # a fresh port: the old one may linger
+        self.client.start()
+        return self.client
+
+    def quit(self) -> StopReport:
+        report = self.client.quit()
+        self.stops.append(report)
+        return report
+
+    def close(self) -> None:
+        self.client.stop()
