@@ -427,7 +427,18 @@ def run_job(
             task.close()
         last_code = facts.returncode
         verdict = classify_exit(facts)
-        record(TaskEvent("exit", verdict.message))
+        record(
+            TaskEvent(
+                "exit",
+                verdict.message,
+                {
+                    "returncode": facts.returncode,
+                    "finish_file": facts.finish is not None,
+                    "temporary_exit_file": facts.temporary_exit is not None,
+                    "disposition": verdict.disposition.value,
+                },
+            )
+        )
         if verdict.disposition in (Disposition.FINISHED, Disposition.ERROR, Disposition.ABORTED):
             break
         if verdict.premature:

@@ -1,0 +1,197 @@
+"""Interop with the real BOINC API: a C++ app linked against Debian's libboinc runs under our
+harness (the client side), and our app side runs under the harness too.
+
+The C++ app (tests/data/protocol/boinc_test_app.cpp) is compiled here with g++; it uses the
+API's default behaviour, so what is checked is what libboinc itself does with our segment,
+init_data.xml, link files and control messages.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers.harness_fixtures import DATA, make_pyapp_dir
+
+from vmwrapper.harness.job import (
+    Action,
+    JobOutcome,
+    JobReport,
+    JobRequest,
+    Progress,
+    ScheduledAction,
+    run_job,
+)
+from vmwrapper.harness.task import TaskEvent
+from vmwrapper.outcome import EXIT_ABORTED_BY_CLIENT
+
+pytestmark = pytest.mark.system
+
+VERSION_XML = """<version>
+  <file><physical_name>boinc_test_app_1</physical_name><main_program/></file>
+  <api_version>7.20.5</api_version>
+  <cmdline>{cmdline}</cmdline>
+</version>
+"""
+
+OUTPUT_TEMPLATE = """<output_template>
+<file_info><name><OUTFILE_0/></name><max_nbytes>10000</max_nbytes></file_info>
+<result><file_ref><file_name><OUTFILE_0/></file_name><open_name>out</open_name></file_ref></result>
+</output_template>
+"""
+
+
+@pytest.fixture(scope="module")
+def cpp_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The C++ test app, compiled against the installed BOINC API."""
+    if shutil.which("g++") is None or not Path("/usr/include/boinc/boinc_api.h").exists():
+        pytest.fail("g++ and libboinc-app-dev are needed: run scripts/install-deps.sh")
+    out = tmp_path_factory.mktemp("cpp") / "boinc_test_app"
+    # the static libboinc_api.a of Debian is stripped and does not link: link dynamically
+    subprocess.run(
+        [
+            "g++",
+            "-O1",
+            "-o",
+            str(out),
+            str(DATA / "boinc_test_app.cpp"),
+            "-I/usr/include/boinc",
+            "-lboinc_api",
+            "-lboinc",
+            "-lpthread",
+        ],
+        check=True,
+        timeout=300,
+    )
+    return out
+
+
+def cpp_app_dir(root: Path, binary: Path, cmdline: str) -> Path:
+    app = root / "cppapp"
+    (app / "templates").mkdir(parents=True)
+    shutil.copy2(binary, app / "boinc_test_app_1")
+    (app / "version.xml").write_text(VERSION_XML.format(cmdline=cmdline))
+    (app / "templates" / "output_template.xml").write_text(OUTPUT_TEMPLATE)
+    return app
+
+
+class Recorder:
+    """Collects progress snapshots and events while a job runs."""
+
+    def __init__(self) -> None:
+        self.progress: list[Progress] = []
+        self.events: list[TaskEvent] = []
+
+    def run(self, request: JobRequest) -> JobReport:
+        return run_job(request, on_progress=self.progress.append, on_event=self.events.append)
+
+    def exits(self) -> list[TaskEvent]:
+        return [e for e in self.events if e.kind == "exit"]
+
+
+def request(app: Path, work: Path, *schedule: ScheduledAction, **kw: object) -> JobRequest:
+    return JobRequest(
+        app_dir=app,
+        workdir=work,
+        schedule=tuple(schedule),
+        checkpoint_period=1.0,
+        poll_interval=0.25,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_cpp_app_progress_checkpoints_suspend_resume_trickle_and_finish(
+    cpp_app: Path, tmp_path: Path
+) -> None:
+    app = cpp_app_dir(tmp_path, cpp_app, "--steps 40 --step-time 0.1 --trickle")
+    rec = Recorder()
+    report = rec.run(
+        request(
+            app,
+            tmp_path / "work",
+            ScheduledAction(1.5, Action.SUSPEND),
+            ScheduledAction(5.0, Action.RESUME),
+        )
+    )
+    assert report.outcome is JobOutcome.SUCCESS, report.message
+    assert report.finish_status == 0 and report.process_exit_code == 0
+    # fraction done and checkpoint CPU time reached the client through the segment
+    fractions = [p.fraction_done for p in rec.progress]
+    assert 0 < min(f for f in fractions if f) < 0.5 and max(fractions) == pytest.approx(1.0)
+    assert report.checkpoints >= 2 and report.checkpoint_cpu_time > 0
+    # suspended (the app read <suspend/>): no progress between 1 s after the suspend and the
+    # resume; progress again after the resume
+    frozen = [p for p in rec.progress if 3.0 <= p.elapsed <= 4.9]
+    assert frozen and len({(p.fraction_done, p.cpu_time) for p in frozen}) == 1
+    assert all(p.state == "suspended" for p in frozen)
+    after = [p.fraction_done for p in rec.progress if p.elapsed > 5.0]
+    assert max(after) > frozen[0].fraction_done
+    # the trickle-up arrived with variety and body byte for byte
+    assert [(t.variety, t.body) for t in report.trickles] == [
+        ("cpp_progress", "<value>42</value>\n<text>a &amp; b, &lt;raw&gt;</text>\n")
+    ]
+    trickle_file = Path(report.trickles[0].path)
+    assert trickle_file.read_text().startswith("<variety>cpp_progress</variety>\n")
+    # the output was written through the client's link file into the project dir
+    assert [o.logical_name for o in report.outputs] == ["out"]
+    assert Path(report.outputs[0].destination).read_text() == "boinc_test_app did 40 steps\n"
+
+
+def test_cpp_app_quit_is_a_restartable_exit(cpp_app: Path, tmp_path: Path) -> None:
+    app = cpp_app_dir(tmp_path, cpp_app, "--steps 30 --step-time 0.1")
+    rec = Recorder()
+    report = rec.run(request(app, tmp_path / "work", ScheduledAction(2.0, Action.QUIT)))
+    first, last = rec.exits()[0], rec.exits()[-1]
+    # <quit/>: the API exits 0 without a finish file; the client restarts the task
+    assert first.data["returncode"] == 0 and first.data["finish_file"] is False
+    assert first.data["disposition"] == "restart"
+    assert report.episodes == 2 and last.data["disposition"] == "finished"
+    assert report.outcome is JobOutcome.SUCCESS
+    # the second run resumed from the API checkpoint, not from step 0
+    assert "start at step 0 of 30" in report.stderr_tail
+    starts = [line for line in report.stderr_tail.splitlines() if "start at step" in line]
+    assert len(starts) == 2 and starts[1] != "boinc_test_app: start at step 0 of 30"
+
+
+def test_cpp_app_abort_exits_194(cpp_app: Path, tmp_path: Path) -> None:
+    app = cpp_app_dir(tmp_path, cpp_app, "--steps 100 --step-time 0.1")
+    report = Recorder().run(request(app, tmp_path / "work", ScheduledAction(1.5, Action.ABORT)))
+    assert report.outcome is JobOutcome.ABORTED
+    assert report.process_exit_code == EXIT_ABORTED_BY_CLIENT
+    assert report.finish_status is None and report.elapsed < 30
+
+
+def test_cpp_app_finish_status_is_read_back(cpp_app: Path, tmp_path: Path) -> None:
+    app = cpp_app_dir(tmp_path, cpp_app, "--steps 5 --step-time 0.05 --finish-status 5")
+    report = Recorder().run(request(app, tmp_path / "work"))
+    # boinc_finish(5): finish file says 5 and the process exits 5, a compute error
+    assert report.finish_status == 5 and report.process_exit_code == 5
+    assert report.outcome is JobOutcome.ERROR and report.exit_status == 5
+    assert "process exited with code 5" in report.message
+
+
+def test_python_app_side_under_the_harness(tmp_path: Path) -> None:
+    """Our AppClient through suspend, resume, quit-and-restart, trickles, upload, finish."""
+    app = make_pyapp_dir(
+        tmp_path, "--steps 40 --step-time 0.05 --trickles 2 --upload out --checkpoint-every 4"
+    )
+    rec = Recorder()
+    report = rec.run(
+        request(
+            app,
+            tmp_path / "work",
+            ScheduledAction(1.0, Action.SUSPEND),
+            ScheduledAction(2.5, Action.RESUME),
+            ScheduledAction(3.0, Action.QUIT),
+        )
+    )
+    assert report.outcome is JobOutcome.SUCCESS, report.message
+    assert report.episodes == 2 and rec.exits()[0].data["disposition"] == "restart"
+    assert [t.body for t in report.trickles] == [
+        f"<n>{n}</n>\n<msg>trickle & body {n}</msg>\n" for n in range(2)
+    ]
+    assert [(u.logical_name, u.status) for u in report.uploads] == [("out", 0)]
+    assert Path(report.uploads[0].path).read_text() == "done 40 steps\n"
+    assert "upload status 0" in report.stderr_tail
