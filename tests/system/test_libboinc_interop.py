@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.harness_fixtures import DATA, make_pyapp_dir
 
+from helpers.harness_fixtures import DATA, make_pyapp_dir
 from vmwrapper.harness.job import (
     Action,
     JobOutcome,

@@ -109,10 +109,10 @@ def main() -> int:
     if args.crash_code:
         client.write_outcome(Finish(args.crash_code))
         client.close()
-        return args.crash_code
+        return int(args.crash_code)
     client.write_outcome(Finish(args.finish_status, args.finish_message))
     client.close()
-    return args.finish_status
+    return int(args.finish_status)
 
 
 if __name__ == "__main__":
