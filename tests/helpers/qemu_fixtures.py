@@ -8,9 +8,12 @@ VM must be stopped within a minute (SeaBIOS then reboots, and -no-reboot ends QE
 from __future__ import annotations
 
 import hashlib
+import re
+import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -18,10 +21,16 @@ from typing import Any
 
 import psutil
 
-from vmwrapper.hypervisor.base import VmConfig
+from vmwrapper.hypervisor.base import Share, VmConfig, VmStatus
 from vmwrapper.hypervisor.qemu.backend import QemuBackend
+from vmwrapper.images import ensure_image
 
 GUEST_MEMORY_MB = 256
+
+
+def built_guest_image() -> Path:
+    """The default guest image (built once, then taken from the image cache)."""
+    return ensure_image()
 
 
 def make_image(path: Path, fmt: str = "vdi", size: str = "16M") -> Path:
@@ -103,3 +112,69 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
         for conn in psutil.Process(pid).net_connections(kind="tcp")
         if conn.status == psutil.CONN_LISTEN
     }
+
+
+def make_guest_slot(
+    root: Path, image: Path, app: str, inputs: dict[str, str], *, multiattach: bool = False
+) -> tuple[Path, Path, VmConfig]:
+    """A slot with ``shared/boinc_app`` (a busybox sh script) and inputs, and its VmConfig.
+
+    The built guest image is copied as the slot's vm_image.vdi, or, with ``multiattach``,
+    as a parent in the project dir.
+    """
+    slot, project = make_slot(root, with_blank_disk=False)
+    shared = slot / "shared"
+    shared.mkdir()
+    (shared / "boinc_app").write_text(app)
+    (shared / "boinc_app").chmod(0o755)
+    for name, text in inputs.items():
+        (shared / name).write_text(text)
+    disk = (project / "vm_parent.vdi") if multiattach else (slot / "vm_image.vdi")
+    shutil.copyfile(image, disk)
+    changes: dict[str, Any] = {"shares": (Share("shared", shared),)}
+    if multiattach:
+        changes.update(disk_image=None, multiattach_parent=disk)
+    return slot, project, vm_config(slot, project, **changes)
+
+
+class GuestWatch:
+    """Collects a running guest's log lines; waits for a line or for the VM to stop."""
+
+    def __init__(self, vm: QemuBackend) -> None:
+        self.vm = vm
+        self.lines: list[str] = []
+
+    def poll(self) -> list[str]:
+        new = self.vm.guest_log()
+        self.lines += new
+        return new
+
+    def wait_line(self, predicate: Callable[[str], bool], timeout: float = 90.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.poll():
+                if predicate(line):
+                    return line
+            if not self.vm.status().state.online:
+                self.poll()
+                break
+            time.sleep(0.1)
+        raise AssertionError(
+            f"no such guest line within {timeout} s; log:\n" + "\n".join(self.lines)
+        )
+
+    def wait_stopped(self, timeout: float = 90.0) -> VmStatus:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll()
+            status = self.vm.status()
+            if not status.state.online:
+                self.poll()
+                return status
+            time.sleep(0.2)
+        raise AssertionError(f"VM still running after {timeout} s; log:\n" + "\n".join(self.lines))
+
+
+def counts(lines: list[str]) -> list[int]:
+    """The numbers of the guest app's ``count N`` lines."""
+    return [int(line.split()[1]) for line in lines if re.fullmatch(r"count \d+", line)]
