@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vmwrapper.errors import ImageError
 from vmwrapper.images import disk, qemu_img
-from vmwrapper.images.cpio import CpioEntry, EntryKind, with_parent_dirs, write_newc
+from vmwrapper.images.cpio import CpioEntry, with_parent_dirs, write_newc
 from vmwrapper.images.debs import BUSYBOX_PACKAGE, DebStore, PackageId, sha256_file, unpack
 from vmwrapper.images.mbr import plan_layout
 from vmwrapper.images.modules import KernelModule, format_modules_dep, load_order, module_from_elf
@@ -211,7 +211,9 @@ def _module_entries(
     entries = [
         CpioEntry.file(f"{prefix}/{m.path}", (base / m.path).read_bytes()) for m in everything
     ]
-    entries.append(CpioEntry.file(f"{prefix}/modules.dep", format_modules_dep(everything, index).encode()))
+    entries.append(
+        CpioEntry.file(f"{prefix}/modules.dep", format_modules_dep(everything, index).encode())
+    )
     for name in ("modules.builtin", "modules.order"):
         if (base / name).is_file():
             entries.append(CpioEntry.file(f"{prefix}/{name}", (base / name).read_bytes()))
@@ -225,7 +227,9 @@ def _guest_entries() -> list[CpioEntry]:
     for name, node in guest_files().items():
         data = node.read_bytes()
         executable = data.startswith(b"#!")
-        entries.append(CpioEntry.file(f"{GUEST_DIR_IN_IMAGE}/{name}", data, 0o755 if executable else 0o644))
+        entries.append(
+            CpioEntry.file(f"{GUEST_DIR_IN_IMAGE}/{name}", data, 0o755 if executable else 0o644)
+        )
     init = guest_files()["init"].read_bytes()
     entries.append(CpioEntry.file("init", init, 0o755))
     return entries

@@ -33,9 +33,7 @@ def image_path(recipe: ImageRecipe = DEFAULT_RECIPE, cache: Path | None = None) 
     return cache / "images" / f"vmwrapper-guest-{key}.{recipe.suffix}"
 
 
-def ensure_image(
-    recipe: ImageRecipe = DEFAULT_RECIPE, *, cache: Path | None = None
-) -> Path:
+def ensure_image(recipe: ImageRecipe = DEFAULT_RECIPE, *, cache: Path | None = None) -> Path:
     """The image for ``recipe``: from the cache, or built now (a minute, mostly the download
     and unpacking of the kernel package) and cached."""
     return ensure_image_report(recipe, cache=cache)[0]

@@ -111,9 +111,7 @@ def _pad4(size: int) -> bytes:
 def write_newc(entries: Iterable[CpioEntry], *, mtime: int = 0) -> bytes:
     """The archive as bytes: each entry in order, then the trailer."""
     out = bytearray()
-    ino = 0
-    for entry in [*entries, CpioEntry(_TRAILER, EntryKind.FILE, 0)]:
-        ino += 1
+    for ino, entry in enumerate([*entries, CpioEntry(_TRAILER, EntryKind.FILE, 0)], start=1):
         name = entry.path.encode() + b"\0"
         header = _header(0 if entry.path == _TRAILER else ino, entry, len(name), mtime)
         out += header + name + _pad4(len(header) + len(name))

@@ -133,12 +133,17 @@ class DebStore:
                     return candidate
                 candidate.unlink()  # a partial or stale download
             log.info("downloading %s", package, extra={"event": "image_apt_download"})
-            run(["apt-get", "download", "-q", f"{package.name}={package.version}"],
-                cwd=self.directory, timeout=900)
+            run(
+                ["apt-get", "download", "-q", f"{package.name}={package.version}"],
+                cwd=self.directory,
+                timeout=900,
+            )
             for candidate in self.directory.glob(f"{prefix}*.deb"):
                 if sha256_file(candidate) == package.sha256:
                     return candidate
-        raise ImageError(f"apt-get download {package.name} gave no file with sha256 {package.sha256}")
+        raise ImageError(
+            f"apt-get download {package.name} gave no file with sha256 {package.sha256}"
+        )
 
 
 def unpack(deb: Path, dest: Path) -> None:

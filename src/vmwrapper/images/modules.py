@@ -70,7 +70,9 @@ def module_from_elf(path: str, elf: bytes) -> KernelModule:
     return KernelModule(name=name.replace("-", "_"), path=path, depends=depends)
 
 
-def load_order(wanted: Iterable[str], index: Mapping[str, KernelModule]) -> tuple[KernelModule, ...]:
+def load_order(
+    wanted: Iterable[str], index: Mapping[str, KernelModule]
+) -> tuple[KernelModule, ...]:
     """Every module in ``wanted`` and what it needs, each after its dependencies, each once.
 
     Modules are named with '-' or '_' alike. Raises ImageError for a module the kernel
