@@ -50,7 +50,9 @@ class ClientSide:
     slot: Path
     clock: FakeClock
     segment: Segment
-    schedule: list[tuple[float, str]] = field(default_factory=list)  # (clock offset, message)
+    #: (seconds after start, control message or a callable run on the client side)
+    schedule: list[tuple[float, str | Callable[[ClientSide], None]]] = field(default_factory=list)
+    heartbeat: str = ""  # sent every poll when set (e.g. "<heartbeat/><network_suspended/>")
     statuses: list[str] = field(default_factory=list)
     trickles: list[files.Trickle] = field(default_factory=list)
     start: float = 0.0
@@ -60,11 +62,17 @@ class ClientSide:
 
     def poll(self) -> None:
         """What the client does every second."""
-        due = [(t, msg) for t, msg in self.schedule if self.clock.now - self.start >= t]
+        due = [item for item in self.schedule if self.clock.now - self.start >= item[0]]
         for item in due:
-            if self.segment.send(Channel.PROCESS_CONTROL_REQUEST, item[1]):
+            what = item[1]
+            if not isinstance(what, str):
+                what(self)
+                self.schedule.remove(item)
+            elif self.segment.send(Channel.PROCESS_CONTROL_REQUEST, what):
                 self.schedule.remove(item)
                 break  # one message per poll, as the client's queue does
+        if self.heartbeat:
+            self.segment.send(Channel.HEARTBEAT, self.heartbeat)
         status = self.segment.receive(Channel.APP_STATUS)
         if status is not None:
             self.statuses.append(status)
@@ -93,24 +101,31 @@ class Run:
         return self.slot / "shared" / name
 
 
-def make_slot(
-    tmp: Path, *, prefs: GlobalPrefs | None = None, checkpoint_period: float = 60.0
-) -> Path:
-    slot = tmp / "slots" / "0"
-    slot.mkdir(parents=True, exist_ok=True)
-    project = tmp / "projects" / "example.org"
-    project.mkdir(parents=True, exist_ok=True)
+def write_init_data(
+    slot: Path, *, prefs: GlobalPrefs | None = None, checkpoint_period: float = 60.0, **more: Any
+) -> None:
+    project = slot.parent.parent / "projects" / "example.org"
     aid = AppInitData(
         project_dir=str(project),
-        boinc_dir=str(tmp),
+        boinc_dir=str(slot.parent.parent),
         result_name="job_1_0",
         slot=0,
         shm_key=-1,
-        client_pid=os.getpid(),
+        client_pid=more.pop("client_pid", os.getpid()),
         checkpoint_period=checkpoint_period,
         global_prefs=prefs or GlobalPrefs(),
+        **more,
     )
     (slot / "init_data.xml").write_text(format_init_data(aid))
+
+
+def make_slot(
+    tmp: Path, *, prefs: GlobalPrefs | None = None, checkpoint_period: float = 60.0, **more: Any
+) -> Path:
+    slot = tmp / "slots" / "0"
+    slot.mkdir(parents=True, exist_ok=True)
+    (tmp / "projects" / "example.org").mkdir(parents=True, exist_ok=True)
+    write_init_data(slot, prefs=prefs, checkpoint_period=checkpoint_period, **more)
     return slot
 
 
@@ -130,23 +145,25 @@ def run_job(
     job: JobSpec,
     script: FakeScript | None = None,
     *,
-    control: list[tuple[float, str]] | None = None,
+    control: list[tuple[float, str | Callable[[ClientSide], None]]] | None = None,
     settings: dict[str, Any] | None = None,
     clock: FakeClock | None = None,
     backend: FakeBackend | None = None,
     max_seconds: float = 100_000.0,
     prefs: GlobalPrefs | None = None,
     before_tick: Callable[[FakeClock, FakeBackend], None] | None = None,
+    heartbeat: str = "",
+    init_data: dict[str, Any] | None = None,
 ) -> Run:
     """One wrapper episode in ``tmp``'s slot; returns its outcome (and leaves the slot)."""
     clock = clock or FakeClock()
-    slot = make_slot(tmp, prefs=prefs)
+    slot = make_slot(tmp, prefs=prefs, **(init_data or {}))
     if job.enable_shared_directory:
         (slot / "shared").mkdir(exist_ok=True)
     state_file = slot / "fake_vm.json"
     fake = backend or FakeBackend(vm_config(slot, job), script, clock=clock, state_file=state_file)
     segment = Segment.create(slot)
-    side = ClientSide(slot, clock, segment, list(control or []), start=clock.now)
+    side = ClientSide(slot, clock, segment, list(control or []), heartbeat, start=clock.now)
     clock.on_sleep = [side.poll]
     if before_tick is not None:
         clock.on_sleep.append(lambda: before_tick(clock, fake))

@@ -164,12 +164,15 @@ class FakeBackend:
         before, self.guest_time = self.guest_time, self.guest_time + max(now - self._last, 0.0)
         self._cpu += (self.guest_time - before) * self.script.cpu_fraction
         self._last = now
+        fired = False
         for s in self.script.steps:
             if before < s.at <= self.guest_time or (s.at == 0 and before == 0 < self.guest_time):
                 self._do(s)
+                fired = True
                 if self.state is not VmState.RUNNING:
                     break
-        self._save()
+        if fired:
+            self._save()
 
     def _do(self, s: GuestStep) -> None:
         path = self._shared() / s.name if s.name else None

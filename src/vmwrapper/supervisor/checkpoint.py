@@ -179,6 +179,13 @@ def desired_interval(client_period: float, minimum: float, automatic: bool) -> f
 def make_policy(
     *, client_period: float, minimum: float, automatic: bool, seed: int | None
 ) -> CheckpointPolicy:
-    """The policy for one run; the first offset is drawn from ``random.Random(seed)``."""
-    offset = random.Random(seed).uniform(0.0, FIRST_OFFSET_RANGE) if automatic else 0.0
-    return CheckpointPolicy(desired_interval(client_period, minimum, automatic), offset, automatic)
+    """The policy for one run; the first offset is drawn from ``random.Random(seed)``.
+
+    vboxwrapper draws it from [0, 600) s whatever the interval; we draw from
+    [0, min(600, interval)) — the same for the default 600 s interval, and a job that asks
+    for checkpoints every minute does not wait up to ten for its first one.
+    """
+    interval = desired_interval(client_period, minimum, automatic)
+    spread = min(FIRST_OFFSET_RANGE, interval)
+    offset = random.Random(seed).uniform(0.0, spread) if automatic else 0.0
+    return CheckpointPolicy(interval, offset, automatic)

@@ -128,6 +128,7 @@ class _Runtime:
     last_tick: float | None = None
     counting: bool = False  # elapsed time advances (RUNNING, VM not paused)
     client: m.ClientView = dataclasses.field(default_factory=m.ClientView)
+    retry: backoff.BackoffState = dataclasses.field(default_factory=backoff.BackoffState)
 
 
 class Supervisor:
@@ -175,6 +176,7 @@ class Supervisor:
             last_trickle_elapsed=record.elapsed_time,
             last_status_report=record.elapsed_time,
         )
+        self.rt.retry = backoff.load(settings.slot_dir)
         if self.job.heartbeat_filename:
             self.rt.heartbeat = HeartbeatWatch(self.job.minimum_heartbeat_interval)
 
@@ -310,7 +312,7 @@ class Supervisor:
             client=client,
             elapsed=rt.elapsed,
             network_connected=rt.network_connected,
-            transient_delay=backoff.load(self.settings.slot_dir).next_delay(),
+            transient_delay=rt.retry.next_delay(),
         )
         if state is m.State.STARTING:
             return replace(base, restore_snapshot=self._restore_snapshot())
@@ -642,7 +644,7 @@ class Supervisor:
         rt.last_checkpoint_elapsed = rt.elapsed
         rt.checkpoint_cpu = cpu
         rt.checkpoints_this_run += 1
-        backoff.reset(self.settings.slot_dir)
+        self._reset_backoff()
         if old and old != snapshot:
             try:
                 self.backend.delete_checkpoint(old)
@@ -736,11 +738,16 @@ class Supervisor:
         (self.settings.slot_dir / CERN_OUTPUT_FILE).write_text("Work Unit completed!\n")
 
     def _do_RecordTransientFailure(self, action: m.RecordTransientFailure) -> None:
-        slot = self.settings.slot_dir
-        backoff.save(slot, backoff.load(slot).bumped(action.reason))
+        self.rt.retry = self.rt.retry.bumped(action.reason)
+        backoff.save(self.settings.slot_dir, self.rt.retry)
 
     def _do_ResetBackoff(self, action: m.ResetBackoff) -> None:
-        backoff.reset(self.settings.slot_dir)
+        self._reset_backoff()
+
+    def _reset_backoff(self) -> None:
+        if self.rt.retry.failures:
+            self.rt.retry = backoff.BackoffState()
+            backoff.reset(self.settings.slot_dir)
 
     # -- status ---------------------------------------------------------------------------
 

@@ -1,0 +1,602 @@
+"""The wrapper's runtime behaviours, end to end in-process: the real supervisor loop, a real
+AppClient on a real shared segment (the client side in helpers.supervisor_fixtures), the
+FakeBackend as the VM, and an injected clock (hours of job time in milliseconds).
+
+Each test names the row of the exit table (reference §6.1) or the behaviour it covers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from helpers.supervisor_fixtures import ClientSide, FakeClock, run_job, vm_config, write_init_data
+from vmwrapper.boinc import files
+from vmwrapper.boinc.init_data import GlobalPrefs
+from vmwrapper.hypervisor.base import VmState
+from vmwrapper.hypervisor.fake import FakeBackend, FakeScript, GuestStep
+from vmwrapper.outcome import (
+    ERR_EXEC,
+    ERR_FILE_MISSING,
+    ERR_TIMEOUT,
+    EXIT_ABORTED_BY_CLIENT,
+    EXIT_OUT_OF_MEMORY,
+    Finish,
+    PlainExit,
+    TemporaryExit,
+)
+from vmwrapper.spec.model import JobSpec
+from vmwrapper.supervisor import backoff, checkpoint, machine
+
+SHARED = JobSpec(enable_shared_directory=True, completion_trigger_file="done")
+
+
+def steps(*items: tuple[float, str, str, str]) -> tuple[GuestStep, ...]:
+    return tuple(GuestStep(at, action, name, text) for at, action, name, text in items)
+
+
+def done_at(t: float, text: str = "0\n0\n") -> tuple[float, str, str, str]:
+    return (t, "write", "done", text)
+
+
+def last_status(run_client: ClientSide) -> dict[str, float]:
+    text = run_client.statuses[-1]
+    out: dict[str, float] = {}
+    for tag in ("current_cpu_time", "checkpoint_cpu_time", "fraction_done", "other_pid"):
+        if f"<{tag}>" in text:
+            out[tag] = float(text.split(f"<{tag}>")[1].split("<")[0])
+    return out
+
+
+# -- §6.1 row 16: completion trigger ----
+
+
+def test_completion_trigger_finishes_with_code_notice_and_message(tmp_path: Path) -> None:
+    script = FakeScript(boot_seconds=3, steps=steps(done_at(20, "3\n1\nInput was corrupt.\n")))
+    run = run_job(tmp_path, SHARED, script)
+    assert run.outcome == Finish(3, "Input was corrupt.", notice=True)
+    assert files.read_finish_file(run.slot) == Finish(3, "Input was corrupt.", notice=True)
+    assert run.backend.state is VmState.ABSENT and run.backend.calls[-1] == "cleanup"
+    assert "completion_trigger" in run.codes()
+    assert run.shared("done").exists()  # not deleted, as vboxwrapper
+
+
+def test_vm_pid_reported_to_the_client(tmp_path: Path) -> None:
+    run = run_job(tmp_path, SHARED, FakeScript(steps=steps(done_at(5))))
+    assert any("<other_pid>100001</other_pid>" in s for s in run.client.statuses)
+
+
+# -- §6.1 row 17: temporary-exit trigger, then restart from the checkpoint ----
+
+
+def test_temporary_exit_trigger_checkpoints_and_restart_continues(tmp_path: Path) -> None:
+    job = JobSpec(
+        enable_shared_directory=True,
+        completion_trigger_file="done",
+        temporary_exit_trigger_file="later",
+    )
+    script = FakeScript(
+        steps=steps(
+            (10, "write", "progress.log", "phase 1\n"),
+            (30, "write", "later", "120\n0\n"),
+            (50, "append", "progress.log", "phase 2\n"),
+            done_at(60),
+        )
+    )
+    first = run_job(tmp_path, job, script)
+    assert isinstance(first.outcome, TemporaryExit)
+    assert first.outcome.delay == 120 and first.outcome.reason  # a reason, always (§12.12)
+    request = files.read_temporary_exit_file(first.slot)
+    assert request is not None and request.delay == 120
+    assert not first.shared("later").exists()  # deleted
+    record = checkpoint.read_record(first.slot)
+    assert record.snapshot in first.backend.snapshots and first.backend.state is VmState.POWERED_OFF
+    # the next episode restores that snapshot: the guest does not redo phase 1
+    (first.slot / "boinc_temporary_exit").unlink()
+    second = run_job(tmp_path, job, script)
+    assert second.outcome == Finish(0)
+    assert f"start:{record.snapshot}" in second.backend.calls
+    assert second.shared("progress.log").read_text() == "phase 1\nphase 2\n"
+
+
+# -- trickles ----
+
+
+def test_trickle_files_each_become_a_trickle_none_lost(tmp_path: Path) -> None:
+    job = JobSpec(
+        enable_shared_directory=True,
+        completion_trigger_file="done",
+        trickle_trigger_file=("trickle_a", "trickle_b"),
+    )
+    script = FakeScript(
+        steps=steps(
+            (10, "write", "trickle_a", "<a>1</a>"),
+            (10, "write", "trickle_b", "<b>2</b>"),
+            (20, "write", "trickle_a", "<a>3</a>"),
+            (30, "write", "trickle_b", "<b>last</b>"),
+            (30, "poweroff", "", ""),
+        )
+    )
+    run = run_job(tmp_path, job, script)
+    assert run.outcome == Finish(0)
+    got = [(t.variety, t.body) for t in run.client.trickles]
+    assert got == [
+        ("trickle_a", "<a>1</a>"),
+        ("trickle_b", "<b>2</b>"),
+        ("trickle_a", "<a>3</a>"),
+        ("trickle_b", "<b>last</b>"),  # written right before power-off: still delivered
+    ]
+    assert not run.shared("trickle_a").exists() and not run.shared("trickle_b").exists()
+
+
+def test_periodic_trickle_reports_cpu_time_and_does_not_refire_after_restart(
+    tmp_path: Path,
+) -> None:
+    job = JobSpec(enable_shared_directory=True, completion_trigger_file="done")
+    script = FakeScript(cpu_fraction=0.5, steps=steps(done_at(250)))
+    run = run_job(tmp_path, job, script, settings={"trickle_period": 100.0})
+    cpu = [t for t in run.client.trickles if t.variety == "cpu_time"]
+    assert len(cpu) == 2  # at 100 s and 200 s of elapsed time
+    value = float(cpu[0].body.split("<cpu_time>")[1].split("<")[0])
+    assert 45 <= value <= 55  # CPU time (half of elapsed here), not elapsed (§12.15)
+
+
+# -- intermediate uploads ----
+
+
+def test_intermediate_upload_uploads_the_shared_dir_file(tmp_path: Path) -> None:
+    job = JobSpec(
+        enable_shared_directory=True,
+        completion_trigger_file="done",
+        intermediate_upload_file=("partial.dat",),
+    )
+    project = tmp_path / "projects" / "example.org"
+    project.mkdir(parents=True)
+    physical = project / "job_1_0_partial"
+
+    def link(side: ClientSide) -> None:
+        files.write_soft_link(side.slot / "partial.dat", str(physical))
+
+    def client_uploaded(side: ClientSide) -> None:
+        if (side.slot / "boinc_ufr_partial.dat").exists():
+            files.write_upload_status(side.slot, "partial.dat", 0)
+
+    script = FakeScript(steps=steps((10, "write", "partial.dat", "partial result"), done_at(40)))
+    run = run_job(tmp_path, job, script, control=[(0, link), (20, client_uploaded)])
+    assert physical.read_text() == "partial result"  # the guest's file, not the slot's (§12.14)
+    assert (run.slot / "boinc_ufr_partial.dat").exists()
+    assert "upload_requested" in run.codes() and "upload_done" in run.codes()
+
+
+# -- fraction done, job_duration ----------------------------------------------------------------
+
+
+def test_fraction_done_from_the_guest_file(tmp_path: Path) -> None:
+    job = JobSpec(
+        enable_shared_directory=True,
+        completion_trigger_file="done",
+        fraction_done_filename="progress",
+    )
+    script = FakeScript(steps=steps((5, "write", "progress", "0.1\n0.42\nnoise\n"), done_at(30)))
+    seen: list[float] = []
+
+    def watch(side: ClientSide) -> None:
+        seen.append(last_status(side)["fraction_done"])
+
+    run_job(tmp_path, job, script, control=[(25, watch)])
+    assert seen == [pytest.approx(0.42)]
+
+
+def test_job_duration_drives_fraction_and_ends_in_success_with_cern_output(tmp_path: Path) -> None:
+    job = JobSpec(job_duration=100.0, enable_cern_dataformat=True)
+    seen: list[float] = []
+
+    def watch(side: ClientSide) -> None:
+        seen.append(last_status(side)["fraction_done"])
+
+    run = run_job(tmp_path, job, FakeScript(), control=[(51, watch)])
+    assert run.outcome == Finish(0)
+    assert 0.45 <= seen[0] <= 0.55
+    assert (run.slot / "output").read_text() == "Work Unit completed!\n"
+    assert run.backend.calls[-1] == "cleanup"
+
+
+def test_restored_past_job_duration_finishes_cleanly(tmp_path: Path) -> None:
+    slot = tmp_path / "slots" / "0"
+    slot.mkdir(parents=True)
+    checkpoint.write_record(slot, checkpoint.CheckpointRecord(elapsed_time=500.0, cpu_time=400.0))
+    run = run_job(tmp_path, JobSpec(job_duration=100.0), FakeScript())
+    assert run.outcome == Finish(0)  # vboxwrapper: bare exit 197, no finish file (§12.23)
+    assert files.read_finish_file(run.slot) == Finish(0)
+
+
+# -- §6.1 row 15: heartbeat file ----
+
+
+def test_heartbeat_file_that_stops_advancing_fails_with_timeout(tmp_path: Path) -> None:
+    job = JobSpec(
+        enable_shared_directory=True, heartbeat_filename="hb", minimum_heartbeat_interval=30.0
+    )
+    beats = tuple((float(t), "write", "hb", str(t)) for t in range(1, 40, 2))
+
+    def touch_times(clock: FakeClock, backend: FakeBackend) -> None:
+        hb = tmp_path / "slots" / "0" / "shared" / "hb"
+        if hb.exists():  # mtime follows the fake clock, as a real guest's writes follow time
+            os.utime(hb, (clock.now, clock.now if backend.guest_time < 40 else 1.0))
+
+    run = run_job(tmp_path, job, FakeScript(steps=steps(*beats)), before_tick=touch_times)
+    assert run.outcome == Finish(ERR_TIMEOUT, machine.MSG_HEARTBEAT)
+    assert run.client.statuses  # ran for a while first
+    assert "heartbeat_file" in run.codes()
+
+
+def test_heartbeat_file_missing_fails(tmp_path: Path) -> None:
+    job = JobSpec(enable_shared_directory=True, heartbeat_filename="hb")
+    run = run_job(tmp_path, job, FakeScript())
+    assert run.outcome == Finish(ERR_FILE_MISSING, machine.MSG_HEARTBEAT)
+
+
+# -- graphics status ----
+
+
+def test_graphics_status_written_each_poll(tmp_path: Path) -> None:
+    job = JobSpec(
+        enable_shared_directory=True, completion_trigger_file="done", enable_graphics_support=True
+    )
+    run = run_job(tmp_path, job, FakeScript(steps=steps(done_at(10))))
+    text = (run.slot / "graphics_status.xml").read_text()
+    assert "<graphics_status>" in text and "<suspended>0</suspended>" in text
+
+
+# -- client control: suspend / resume, quit, lost client, abort ------------------------------------
+
+
+def test_suspend_pauses_vm_and_freezes_elapsed(tmp_path: Path) -> None:
+    job = JobSpec(job_duration=100.0)
+    seen: list[tuple[float, int]] = []
+
+    def look(side: ClientSide) -> None:  # runs only if the job is still going
+        seen.append((last_status(side)["fraction_done"], len(side.statuses)))
+
+    control: list[tuple[float, str | Callable[[ClientSide], None]]] = [
+        (30, "<suspend/>"),
+        (40, look),
+        (520, look),
+        (530, "<resume/>"),
+    ]
+    run = run_job(tmp_path, job, FakeScript(), control=control)
+    assert run.outcome == Finish(0)
+    assert "pause" in run.backend.calls and "resume" in run.backend.calls
+    (frac_a, count_a), (frac_b, count_b) = seen
+    assert frac_a == frac_b and 0.25 <= frac_a <= 0.35  # elapsed frozen while suspended
+    assert count_b - count_a <= 1  # no status messages while suspended
+    assert 99 <= run.backend.guest_time <= 102  # the guest was paused too
+
+
+def test_quit_powers_off_without_a_file_and_restart_restores(tmp_path: Path) -> None:
+    job = JobSpec(
+        enable_shared_directory=True, completion_trigger_file="done", minimum_checkpoint_interval=60
+    )
+    script = FakeScript(steps=steps(done_at(400)))
+    first = run_job(tmp_path, job, script, control=[(200, "<quit/>")])
+    assert first.outcome == PlainExit(0)
+    assert not (first.slot / "boinc_temporary_exit").exists()  # quit: the client restarts us
+    assert first.backend.state is VmState.POWERED_OFF and "cleanup" not in first.backend.calls
+    record = checkpoint.read_record(first.slot)
+    assert record.snapshot and 60 <= record.elapsed_time <= 200
+    second = run_job(tmp_path, job, script)
+    assert second.outcome == Finish(0)
+    assert f"start:{record.snapshot}" in second.backend.calls
+
+
+def test_quit_with_savestate_usage_checkpoints_and_saves(tmp_path: Path) -> None:
+    job = JobSpec(enable_vm_savestate_usage=True, minimum_checkpoint_interval=10_000)
+    run = run_job(tmp_path, job, FakeScript(), control=[(50, "<quit/>")])
+    assert run.outcome == PlainExit(0)
+    assert run.backend.calls[-1] == "save_state"
+    record = checkpoint.read_record(run.slot)
+    assert record.snapshot in run.backend.snapshots and record.elapsed_time >= 49
+
+
+def test_lost_client_stops_the_vm_and_exits(tmp_path: Path) -> None:
+    dead_pid = 2**22 + 12345  # above pid_max: never alive
+    run = run_job(tmp_path, JobSpec(), FakeScript(), init_data={"client_pid": dead_pid})
+    assert run.outcome == PlainExit(0)
+    assert run.backend.state is VmState.POWERED_OFF
+    assert "no_heartbeat" in run.codes()
+
+
+def test_abort_cleans_up_and_finishes_194(tmp_path: Path) -> None:
+    run = run_job(tmp_path, JobSpec(), FakeScript(), control=[(20, "<abort/>")])
+    assert run.outcome == Finish(EXIT_ABORTED_BY_CLIENT)
+    assert run.backend.state is VmState.ABSENT
+
+
+def test_quit_while_booting(tmp_path: Path) -> None:
+    script = FakeScript(boot_seconds=1000)
+    run = run_job(tmp_path, JobSpec(), script, control=[(5, "<quit/>")])
+    assert run.outcome == PlainExit(0) and run.backend.state is VmState.POWERED_OFF
+
+
+# -- §6.1 rows 19-21: the VM goes away -------------------------------------------------------------
+
+
+def test_guest_shut_itself_down_is_success(tmp_path: Path) -> None:
+    run = run_job(tmp_path, JobSpec(), FakeScript(steps=steps((30, "poweroff", "", ""))))
+    assert run.outcome == Finish(0) and run.backend.state is VmState.ABSENT
+
+
+def test_early_poweroff_with_job_duration_is_premature(tmp_path: Path) -> None:
+    script = FakeScript(steps=steps((30, "poweroff", "", "")))
+    run = run_job(tmp_path, JobSpec(job_duration=100.0), script)
+    assert run.outcome == Finish(EXIT_ABORTED_BY_CLIENT, machine.MSG_PREMATURE)
+
+
+def test_crash_finishes_194_with_the_reason(tmp_path: Path) -> None:
+    script = FakeScript(steps=steps((30, "crash", "", "guest: cannot mount shared")))
+    run = run_job(tmp_path, JobSpec(), script)
+    assert isinstance(run.outcome, Finish) and run.outcome.status == EXIT_ABORTED_BY_CLIENT
+    assert "guest: cannot mount shared" in run.outcome.message
+
+
+def test_guest_out_of_memory_marker_finishes_205(tmp_path: Path) -> None:
+    script = FakeScript(steps=steps((30, "log", "", "app: EXIT_OUT_OF_MEMORY")))
+    run = run_job(tmp_path, JobSpec(), script)
+    assert run.outcome == Finish(EXIT_OUT_OF_MEMORY, machine.MSG_GUEST_OOM)
+    assert any(e["message"] == "Guest Log: app: EXIT_OUT_OF_MEMORY" for e in run.events)
+
+
+# -- §6.2: start failures, host problems, back-off ----
+
+
+def test_boot_timeout_is_transient_with_growing_persisted_backoff(tmp_path: Path) -> None:
+    script = FakeScript(boot_seconds=float("inf"))
+    delays = []
+    for _ in range(3):
+        run = run_job(tmp_path, JobSpec(), script)
+        assert isinstance(run.outcome, TemporaryExit)
+        assert run.outcome.reason == machine.MSG_BOOT_TIMEOUT
+        delays.append(run.outcome.delay)
+    assert delays == [300.0, 600.0, 1200.0]  # never a blanket 86400
+    assert backoff.load(run.slot).failures == 3
+
+
+def test_backoff_resets_after_success(tmp_path: Path) -> None:
+    run_job(tmp_path, JobSpec(), FakeScript(fail={"start": "transient"}))
+    assert backoff.load(tmp_path / "slots" / "0").failures == 1
+    run = run_job(tmp_path, SHARED, FakeScript(steps=steps(done_at(5))))
+    assert run.outcome == Finish(0) and backoff.load(run.slot).failures == 0
+
+
+def test_start_failure_transient_job_bug_and_host_problem(tmp_path: Path) -> None:
+    transient = run_job(tmp_path / "a", JobSpec(), FakeScript(fail={"start": "transient"}))
+    assert isinstance(transient.outcome, TemporaryExit) and transient.outcome.delay == 300.0
+    bug = run_job(tmp_path / "b", JobSpec(), FakeScript(fail={"create": "job"}))
+    assert isinstance(bug.outcome, Finish) and bug.outcome.status == ERR_EXEC
+    host = run_job(
+        tmp_path / "c",
+        JobSpec(),
+        FakeScript(fail={"start": "host"}, diagnoses=("vm_extensions_disabled",)),
+    )
+    assert host.outcome == Finish(ERR_EXEC, machine.MSG_EXTENSIONS_DISABLED, notice=True)
+    stderr_like = [e["message"] for e in host.events]
+    assert any("ERR_CPU_VM_EXTENSIONS_DISABLED" in line for line in stderr_like)
+
+
+def test_foreign_hypervisor_at_boot_is_one_notice(tmp_path: Path) -> None:
+    script = FakeScript(boot_seconds=float("inf"), diagnoses=("foreign_hypervisor",))
+    run = run_job(tmp_path, JobSpec(), script)
+    assert isinstance(run.outcome, TemporaryExit) and run.outcome.notice
+    assert run.outcome.reason == machine.MSG_FOREIGN_HYPERVISOR
+
+
+def test_pause_failure_is_a_transient_exit(tmp_path: Path) -> None:
+    run = run_job(
+        tmp_path, JobSpec(), FakeScript(fail={"pause": "transient"}), control=[(10, "<suspend/>")]
+    )
+    assert isinstance(run.outcome, TemporaryExit) and "pause failed" in run.outcome.reason
+
+
+# -- checkpoints ----
+
+
+def test_periodic_checkpoints_keep_one_snapshot_and_a_matching_record(tmp_path: Path) -> None:
+    job = JobSpec(
+        enable_shared_directory=True,
+        completion_trigger_file="done",
+        minimum_checkpoint_interval=100,
+    )
+    run = run_job(
+        tmp_path, job, FakeScript(steps=steps(done_at(450))), control=[(440, lambda s: None)]
+    )
+    taken = [c for c in run.backend.calls if c.startswith("checkpoint:")]
+    deleted = [c for c in run.backend.calls if c.startswith("delete_checkpoint:")]
+    assert len(taken) >= 3 and len(deleted) == len(taken) - 1  # old one dropped after each
+    record_events = [e for e in run.events if e["event"] == "checkpoint"]
+    assert [e["snapshot"] for e in record_events] == [c.split(":")[1] for c in taken]
+    first = record_events[0]["elapsed"]
+    assert 100 <= first <= 200  # interval plus a seeded offset below it
+    assert all(b["elapsed"] - a["elapsed"] >= 100 for a, b in itertools.pairwise(record_events))
+
+
+def test_refused_checkpoint_is_retried_shortly(tmp_path: Path) -> None:
+    job = JobSpec(job_duration=400.0, minimum_checkpoint_interval=100)
+    run = run_job(tmp_path, job, FakeScript(refuse_checkpoints=2))
+    calls = run.backend.calls
+    refused = [i for i, c in enumerate(calls) if c.startswith("checkpoint-refused")]
+    taken = [i for i, c in enumerate(calls) if c.startswith("checkpoint:")]
+    assert len(refused) == 2 and taken and taken[0] > refused[-1]
+    assert "checkpoint_refused" in run.codes()
+
+
+def test_failed_checkpoint_is_a_transient_exit(tmp_path: Path) -> None:
+    job = JobSpec(minimum_checkpoint_interval=100)
+    run = run_job(tmp_path, job, FakeScript(fail={"checkpoint": "checkpoint"}))
+    assert isinstance(run.outcome, TemporaryExit) and run.outcome.delay == 300.0
+    assert run.backend.state is VmState.POWERED_OFF
+
+
+def test_killed_mid_checkpoint_restarts_from_the_last_good_one(tmp_path: Path) -> None:
+    """A snapshot taken but never recorded (wrapper killed between the two) is an orphan: the
+    next start deletes it and restores the recorded one."""
+    job = JobSpec(
+        enable_shared_directory=True,
+        completion_trigger_file="done",
+        minimum_checkpoint_interval=100,
+    )
+    script = FakeScript(steps=steps((150, "write", "mid", "x"), done_at(600)))
+    first = run_job(tmp_path, job, script, control=[(260, "<quit/>")])
+    record = checkpoint.read_record(first.slot)
+    assert record.snapshot
+    # simulate the kill: a newer snapshot exists, the record still names the older one
+    backend = FakeBackend(
+        vm_config(first.slot, job),
+        script,
+        clock=FakeClock(),
+        state_file=first.slot / "fake_vm.json",
+    )
+    backend.snapshots["boinc_999"] = 999.0
+    backend._save()
+    second = run_job(tmp_path, job, script)
+    assert second.outcome == Finish(0)
+    assert "delete_checkpoint:boinc_999" in second.backend.calls
+    assert f"start:{record.snapshot}" in second.backend.calls
+
+
+def test_vanished_snapshot_boots_afresh_keeping_time(tmp_path: Path) -> None:
+    slot = tmp_path / "slots" / "0"
+    slot.mkdir(parents=True)
+    checkpoint.write_record(slot, checkpoint.CheckpointRecord(300.0, 250.0, 0, 0, "boinc_300"))
+    run = run_job(tmp_path, SHARED, FakeScript(steps=steps(done_at(5))))
+    assert run.outcome == Finish(0)
+    assert "start:" in run.backend.calls  # fresh boot
+    assert last_status(run.client)["current_cpu_time"] >= 250.0
+
+
+def test_disabled_automatic_checkpoints_keep_time_but_take_no_snapshot(tmp_path: Path) -> None:
+    job = JobSpec(disable_automatic_checkpoints=True, job_duration=200.0)
+    run = run_job(tmp_path, job, FakeScript(), control=[(150, lambda s: None)])
+    assert not run.backend.snapshots and not any(
+        c.startswith("checkpoint:") for c in run.backend.calls
+    )
+    assert "checkpoint" in run.codes()  # the record still advanced (client period 60 s)
+
+
+def test_cpu_time_is_monotonic_across_restarts(tmp_path: Path) -> None:
+    job = JobSpec(minimum_checkpoint_interval=100)
+    script = FakeScript(cpu_fraction=0.5)
+    first = run_job(tmp_path, job, script, control=[(300, "<quit/>")])
+    first_cpu = last_status(first.client)["current_cpu_time"]
+    record = checkpoint.read_record(first.slot)
+    second = run_job(tmp_path, job, script, control=[(100, "<quit/>")])
+    cpus = [float(s.split("<current_cpu_time>")[1].split("<")[0]) for s in second.client.statuses]
+    assert cpus[0] >= record.cpu_time and all(a <= b for a, b in itertools.pairwise(cpus))
+    assert cpus[-1] > first_cpu * 0.5
+
+
+# -- preferences, network ----
+
+
+def test_cpu_limit_and_bandwidth_applied_and_reapplied_on_reread(tmp_path: Path) -> None:
+    job = JobSpec(enable_network=True, job_duration=100.0)
+    prefs = GlobalPrefs(cpu_usage_limit=50.0, max_bytes_sec_up=2048.0, max_bytes_sec_down=4096.0)
+
+    def change(side: ClientSide) -> None:
+        write_init_data(side.slot, prefs=GlobalPrefs(cpu_usage_limit=0.0))
+        side.send("<reread_app_info/>")
+
+    run = run_job(tmp_path, job, FakeScript(), prefs=prefs, control=[(50, change)])
+    calls = run.backend.calls
+    assert calls.index("set_cpu_cap:50") < calls.index("set_cpu_cap:100")
+    assert "set_bandwidth:2048" in calls and "set_bandwidth:0" in calls  # limit removed again
+    assert run.backend.cpu_cap == 100
+
+
+def test_network_suspension_is_honoured(tmp_path: Path) -> None:
+    job = JobSpec(enable_network=True, job_duration=60.0)
+
+    def cut(side: ClientSide) -> None:
+        side.heartbeat = "<heartbeat/><network_suspended/>"
+
+    def restore(side: ClientSide) -> None:
+        side.heartbeat = "<heartbeat/>"
+
+    run = run_job(
+        tmp_path, job, FakeScript(), control=[(10, cut), (30, restore)], heartbeat="<heartbeat/>"
+    )
+    calls = [c for c in run.backend.calls if c.startswith("set_network")]
+    assert calls == ["set_network:0", "set_network:1"]
+
+
+# -- start-up items ----
+
+
+def test_startup_files_copy_to_shared_cmdline_sporadic(tmp_path: Path) -> None:
+    slot = tmp_path / "slots" / "0"
+    slot.mkdir(parents=True)
+    (slot / "params.txt").write_text("alpha=1\n")
+    job = JobSpec(
+        enable_shared_directory=True,
+        completion_trigger_file="done",
+        copy_to_shared=("params.txt",),
+        copy_cmdline_to_shared=True,
+    )
+    run = run_job(tmp_path, job, FakeScript(steps=steps(done_at(3))), settings={"sporadic": True})
+    assert run.shared("params.txt").read_text() == "alpha=1\n"
+    assert run.shared("cmdline").read_text() == "--nthreads 1 "
+    assert run.shared("ac").exists() and run.shared("ca").exists()
+
+
+def test_slot_state_files_and_web_graphics_url(tmp_path: Path) -> None:
+    run = run_job(
+        tmp_path,
+        SHARED,
+        FakeScript(steps=steps(done_at(5))),
+        settings={"webapi_port": 8123, "remote_desktop_port": 5901},
+    )
+    assert checkpoint.read_record(run.slot).webapi_port == 8123
+    assert "<host_port>8123</host_port>" in (run.slot / "vbox_webapi.xml").read_text()
+    assert "<host_port>5901</host_port>" in (run.slot / "vbox_remote_desktop.xml").read_text()
+    assert any("http://localhost:8123" in e["message"] for e in run.events)
+
+
+def test_contextualization_runs_before_the_vm_is_created(tmp_path: Path) -> None:
+    order: list[str] = []
+    holder: dict[str, FakeBackend] = {}
+
+    def contextualize() -> None:
+        order.append(f"floppy after {list(holder['b'].calls)}")
+
+    clock = FakeClock()
+    slot = tmp_path / "slots" / "0"
+    slot.mkdir(parents=True)
+    backend = FakeBackend(vm_config(slot, SHARED), FakeScript(steps=steps(done_at(3))), clock=clock)
+    holder["b"] = backend
+    run_job(
+        tmp_path, SHARED, clock=clock, backend=backend, settings={"contextualize": contextualize}
+    )
+    assert order == ["floppy after []"]
+
+
+def test_register_only_creates_and_leaves_the_vm(tmp_path: Path) -> None:
+    run = run_job(tmp_path, JobSpec(), FakeScript(), settings={"register_only": True})
+    assert run.outcome == Finish(0, machine.MSG_REGISTER_ONLY)
+    assert run.backend.calls == ["create"] and run.backend.state is VmState.POWERED_OFF
+
+
+def test_events_jsonl_has_stable_codes_in_order(tmp_path: Path) -> None:
+    run = run_job(tmp_path, SHARED, FakeScript(boot_seconds=2, steps=steps(done_at(5))))
+    codes = [c for c in run.codes() if c != "log"]
+    expected = [
+        "vm_created",
+        "vm_started",
+        "vm_online",
+        "preferences",
+        "completion_trigger",
+        "outcome",
+    ]
+    assert [c for c in codes if c in expected] == expected
