@@ -33,7 +33,9 @@ _MAX_FILES = 10_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("app_dir", type=Path, metavar="APP_DIR", help="the app version directory")
+    parser.add_argument(
+        "app_dir", type=Path, nargs="?", metavar="APP_DIR", help="the app version directory"
+    )
     parser.add_argument(
         "--wu",
         type=Path,
@@ -55,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         for code, (severity, title) in CODES.items():
             print(f"{code}  {severity.value:<7}  {title}")
         return 0
-    if not args.app_dir.is_dir():
+    if args.app_dir is None or not args.app_dir.is_dir():
         print(f"vmwrapper lint: {args.app_dir} is not a directory", file=sys.stderr)
         return 2
     return lint_and_report(args.app_dir, args.wu, args.result, as_json=args.json)
