@@ -189,3 +189,66 @@ def run_job(
         segment.close()
         uninstall()
     return Run(outcome, fake, side, slot)
+
+
+# -- the real wrapper process under the real harness ------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER = REPO / "examples" / "common" / "vmwrapper-launcher"
+
+VM_OUTPUT_TEMPLATE = """<output_template>
+<file_info>
+    <name><OUTFILE_0/></name>
+    <generated_locally/>
+    <upload_when_present/>
+    <max_nbytes>100000</max_nbytes>
+    <url><UPLOAD_URL/></url>
+</file_info>
+<result>
+    <file_ref>
+        <file_name><OUTFILE_0/></file_name>
+        <open_name>shared/result</open_name>
+        <copy_file/>
+    </file_ref>
+</result>
+</output_template>
+"""
+
+
+def make_vm_app_dir(
+    root: Path,
+    job_xml: str,
+    script: FakeScript | None = None,
+    *,
+    cmdline: str = "--backend fake",
+    with_output: bool = True,
+) -> Path:
+    """An APP_DIR (contract §1) whose main program is the vmwrapper launcher, with the fake
+    guest's script staged into the slot (``fake_vm_script.json``)."""
+    from vmwrapper.hypervisor.fake import SCRIPT_FILE
+
+    app = root / "vmapp"
+    (app / "templates").mkdir(parents=True)
+    launcher = app / "vmwrapper_1.sh"
+    launcher.write_bytes(LAUNCHER.read_bytes())
+    launcher.chmod(0o755)
+    (app / "vbox_job_1.xml").write_text(job_xml)
+    (app / "fake_vm_script_1.json").write_text((script or FakeScript()).to_json())
+    (app / "vm_image_1.vdi").write_bytes(b"not a real image: the fake back end never opens it")
+    (app / "version.xml").write_text(
+        "<version>\n"
+        "  <file><physical_name>vmwrapper_1.sh</physical_name><main_program/></file>\n"
+        "  <file><physical_name>vbox_job_1.xml</physical_name>"
+        "<logical_name>vbox_job.xml</logical_name></file>\n"
+        "  <file><physical_name>vm_image_1.vdi</physical_name>"
+        "<logical_name>vm_image.vdi</logical_name><copy_file/></file>\n"
+        f"  <file><physical_name>fake_vm_script_1.json</physical_name>"
+        f"<logical_name>{SCRIPT_FILE}</logical_name><copy_file/></file>\n"
+        "  <is_wrapper/>\n"
+        "  <api_version>7.20.5</api_version>\n"
+        f"  <cmdline>{cmdline}</cmdline>\n"
+        "</version>\n"
+    )
+    if with_output:
+        (app / "templates" / "output_template.xml").write_text(VM_OUTPUT_TEMPLATE)
+    return app

@@ -1,0 +1,115 @@
+"""The real `vmwrapper` process (launcher → `python -m vmwrapper --backend fake`) under the real
+harness (`vmwrapper.harness`): command line, vbox_job.xml, init_data, the shared segment,
+finish / temporary-exit files, restarts and the one exit point, all as a BOINC client sees them.
+The guest is the FakeBackend, scripted per test; time is real, so these few tests take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from helpers.supervisor_fixtures import make_vm_app_dir
+from vmwrapper.context import floppy
+from vmwrapper.harness.job import Action, JobOutcome, JobRequest, ScheduledAction, run_job
+from vmwrapper.hypervisor.fake import STATE_FILE, FakeScript, GuestStep
+from vmwrapper.supervisor.events import read_events
+
+JOB = """<vbox_job>
+  <os_name>Linux26_64</os_name>
+  <memory_size_mb>256</memory_size_mb>
+  <enable_shared_directory/>
+  <completion_trigger_file>done</completion_trigger_file>
+  <temporary_exit_trigger_file>later</temporary_exit_trigger_file>
+  <trickle_trigger_file>trickle_a</trickle_trigger_file>
+  <fraction_done_filename>progress</fraction_done_filename>
+  <minimum_checkpoint_interval>2</minimum_checkpoint_interval>
+  {extra}
+</vbox_job>
+"""
+
+
+def request(app: Path, work: Path, **kw: object) -> JobRequest:
+    return JobRequest(
+        app_dir=app,
+        workdir=work,
+        keep_slot=True,
+        checkpoint_period=1.0,
+        max_restart_delay=0.5,
+        max_episodes=5,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_completion_trigger_trickle_and_output_through_the_client(tmp_path: Path) -> None:
+    script = FakeScript(
+        steps=(
+            GuestStep(0.5, "write", "progress", "0.5\n"),
+            GuestStep(1.0, "write", "trickle_a", "<progress>half</progress>"),
+            GuestStep(2.0, "write", "result", "42\n"),
+            GuestStep(2.5, "write", "done", "0\n1\nAll done.\n"),
+        )
+    )
+    app = make_vm_app_dir(tmp_path, JOB.format(extra="<enable_floppyio/>"), script)
+    report = run_job(request(app, tmp_path / "work"))
+    assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
+    assert report.finish_message == "All done."
+    assert [(t.variety, t.body) for t in report.trickles] == [
+        ("trickle_a", "<progress>half</progress>")
+    ]
+    assert report.outputs and report.outputs[0].size == 3
+    slot = Path(report.slot_dir)
+    # stderr in vboxwrapper's format, events.jsonl beside it
+    assert "VM Completion File Detected." in report.stderr_tail
+    codes = [e["event"] for e in read_events(slot)]
+    assert "completion_trigger" in codes and codes[-1] == "outcome"
+    # floppy contextualization: init_data.xml for the guest, written before the VM existed
+    image = (slot / "vm_floppy_0.img").read_bytes()
+    payload = floppy.read_host_to_guest(image)
+    assert payload is not None and payload.startswith(b"<app_init_data>")
+
+
+def test_temporary_exit_then_restart_restores_the_checkpoint(tmp_path: Path) -> None:
+    script = FakeScript(
+        steps=(
+            GuestStep(0.5, "write", "phase", "1\n"),
+            GuestStep(4.0, "write", "later", "1\n0\n"),
+            GuestStep(5.5, "append", "phase", "2\n"),
+            GuestStep(6.0, "write", "result", "ok\n"),
+            GuestStep(6.5, "write", "done", "0\n0\n"),
+        )
+    )
+    app = make_vm_app_dir(tmp_path, JOB.format(extra=""), script)
+    report = run_job(request(app, tmp_path / "work"))
+    assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
+    assert report.episodes == 2
+    assert len(report.temporary_exits) == 1
+    delay, reason = report.temporary_exits[0]
+    assert delay == 1 and reason  # the client recognised it: a reason line was written
+    slot = Path(report.slot_dir)
+    calls = json.loads((slot / STATE_FILE).read_text())["calls"]
+    starts = [c for c in calls if c.startswith("start:")]
+    assert starts[0] == "start:" and starts[1].startswith("start:boinc_")  # restored
+    assert (slot / "shared" / "phase").read_text() == "1\n2\n"  # phase 1 not redone
+
+
+def test_suspend_resume_and_abort_from_the_client(tmp_path: Path) -> None:
+    script = FakeScript(steps=(GuestStep(30.0, "write", "done", "0\n0\n"),))
+    app = make_vm_app_dir(tmp_path, JOB.format(extra=""), script, with_output=False)
+    schedule = (
+        ScheduledAction(2.0, Action.SUSPEND),
+        ScheduledAction(4.0, Action.RESUME),
+        ScheduledAction(6.0, Action.ABORT),
+    )
+    report = run_job(request(app, tmp_path / "work", schedule=schedule))
+    assert report.outcome is JobOutcome.ABORTED
+    slot = Path(report.slot_dir)
+    calls = json.loads((slot / STATE_FILE).read_text())["calls"]
+    assert "pause" in calls and "resume" in calls and calls[-1] == "cleanup"
+
+
+def test_bad_command_line_finishes_206(tmp_path: Path) -> None:
+    app = make_vm_app_dir(tmp_path, JOB.format(extra=""), cmdline="--backend fake --bogus")
+    report = run_job(request(app, tmp_path / "work"))
+    assert report.outcome is JobOutcome.ERROR
+    assert report.finish_status == 206 or report.exit_status == 206
