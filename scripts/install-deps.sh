@@ -3,6 +3,7 @@
 set -euo pipefail
 PKGS=(
   qemu-system-x86 qemu-utils            # the QEMU back end, qemu-img
+  qemu-system-arm qemu-efi-aarch64      # aarch64 guests (QEMU back end's arch table)
   busybox-static cpio                   # guest userland, initramfs
   syslinux syslinux-common mtools dosfstools   # BIOS-bootable guest disk without root or loop devices
   genisoimage                           # ISO checks in tests (images are written with pycdlib)

@@ -7,6 +7,7 @@ that need a real guest (jobs, counters, NICs) are in test_qemu_guest.py.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -381,3 +382,28 @@ def _rfb_security_types(port: int | None) -> list[int]:
         sock.sendall(b"RFB 003.008\n")
         count = sock.recv(1)[0]
         return list(sock.recv(count))
+
+
+def test_aarch64_guest_runs_from_the_same_table(tmp_path: Path) -> None:
+    """aarch64 (virt, UEFI, pvpanic-pci, SCSI CD-ROM): QEMU takes the argv; QMP works."""
+    if shutil.which("qemu-system-aarch64") is None:
+        pytest.fail("qemu-system-aarch64 is missing: run `make deps` (scripts/install-deps.sh)")
+    slot, project = make_slot(tmp_path)
+    (slot / "vm_isocontext.iso").write_bytes(bytes(2048 * 20))
+    config = vm_config(
+        slot,
+        project,
+        arch="aarch64",
+        iso_image=slot / "vm_isocontext.iso",
+        shares=(Share("shared", slot),),
+        network=NetworkConfig(enabled=True, port_rules=(PortRule(0, 80),)),
+    )
+    with qemu_backend(config, accel="auto") as vm:
+        vm.start()
+        assert vm.argv[0] == "qemu-system-aarch64"
+        assert vm.accel is not None and vm.accel.accel is Accel.TCG  # on this x86_64 host
+        assert vm.status().state is VmState.RUNNING
+        vm.checkpoint("ckpt_1")
+        assert vm.checkpoints() == ("ckpt_1",)
+        vm.poweroff(timeout=0)
+        assert any("UEFI" in line for line in vm.guest_log())  # the firmware's console

@@ -80,6 +80,7 @@ def test_job_runs_pauses_resumes_and_leaves_the_multiattach_parent_alone(
         assert "disk written" in watch.lines
         assert counts(watch.lines) == list(range(1, 16))
         assert "VMWRAPPER_GUEST_DONE status=0" in watch.lines
+        assert vm.guest_done_status == 0 and "status=0" in status.detail
         assert vm.cpu_time() > 1.0
         assert vm.diagnose() == ()
         # The guest's disk write is in the overlay (it differs from the parent) ...

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from vmwrapper.errors import BackendError
+from vmwrapper.hypervisor.base import VmConfig
 from vmwrapper.hypervisor.qemu.accel import (
     DEBUG_EXIT_PORT,
     PROBE_EXIT_CODE,
     PROBE_EXIT_VALUE,
+    AccelSetting,
     cpu_has_virt_flags,
     probe_boot_sector,
 )
+from vmwrapper.hypervisor.qemu.backend import ACCEL_ENV, QemuBackend
 
 # What the lab hosts show: a kvm_pvm nested KVM, no vmx/svm flag.
 PVM_CPUINFO = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr pae hypervisor lahf_lm\n"
@@ -29,3 +37,17 @@ def test_probe_boot_sector() -> None:
     assert sector[510:] == b"\x55\xaa"
     assert sector[:5] == bytes([0xBA, DEBUG_EXIT_PORT, 0x00, 0xB0, PROBE_EXIT_VALUE])
     assert PROBE_EXIT_CODE == (PROBE_EXIT_VALUE << 1) | 1
+
+
+def test_accel_setting_from_argument_or_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = VmConfig(name="vm", description="r", slot_dir=tmp_path, project_dir=tmp_path)
+    monkeypatch.delenv(ACCEL_ENV, raising=False)
+    assert QemuBackend(config).accel_setting is AccelSetting.AUTO
+    monkeypatch.setenv(ACCEL_ENV, "tcg")
+    assert QemuBackend(config).accel_setting is AccelSetting.TCG
+    assert QemuBackend(config, accel="kvm").accel_setting is AccelSetting.KVM  # argument wins
+    monkeypatch.setenv(ACCEL_ENV, "hvf")
+    with pytest.raises(BackendError, match="VMWRAPPER_ACCEL"):
+        QemuBackend(config)

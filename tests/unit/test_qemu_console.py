@@ -54,3 +54,9 @@ def test_chunking_does_not_change_the_lines(chunks: list[bytes]) -> None:
         got += pieces.feed(part)
     got += pieces.feed(data[position:]) + pieces.flush()
     assert got == expected
+
+
+def test_firmware_mode_sequences_are_dropped() -> None:
+    """UEFI (aarch64) prints ``ESC [=3h`` screen-mode sequences on their own lines."""
+    console = ConsoleLines()
+    assert console.feed(b"UEFI firmware\r\n\x1b[=3h\x1b[=3h\r\n") == ["UEFI firmware"]

@@ -56,12 +56,14 @@ from vmwrapper.hypervisor.qemu.cmdline import (
     build_argv,
     qemu_binary,
 )
-from vmwrapper.hypervisor.qemu.console import ConsoleLines
+from vmwrapper.hypervisor.qemu.console import GUEST_DONE_MARKER, ConsoleLines
 
 log = logging.getLogger(__name__)
 
 #: The snapshot tag save_state() writes; the next start() resumes from it and drops it.
 SAVED_STATE_TAG = "vmwrapper_saved_state"
+#: Environment variable that forces the accelerator when the constructor is not told.
+ACCEL_ENV = "VMWRAPPER_ACCEL"
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 #: Image formats QEMU can snapshot over as a backing file (the others block migration).
@@ -321,7 +323,7 @@ class QemuBackend:
         self,
         config: VmConfig,
         *,
-        accel: AccelSetting | str = AccelSetting.AUTO,
+        accel: AccelSetting | str | None = None,
         qemu_binary: str | None = None,
         qemu_img: str = "qemu-img",
         qmp_timeout: float = 10.0,
@@ -331,7 +333,7 @@ class QemuBackend:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.accel_setting = AccelSetting(accel)
+        self.accel_setting = _accel_setting(accel)
         self.binary = qemu_binary or _binary_for(config.arch)
         self.qemu_img = qemu_img
         self.qmp_timeout = qmp_timeout
@@ -685,9 +687,21 @@ class QemuBackend:
         if self._stopped_by_us:
             return VmStatus(VmState.POWERED_OFF, "stopped by the wrapper", code)
         if code == 0:
-            return VmStatus(VmState.POWERED_OFF, "guest powered off", code)
+            if self._console.done_status is None:  # e.g. a panic before pvpanic was loaded
+                detail = f"guest powered off (no {GUEST_DONE_MARKER} line)"
+            else:
+                detail = (
+                    f"guest powered off ({GUEST_DONE_MARKER} status={self._console.done_status})"
+                )
+            return VmStatus(VmState.POWERED_OFF, detail, code)
         detail = monitor.exit_detail(code, self._console.guest_error, self._stderr_text())
         return VmStatus(VmState.CRASHED, detail, code)
+
+    @property
+    def guest_done_status(self) -> int | None:
+        """N of the guest's ``VMWRAPPER_GUEST_DONE status=N`` line in this run, if any."""
+        self._pull_console()
+        return self._console.done_status
 
     def pause(self) -> None:
         self._execute("stop")
@@ -882,6 +896,17 @@ class QemuBackend:
 
     def _console_text(self) -> str:
         return _tail(self.files.console, self._run_console_start)
+
+
+def _accel_setting(accel: AccelSetting | str | None) -> AccelSetting:
+    """The constructor's ``accel``, else ``$VMWRAPPER_ACCEL``, else auto."""
+    value = accel if accel is not None else os.environ.get(ACCEL_ENV, "") or "auto"
+    try:
+        return AccelSetting(value)
+    except ValueError:
+        raise BackendError(
+            f"acceleration {value!r} is not one of auto, kvm, tcg (fix: --accel or ${ACCEL_ENV})"
+        ) from None
 
 
 def _binary_for(arch: str) -> str:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 GUEST_ERROR_MARKER = "VMWRAPPER_GUEST_ERROR:"
 GUEST_PROGRESS_MARKER = "VMWRAPPER_GUEST:"
 GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
+GUEST_DONE_MARKER = "VMWRAPPER_GUEST_DONE"
 _DONE_RE = re.compile(r"VMWRAPPER_GUEST_DONE status=(-?\d+)")
 # Terminal escape sequences (colours, cursor moves) that a guest may print to its console.
-_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
 #: A line longer than this is cut (a guest printing without newlines must not grow memory).
 MAX_LINE = 4096
 
