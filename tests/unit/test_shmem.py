@@ -4,6 +4,7 @@ semantics at the byte level (reference §2)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,10 +95,9 @@ class RecordingBuffer(bytearray):
 
     writes: list[int]
 
-    def __setitem__(self, key: int | slice, value: object) -> None:
-        start = key.start if isinstance(key, slice) else key
-        self.writes.append(start)
-        super().__setitem__(key, value)  # type: ignore[index, assignment]
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.writes.append(key.start if isinstance(key, slice) else key)
+        super().__setitem__(key, value)
 
 
 def test_payload_is_written_before_the_flag(tmp_path: Path) -> None:
