@@ -150,6 +150,15 @@ def test_checkpoint_mid_job_survives_killing_qemu_and_the_wrapper(
 
 PORT_APP = """#!/bin/sh
 echo "interfaces: $(ls /sys/class/net | tr '\\n' ' ')"
+# report the NIC's link state on each change until it went down and up again (set_network)
+last=x; down=0; n=0
+while [ $n -lt 300 ]; do
+    c=$(cat /sys/class/net/eth0/carrier 2>/dev/null)
+    if [ "$c" != "$last" ]; then echo "carrier $c"; last=$c; fi
+    [ "$c" = 0 ] && down=1
+    [ $down = 1 ] && [ "$c" = 1 ] && break
+    n=$((n+1)); sleep 0.1
+done
 printf 'HTTP/1.0 200 OK\\r\\n\\r\\nhello from the guest\\n' > /tmp/reply
 echo "serving"
 nc -l -p 8080 < /tmp/reply > /dev/null
@@ -167,7 +176,7 @@ def _http_get(host: str, port: int) -> bytes:
         return data
 
 
-def test_port_forward_answers_on_loopback_and_not_elsewhere(
+def test_network_switch_and_port_forward_on_loopback_only(
     tmp_path: Path, guest_image: Path
 ) -> None:
     _slot, _project, config = make_guest_slot(tmp_path, guest_image, PORT_APP, {})
@@ -177,7 +186,12 @@ def test_port_forward_answers_on_loopback_and_not_elsewhere(
         vm.start()
         host_port = vm.ports().forwards[0].host_port
         watch = GuestWatch(vm)
-        watch.wait_line(lambda line: line == "serving")
+        watch.wait_line(lambda line: line == "carrier 1")
+        vm.set_network(False)  # the client suspends network use: the guest loses its link
+        watch.wait_line(lambda line: line == "carrier 0", timeout=20)
+        vm.set_network(True)
+        watch.wait_line(lambda line: line == "serving", timeout=20)
+        assert watch.lines[-3:-1] == ["carrier 0", "carrier 1"]
         assert any(line.startswith("interfaces: ") and "eth0" in line for line in watch.lines)
         other = non_loopback_ipv4()
         if other is not None:
