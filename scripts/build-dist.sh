@@ -32,7 +32,8 @@ mkdir -p "$WORK_DIR" "$OUT_DIR"
   --collect-data vmwrapper \
   --collect-submodules rich \
   --collect-submodules qemu.qmp \
-  src/vmwrapper/__main__.py
+  --runtime-hook "$PWD/scripts/pyinstaller/rth_parent_death.py" \
+  "$PWD/src/vmwrapper/__main__.py"
 
 exe="$OUT_DIR/vmwrapper"
 # Smoke test with an empty environment: no PATH, no Python variables.
