@@ -105,3 +105,57 @@ class FastClock:
         real = seconds / self.factor
         time.sleep(real)
         self.offset += seconds - real
+
+
+def make_shell_app_dir(root: Path, script: str, *, is_wrapper: bool = False) -> Path:
+    """An APP_DIR whose main program is a /bin/sh script (no BOINC API at all)."""
+    app = root / "shapp"
+    app.mkdir(parents=True)
+    main = app / "shapp_1.sh"
+    main.write_text("#!/bin/sh\n" + script)
+    main.chmod(0o755)
+    (app / "version.xml").write_text(
+        "<version>\n"
+        "  <file><physical_name>shapp_1.sh</physical_name><main_program/></file>\n"
+        "  <api_version>7.20.5</api_version>\n"
+        f"  {'<is_wrapper/>' if is_wrapper else ''}\n"
+        "  <cmdline>--opt 'two words' \"x y\"</cmdline>\n"
+        "</version>\n"
+    )
+    return app
+
+
+def make_golden_like_app_dir(root: Path) -> Path:
+    """The job the real client staged in the golden slot (tests/data/protocol/real-client-slot)."""
+    app = root / "vmapp"
+    (app / "templates").mkdir(parents=True)
+    (app / "inputs").mkdir()
+    for name, text, mode in [
+        ("vmwrapper_1.00_x86_64-pc-linux-gnu", "#!/bin/sh\nexit 0\n", 0o755),
+        ("vm_image_1.vdi", "disk", 0o644),
+        ("job_app_1.sh", "#!/bin/sh\necho hi\n", 0o755),
+        ("vbox_job_1.xml", "<vbox_job/>\n", 0o644),
+    ]:
+        (app / name).write_text(text)
+        (app / name).chmod(mode)
+    (app / "inputs" / "in").write_text("input\n")
+    (app / "version.xml").write_text(
+        "<version>\n"
+        "<file><physical_name>vmwrapper_1.00_x86_64-pc-linux-gnu</physical_name>"
+        "<main_program/></file>\n"
+        "<file><physical_name>vm_image_1.vdi</physical_name>"
+        "<logical_name>vm_image.vdi</logical_name><copy_file/></file>\n"
+        "<file><physical_name>job_app_1.sh</physical_name>"
+        "<logical_name>shared/boinc_app</logical_name><copy_file/></file>\n"
+        "<file><physical_name>vbox_job_1.xml</physical_name>"
+        "<logical_name>vbox_job.xml</logical_name></file>\n"
+        "<dont_throttle/><is_wrapper/><api_version>7.20.5</api_version>\n"
+        "</version>\n"
+    )
+    (app / "templates" / "input_template.xml").write_text(
+        INPUT_TEMPLATE.format(open_name="shared/in", command_line="")
+    )
+    (app / "templates" / "output_template.xml").write_text(
+        OUTPUT_TEMPLATE.format(max_nbytes=10000000, open_name="shared/out", copy="<copy_file/>")
+    )
+    return app
