@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.harness_fixtures import make_pyapp_dir, make_shell_app_dir
 
+from helpers.harness_fixtures import make_pyapp_dir, make_shell_app_dir
 from vmwrapper.cli.main import main
 
 
