@@ -133,6 +133,41 @@ def test_trickle_files_each_become_a_trickle_none_lost(tmp_path: Path) -> None:
     assert not run.shared("trickle_a").exists() and not run.shared("trickle_b").exists()
 
 
+def test_sync_echo_of_a_consumed_trickle_is_not_sent_twice(tmp_path: Path) -> None:
+    """The QEMU guest agent pushes a new file twice and never sees the host delete it."""
+    job = JobSpec(
+        enable_shared_directory=True,
+        completion_trigger_file="done",
+        trickle_trigger_file=("trickle_a",),
+    )
+    script = FakeScript(
+        steps=steps(
+            (10, "write", "trickle_a", "<n>1</n>"),
+            (12, "write", "trickle_a", "<n>1</n>"),  # the echo
+            (30, "write", "trickle_a", "<n>1</n>"),  # the same text, much later: a new one
+            done_at(40),
+        )
+    )
+    run = run_job(tmp_path, job, script)
+    assert [t.body for t in run.client.trickles] == ["<n>1</n>", "<n>1</n>"]
+
+
+def test_temporary_exit_echo_after_restore_does_not_loop(tmp_path: Path) -> None:
+    job = JobSpec(
+        enable_shared_directory=True,
+        completion_trigger_file="done",
+        temporary_exit_trigger_file="later",
+    )
+    # the guest pushes "later" again right after the restored snapshot resumes
+    script = FakeScript(
+        steps=steps((30, "write", "later", "5\n0\n"), (32, "write", "later", "5\n0\n"), done_at(40))
+    )
+    first = run_job(tmp_path, job, script)
+    assert isinstance(first.outcome, TemporaryExit)
+    second = run_job(tmp_path, job, script)
+    assert second.outcome == Finish(0)
+
+
 def test_periodic_trickle_reports_cpu_time_and_does_not_refire_after_restart(
     tmp_path: Path,
 ) -> None:

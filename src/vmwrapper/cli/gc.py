@@ -46,6 +46,7 @@ SLOT_FILES = (
     "qemu.pid",
     "fake_vm.json",
     "vmwrapper_backoff.json",
+    "vmwrapper_triggers.json",
 )
 VBOXMANAGE_TIMEOUT = 60.0
 

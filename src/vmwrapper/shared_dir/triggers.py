@@ -130,3 +130,42 @@ def format_graphics_status(status: GraphicsStatus) -> str:
         "</graphics_status>",
     ]
     return "\n".join(lines) + "\n"
+
+
+# -- echoes of consumed trigger files ----------------------------------------------------------
+
+#: A consumed trigger file that reappears with the same content within this much job elapsed
+#: time is an echo, not a new request (see :func:`is_echo`).
+ECHO_WINDOW = 10.0
+
+
+@dataclass(frozen=True)
+class ConsumedTrigger:
+    """A trigger file the wrapper acted on (and removed): its content digest and when."""
+
+    digest: str
+    elapsed: float
+
+
+def content_digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()
+
+
+def is_echo(last: ConsumedTrigger | None, text: str, elapsed: float) -> bool:
+    """True when ``text`` is the trigger we already consumed coming back.
+
+    Under QEMU the guest's sync agent pushes a new file twice (mtime has 1 s resolution) and
+    never learns that the host removed it, and a VM restored from a checkpoint may push it
+    again or re-run the step that wrote it. Acting twice would send a trickle twice or
+    postpone the task in a loop. So a file equal to the one consumed under the same name, seen
+    no later than :data:`ECHO_WINDOW` seconds of job time afterwards (or earlier: a restore
+    rewinds elapsed time), is dropped. A guest that wants to send the same text again soon
+    after should vary it (a counter or a time stamp).
+    """
+    return (
+        last is not None
+        and last.digest == content_digest(text)
+        and elapsed <= last.elapsed + ECHO_WINDOW
+    )

@@ -14,6 +14,7 @@ milliseconds; so is the first checkpoint's random offset (``seed``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -29,7 +30,10 @@ from vmwrapper.hypervisor.base import Backend, Diagnosis, VmState
 from vmwrapper.outcome import Finish, Outcome, PlainExit, TemporaryExit
 from vmwrapper.shared_dir.heartbeat import HeartbeatWatch
 from vmwrapper.shared_dir.triggers import (
+    ConsumedTrigger,
     GraphicsStatus,
+    content_digest,
+    is_echo,
     parse_completion,
     parse_temporary_exit,
 )
@@ -53,6 +57,8 @@ MAX_STATUS_FAILURES = 60
 FINAL_CHECKPOINT_PATIENCE = 10.0
 GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
 CERN_OUTPUT_FILE = "output"
+#: Trigger files already acted on, kept across restarts (see triggers.is_echo).
+CONSUMED_FILE = "vmwrapper_triggers.json"
 
 
 class Client(Protocol):
@@ -128,6 +134,8 @@ class _Runtime:
     last_tick: float | None = None
     counting: bool = False  # elapsed time advances (RUNNING, VM not paused)
     client: m.ClientView = dataclasses.field(default_factory=m.ClientView)
+    consumed: dict[str, ConsumedTrigger] = dataclasses.field(default_factory=dict)
+    trigger_texts: dict[str, str] = dataclasses.field(default_factory=dict)  # as observed
     retry: backoff.BackoffState = dataclasses.field(default_factory=backoff.BackoffState)
 
 
@@ -177,6 +185,7 @@ class Supervisor:
             last_status_report=record.elapsed_time,
         )
         self.rt.retry = backoff.load(settings.slot_dir)
+        self.rt.consumed = _load_consumed(settings.slot_dir)
         if self.job.heartbeat_filename:
             self.rt.heartbeat = HeartbeatWatch(self.job.minimum_heartbeat_interval)
 
@@ -334,7 +343,7 @@ class Supervisor:
             guest_oom=guest_oom,
             boot_timed_out=boot_timed_out,
             completion=self._trigger(job.completion_trigger_file, parse_completion),
-            temporary_exit=self._trigger(job.temporary_exit_trigger_file, parse_temporary_exit),
+            temporary_exit=self._consumable(job.temporary_exit_trigger_file, parse_temporary_exit),
             trickles=self._trickle_files(),
         )
         if state is m.State.RUNNING:
@@ -421,10 +430,43 @@ class Supervisor:
         text = self.shared.read_text(name)
         return None if text is None else parse(text)
 
+    def _consumable_text(self, name: str) -> str | None:
+        """A trigger file that is consumed (removed) when acted on; echoes are dropped."""
+        if not name:
+            return None
+        text = self.shared.read_text(name)
+        if text is None:
+            return None
+        if is_echo(self.rt.consumed.get(name), text, self.rt.elapsed):
+            log.debug("%s came back unchanged (sync echo); removed", name)
+            self.shared.remove(name)
+            return None
+        self.rt.trigger_texts[name] = text
+        return text
+
+    def _consumable(self, name: str, parse: Callable[[str], _T]) -> _T | None:
+        text = self._consumable_text(name)
+        return None if text is None else parse(text)
+
+    def _consumed(self, name: str) -> None:
+        """Remove a trigger file we acted on and remember it (persisted) to spot its echoes."""
+        text = self.rt.trigger_texts.pop(name, None)
+        self.shared.remove(name)
+        if text is None:
+            return
+        self.rt.consumed[name] = ConsumedTrigger(content_digest(text), self.rt.elapsed)
+        try:
+            ckpt.atomic_write(
+                self.settings.slot_dir / CONSUMED_FILE,
+                json.dumps({k: dataclasses.asdict(v) for k, v in self.rt.consumed.items()}),
+            )
+        except OSError as exc:
+            log.warning("Could not record consumed trigger files: %s", exc)
+
     def _trickle_files(self) -> tuple[tuple[str, str], ...]:
         found: list[tuple[str, str]] = []
         for name in self.job.trickle_trigger_file:
-            text = self.shared.read_text(name)
+            text = self._consumable_text(name)
             if text is not None:
                 found.append((name, text))
         return tuple(found)
@@ -694,7 +736,7 @@ class Supervisor:
     def _do_SendTrickle(self, action: m.SendTrickle) -> None:
         self.client.send_trickle_up(action.variety, action.text)
         if action.trigger_file:
-            self.shared.remove(action.trigger_file)
+            self._consumed(action.trigger_file)
         else:
             self.rt.last_trickle_elapsed = self.rt.elapsed
         log.info(
@@ -732,7 +774,7 @@ class Supervisor:
             log.info(
                 "VM Temporary Exit File Detected.", extra={"event": events.TEMPORARY_EXIT_TRIGGER}
             )
-            self.shared.remove(action.name)
+            self._consumed(action.name)
 
     def _do_WriteCernOutput(self, action: m.WriteCernOutput) -> None:
         (self.settings.slot_dir / CERN_OUTPUT_FILE).write_text("Work Unit completed!\n")
@@ -846,6 +888,17 @@ _EVENT_MESSAGES: dict[m.Event, str] = {
     m.Event.BOOT_TIMEOUT: "VM did not come online in time.",
     m.Event.REGISTER_ONLY: "--register_only: the VM is created and left registered.",
 }
+
+
+def _load_consumed(slot_dir: Path) -> dict[str, ConsumedTrigger]:
+    try:
+        data = json.loads((slot_dir / CONSUMED_FILE).read_text(encoding="utf-8"))
+        return {
+            str(name): ConsumedTrigger(str(v["digest"]), float(v["elapsed"]))
+            for name, v in data.items()
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
 
 
 def run_supervisor(

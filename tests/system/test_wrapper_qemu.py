@@ -1,0 +1,207 @@
+"""The wrapper on a real QEMU guest, run by the harness exactly as the BOINC client would.
+
+Five boots in all (TCG, ~10 s each): one uninterrupted counting job (completion trigger with
+code and message, a trickle, fraction done, the output), the same job with the wrapper killed
+by SIGKILL after a checkpoint (it must finish with the same output), and a job that asks for a
+temporary exit and is restored from its checkpoint on restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
+from vmwrapper.harness.job import JobReport, JobRequest, Progress, run_job
+from vmwrapper.supervisor.events import read_events
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
+
+JOB = """<vbox_job>
+  <os_name>Linux26_64</os_name>
+  <memory_size_mb>512</memory_size_mb>
+  <enable_shared_directory/>
+  <completion_trigger_file>done</completion_trigger_file>
+  <temporary_exit_trigger_file>later</temporary_exit_trigger_file>
+  <trickle_trigger_file>trickle_a</trickle_trigger_file>
+  <fraction_done_filename>progress</fraction_done_filename>
+  <minimum_checkpoint_interval>2</minimum_checkpoint_interval>
+</vbox_job>
+"""
+
+# Runs in the guest in /root/shared. Deterministic: the same output however often the VM is
+# snapshotted, killed and restored.
+COUNTING_APP = """#!/bin/sh
+i=0
+while [ $i -lt 8 ]; do
+  i=$((i+1))
+  echo "step $i" >> result
+  echo "0.$i" > progress
+  sleep 1
+done
+echo "<steps>$i</steps>" > trickle_a
+sleep 2
+printf '3\\n1\\nCounted to %s.\\n' "$i" > done
+sleep 60
+"""
+
+# /tmp is guest memory outside the shared dir: it survives only through a restored snapshot,
+# so a fresh boot would run phase 1 again.
+TEMPORARY_EXIT_APP = """#!/bin/sh
+if [ ! -f /tmp/phase1 ]; then
+  touch /tmp/phase1
+  echo "phase 1" >> result
+  printf '1\\n0\\n' > later
+  sleep 5
+fi
+echo "phase 2" >> result
+sleep 1
+printf '0\\n0\\n' > done
+sleep 60
+"""
+
+
+def package(tmp: Path, image: Path, app_script: str) -> Path:
+    src = tmp / "src"
+    src.mkdir()
+    (src / "vbox_job.xml").write_text(JOB)
+    (src / "app.sh").write_text(app_script)
+    (src / "app.sh").chmod(0o755)
+    out = tmp / "app"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmwrapper",
+            "package",
+            "--app",
+            "counting",
+            "--job",
+            str(src / "vbox_job.xml"),
+            "--image",
+            str(image),
+            "--boinc-app",
+            str(src / "app.sh"),
+            "--output",
+            "result",
+            "--cmdline",
+            "--backend qemu",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return out
+
+
+def run(app: Path, work: Path, on_progress: Callable[[Progress], None] | None = None) -> JobReport:
+    request = JobRequest(
+        app_dir=app,
+        workdir=work,
+        keep_slot=True,
+        checkpoint_period=1.0,
+        max_restart_delay=1.0,
+        max_episodes=4,
+    )
+    return run_job(request, on_progress=on_progress)
+
+
+def output(report: JobReport) -> str:
+    return Path(next(o.destination for o in report.outputs)).read_text()
+
+
+def no_qemu_left(slot: Path) -> None:
+    for proc in psutil.process_iter(["name", "cwd"]):
+        try:
+            if "qemu" in (proc.info["name"] or "") and proc.info["cwd"] == str(slot):
+                raise AssertionError(f"QEMU {proc.pid} still runs for {slot}")
+        except psutil.Error:
+            continue
+
+
+@pytest.fixture(scope="module")
+def counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: Path) -> Path:  # noqa: F811
+    return package(tmp_path_factory.mktemp("counting"), default_guest_image, COUNTING_APP)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(
+    counting_app: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[JobReport, list[float]]:
+    fractions: list[float] = []
+    report = run(
+        counting_app, tmp_path_factory.mktemp("plain"), lambda p: fractions.append(p.fraction_done)
+    )
+    return report, fractions
+
+
+def test_completion_trigger_trickle_fraction_and_output(
+    uninterrupted: tuple[JobReport, list[float]],
+) -> None:
+    report, fractions = uninterrupted
+    assert report.finish_status == 3, report.message + report.stderr_tail
+    assert report.finish_message == "Counted to 8."
+    assert report.episodes == 1
+    assert [(t.variety, t.body) for t in report.trickles] == [("trickle_a", "<steps>8</steps>\n")]
+    assert any(0.1 <= f <= 0.8 for f in fractions)  # the guest's progress file reached the client
+    assert output(report) == "".join(f"step {i}\n" for i in range(1, 9))
+    assert "VM Completion File Detected." in report.stderr_tail
+    slot = Path(report.slot_dir)
+    assert [e for e in read_events(slot) if e["event"] == "checkpoint"]
+    no_qemu_left(slot)
+
+
+def test_kill_9_after_a_checkpoint_then_restart_gives_the_same_output(
+    counting_app: Path, uninterrupted: tuple[JobReport, list[float]], tmp_path: Path
+) -> None:
+    work = tmp_path / "client"
+    slot = work / "slots" / "0"
+    killed: list[int] = []
+
+    def kill_after_checkpoint(progress: Progress) -> None:
+        result = slot / "shared" / "result"
+        if killed or progress.checkpoint_cpu_time <= 0 or not result.exists():
+            return
+        if result.read_text().count("step") < 3:
+            return
+        for proc in psutil.process_iter(["cmdline", "cwd"]):
+            try:
+                cmd = " ".join(proc.info["cmdline"] or [])
+                if proc.info["cwd"] == str(slot) and "-m vmwrapper" in cmd:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+            except psutil.Error:
+                continue
+
+    report = run(counting_app, work, kill_after_checkpoint)
+    assert killed, "the wrapper was never killed"
+    assert report.episodes == 2, report.message + report.stderr_tail
+    assert report.finish_status == 3 and report.finish_message == "Counted to 8."
+    assert output(report) == output(uninterrupted[0])
+    starts = [e for e in read_events(slot) if e["event"] == "vm_started"]
+    assert starts[-1]["snapshot"].startswith("boinc_")  # the second episode restored
+    no_qemu_left(slot)
+
+
+def test_temporary_exit_trigger_then_restart_from_the_checkpoint(
+    default_guest_image: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    app = package(tmp_path, default_guest_image, TEMPORARY_EXIT_APP)
+    report = run(app, tmp_path / "client")
+    assert report.success, report.message + report.stderr_tail
+    assert report.episodes == 2
+    assert len(report.temporary_exits) == 1 and report.temporary_exits[0][1]  # with a reason
+    assert output(report) == "phase 1\nphase 2\n"  # phase 1 not redone: restored, not rebooted
+    starts = [e for e in read_events(Path(report.slot_dir)) if e["event"] == "vm_started"]
+    assert starts[-1]["snapshot"].startswith("boinc_")
+    no_qemu_left(Path(report.slot_dir))
