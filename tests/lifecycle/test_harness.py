@@ -311,3 +311,11 @@ def test_more_than_100_exits_without_checkpoint_fail_the_task(tmp_path: Path) ->
     report, _ = run(make_shell_app_dir(tmp_path, "exit 0\n"), tmp_path / "w", poll_interval=0.01)
     assert report.outcome is JobOutcome.ERROR and report.exit_status == ERR_TOO_MANY_EXITS
     assert report.episodes == 101
+
+
+def test_trickle_down_reaches_the_app(tmp_path: Path) -> None:
+    app = make_pyapp_dir(tmp_path, "--steps 30 --step-time 0.05")
+    report, _ = run(app, tmp_path / "work", trickle_downs=((0.5, "<cmd>hello</cmd>\n"),))
+    assert report.outcome is JobOutcome.SUCCESS
+    assert "pyapp: trickle-down '<cmd>hello</cmd>\\n'" in report.stderr_tail
+    assert any(kind == "trickle_down" for _, kind, _ in report.events)

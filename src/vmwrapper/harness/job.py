@@ -101,6 +101,8 @@ class JobRequest:
     #: the client also sets SCHED_IDLE for normal jobs; off by default on a busy test host
     sched_idle: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: trickle-down messages from the "project": (seconds after the start, body)
+    trickle_downs: tuple[tuple[float, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -356,6 +358,7 @@ class _JobState:
     web_graphics_url: str | None = None
     remote_desktop_addr: str | None = None
     pending: list[ScheduledAction] = field(default_factory=list)
+    trickle_downs: list[tuple[float, str]] = field(default_factory=list)
 
 
 def run_job(
@@ -369,7 +372,11 @@ def run_job(
 ) -> JobReport:
     """Run the job in ``request`` to its end; the report says how it ended."""
     staged = stage_job(request)
-    state = _JobState(started=clock(), pending=sorted(request.schedule, key=lambda a: a.at))
+    state = _JobState(
+        started=clock(),
+        pending=sorted(request.schedule, key=lambda a: a.at),
+        trickle_downs=sorted(request.trickle_downs),
+    )
     host_desc = host if host is not None else host_info()
     uploads = {
         ref.open_name: UploadTarget(sf.physical_name, ref.copy_file) for ref, sf in staged.outputs
@@ -485,6 +492,9 @@ def _run_episode(
                 Action.QUIT: task.request_quit,
                 Action.ABORT: task.request_abort,
             }[action]()
+        while state.trickle_downs and state.trickle_downs[0][0] <= clock() - state.started:
+            path = task.send_trickle_down(state.trickle_downs.pop(0)[1])
+            state.events.append((clock() - state.started, "trickle_down", f"sent {path.name}"))
         facts = task.poll()
         if task.checkpoints != seen_checkpoints:
             # a checkpoint resets the premature-exit count and is where a restart resumes

@@ -83,6 +83,9 @@ def main() -> int:
             Path("pyapp_exit_done").write_text("1")
             client.close()
             return 0
+        body = client.receive_trickle_down()
+        if body is not None:
+            print(f"pyapp: trickle-down {body!r}", file=sys.stderr)
         burn(args.step_time)
         step += 1
         cpu = base_cpu + cpu_now()
