@@ -36,13 +36,15 @@ EXE = FileFacts(size=100, mode=0o100755, head=b"#!/bin/sh\n")
 PLAIN = FileFacts(size=100, mode=0o100644, head=b"<vbox_job>")
 IMAGE = FileFacts(size=10 * 2**20, mode=0o100644, head=VDI_HEAD)
 
+WRAPPER = "vmwrapper_0.1.0_x86_64-pc-linux-gnu"
+
 GOOD_JOB = (
     "<vbox_job><os_name>Linux26_64</os_name><memory_size_mb>512</memory_size_mb>"
     "<enable_shared_directory/>{extra}</vbox_job>"
 )
 
 GOOD_FILES = (
-    VersionFile("vmwrapper", main_program=True, executable=True),
+    VersionFile(WRAPPER, main_program=True, executable=True),
     VersionFile("app_vbox_job_1.xml", "vbox_job.xml"),
     VersionFile("app_vm_image_1.vdi", "vm_image.vdi", copy_file=True, gzip=True),
     VersionFile("app_boinc_app_1.sh", "shared/boinc_app", copy_file=True),
@@ -60,7 +62,7 @@ def _facts(
 ) -> AppDirFacts:
     v = version or AppVersion(files)
     disk = {
-        "vmwrapper": EXE,
+        WRAPPER: EXE,
         "app_vbox_job_1.xml": PLAIN,
         "app_vm_image_1.vdi": IMAGE,
         "app_boinc_app_1.sh": EXE,
@@ -120,9 +122,9 @@ CASES: list[tuple[str, Callable[[], AppDirFacts]]] = [
     ("VMW002", lambda: _facts(modes={"app_boinc_app_1.sh": FileFacts(exists=False)})),
     (
         "VMW003",
-        lambda: _facts(_replace("vmwrapper", VersionFile("vmwrapper", executable=True))),
+        lambda: _facts(_replace(WRAPPER, VersionFile(WRAPPER, executable=True))),
     ),
-    ("VMW004", lambda: _facts(modes={"vmwrapper": FileFacts(mode=0o100644, head=b"\x7fELF")})),
+    ("VMW004", lambda: _facts(modes={WRAPPER: FileFacts(mode=0o100644, head=b"\x7fELF")})),
     (
         "VMW005",
         lambda: _facts(modes={"app_boinc_app_1.sh": FileFacts(mode=0o100644, head=b"#!/bin/sh")}),
@@ -247,7 +249,14 @@ CASES: list[tuple[str, Callable[[], AppDirFacts]]] = [
         lambda: _facts(job=GOOD_JOB.format(extra="<enable_remotedesktop>1</enable_remotedesktop>")),
     ),
     ("VMW105", lambda: _facts(job=GOOD_JOB.format(extra="<enable_network/>"))),
-    ("VMW106", lambda: _facts(modes={"vmwrapper": FileFacts(mode=0o100777, head=b"\x7fELF")})),
+    ("VMW106", lambda: _facts(modes={WRAPPER: FileFacts(mode=0o100777, head=b"\x7fELF")})),
+    (
+        "VMW037",
+        lambda: _facts(
+            _replace(WRAPPER, VersionFile("vmwrapper", main_program=True)),
+            modes={"vmwrapper": EXE},
+        ),
+    ),
 ]
 
 

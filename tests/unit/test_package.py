@@ -83,6 +83,13 @@ def test_single_purpose_plan() -> None:
     assert [p.executable for p in plan.placements] == [True, False, False, True]
 
 
+def test_wrapper_name_gets_version_and_platform() -> None:
+    plan = plan_app_version(_request(wrapper_version="0.3.1", platform="windows_x86_64"))
+    assert plan.version.main_programs[0].physical_name == "vmwrapper_0.3.1_windows_x86_64"
+    plan = plan_app_version(_request(wrapper="/d/vboxwrapper_26212", wrapper_version="0.3.1"))
+    assert plan.version.main_programs[0].physical_name == "vboxwrapper_26212"
+
+
 def test_multiattach_plan_keeps_versioned_parent_sticky_without_copy() -> None:
     plan = plan_app_version(
         _request(image_mode=ImageMode.MULTIATTACH, multiattach_name="debian_3.vdi")
@@ -227,7 +234,9 @@ def test_package_single_purpose(sources: Path, tmp_path: Path, plan_class: str) 
     v = parse_version_xml((out / "version.xml").read_text())
     for f in v.files:
         assert (out / f.physical_name).is_file()
-    assert (out / "vmwrapper").stat().st_mode & stat.S_IXUSR
+    # The main program gets the wrapper's version and the platform in its name.
+    assert v.main_programs[0].physical_name == "vmwrapper_0.1.0_x86_64-pc-linux-gnu"
+    assert (out / "vmwrapper_0.1.0_x86_64-pc-linux-gnu").stat().st_mode & stat.S_IXUSR
     assert (out / "hello_app_1.02.sh").stat().st_mode & stat.S_IXUSR
     assert not (out / "hello_debian_1.02.vdi").stat().st_mode & stat.S_IXUSR
     assert (out / "inputs" / "in").read_text() == "42\n"

@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from vmwrapper import __version__
 from vmwrapper.context.iso import build_context_iso, collect_dir, write_context_iso
 from vmwrapper.errors import InputError, SpecError
 from vmwrapper.packaging.templates import (
@@ -223,6 +224,8 @@ def _package(args: argparse.Namespace) -> int:
         gzip_image=not args.no_gzip,
         api_version=args.api_version,
         cmdline=args.cmdline,
+        wrapper_version=__version__,
+        platform=args.platform,
     )
     plan = plan_app_version(request)
     for placement in plan.placements:

@@ -322,10 +322,8 @@ def _check_files(ctx: _Ctx) -> None:
                 "world-writable: anyone on the build host can change what volunteers run",
                 f"chmod o-w {f.physical_name}",
             )
-        if (
-            not f.main_program
-            and f.open_name != f.physical_name
-            and not has_version_number(f.physical_name)
+        if (f.main_program or f.open_name != f.physical_name) and not has_version_number(
+            f.physical_name
         ):
             ctx.out(
                 "VMW037",

@@ -263,6 +263,8 @@ class PackageRequest:
     gzip_image: bool = True
     api_version: str = DEFAULT_API_VERSION
     cmdline: str = ""
+    wrapper_version: str = ""  # put in the main program's name when it has no version number
+    platform: str = DEFAULT_PLATFORM
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,16 @@ def _basename(path: str) -> str:
     return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
+def _wrapper_name(req: PackageRequest) -> str:
+    """The main program keeps a versioned name (``vmwrapper_0.1.0_x86_64-pc-linux-gnu``),
+    as BOINC ships ``vboxwrapper_26212_x86_64-pc-linux-gnu``: a new wrapper build must not
+    reuse a physical name a host already has."""
+    name = _basename(req.wrapper)
+    if has_version_number(name) or not req.wrapper_version:
+        return name
+    return f"{name}_{req.wrapper_version}_{req.platform}"
+
+
 def plan_app_version(req: PackageRequest) -> PackagePlan:
     """The version.xml entries and file copies for ``req``; raises InputError on contradictions."""
     if req.purpose is Purpose.SINGLE and not req.boinc_app:
@@ -307,7 +319,7 @@ def plan_app_version(req: PackageRequest) -> PackagePlan:
         files.append(entry)
         placements.append(Placement(source, entry.physical_name, exec_bit))
 
-    wrapper = VersionFile(_basename(req.wrapper), main_program=True, executable=True)
+    wrapper = VersionFile(_wrapper_name(req), main_program=True, executable=True)
     add(req.wrapper, wrapper, exec_bit=True)
     job_name = versioned_name(req.app_name, req.version, JOB_LOGICAL_NAME)
     add(req.job, VersionFile(job_name, JOB_LOGICAL_NAME))
