@@ -319,3 +319,13 @@ def test_trickle_down_reaches_the_app(tmp_path: Path) -> None:
     assert report.outcome is JobOutcome.SUCCESS
     assert "pyapp: trickle-down '<cmd>hello</cmd>\\n'" in report.stderr_tail
     assert any(kind == "trickle_down" for _, kind, _ in report.events)
+
+
+def test_main_program_that_cannot_be_executed(tmp_path: Path) -> None:
+    app = make_shell_app_dir(tmp_path, "exit 0\n")
+    (app / "shapp_1.sh").write_text("#!/nonexistent/interpreter\n")
+    report, _ = run(app, tmp_path / "work", max_episodes=1)
+    # the client's child would _exit(errno) after a failed execv: ENOENT = 2
+    assert report.outcome is JobOutcome.ERROR and report.exit_status == 2
+    assert report.message.startswith("process exited with code 2")
+    assert any("cannot start" in detail for _, kind, detail in report.events if kind == "exit")

@@ -369,3 +369,25 @@ def test_lockfile_held_by_another_process_waits_then_fails(slot: Slot) -> None:
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_garbage_from_the_client_is_dropped_not_fatal(slot: Slot) -> None:
+    with slot.attach() as client:
+        raw = slot.seg._map  # write a non-UTF-8 control message as a broken client might
+        raw[1:4] = b"\xff\xfe\0"
+        raw[0] = 1
+        assert client.poll() == ClientStatus()
+        assert not slot.seg.has_message(Channel.PROCESS_CONTROL_REQUEST)  # taken, dropped
+        slot.seg.send(Channel.PROCESS_CONTROL_REQUEST, "<suspend/>")
+        assert client.poll().suspended
+
+
+def test_no_trickle_flush_wait_for_a_dead_client(slot: Slot) -> None:
+    with slot.attach() as client:
+        client.send_trickle_up("a", "1")
+        client.send_trickle_up("b", "2")
+        slot.probe.alive = False
+        slot.clock.now += 10
+        assert client.poll().no_heartbeat
+        client.write_outcome(TemporaryExit(86400, "client gone"))
+        assert slot.clock.slept == []  # nobody to hand them to: no waiting

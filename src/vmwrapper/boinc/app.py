@@ -44,7 +44,7 @@ from vmwrapper.boinc.messages import (
     parse_trickle_down_notice,
 )
 from vmwrapper.boinc.shmem import Segment
-from vmwrapper.errors import InitDataError
+from vmwrapper.errors import InitDataError, ProtocolError
 from vmwrapper.outcome import Finish, Outcome, PlainExit, TemporaryExit
 
 log = logging.getLogger(__name__)
@@ -188,16 +188,16 @@ class AppClient:
             return self._status
         now = self._clock()
         status = self._status
-        text = seg.receive(Channel.HEARTBEAT)
+        text = _receive(seg, Channel.HEARTBEAT)
         if text is not None:
             beat = parse_heartbeat(text)
             if beat.beat:
                 self._last_heartbeat = now
             status = replace(status, max_wss=beat.max_wss, network_suspended=beat.network_suspended)
-        text = seg.receive(Channel.TRICKLE_DOWN)
+        text = _receive(seg, Channel.TRICKLE_DOWN)
         if text is not None and parse_trickle_down_notice(text).trickle_down:
             self._trickle_down_pending = True
-        text = seg.receive(Channel.PROCESS_CONTROL_REQUEST)
+        text = _receive(seg, Channel.PROCESS_CONTROL_REQUEST)
         if text is not None:
             status = self._apply_control(status, decode_control(text))
         if not status.no_heartbeat and self._client_dead(now):
@@ -376,8 +376,8 @@ class AppClient:
             self._sleep(0.1)
 
     def _flush_trickles(self) -> None:
-        if self._segment is None:
-            return
+        if self._segment is None or self._status.no_heartbeat:
+            return  # nobody would take them
         deadline = self._clock() + TRICKLE_FLUSH_LIMIT
         self.tick()
         # the client reads the trickle channel once more after we exit, so the last one is
@@ -407,6 +407,15 @@ class AppClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _receive(seg: Segment, channel: Channel) -> str | None:
+    """A message from the client; garbage (not UTF-8) is logged and dropped, not fatal."""
+    try:
+        return seg.receive(channel)
+    except ProtocolError as exc:
+        log.warning("unreadable message on %s: %s", channel.name.lower(), exc)
+        return None
 
 
 def _read_init_data(slot_dir: Path) -> AppInitData:
