@@ -686,8 +686,11 @@ def closemedium(kind: str, path: str, *, delete: bool = False) -> Step:
     return Step(tuple(args), "close medium", fatal=False, retry=False, log_error=False)
 
 
-def teardown_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
-    """Deregistration (§6 deregister_vm), best effort. Snapshots are deleted before these."""
+def teardown_steps(config: VmConfig, *, delete: bool = True) -> list[Step]:
+    """Deregistration (§6 deregister_vm), best effort. Snapshots are deleted before these.
+
+    ``delete`` adds ``unregistervm --delete`` (the VM's folder, logs, differencing disks and
+    its own disk go); without it only the registration goes (a stale VM, §3.6)."""
     vm = config.name
     steps = [
         Step(
@@ -708,7 +711,8 @@ def teardown_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
                 log_error=False,
             )
         )
-    steps.append(Step(("unregistervm", vm, "--delete"), "unregister VM", fatal=False, retry=False))
+    unregister = ("unregistervm", vm, "--delete") if delete else ("unregistervm", vm)
+    steps.append(Step(unregister, "unregister VM", fatal=False, retry=False))
     return steps
 
 

@@ -1,0 +1,620 @@
+"""The VirtualBox back end: drives one VM through VBoxManage (reference §3.6-§6).
+
+``VirtualBoxBackend(config, runner=None, ...)`` implements :class:`vmwrapper.hypervisor.base.
+Backend`. Commands come from :mod:`.commands` (pure tables), output is parsed by :mod:`.output`,
+the VM's ``VBox.log`` by :mod:`.logs`; this module does the I/O: it runs the steps through the
+injected :class:`.runner.VBoxManage`, probes the installed VirtualBox once, reads the log, takes
+the multiattach lock and measures the VM process's CPU time with psutil.
+
+State comes from ``showvminfo --machinereadable`` (never from the log, §12.2). vboxwrapper's
+visible log lines are kept ("VM state change detected. (old = 'x', new = 'y')",
+"Successfully started VM. (PID = 'n')", "Create VM. (name, slot#n)").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
+
+from vmwrapper.errors import BackendError, CheckpointError, HostNotReady, VmStartError
+from vmwrapper.hypervisor.base import Diagnosis, VmConfig, VmState, VmStatus
+from vmwrapper.hypervisor.virtualbox import commands as cmd
+from vmwrapper.hypervisor.virtualbox import logs, output
+from vmwrapper.hypervisor.virtualbox.commands import Capabilities, Step
+from vmwrapper.hypervisor.virtualbox.lock import MultiattachLock
+from vmwrapper.hypervisor.virtualbox.runner import (
+    CommandResult,
+    VBoxManage,
+    VBoxManageError,
+    is_multiattach_40_error,
+    vbox_environment,
+)
+
+log = logging.getLogger(__name__)
+
+PID_TIMEOUT = 45.0  # vboxwrapper waits ~45 s for "Process ID:" in VBox.log
+STATE_TIMEOUT = 300.0  # poweroff / savestate wait (vboxwrapper's 300 s)
+ERR_NOT_EXITED = -149
+
+
+class VirtualBoxBackend:
+    """One VM under VirtualBox. Every method is bounded in time; errors are BackendErrors."""
+
+    name = "virtualbox"
+
+    def __init__(
+        self,
+        config: VmConfig,
+        *,
+        runner: VBoxManage | None = None,
+        boinc_dir: Path | None = None,
+        environ: dict[str, str] | None = None,
+        lock_dir: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        poll_interval: float = 0.25,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._sleep = sleep
+        self._poll_interval = poll_interval
+        self._lock_dir = lock_dir
+        boinc_dir = boinc_dir or _boinc_dir_of(config.project_dir)
+        env = vbox_environment(
+            dict(os.environ if environ is None else environ), boinc_dir=boinc_dir
+        )
+        self.profile_dir = env.profile_dir
+        if runner is None:
+            runner = VBoxManage(
+                config.slot_dir, executable=env.executable, env=env.env, sleep=sleep
+            )
+            if "VBOX_USER_HOME" not in (environ or os.environ):
+                _mkdir_quietly(env.profile_dir)
+        self.runner = runner
+        self._caps: Capabilities | None = None
+        self._pid: int | None = None
+        self._cpu_base = 0.0  # CPU seconds of VM processes that ended in this run
+        self._cpu_seen = 0.0
+        self._last_state = "poweroff"  # vboxwrapper's initial value
+        self._log_identity: tuple[int, int] | None = None
+        self._log_offset = 0
+        self._bandwidth_limited = False
+
+    # ---- probing -----------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """VirtualBox's version and syntax, probed once (``--version``, ``help modifyvm``,
+        ``list systemproperties``)."""
+        if self._caps is None:
+            version = self.runner.run(Step(("--version",), "version", retry=False))
+            text = version.output.replace("\r", "").strip()
+            if output.parse_version(text) is None:
+                log.warning("VirtualBox version not recognised: %r; assuming a current one", text)
+            help_text = self.runner.probe(
+                Step(("help", "modifyvm"), "help modifyvm", retry=False, log_error=False)
+            ).output
+            props = self.runner.probe(
+                Step(("list", "systemproperties"), "systemproperties", retry=False, log_error=False)
+            ).output
+            additions = output.guest_additions_iso(props)
+            self._caps = cmd.capabilities(
+                text,
+                help_text,
+                guest_additions_iso=additions if additions and os.path.isfile(additions) else "",
+                macos=platform.system() == "Darwin",
+            )
+            log.info("Detected: %s", self._caps.display_version)
+        return self._caps
+
+    def check_host(self) -> None:
+        """vboxwrapper's ``is_system_ready``: ``list hostinfo`` must work and show no driver
+        warnings. Raises HostNotReady (a temporary condition, unlike vboxwrapper's exit 1)."""
+        result = self.runner.probe(Step(("list", "hostinfo"), "list hostinfo", retry=False))
+        info = output.parse_hostinfo(result.output)
+        if not result.ok or not info.ready:
+            problems = "; ".join(info.problems) or result.output.strip()[-300:]
+            raise HostNotReady(
+                f"VirtualBox is not ready on this host: {problems}; fix: install or repair "
+                "VirtualBox (kernel modules loaded, matching VBoxManage)",
+                argv=result.argv,
+                exit_code=result.exit_code,
+                output=result.output,
+            )
+
+    # ---- registration --------------------------------------------------------------------
+
+    def _vminfo(self, vm: str | None = None) -> output.VmInfo | None:
+        """showvminfo of the VM (None when VirtualBox does not know it)."""
+        result = self.runner.probe(cmd.showvminfo(vm or self.config.name), trace=False)
+        if result.ok:
+            return output.parse_vminfo(result.output)
+        if result.hresult == output.VBOX_E_OBJECT_NOT_FOUND:
+            return None
+        raise VBoxManageError("showvminfo", result)
+
+    def exists(self) -> bool:
+        """Registered now, or its settings file is in the slot (registered again by create)."""
+        return self._vminfo() is not None or cmd.settings_file(self.config).is_file()
+
+    def create(self) -> None:
+        config = self.config
+        if self._vminfo() is not None:
+            log.info("VM %s is already registered; reusing it", config.name)
+            return
+        if cmd.settings_file(config).is_file():
+            log.info("Register VM. (%s)", config.name)
+            self._run(Step(("registervm", str(cmd.settings_file(config))), "register"))
+            return
+        self._remove_stale_vm()
+        caps = self.capabilities
+        log.info("Create VM. (%s, %s)", config.name, config.slot_dir.name)
+        for step in cmd.define_steps(config, caps):
+            self._run(step)
+        info = self._vminfo()
+        nic_type = self._nic_type(caps, info)
+        bridge = ""
+        if config.network.bridged:
+            bridge = output.first_bridged_interface(
+                self.runner.probe(Step(("list", "bridgedifs"), "list bridgedifs")).output
+            )
+        steps: list[Step] = [
+            *cmd.network_steps(config, caps, nic_type, bridge),
+            *cmd.devices_off_steps(config, caps),
+            *cmd.acceleration_steps(config, caps),
+            *cmd.controller_steps(config, caps),
+            *cmd.media_steps(config, caps),
+        ]
+        for step in steps:
+            self._run(step)
+        if config.multiattach_parent is not None and config.iso_image is None:
+            self._attach_multiattach_parent(config.multiattach_parent)
+        later = [
+            *cmd.guest_additions_after_multiattach(config, caps),
+            *cmd.floppy_steps(config),
+            *cmd.bandwidth_steps(config, caps),
+            *cmd.port_forward_steps(config, caps),
+            *self._remote_desktop_steps(caps),
+            *cmd.shared_folder_steps(config),
+        ]
+        for step in later:
+            self._run(step)
+
+    def _nic_type(self, caps: Capabilities, info: output.VmInfo | None) -> str:
+        driver = self.config.network.driver
+        if driver:
+            if caps.accepts_nic_type(driver):
+                return driver
+            log.warning(
+                "Invalid Network Driver Specified: %s (not in `VBoxManage help modifyvm`);"
+                " using the default",
+                driver,
+            )
+        if info is None:
+            return ""
+        return cmd.default_nic_type(info.nic_type, info.paravirt_provider)
+
+    def _remote_desktop_steps(self, caps: Capabilities) -> list[Step]:
+        if self.config.remote_desktop is None:
+            return []
+        packs = self.runner.probe(Step(("list", "extpacks"), "list extpacks", retry=False))
+        if not output.has_vrde_extpack(packs.output):
+            log.warning("Required extension pack not installed, remote desktop not enabled.")
+            return []
+        log.info("Enabling remote desktop for VM.")
+        return cmd.remote_desktop_steps(self.config, caps)
+
+    def _remove_stale_vm(self) -> None:
+        """A VM of an earlier run may still hold this slot's disk (§3.6 deregister_stale_vm):
+        unregister it when `showhdinfo` names it, else forget the slot's media."""
+        config = self.config
+        disk = config.cache_disk if config.iso_image is not None else config.disk_image
+        if disk is None or config.multiattach_parent is not None or not disk.is_file():
+            return
+        result = self.runner.probe(cmd.showhdinfo(str(disk)))
+        if not result.ok:
+            return
+        info = output.parse_hdinfo(result.output)
+        for vm_name, vm_uuid in info.in_use_by:
+            log.info("Deregistering stale VM %s (%s) that still uses %s", vm_name, vm_uuid, disk)
+            self._teardown(vm_uuid, delete=False)
+        for step in cmd.close_media_steps(config):
+            self.runner.probe(step)
+
+    def _attach_multiattach_parent(self, parent: Path) -> None:
+        """Attach the project's shared parent image in multiattach mode (§3.7 step 16), under
+        the per-parent lock; orphaned children left by crashed runs are removed once."""
+        config = self.config
+        with MultiattachLock(parent, lock_dir=self._lock_dir, clock=self._clock, sleep=self._sleep):
+            for attempt in (1, 2):
+                hd = self.runner.probe(cmd.showhdinfo(str(parent)))
+                setuuid = False
+                if not hd.ok:
+                    text = hd.output
+                    if "Cannot register the hard disk" in text and "already exists" in text:
+                        setuuid = True
+                        log.warning(
+                            "%s has the UUID of another registered disk; attaching with "
+                            "a new UUID (re-clone the image on the server)",
+                            parent,
+                        )
+                    else:
+                        raise VBoxManageError("showhdinfo (multiattach parent)", hd)
+                info = output.parse_hdinfo(hd.output)
+                if hd.ok and not info.multiattach:
+                    self._run(
+                        cmd.attach_step(
+                            config,
+                            0,
+                            "hdd",
+                            str(parent),
+                            setuuid=setuuid,
+                            item="storage attach (fixed disk)",
+                        )
+                    )
+                    self._run(
+                        cmd.attach_step(config, 0, "", "none", item="storage detach (fixed disk)")
+                    )
+                try:
+                    self._run(
+                        cmd.attach_step(
+                            config,
+                            0,
+                            "hdd",
+                            str(parent),
+                            mtype="multiattach",
+                            item="storage attach (fixed disk - multiattach)",
+                        )
+                    )
+                    return
+                except VBoxManageError as exc:
+                    if attempt == 1 and is_multiattach_40_error(exc.output):
+                        self._remove_disk_orphans(parent)
+                        continue
+                    raise
+
+    def _remove_disk_orphans(self, parent: Path) -> None:
+        """Close every child of ``parent`` that no VM uses, then the parent itself, so VirtualBox
+        forgets a broken registry entry (remove_vbox_disk_orphans, §3.7 16d)."""
+        hd = self.runner.probe(cmd.showhdinfo(str(parent)))
+        info = output.parse_hdinfo(hd.output)
+        for child in info.child_uuids:
+            child_info = output.parse_hdinfo(self.runner.probe(cmd.showhdinfo(child)).output)
+            if child_info.in_use_by:
+                continue
+            log.info("Removing orphaned child disk %s of %s", child, parent)
+            self.runner.probe(cmd.closemedium("disk", child, delete=True))
+        self.runner.probe(cmd.closemedium("disk", info.location or str(parent)))
+
+    # ---- start and state -------------------------------------------------------------------
+
+    def start(self, restore: str | None = None) -> int:
+        config = self.config
+        info = self._vminfo()
+        if info is None:
+            raise VmStartError(f"VM {config.name} is not registered; create it first")
+        if info.state.online:
+            log.info("VM %s was left running by an earlier wrapper; powering it off", config.name)
+            self.poweroff(timeout=0)
+            info = self._vminfo()
+            if info is not None and info.state.online:
+                raise VmStartError(
+                    f"VM {config.name} is still running and would not power off",
+                    code=ERR_NOT_EXITED,
+                )
+        if restore is not None:
+            current = info.current_snapshot if info else ""
+            step = cmd.snapshot_restore(config, None if restore == current else restore)
+            try:
+                self._run(step)
+            except VBoxManageError as exc:
+                raise CheckpointError(
+                    f"could not restore snapshot {restore}: {exc}",
+                    argv=exc.argv,
+                    exit_code=exc.exit_code,
+                    output=exc.output,
+                    code=exc.code,
+                ) from exc
+        before = self._log_file_identity()
+        try:
+            self._run(cmd.startvm(config))
+        except VBoxManageError as exc:
+            raise VmStartError(
+                f"VirtualBox could not start VM {config.name}",
+                argv=exc.argv,
+                exit_code=exc.exit_code,
+                output=exc.output,
+                code=exc.code,
+            ) from exc
+        pid = self._wait_for_pid(before)
+        self._pid = pid
+        self._cpu_seen = 0.0
+        log.info("Successfully started VM. (PID = '%d')", pid)
+        return pid
+
+    def _log_path(self) -> Path:
+        return cmd.log_dir(self.config) / "VBox.log"
+
+    def _log_file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = self._log_path().stat()
+        except OSError:
+            return None
+        return (st.st_ino, int(st.st_ctime_ns))
+
+    def _wait_for_pid(self, before: tuple[int, int] | None) -> int:
+        """The VM process id from the *new* VBox.log (VirtualBox rotates it at start, §12.24)."""
+        deadline = self._clock() + PID_TIMEOUT
+        while True:
+            identity = self._log_file_identity()
+            if identity is not None and identity != before:
+                pid = logs.process_id(self._read_log())
+                if pid is not None and psutil.pid_exists(pid):
+                    self._log_identity = identity
+                    self._log_offset = 0
+                    return pid
+            if self._clock() >= deadline:
+                raise VmStartError(
+                    f"VM {self.config.name} was started but its log {self._log_path()} named no "
+                    f"process within {PID_TIMEOUT:.0f} s",
+                    code=-182,
+                )
+            self._sleep(self._poll_interval)
+
+    def _read_log(self) -> str:
+        try:
+            return self._log_path().read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def status(self) -> VmStatus:
+        info = self._vminfo()
+        if info is None:
+            return VmStatus(VmState.ABSENT, "not registered")
+        raw = info.state_name or "unknown"
+        if raw != self._last_state:
+            log.info(
+                "VM state change detected. (old = '%s', new = '%s')",
+                self._last_state,
+                raw,
+                extra={"event": "vm_state_change", "old": self._last_state, "new": raw},
+            )
+            self._last_state = raw
+        state = info.state
+        if not state.online:
+            self._note_process_end()
+        return VmStatus(state, raw)
+
+    def pid(self) -> int | None:
+        if self._pid is not None and not psutil.pid_exists(self._pid):
+            self._note_process_end()
+        return self._pid
+
+    def _note_process_end(self) -> None:
+        if self._pid is not None:
+            self._cpu_base += self._cpu_seen
+            self._cpu_seen = 0.0
+            self._pid = None
+
+    def cpu_time(self) -> float:
+        """CPU seconds of the VM process tree in this run (never decreasing)."""
+        if self._pid is not None:
+            try:
+                proc = psutil.Process(self._pid)
+                total = sum(proc.cpu_times()[:2])
+                for child in proc.children(recursive=True):
+                    try:
+                        total += sum(child.cpu_times()[:2])
+                    except psutil.Error:
+                        continue
+                self._cpu_seen = max(self._cpu_seen, total)
+            except psutil.Error:
+                pass
+        return self._cpu_base + self._cpu_seen
+
+    # ---- run-time control ---------------------------------------------------------------
+
+    def pause(self) -> None:
+        self._run(cmd.controlvm(self.config, "pause"))
+
+    def resume(self) -> None:
+        self._run(cmd.controlvm(self.config, "resume"))
+
+    def checkpoint(self, name: str) -> None:
+        """Pause, snapshot, resume (vboxwrapper's order); the VM is resumed even on failure."""
+        config = self.config
+        info = self._vminfo()
+        was_running = info is not None and info.state is VmState.RUNNING
+        if was_running:
+            self.pause()
+        try:
+            self._run(cmd.snapshot_take(config, name))
+        except VBoxManageError as exc:
+            raise CheckpointError(
+                f"snapshot {name} of VM {config.name} failed",
+                argv=exc.argv,
+                exit_code=exc.exit_code,
+                output=exc.output,
+                code=exc.code,
+            ) from exc
+        finally:
+            if was_running:
+                self.resume()
+        log.info("Checkpoint completed.")
+
+    def _snapshots(self) -> tuple[output.SnapshotEntry, ...]:
+        result = self.runner.probe(cmd.snapshot_list(self.config))
+        if result.ok:
+            return output.parse_snapshot_list(result.output)
+        if output.NO_SNAPSHOTS in result.output:
+            return ()
+        raise VBoxManageError("enumerate snapshot(s)", result)
+
+    def checkpoints(self) -> tuple[str, ...]:
+        return tuple(entry.name for entry in self._snapshots())
+
+    def delete_checkpoint(self, name: str) -> None:
+        for entry in self._snapshots():
+            if entry.name == name:
+                self._run(cmd.snapshot_delete(self.config, entry.uuid))
+                return
+        log.debug("snapshot %s does not exist; nothing to delete", name)
+
+    def save_state(self) -> None:
+        self._run(cmd.controlvm(self.config, "savestate"))
+        self._wait_offline(STATE_TIMEOUT)
+
+    def poweroff(self, timeout: float = 30.0) -> None:
+        """ACPI power button (when running and timeout > 0), then `controlvm poweroff`, then
+        SIGKILL of the VM process. Idempotent: nothing happens for an offline VM."""
+        info = self._vminfo()
+        if info is None or not info.state.online:
+            return
+        if timeout > 0 and info.state is VmState.RUNNING:
+            result = self.runner.probe(cmd.controlvm(self.config, "acpipowerbutton", retry=False))
+            if result.ok and self._wait_offline(timeout):
+                return
+        result = self.runner.probe(cmd.controlvm(self.config, "poweroff", retry=False))
+        if self._wait_offline(STATE_TIMEOUT if result.ok else 5.0):
+            return
+        pid = self._pid or logs.process_id(self._read_log())
+        if pid is not None and psutil.pid_exists(pid):
+            log.warning("VM %s did not power off; killing process %d", self.config.name, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._wait_offline(10.0)
+
+    def _wait_offline(self, timeout: float) -> bool:
+        deadline = self._clock() + timeout
+        while True:
+            info = self._vminfo()
+            if info is None or (not info.state.online and info.state is not VmState.SAVING):
+                self._note_process_end()
+                return True
+            if self._clock() >= deadline:
+                return False
+            self._sleep(self._poll_interval)
+
+    def cleanup(self) -> None:
+        """Power off, delete snapshots, unregister with --delete, forget the media (§6)."""
+        if self._vminfo() is None:
+            for step in cmd.close_media_steps(self.config):
+                self.runner.probe(step)
+            return
+        self.poweroff(timeout=0)
+        self._teardown(self.config.name)
+        for step in cmd.close_media_steps(self.config):
+            self.runner.probe(step)
+
+    def _teardown(self, vm: str, *, delete: bool = True) -> None:
+        """Delete snapshots, the bandwidth group, the floppy controller; unregister (with
+        ``--delete`` for our own VM; a stale VM's disks are this slot's, so they stay)."""
+        config = self.config
+        target = config if vm == config.name else _renamed(config, vm)
+        for entry in reversed(self._snapshots_of(vm)):
+            self.runner.probe(cmd.snapshot_delete(target, entry.uuid))
+        steps = cmd.teardown_steps(target, delete=delete)
+        unregister = steps[-1]
+        for step in steps[:-1]:
+            self.runner.probe(step)
+        if config.multiattach_parent is not None:
+            try:
+                with MultiattachLock(
+                    config.multiattach_parent,
+                    lock_dir=self._lock_dir,
+                    clock=self._clock,
+                    sleep=self._sleep,
+                ):
+                    self.runner.probe(unregister)
+            except BackendError:
+                self.runner.probe(unregister)  # as vboxwrapper: go on without the lock
+        else:
+            self.runner.probe(unregister)
+
+    def _snapshots_of(self, vm: str) -> tuple[output.SnapshotEntry, ...]:
+        result = self.runner.probe(Step(("snapshot", vm, "list"), "snapshot list", retry=False))
+        return output.parse_snapshot_list(result.output) if result.ok else ()
+
+    def set_cpu_cap(self, percent: int) -> None:
+        self._run(cmd.cpu_cap(self.config, percent))
+
+    def set_network(self, connected: bool) -> None:
+        self._run(cmd.link_state(self.config, connected))
+
+    def set_bandwidth(self, bytes_per_sec: float) -> None:
+        """Limit the NIC's bandwidth group; 0 lifts an earlier limit (§12.11)."""
+        if bytes_per_sec <= 0 and not self._bandwidth_limited:
+            return
+        self._run(cmd.set_bandwidth(self.config, bytes_per_sec))
+        self._bandwidth_limited = bytes_per_sec > 0
+
+    # ---- the log ------------------------------------------------------------------------
+
+    def guest_log(self) -> list[str]:
+        """New ``Guest Log:`` lines of the current VBox.log (a rotated log restarts at 0)."""
+        identity = self._log_file_identity()
+        if identity is None:
+            return []
+        if identity != self._log_identity:
+            self._log_identity = identity
+            self._log_offset = 0
+        try:
+            with open(self._log_path(), "rb") as handle:
+                handle.seek(self._log_offset)
+                data = handle.read()
+        except OSError:
+            return []
+        chunk = logs.split_new(data, self._log_offset)
+        self._log_offset = chunk.offset
+        return logs.guest_lines(chunk.lines)
+
+    def diagnose(self) -> tuple[Diagnosis, ...]:
+        """Re-read the whole current log each call (vboxwrapper's cached log was stale, §12.1)."""
+        return logs.diagnose(self._read_log())
+
+    def log_tail(self, limit: int = 8192) -> str:
+        """The end of VBox.log cut to whole lines (for the hypervisor log dump)."""
+        text = self._read_log()
+        if len(text) > limit:
+            text = text[-limit:]
+            text = text[text.find("\n") + 1 :]
+        return text
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _run(self, step: Step) -> CommandResult | None:
+        if step.fatal:
+            return self.runner.run(step)
+        self.runner.probe(step)
+        return None
+
+
+def _renamed(config: VmConfig, vm: str) -> VmConfig:
+    from dataclasses import replace
+
+    return replace(config, name=vm)
+
+
+def _boinc_dir_of(project_dir: Path) -> Path:
+    """``<boinc>/projects/<url>`` → ``<boinc>`` (the profile-dir fallback of §3.2)."""
+    if project_dir.parent.name == "projects":
+        return project_dir.parent.parent
+    return project_dir.parent
+
+
+def _mkdir_quietly(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.debug("cannot create VirtualBox profile dir %s: %s", path, exc)
+
+
+__all__: Sequence[str] = ("VirtualBoxBackend",)

@@ -1,0 +1,471 @@
+"""VirtualBoxBackend against the VBoxManage simulator, and against real VirtualBox.
+
+Tests taking ``vbox_host`` run twice: with the simulator (tests/vboxsim) first on PATH, and with
+real VirtualBox when ``VMWRAPPER_REAL_VBOX=1`` and a real ``VBoxManage`` is on PATH (skipped
+otherwise, the reason printed). Tests taking ``vbox_sim`` use simulator-only fault injection and
+guest scripts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers.vbox_fixtures import VBoxHost, vbox_host, vbox_sim  # noqa: F401
+from vmwrapper.errors import CheckpointError, VmStartError
+from vmwrapper.hypervisor.base import (
+    Backend,
+    Diagnosis,
+    NetworkConfig,
+    PortRule,
+    RemoteDesktop,
+    Share,
+    VmConfig,
+    VmState,
+)
+from vmwrapper.hypervisor.virtualbox import output
+from vmwrapper.hypervisor.virtualbox.backend import VirtualBoxBackend
+from vmwrapper.hypervisor.virtualbox.runner import VBoxManage, VBoxManageError
+
+pytestmark = pytest.mark.system
+
+
+def make_disk(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if shutil.which("qemu-img"):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "vdi", str(path), "64M"], check=True)
+    else:
+        path.write_bytes(b"<<< Oracle VM VirtualBox Disk Image >>>\n")
+    return path
+
+
+def make_config(root: Path, name: str = "boinc_0123456789abcdef", **changes: object) -> VmConfig:
+    slot = root / "slots" / "0"
+    project = root / "projects" / "example.org_app"
+    (slot / "shared").mkdir(parents=True, exist_ok=True)
+    (project / "scratch").mkdir(parents=True, exist_ok=True)
+    config = VmConfig(
+        name=name,
+        description="wu_123_0",
+        slot_dir=slot,
+        project_dir=project,
+        os_name="Linux26_64",
+        memory_mb=256,
+        cpus=1,
+        disk_image=make_disk(slot / "vm_image.vdi"),
+        shares=(Share("shared", slot / "shared"), Share("scratch", project / "scratch")),
+        network=NetworkConfig(
+            enabled=True,
+            port_rules=(PortRule(48080, 80), PortRule(48022, 22, bind="")),
+        ),
+        remote_desktop=RemoteDesktop(port=45900, password="s3cret-task-pw"),
+    )
+    return replace(config, **changes)  # type: ignore[arg-type]
+
+
+def fast_backend(config: VmConfig, **kwargs: object) -> VirtualBoxBackend:
+    """A back end whose retry back-off does not really sleep (polls still wait a little)."""
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        time.sleep(min(seconds, 0.05))
+
+    backend = VirtualBoxBackend(config, sleep=sleep, poll_interval=0.05, **kwargs)  # type: ignore[arg-type]
+    backend.sleeps = sleeps  # type: ignore[attr-defined]
+    return backend
+
+
+def vminfo(host: VBoxHost, name: str) -> dict[str, str]:
+    result = host.vboxmanage("showvminfo", name, "--machinereadable")
+    assert result.returncode == 0, result.stderr
+    return output.parse_machinereadable(result.stdout)
+
+
+def wait_for(predicate: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+# ---- against the simulator and real VirtualBox ---------------------------------------------
+
+
+def test_create_defines_the_vm_as_the_job_says(vbox_host: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    backend = fast_backend(config)
+    assert isinstance(backend, Backend)
+    assert not backend.exists()
+    try:
+        backend.create()
+        assert backend.exists()
+        info = vminfo(vbox_host, config.name)
+        assert info["memory"] == "256"
+        assert info["cpus"] == "1"
+        assert info["acpi"] == "on" and info["ioapic"] == "on" and info["rtcuseutc"] == "on"
+        assert info["graphicscontroller"] == "vboxvga"
+        assert info["nic1"] == "nat"
+        assert info["cableconnected1"] == "on"
+        assert info["nicbandwidthgroup1"] == f"{config.name}_net"  # §12.11: really attached
+        rules = sorted(v for k, v in info.items() if k.startswith("Forwarding("))
+        assert any(",tcp,127.0.0.1,48080,,80" in r for r in rules)
+        assert any(",tcp,,48022,,22" in r for r in rules)
+        assert info[f'Hard Disk Controller-0-0'] == str(config.disk_image)
+        shares = {info[k]: info[k.replace("Name", "Path")] for k in info
+                  if k.startswith("SharedFolderNameMachineMapping")}
+        assert shares == {"shared": str(config.slot_dir / "shared"),
+                          "scratch": str(config.project_dir / "scratch")}
+        assert info["usb"] == "off" and info["uart1"] == "off" and info["audio"] == "none"
+        if info.get("vrde") == "on":  # only with the Extension Pack
+            assert info["vrdeaddress"] == "127.0.0.1"
+            assert info["vrdeauthtype"] == "external"
+            extra = vbox_host.vboxmanage("getextradata", config.name,
+                                         "VBoxAuthSimple/users/boinc")
+            digest = hashlib.sha256(b"s3cret-task-pw").hexdigest()
+            assert extra.stdout.strip() == f"Value: {digest}"
+        assert backend.status().state is VmState.POWERED_OFF
+        # every command went to the trace and replay files
+        replay = (config.slot_dir / "vbox_replay.txt").read_text().splitlines()
+        assert "VBoxManage -q --version" in replay
+        assert any(line.startswith("VBoxManage -q createvm --name boinc_0123456789abcdef")
+                   for line in replay)
+        trace = (config.slot_dir / "vbox_trace.txt").read_text()
+        assert "\nCommand: VBoxManage -q createvm" in trace and "\nExit Code: 0\n" in trace
+        # a second create reuses the registered VM
+        backend.create()
+        names = vbox_host.vboxmanage("list", "vms").stdout
+        assert names.count(f'"{config.name}"') == 1
+    finally:
+        backend.cleanup()
+    assert not backend.exists()
+    assert backend.status().state is VmState.ABSENT
+    assert not (config.slot_dir / config.name).exists()
+
+
+def test_lifecycle_start_pause_snapshot_restore_save(
+    vbox_host: VBoxHost, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    try:
+        pid = backend.start()
+        assert psutil.pid_exists(pid) and backend.pid() == pid
+        assert backend.status().state is VmState.RUNNING
+        assert "VM state change detected. (old = 'poweroff', new = 'running')" in caplog.text
+        assert f"Successfully started VM. (PID = '{pid}')" in caplog.text
+        assert backend.cpu_time() > 0
+
+        backend.pause()
+        assert backend.status().state is VmState.PAUSED
+        backend.resume()
+        assert backend.status().state is VmState.RUNNING
+
+        backend.checkpoint("boinc_10")
+        backend.checkpoint("boinc_20")
+        assert backend.status().state is VmState.RUNNING  # resumed after the snapshot
+        assert backend.checkpoints() == ("boinc_10", "boinc_20")
+        backend.delete_checkpoint("boinc_10")
+        assert backend.checkpoints() == ("boinc_20",)
+
+        backend.set_cpu_cap(40)
+        assert vminfo(vbox_host, config.name)["cpuexecutioncap"] == "40"
+        backend.set_network(False)
+        assert vminfo(vbox_host, config.name)["cableconnected1"] == "off"
+        backend.set_network(True)
+        assert vminfo(vbox_host, config.name)["cableconnected1"] == "on"
+
+        backend.poweroff(timeout=0)
+        assert backend.status().state is VmState.POWERED_OFF
+        assert backend.pid() is None
+        cpu_after_first_run = backend.cpu_time()
+        assert cpu_after_first_run > 0
+
+        pid2 = backend.start(restore="boinc_20")
+        assert pid2 != pid
+        assert backend.status().state is VmState.RUNNING
+        assert backend.cpu_time() >= cpu_after_first_run
+        backend.save_state()
+        assert backend.status().state is VmState.SAVED
+        assert not psutil.pid_exists(pid2) or psutil.Process(pid2).status() == "zombie"
+        backend.start()
+        assert backend.status().state is VmState.RUNNING
+        backend.poweroff(timeout=0)
+        backend.poweroff(timeout=0)  # idempotent
+    finally:
+        backend.cleanup()
+    assert backend.status().state is VmState.ABSENT
+
+
+def test_bandwidth_limit_applies_and_is_lifted(vbox_host: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    try:
+        backend.set_bandwidth(0)  # no limit yet: nothing to do
+        backend.set_bandwidth(100_000)
+        group = vminfo(vbox_host, config.name)["BandwidthGroup0"]
+        assert group == f"{config.name}_net,Network,{98 * 1024}"
+        backend.set_bandwidth(0)
+        group = vminfo(vbox_host, config.name)["BandwidthGroup0"]
+        assert group == f"{config.name}_net,Network,{1024 << 30}"
+    finally:
+        backend.cleanup()
+
+
+# ---- simulator only: guest, faults, versions ------------------------------------------------
+
+
+def test_guest_log_lines_and_guest_poweroff(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    vbox_sim.configure(guest=[{"at": 0, "log": "hello from the guest"},
+                              {"at": 0.3, "log": "50% done"}, {"at": 0.6, "poweroff": True}])
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    backend.start()
+    wait_for(lambda: backend.status().state is VmState.POWERED_OFF)
+    assert backend.guest_log() == ["hello from the guest", "50% done"]
+    assert backend.guest_log() == []
+    assert backend.diagnose() == ()
+    backend.cleanup()
+
+
+def test_guru_meditation_is_a_crash_with_a_diagnosis(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    vbox_sim.configure(guest=[{"at": 0.2, "guru": True}])
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    backend.start()
+    wait_for(lambda: backend.status().state is VmState.CRASHED)
+    assert backend.status().detail == "gurumeditation"
+    assert Diagnosis.GURU_MEDITATION in backend.diagnose()
+    backend.cleanup()
+    assert not backend.exists()
+
+
+def test_killed_vm_process_is_aborted(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    pid = backend.start()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: backend.status().state is VmState.CRASHED)
+    assert backend.status().detail == "aborted"
+    pid2 = backend.start()  # VirtualBox starts an aborted VM again
+    assert pid2 != pid
+    backend.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("error", "diagnosis"),
+    [
+        ("VERR_VMX_MSR_ALL_VMX_DISABLED", Diagnosis.VM_EXTENSIONS_DISABLED),
+        ("VERR_SVM_IN_USE", Diagnosis.FOREIGN_HYPERVISOR),
+        ("VERR_NO_MEMORY", Diagnosis.HOST_OUT_OF_MEMORY),
+    ],
+)
+def test_start_failure_is_diagnosed_from_the_fresh_log(
+    vbox_sim: VBoxHost, tmp_path: Path, error: str, diagnosis: Diagnosis
+) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    vbox_sim.inject(start_error=error)
+    with pytest.raises(VmStartError) as info:
+        backend.start()
+    assert error in str(info.value)
+    assert backend.diagnose() == (diagnosis,)
+    backend.cleanup()
+
+
+def test_lock_contention_is_retried_with_back_off(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    vbox_sim.inject(lock_contention={"commands": ["modifyvm"], "times": 3})
+    backend.create()
+    assert vbox_sim.faults()["lock_contention"]["times"] == 0
+    assert backend.sleeps[:3] == [1.0, 2.0, 4.0]  # type: ignore[attr-defined]
+    trace = (config.slot_dir / "vbox_trace.txt").read_text()
+    assert trace.count("VBOX_E_INVALID_OBJECT_STATE (0x80bb0007)") == 3
+    assert "Exit Code: -2135228409" in trace
+    backend.cleanup()
+
+
+def test_persistent_lock_error_keeps_its_code(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    backend.start()
+    vbox_sim.inject(lock_contention={"commands": ["controlvm"], "times": 50})
+    with pytest.raises(VBoxManageError) as info:
+        backend.pause()
+    assert info.value.hresult == output.VBOX_E_INVALID_OBJECT_STATE  # not ERR_TIMEOUT (§12.4)
+    assert info.value.code == -2135228409
+    assert info.value.result.attempts == 6
+    assert "Another VirtualBox management application" in info.value.output
+    vbox_sim.inject(lock_contention={"times": 0})
+    backend.cleanup()
+
+
+def test_hung_command_times_out_and_is_retried(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    runner = VBoxManage(config.slot_dir, timeout=2.0, sleep=lambda s: None)
+    backend = VirtualBoxBackend(config, runner=runner, poll_interval=0.05)
+    backend.create()
+    backend.start()
+    vbox_sim.inject(hang={"commands": ["controlvm"], "times": 1})
+    started = time.monotonic()
+    backend.set_cpu_cap(50)
+    assert time.monotonic() - started < 30
+    trace = (config.slot_dir / "vbox_trace.txt").read_text()
+    assert "(timed out after 2 s)" in trace
+    assert "Exit Code: -182" in trace
+    backend.cleanup()
+
+
+def test_service_down_is_retried(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    vbox_sim.inject(service_down={"times": 2})
+    assert backend.checkpoints() == ()  # snapshot list: not retried (probe) ...
+    backend.set_bandwidth(1024)  # ... but commands are, with back-off
+    assert vbox_sim.faults()["service_down"]["times"] == 0
+    backend.cleanup()
+
+
+@pytest.mark.parametrize(("version", "marker"), [("6.1.50", "--nictype1"),
+                                                  ("7.0.14", "--nic-type1"),
+                                                  ("garbage", "--nic-type1")])
+def test_syntax_follows_the_probed_virtualbox(
+    vbox_sim: VBoxHost, tmp_path: Path, version: str, marker: str
+) -> None:
+    vbox_sim.configure(version=version)
+    config = make_config(tmp_path, remote_desktop=None,
+                         network=NetworkConfig(enabled=True, driver="virtio"))
+    backend = fast_backend(config)
+    backend.create()  # the simulated 6.1 refuses 7-only spellings, like VirtualBox 6.1
+    replay = (config.slot_dir / "vbox_replay.txt").read_text()
+    assert f"{marker} virtio" in replay
+    assert vminfo(vbox_sim, config.name)["nictype1"] == "virtio"
+    backend.cleanup()
+
+
+def test_stale_vm_holding_the_slot_disk_is_removed(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    old = make_config(tmp_path, name="boinc_old000000000000", remote_desktop=None)
+    fast_backend(old).create()
+    # the client cleaned the slot but VirtualBox still has the old VM on this slot's disk
+    shutil.rmtree(old.slot_dir / old.name)
+    new = make_config(tmp_path, name="boinc_new000000000000", remote_desktop=None)
+    backend = fast_backend(new)
+    backend.create()
+    names = {vm["name"] for vm in vbox_sim.registry()["vms"].values()}
+    assert names == {"boinc_new000000000000"}
+    assert new.disk_image is not None and new.disk_image.exists()  # the disk was kept
+    backend.cleanup()
+
+
+def test_settings_left_in_the_slot_are_registered_again(
+    vbox_sim: VBoxHost, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    fast_backend(config).create()
+    vbox_sim.vboxmanage("unregistervm", config.name)
+    backend = fast_backend(config)
+    assert backend.exists()  # the .vbox file is still in the slot
+    backend.create()
+    replay = (config.slot_dir / "vbox_replay.txt").read_text()
+    assert "VBoxManage -q registervm" in replay
+    assert vminfo(vbox_sim, config.name)["memory"] == "256"
+    backend.cleanup()
+
+
+def test_two_tasks_share_a_multiattach_parent(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    parent = make_disk(tmp_path / "projects" / "example.org_app" / "parent.vdi")
+    before = parent.read_bytes()
+    configs = []
+    for i in (1, 2):
+        base = make_config(tmp_path / f"host{i}", name=f"boinc_multi{i:011d}",
+                           remote_desktop=None)
+        configs.append(replace(base, disk_image=None, multiattach_parent=parent))
+    backends = [fast_backend(c, lock_dir=tmp_path / "locks") for c in configs]
+    for backend in backends:
+        backend.create()
+    info = output.parse_hdinfo(vbox_sim.vboxmanage("showhdinfo", str(parent)).stdout)
+    assert info.multiattach
+    assert len(info.child_uuids) == 2
+    for config in configs:
+        disk = vminfo(vbox_sim, config.name)["Hard Disk Controller-0-0"]
+        assert disk.startswith(str(config.slot_dir / config.name / "Snapshots"))
+    backends[0].cleanup()
+    info = output.parse_hdinfo(vbox_sim.vboxmanage("showhdinfo", str(parent)).stdout)
+    assert len(info.child_uuids) == 1
+    backends[1].cleanup()
+    assert parent.read_bytes() == before
+
+
+def test_multiattach_registry_bug_removes_orphans_and_retries(
+    vbox_sim: VBoxHost, tmp_path: Path
+) -> None:
+    parent = make_disk(tmp_path / "projects" / "example.org_app" / "parent.vdi")
+    config = replace(make_config(tmp_path, remote_desktop=None), disk_image=None,
+                     multiattach_parent=parent)
+    vbox_sim.inject(multiattach_registry_bug=True)
+    backend = fast_backend(config, lock_dir=tmp_path / "locks")
+    backend.create()
+    replay = (config.slot_dir / "vbox_replay.txt").read_text()
+    assert f"VBoxManage -q closemedium disk {parent}" in replay
+    assert replay.count("--mtype multiattach") == 2
+    assert vminfo(vbox_sim, config.name)["Hard Disk Controller-0-0"].endswith(".vdi")
+    backend.cleanup()
+
+
+def test_missing_medium_is_refused(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    config = replace(config, floppy_image=config.slot_dir / "vm_floppy_0.img")  # not written
+    backend = fast_backend(config)
+    with pytest.raises(VBoxManageError) as info:
+        backend.create()
+    assert info.value.hresult == output.VBOX_E_FILE_ERROR
+    assert "VERR_FILE_NOT_FOUND" in info.value.output
+    backend.cleanup()
+    assert not backend.exists()
+
+
+def test_restoring_a_missing_snapshot_is_a_checkpoint_error(
+    vbox_sim: VBoxHost, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    with pytest.raises(CheckpointError):
+        backend.start(restore="boinc_999")
+    backend.cleanup()
+
+
+def test_a_vm_left_running_is_powered_off_before_start(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    first = fast_backend(config)
+    first.create()
+    old_pid = first.start()
+    second = fast_backend(config)  # a new wrapper process for the same slot
+    second.create()
+    new_pid = second.start()
+    assert new_pid != old_pid
+    wait_for(lambda: not psutil.pid_exists(old_pid) or
+             psutil.Process(old_pid).status() == "zombie")
+    second.cleanup()
