@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from helpers.harness_fixtures import (
@@ -329,3 +331,21 @@ def test_main_program_that_cannot_be_executed(tmp_path: Path) -> None:
     assert report.outcome is JobOutcome.ERROR and report.exit_status == 2
     assert report.message.startswith("process exited with code 2")
     assert any("cannot start" in detail for _, kind, detail in report.events if kind == "exit")
+
+
+def test_other_pid_is_killed_when_the_task_ends(tmp_path: Path) -> None:
+    app = make_pyapp_dir(tmp_path, "--steps 10 --other-pid")
+    report, _ = run(app, tmp_path / "work")
+    assert report.outcome is JobOutcome.SUCCESS
+    pid = int(re.findall(r"pyapp: other_pid (\d+)", report.stderr_tail)[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

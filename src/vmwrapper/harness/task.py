@@ -39,7 +39,7 @@ from vmwrapper.boinc.messages import (
     parse_trickle_up_notice,
 )
 from vmwrapper.boinc.shmem import Segment
-from vmwrapper.errors import HarnessError, ProtocolError
+from vmwrapper.errors import ProtocolError
 from vmwrapper.harness.control import (
     ABORT_TIMEOUT,
     FINISH_FILE_TIMEOUT,
@@ -157,6 +157,7 @@ class ActiveTask:
         self._trickle_down_pending = False
         self._last_finish_check = 0.0
         self._finish_seen_at: float | None = None
+        self._other_pid: tuple[int, float | None] = (0, None)
 
     # -- start ----------------------------------------------------------------------------
 
@@ -319,6 +320,8 @@ class ActiveTask:
             self.fraction_done = status.fraction_done
         if status.other_pid is None and self.status.other_pid is not None:
             status = dataclasses.replace(status, other_pid=self.status.other_pid)
+        if status.other_pid is not None and status.other_pid != self._other_pid[0]:
+            self._other_pid = (status.other_pid, _create_time(status.other_pid))
         self.status = status
 
     def _take_trickle_up(self) -> None:
@@ -399,8 +402,12 @@ class ActiveTask:
         return facts
 
     def _kill_other_pid(self) -> None:
-        pid = self.status.other_pid
-        if not pid:
+        """The client kills ``other_pid`` (e.g. the VM) and its children when the task ends.
+
+        Only the very process the app named: a pid reused since then is left alone.
+        """
+        pid, created = self._other_pid
+        if not pid or created is None or _create_time(pid) != created:
             return
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(pid)
@@ -419,9 +426,11 @@ class ActiveTask:
             self._segment.close()
 
 
-def require_executable(path: Path) -> None:
-    if not os.access(path, os.X_OK):
-        raise HarnessError(f"the main program {path} is not executable (chmod +x it)")
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
 
 
 __all__: Sequence[str] = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--exit-at", type=int, default=-1, help="step: exit 0 (premature), once")
     p.add_argument("--crash-code", type=int, default=0, help="exit with this code at the end")
     p.add_argument("--ignore-quit", action="store_true")
+    p.add_argument("--other-pid", action="store_true", help="report a child as other_pid")
     return p.parse_args(argv)
 
 
@@ -58,6 +60,11 @@ def main() -> int:
     if CHECKPOINT.exists():
         step = int(CHECKPOINT.read_text().split()[0])
     print(f"pyapp: start at step {step}, standalone={client.standalone}", file=sys.stderr)
+    other_pid = None
+    if args.other_pid:  # stands in for the VM process a wrapper reports
+        child = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        other_pid = child.pid
+        print(f"pyapp: other_pid {other_pid}", file=sys.stderr)
     while step < args.steps:
         status = client.poll()
         if status.abort_request:
@@ -93,7 +100,10 @@ def main() -> int:
             CHECKPOINT.write_text(f"{step}\n")
             checkpoint_cpu = cpu
         client.report_status(
-            cpu_time=cpu, checkpoint_cpu_time=checkpoint_cpu, fraction_done=step / args.steps
+            cpu_time=cpu,
+            checkpoint_cpu_time=checkpoint_cpu,
+            fraction_done=step / args.steps,
+            other_pid=other_pid,
         )
         client.tick()
     out = client.resolve(args.output)
