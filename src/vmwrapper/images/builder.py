@@ -239,7 +239,9 @@ def _tree_entries(src: Path, dest: str) -> list[CpioEntry]:
     """Entries for a host file or directory tree placed at ``dest`` in the image."""
     entries = []
     for rel, path in _walk_host(src):
-        target = f"{dest}/{rel}" if rel else dest
+        if dest == "/" and not rel:
+            continue  # a package's root directory is the image's root: nothing to add
+        target = f"{dest.rstrip('/')}/{rel}" if rel else dest
         st = path.lstat()
         if stat.S_ISLNK(st.st_mode):
             entries.append(CpioEntry.symlink(target, os.readlink(path)))
@@ -302,7 +304,7 @@ def build_image(
         for number, deb in enumerate(recipe.debs):
             root = tmp / f"deb{number}"
             unpack(deb, root)
-            extra_entries += [e for e in _tree_entries(root, "/") if e.path != "."]
+            extra_entries += _tree_entries(root, "/")
         for extra in recipe.extra_files:
             extra_entries += _tree_entries(extra.src, extra.dest)
         extra_bytes = 0

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vmwrapper.errors import ImageError
 from vmwrapper.images.tools import run
@@ -82,11 +85,53 @@ def locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+def apt_lists_state(lists: Path = APT_LISTS) -> str:
+    """Changes whenever `apt-get update` changes apt's package lists."""
+    try:
+        stamps = sorted(
+            f"{entry.name}:{entry.stat().st_mtime_ns}:{entry.stat().st_size}"
+            for entry in lists.iterdir()
+            if entry.is_file()
+        )
+    except OSError:
+        return ""
+    return hashlib.sha256("\n".join(stamps).encode()).hexdigest()
+
+
 class DebStore:
-    """A directory of downloaded .deb files (``<cache>/debs``)."""
+    """A directory of downloaded .deb files (``<cache>/debs``).
+
+    apt-cache takes seconds per query on a loaded host, so its answers are remembered in
+    ``apt-answers.json`` until apt's lists change (then they are asked again).
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._memo_path = directory / "apt-answers.json"
+
+    def _apt_cache(self, *args: str) -> str:
+        state = apt_lists_state()
+        key = " ".join(args)
+        memo: dict[str, Any] = {}
+        if state:
+            try:
+                memo = json.loads(self._memo_path.read_text())
+            except (OSError, ValueError):
+                memo = {}
+            if memo.get("state") == state and key in memo.get("answers", {}):
+                return str(memo["answers"][key])
+        out = run(["apt-cache", *args], timeout=120)
+        if state:
+            answers = memo.get("answers", {}) if memo.get("state") == state else {}
+            answers[key] = out
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = self._memo_path.with_name(f".{self._memo_path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"state": state, "answers": answers}))
+            os.replace(tmp, self._memo_path)
+        return out
 
     def kernel_package(self, explicit: str = "") -> str:
         """The kernel package to use: ``explicit``, else what linux-image-amd64 depends on,
@@ -94,7 +139,7 @@ class DebStore:
         if explicit:
             return explicit
         try:
-            out = run(["apt-cache", "depends", KERNEL_METAPACKAGE], timeout=60)
+            out = self._apt_cache("depends", KERNEL_METAPACKAGE)
         except ImageError as exc:
             out = ""
             log.warning("apt-cache depends %s failed: %s", KERNEL_METAPACKAGE, exc)
@@ -112,7 +157,7 @@ class DebStore:
     def identify(self, name: str) -> PackageId:
         """The package apt would download (from its lists), else a cached download."""
         try:
-            return parse_show(run(["apt-cache", "show", "--no-all-versions", name], timeout=60))
+            return parse_show(self._apt_cache("show", "--no-all-versions", name))
         except ImageError as exc:
             cached = sorted(self.directory.glob(f"{name}_*.deb"))
             if not cached:
