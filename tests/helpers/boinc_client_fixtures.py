@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,3 +141,66 @@ class ClientSession:
 
     def close(self) -> None:
         self.client.stop()
+
+
+# --- a VM app version: the wrapper as main program, a real guest -----------------------------
+
+VM_JOB_XML = """<vbox_job>
+  <os_name>Linux26_64</os_name>
+  <memory_size_mb>512</memory_size_mb>
+  <enable_shared_directory/>
+  <fraction_done_filename>progress</fraction_done_filename>
+  <minimum_checkpoint_interval>3</minimum_checkpoint_interval>
+</vbox_job>
+"""
+#: The guest app: one-second steps, a tick counter and the fraction done for the host; `starts`
+#: gets a line each time the app starts, so a job resumed from a snapshot shows one start and a
+#: job that booted afresh shows two.
+VM_STEPS = 20
+VM_APP = f"""#!/bin/sh
+# runs in the guest, in /root/shared
+echo started >> starts
+N={VM_STEPS}
+i=0
+while [ $i -lt $N ]; do
+  i=$((i+1))
+  echo $i > ticks
+  awk "BEGIN {{ print $i / $N }}" > progress
+  sleep 1
+done
+echo "vm output: $(cat in) ticks=$i starts=$(wc -l < starts)" > out
+"""
+
+
+def write_vm_app_dir(app_dir: Path, image: Path, work: Path, input_text: str = "hello-vm") -> Path:
+    """A VM app version made by `vmwrapper package`, the development launcher as main program."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "job.xml").write_text(VM_JOB_XML)
+    (work / "app.sh").write_text(VM_APP)
+    (work / "app.sh").chmod(0o755)
+    (work / "in").write_text(input_text + "\n")
+    argv = [
+        sys.executable,
+        "-m",
+        "vmwrapper",
+        "package",
+        "--app",
+        "vmhello",
+        "--version",
+        "1.00",
+        "--job",
+        str(work / "job.xml"),
+        "--image",
+        str(image),
+        "--boinc-app",
+        str(work / "app.sh"),
+        "--input",
+        f"in={work / 'in'}",
+        "--output",
+        "out",
+        "--out",
+        str(app_dir),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return app_dir

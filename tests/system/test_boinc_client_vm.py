@@ -1,0 +1,187 @@
+"""The wrapper under the real BOINC client 7.20.5, with the QEMU back end and a real guest.
+
+The app version is what a project would ship (made by `vmwrapper package`): the development
+launcher as main program (interpreter baked in), vbox_job.xml, the guest image, the guest app
+as ``shared/boinc_app``; each workunit has an input ``shared/in`` and an output ``shared/out``.
+One client for the module and two jobs: ``vm1`` starts at once; ``vm2`` is held (suspended
+via the GUI) until the first is done. The tests run in file order and build on each other:
+
+1. vm1 starts, and the fraction done the wrapper reads from the guest shows in --get_tasks;
+2. a GUI suspend pauses the VM (the guest stops counting), resume lets it go on;
+3. vm1 completes: success, and the output in the project directory holds what the guest wrote;
+4. vm2 runs until the wrapper has checkpointed, the client is shut down with
+   ``boinccmd --quit``, started again, and the job resumes from the wrapper's checkpoint (the
+   guest app does not start a second time) and completes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers.boinc_client_fixtures import VM_STEPS, ClientSession, write_vm_app_dir
+from vmwrapper.boincclient import JobRequest, Naming, ResultRecord, ResultState, TaskInfo
+from vmwrapper.images import ensure_image
+
+pytestmark = pytest.mark.system
+
+VM1 = JobRequest(name="vm1")
+VM2 = JobRequest(name="vm2", held=True)
+BOOT_WAIT = 240.0  # TCG boot on a loaded 2-core host, plus the image copy into the slot
+RUN_WAIT = 240.0
+#: The wrapper snapshots the VM this often. Each snapshot briefly blocks the guest's 9p mounts
+#: (QEMU refuses a 9p attach while a snapshot is being saved), so not too often.
+CHECKPOINT_PERIOD = 8.0
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientSession]:
+    base = tmp_path_factory.mktemp("boinc_vm")
+    app_dir = write_vm_app_dir(base / "app", ensure_image(), base / "src")
+    s = ClientSession(
+        base / "data",
+        app_dir,
+        [VM1, VM2],
+        naming=Naming(app_name="vmhello"),
+        checkpoint_period=CHECKPOINT_PERIOD,
+    )
+    s.start()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def slot_file(session: ClientSession, task: TaskInfo, name: str) -> Path:
+    assert task.slot is not None
+    return session.data.path / "slots" / str(task.slot) / name
+
+
+def read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def wrapper_log(session: ClientSession, task: TaskInfo) -> str:
+    path = slot_file(session, task, "stderr.txt")
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def recorded(session: ClientSession, name: str) -> ResultRecord:
+    """The result once client_state.xml (written a moment after the task ends) has it done."""
+
+    def check() -> ResultRecord | None:
+        record = session.data.results()[name]
+        return record if record.ready_to_report else None
+
+    return session.client.wait_for(check, timeout=60, what=f"{name} done in client_state.xml")
+
+
+def test_vm_task_starts_and_reports_the_guests_fraction_done(session: ClientSession) -> None:
+    client = session.client
+    task = client.wait_task(
+        VM1.result_name,
+        lambda t: t.running and (t.fraction_done or 0) > 0,
+        timeout=BOOT_WAIT,
+        what="the guest app's first fraction done",
+    )
+    assert task.fraction_done is not None
+    # the guest writes i / N to its progress file; the wrapper passes it on unchanged
+    assert task.fraction_done * VM_STEPS == pytest.approx(round(task.fraction_done * VM_STEPS))
+    # the main program is our wrapper, with QEMU below it
+    assert task.pid is not None
+    wrapper = psutil.Process(task.pid)
+    assert "vmwrapper" in " ".join(wrapper.cmdline())
+    children = [" ".join(c.cmdline()) for c in wrapper.children(recursive=True)]
+    assert any("qemu-system" in c for c in children), children
+    assert "back end qemu" in wrapper_log(session, task)
+
+
+def test_gui_suspend_pauses_the_vm_and_resume_resumes_it(session: ClientSession) -> None:
+    client = session.client
+    name = VM1.result_name
+    client.suspend(name)
+    task = client.wait_task(name, lambda t: t.suspended, timeout=60, what="SUSPENDED")
+    client.wait_for(
+        lambda: "Suspended: VM paused." in wrapper_log(session, task),
+        timeout=60,
+        what="the wrapper to pause the VM",
+    )
+    ticks = slot_file(session, task, "shared/ticks")
+    time.sleep(2)  # let a push that was under way land
+    before = read_int(ticks)
+    time.sleep(5)  # running, the guest would count 5 more ticks and push them
+    assert read_int(ticks) == before, "the guest kept running while suspended"
+    assert client.task(name).suspended
+
+    client.resume(name)
+    client.wait_task(name, lambda t: t.running, timeout=60, what="EXECUTING after resume")
+    client.wait_for(
+        lambda: "Resumed: VM running." in wrapper_log(session, task),
+        timeout=60,
+        what="the wrapper to resume the VM",
+    )
+    client.wait_for(
+        lambda: (read_int(ticks) or 0) > (before or 0),
+        timeout=60,
+        what="the guest to count on after resume",
+    )
+
+
+def test_vm_job_completes_with_success_and_its_output(session: ClientSession) -> None:
+    client = session.client
+    name = VM1.result_name
+    done = client.wait_task(name, lambda t: t.ready_to_report, timeout=RUN_WAIT, what="done")
+    assert done.exit_status == 0
+    record = recorded(session, name)
+    assert record.success and record.state is ResultState.UPLOADED, record
+    assert "Outcome: Finish (status 0)" in record.stderr_out
+    out = session.data.output_path(VM1.name, "shared/out")
+    assert out.read_text() == f"vm output: hello-vm ticks={VM_STEPS} starts=1\n"
+
+
+def test_client_shutdown_mid_run_resumes_from_the_wrappers_checkpoint(
+    session: ClientSession,
+) -> None:
+    client = session.client
+    name = VM2.result_name
+    client.resume(name)  # release the held job
+    client.wait_task(
+        name,
+        lambda t: t.running and (t.fraction_done or 0) >= 4 / VM_STEPS,
+        timeout=BOOT_WAIT,
+        what="the guest app under way",
+    )
+    # wait for a checkpoint taken while the guest app runs, so the restart must resume it
+    client.wait_task(
+        name,
+        lambda t: (
+            "Checkpoint completed." in wrapper_log(session, t).split("running boinc_app")[-1]
+            and (t.checkpoint_cpu_time or 0) > 0
+        ),
+        timeout=RUN_WAIT,
+        what="a wrapper checkpoint after the guest app started",
+    )
+    report = session.quit()
+    assert report.graceful and report.exit_code == 0
+    assert report.leftovers == (), f"processes outlived the client: {report.leftovers}"
+    assert session.data.results()[name].state is ResultState.DOWNLOADED  # not finished
+
+    client = session.start()
+    client.wait_task(name, lambda t: t.running, timeout=BOOT_WAIT, what="running again")
+    done = client.wait_task(name, lambda t: t.ready_to_report, timeout=RUN_WAIT, what="done")
+    assert done.exit_status == 0
+    record = recorded(session, name)
+    assert record.success, record
+    log = record.stderr_out
+    assert "Restoring from checkpoint" in log and "snapshot boinc_" in log
+    assert log.count("VMWRAPPER_GUEST: booted") == 1, "the guest booted again, not resumed"
+    out = session.data.output_path(VM2.name, "shared/out")
+    # the guest app started once: it went on from the snapshot, not from the beginning
+    assert out.read_text() == f"vm output: hello-vm ticks={VM_STEPS} starts=1\n"
