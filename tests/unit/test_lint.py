@@ -336,3 +336,12 @@ def test_broken_template_is_reported() -> None:
     texts = {**facts.texts, "wu.xml": b"<input_template><file_info>"}
     findings = lint_app_dir(AppDirFacts(facts.dir_name, facts.files, texts, wu_template="wu.xml"))
     assert _codes(findings) == ["VMW033"]
+
+
+def test_tutorial_lists_every_code() -> None:
+    from pathlib import Path
+
+    tutorial = Path(__file__).resolve().parents[2] / "docs" / "tutorial.md"
+    text = tutorial.read_text()
+    for code, (severity, _title) in CODES.items():
+        assert f"| {code} | {severity.value} |" in text, code
