@@ -14,6 +14,14 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The boinc-client package may have started its system service: stop it (tests and
+# scripts/boinc-client-run.sh start their own clients on their own data dirs and ports).
+AS_ROOT=""; [ "$(id -u)" -eq 0 ] || AS_ROOT="sudo"
+if command -v systemctl >/dev/null && systemctl is-active --quiet boinc-client 2>/dev/null; then
+  echo "install-deps: stopping the boinc-client system service"; $AS_ROOT systemctl stop boinc-client || true
+elif [ -s /var/run/boinc.pid ] && kill -0 "$(cat /var/run/boinc.pid)" 2>/dev/null; then
+  echo "install-deps: stopping the boinc-client system service"; $AS_ROOT /etc/init.d/boinc-client stop >/dev/null || true
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "install-deps: installing ${missing[*]}"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
