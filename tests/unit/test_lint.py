@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -310,6 +311,11 @@ def test_workunit_rules() -> None:
     codes = _codes(lint_app_dir(_facts(files, wu=wu)))
     assert "VMW016" not in codes  # multi-purpose: boinc_app comes with the workunit
     assert "VMW036" in codes  # ... but should be sticky
+    assert "VMW039" in codes  # ... and executable
+    good_wu = InputTemplate(
+        (InputFile("shared/boinc_app", sticky=True, no_delete=True, executable=True),)
+    )
+    assert _codes(lint_app_dir(_facts(files, wu=good_wu))) == []
     assert codes.count("VMW017") == 1 and codes.count("VMW018") == 1
     result = OutputTemplate((OutputFile("out", copy_file=False),))
     codes = _codes(lint_app_dir(_facts(result=result)))
@@ -339,8 +345,6 @@ def test_broken_template_is_reported() -> None:
 
 
 def test_tutorial_lists_every_code() -> None:
-    from pathlib import Path
-
     tutorial = Path(__file__).resolve().parents[2] / "docs" / "tutorial.md"
     text = tutorial.read_text()
     for code, (severity, _title) in CODES.items():

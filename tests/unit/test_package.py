@@ -148,7 +148,10 @@ def test_version_xml_reader_accepts_boinc_bools_and_rejects_bad_xml() -> None:
 
 def test_templates_round_trip() -> None:
     wu = InputTemplate(
-        (InputFile("shared/boinc_app", sticky=True, no_delete=True), InputFile("shared/in")),
+        (
+            InputFile("shared/boinc_app", sticky=True, no_delete=True, executable=True),
+            InputFile("shared/in"),
+        ),
         command_line="--n 3",
     )
     wu_text = format_input_template(wu)
@@ -266,7 +269,9 @@ def test_package_multi_purpose(sources: Path, tmp_path: Path) -> None:
     v = parse_version_xml((out / "version.xml").read_text())
     assert v.by_logical("shared/boinc_app") is None
     wu = parse_input_template((out / "templates" / "input_template.xml").read_text())
-    assert wu.files == (InputFile("shared/boinc_app", sticky=True, no_delete=True),)
+    assert wu.files == (
+        InputFile("shared/boinc_app", sticky=True, no_delete=True, executable=True),
+    )
     assert (out / "inputs" / "boinc_app").stat().st_mode & stat.S_IXUSR
 
 

@@ -254,7 +254,7 @@ def _write_templates(
     files: list[InputFile] = []
     if purpose is Purpose.MULTI and boinc_app:
         # The program rides with every workunit; sticky + no_delete: downloaded once per host.
-        files.append(InputFile(APP_LOGICAL_NAME, sticky=True, no_delete=True))
+        files.append(InputFile(APP_LOGICAL_NAME, sticky=True, no_delete=True, executable=True))
         inputs_dir.mkdir(exist_ok=True)
         _copy(Path(boinc_app), inputs_dir / "boinc_app", executable=True)
     for name, source in inputs:

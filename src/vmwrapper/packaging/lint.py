@@ -146,6 +146,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "VMW036": (Severity.WARNING, "multi-purpose boinc_app is not sticky"),
     "VMW037": (Severity.WARNING, "a physical name has no version number"),
     "VMW038": (Severity.WARNING, "an os_name only recent VirtualBox versions know"),
+    "VMW039": (Severity.WARNING, "workunit boinc_app not marked executable"),
     "VMW101": (Severity.WARNING, "a port forward is reachable from other computers"),
     "VMW102": (Severity.WARNING, "bridged networking"),
     "VMW103": (Severity.WARNING, "the project directory is shared with the VM"),
@@ -540,6 +541,14 @@ def _check_boinc_app(ctx: _Ctx) -> None:
             "shared/boinc_app comes with each workunit but is not <sticky/>; every task "
             "downloads it again",
             "add <sticky/> and <no_delete/> to its <file_info>",
+        )
+    if wu_entry is not None and entry is None and not wu_entry.executable:
+        ctx.out(
+            "VMW039",
+            ctx.facts.wu_template,
+            "shared/boinc_app comes with each workunit but its <file_info> lacks "
+            "<executable/>; the client then does not set its execute bit",
+            "add <executable/> to its <file_info>",
         )
 
 

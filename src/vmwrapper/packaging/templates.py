@@ -4,7 +4,8 @@ A VM app's job files must have logical (open) names under ``shared/`` and the ``
 attribute: the client then copies inputs into ``slots/N/shared/`` before the wrapper starts and
 copies outputs back out of it afterwards (vm-apps documentation, "Creating jobs for VM apps").
 In the multi-purpose form the app run in the VM (``shared/boinc_app``) is the first input of
-every workunit, ``sticky`` and ``no_delete`` so a host downloads it once.
+every workunit, ``sticky`` and ``no_delete`` so a host downloads it once, and ``executable``
+so the client gives it the execute bit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class InputFile:
     copy_file: bool = True
     sticky: bool = False
     no_delete: bool = False
+    executable: bool = False  # the client sets the execute bit after download
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ def format_input_template(t: InputTemplate) -> str:
             lines.append("        <sticky/>")
         if f.no_delete:
             lines.append("        <no_delete/>")
+        if f.executable:
+            lines.append("        <executable/>")
         lines.append("    </file_info>")
     lines.append("    <workunit>")
     for n, f in enumerate(t.files):
@@ -190,6 +194,7 @@ def parse_input_template(text: str | bytes, path: str = "input_template.xml") ->
                 copy_file=_present(ref, "copy_file"),
                 sticky=info is not None and _present(info, "sticky"),
                 no_delete=info is not None and _present(info, "no_delete"),
+                executable=info is not None and _present(info, "executable"),
             )
         )
     bounds = WorkunitBounds(
