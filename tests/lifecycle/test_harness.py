@@ -231,7 +231,7 @@ def test_quit_ignored_is_killed_after_60_s_and_restarted(tmp_path: Path) -> None
     kills = [e.detail for e in events if e.kind == "kill"]
     assert kills == ["did not exit 60 s after <quit/>"]
     assert exits(events)[0].data["returncode"] == -9
-    assert report.outcome is JobOutcome.SUCCESS and report.episodes == 2
+    assert report.outcome is JobOutcome.SUCCESS and report.episodes == 2, report.events
 
 
 def test_abort(tmp_path: Path) -> None:

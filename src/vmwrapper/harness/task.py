@@ -230,6 +230,8 @@ class ActiveTask:
 
     def kill(self, reason: str) -> None:
         if self._proc is not None and self._proc.poll() is None:
+            if self._kill_reason:
+                return  # already killed; SIGKILL takes a moment
             self._kill_reason = reason
             self._emit(TaskEvent("kill", reason))
             with contextlib.suppress(ProcessLookupError):

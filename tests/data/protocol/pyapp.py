@@ -97,7 +97,9 @@ def main() -> int:
         step += 1
         cpu = base_cpu + cpu_now()
         if step % args.checkpoint_every == 0:
-            CHECKPOINT.write_text(f"{step}\n")
+            # atomic: the client may SIGKILL us at any moment (quit timeout, hang)
+            Path("pyapp_checkpoint.tmp").write_text(f"{step}\n")
+            os.replace("pyapp_checkpoint.tmp", CHECKPOINT)
             checkpoint_cpu = cpu
         client.report_status(
             cpu_time=cpu,
