@@ -12,7 +12,7 @@
 
 WORK=/root/shared                # what the app sees
 HOSTMNT=/run/vmwrapper/host      # where a sync window mounts the host share
-STATE=/run/vmwrapper             # sync state (lists of "mtime size path")
+STATE=/run/vmwrapper             # sync state (lists of "mtime size path", see share_list)
 NINEP_OPTS=trans=virtio,version=9p2000.L,msize=262144,cache=none
 TMP_PREFIX=.vmwrapper-tmp.
 
@@ -63,9 +63,11 @@ share_mount() { # TAG DIR
     mkdir -p "$2" && mount -t 9p -o "$NINEP_OPTS" "$1" "$2"
 }
 
-# "mtime size ./path" for every regular file under $WORK (never symlinks), sorted.
+# "date time.ns tz size ./path" for every regular file under $WORK (never symlinks), oldest
+# first: files reach the host in the order they were last written, so a trigger file the
+# app writes after its results (e.g. a completion trigger) arrives after them.
 share_list() {
-    (cd "$WORK" && find . -type f ! -name "$TMP_PREFIX*" -exec stat -c '%Y %s %n' {} + 2>/dev/null) | sort -k3
+    (cd "$WORK" && find . -type f ! -name "$TMP_PREFIX*" -exec stat -c '%y %s %n' {} + 2>/dev/null) | sort -k1,2
 }
 
 share_pull() {
@@ -79,11 +81,11 @@ share_pull() {
     say "pulled $(wc -l < "$STATE/pulled") files from the host into $WORK"
 }
 
-# Paths (./x) in list NEW that are not in list OLD, or modified at or after SINCE (seconds):
-# mtime has 1 s resolution, so a file written twice in one second is pushed once more.
-share_changed() { # OLD NEW SINCE
-    awk -v since="$3" 'NR == FNR { old[$0] = 1; next }
-        !($0 in old) || $1 >= since { sub(/^[^ ]+ [^ ]+ /, ""); print }' "$1" "$2"
+# Paths (./x) of the lines of list NEW that are not in list OLD (new file, or another
+# nanosecond mtime or size), in NEW's order.
+share_changed() { # OLD NEW
+    awk 'NR == FNR { old[$0] = 1; next }
+        !($0 in old) { sub(/^[^ ]+ [^ ]+ [^ ]+ [^ ]+ /, ""); print }' "$1" "$2"
 }
 
 # Copy the files named in $1 (one ./path a line) to the host in one window.
@@ -104,19 +106,18 @@ share_push_files() {
 }
 
 share_push_changed() {
-    start=$(date +%s)
     share_list > "$STATE/now"
-    share_changed "$STATE/pushed" "$STATE/now" "$((LAST_PUSH - 1))" > "$STATE/changed"
+    share_changed "$STATE/pushed" "$STATE/now" > "$STATE/changed"
+    # The list was taken before copying: a file written during the copy has a newer mtime
+    # than recorded, so the next cycle pushes it again.
     if share_push_files "$STATE/changed"; then
         mv "$STATE/now" "$STATE/pushed"
-        LAST_PUSH=$start
     else
         say "push to the host failed; will retry"
     fi
 }
 
 share_agent_loop() {
-    LAST_PUSH=$(date +%s)
     while [ ! -e "$STATE/agent.stop" ]; do
         # A background sleep, so share_agent_stop can cut it short (the agent is then never
         # inside a window when it sees the stop flag).
@@ -145,7 +146,7 @@ share_agent_stop() {
 share_final_push() {
     share_list > "$STATE/now"
     # Everything that differs from what was pulled, whatever was pushed before.
-    share_changed "$STATE/pulled" "$STATE/now" 9999999999 > "$STATE/changed"
+    share_changed "$STATE/pulled" "$STATE/now" > "$STATE/changed"
     share_push_files "$STATE/changed" || return 1
     say "pushed $(wc -l < "$STATE/changed") files to the host"
 }
