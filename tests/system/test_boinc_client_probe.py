@@ -10,6 +10,7 @@ The tests run in file order and build on each other.
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,13 @@ import psutil
 import pytest
 
 from helpers.boinc_client_fixtures import ClientSession, write_probe_app_dir
-from vmwrapper.boincclient import ActiveTaskState, JobRequest, ResultState, TaskInfo
+from vmwrapper.boincclient import (
+    ActiveTaskState,
+    BoincClientError,
+    JobRequest,
+    ResultState,
+    TaskInfo,
+)
 
 pytestmark = pytest.mark.system
 
@@ -84,6 +91,20 @@ def test_gui_rpc_listens_on_loopback_only(session: ClientSession) -> None:
     assert listening, "the client has no GUI RPC socket"
     assert all(addr.ip == "127.0.0.1" for addr in listening), listening
     assert any(addr.port == session.client.port for addr in listening)
+
+
+def test_gui_rpc_needs_the_password_and_reports_errors(session: ClientSession) -> None:
+    client = session.client
+    wrong = subprocess.run(
+        ["boinccmd", "--host", f"127.0.0.1:{client.port}", "--passwd", "wrong", "--get_tasks"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert wrong.returncode != 0 and "Authorization failure" in wrong.stderr
+    with pytest.raises(BoincClientError, match="no such result"):
+        client.suspend("no_such_result_0")
 
 
 def test_checkpoint_and_trickle_up_reach_the_client(session: ClientSession) -> None:

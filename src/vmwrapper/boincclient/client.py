@@ -258,7 +258,8 @@ class BoincClient:
                 graceful = True
             except subprocess.TimeoutExpired:
                 log.warning("the BOINC client did not quit in %.0f s; terminating", timeout)
-                self._signal(signal.SIGTERM, 15.0) or self._signal(signal.SIGKILL, 15.0)
+                if not self._signal(signal.SIGTERM, 15.0):
+                    self._signal(signal.SIGKILL, 15.0)
         return self._reap(graceful)
 
     def _signal(self, sig: signal.Signals, wait: float) -> bool:
