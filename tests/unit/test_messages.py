@@ -298,9 +298,15 @@ def test_number_parsers_take_any_text(text: str) -> None:
     assert number is None or -(2**31) <= number < 2**31
 
 
-@given(st.text(st.characters(blacklist_characters="\0"), max_size=400))
+@given(st.text(max_size=400))
 def test_frame_round_trip(text: str) -> None:
-    if len(text.encode()) > 1022:
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # lone surrogates cannot go into a channel
+        with pytest.raises(ProtocolError):
+            m.encode_frame(text)
+        return
+    if "\0" in text or size > 1022:
         with pytest.raises(ProtocolError):
             m.encode_frame(text)
     else:

@@ -55,7 +55,10 @@ class Channel(enum.IntEnum):
 
 def encode_text(text: str) -> bytes:
     """The bytes a channel carries for ``text``; refuses what ``strlcpy`` would cut or end."""
-    data = text.encode("utf-8")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates
+        raise ProtocolError(f"a channel message must be valid Unicode: {text[:60]!r}") from exc
     if b"\0" in data:
         raise ProtocolError(f"a channel message cannot hold a NUL byte: {text[:60]!r}")
     if len(data) > MAX_MESSAGE_BYTES:

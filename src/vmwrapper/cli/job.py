@@ -202,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         with bar:
             report = run_job(request, on_progress=show)
-    except VmWrapperError as exc:
+    except (VmWrapperError, OSError) as exc:
         err.print(f"[red]vmwrapper job: {exc}[/]")
         return EXIT_CANNOT_RUN
     if args.json:
