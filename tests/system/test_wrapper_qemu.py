@@ -48,7 +48,7 @@ while [ $i -lt 8 ]; do
 done
 echo "<steps>$i</steps>" > trickle_a
 sleep 2
-printf '3\\n1\\nCounted to %s.\\n' "$i" > done
+printf '0\\n1\\nCounted to %s.\\n' "$i" > done
 sleep 60
 """
 
@@ -148,7 +148,7 @@ def test_completion_trigger_trickle_fraction_and_output(
     uninterrupted: tuple[JobReport, list[float]],
 ) -> None:
     report, fractions = uninterrupted
-    assert report.finish_status == 3, report.message + report.stderr_tail
+    assert report.finish_status == 0, report.message + report.stderr_tail
     assert report.finish_message == "Counted to 8."
     assert report.episodes == 1
     assert [(t.variety, t.body) for t in report.trickles] == [("trickle_a", "<steps>8</steps>\n")]
@@ -185,7 +185,7 @@ def test_kill_9_after_a_checkpoint_then_restart_gives_the_same_output(
     report = run(counting_app, work, kill_after_checkpoint)
     assert killed, "the wrapper was never killed"
     assert report.episodes == 2, report.message + report.stderr_tail
-    assert report.finish_status == 3 and report.finish_message == "Counted to 8."
+    assert report.finish_status == 0 and report.finish_message == "Counted to 8."
     assert output(report) == output(uninterrupted[0])
     starts = [e for e in read_events(slot) if e["event"] == "vm_started"]
     assert starts[-1]["snapshot"].startswith("boinc_")  # the second episode restored
