@@ -217,3 +217,9 @@ def test_lockfile_held_elsewhere_is_busy(tmp_path: Path) -> None:
     lock = files.Lockfile(tmp_path)
     lock.acquire()  # free again once the holder is gone
     lock.release()
+
+
+def test_undecodable_bytes_read_with_surrogateescape_are_written_back(tmp_path: Path) -> None:
+    body = b"raw \xff\xfe bytes\n".decode("utf-8", "surrogateescape")
+    path = files.write_trickle_up(tmp_path, Trickle("guest", body))
+    assert path.read_bytes() == b"<variety>guest</variety>\nraw \xff\xfe bytes\n"

@@ -7,7 +7,8 @@ upload-request files and reads soft links, trickle-down and upload-status files;
 writes and reads the other half.
 
 Writers replace a file atomically (temporary name, then rename) so the other side never reads a
-half-written file.
+half-written file. Text is written as UTF-8; undecodable bytes that a caller read with
+``surrogateescape`` (e.g. a trickle file from the guest) go back out unchanged.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def parse_finish(text: str) -> Finish:
 
 def write_finish_file(slot_dir: Path, finish: Finish) -> Path:
     path = slot_dir / FINISH_FILE
-    write_atomic(path, format_finish(finish).encode("utf-8"))
+    write_atomic(path, format_finish(finish).encode("utf-8", "surrogateescape"))
     return path
 
 
@@ -153,7 +154,7 @@ def parse_temporary_exit(text: str) -> TemporaryExitRequest | None:
 
 def write_temporary_exit_file(slot_dir: Path, exit_: TemporaryExit) -> Path:
     path = slot_dir / TEMPORARY_EXIT_FILE
-    write_atomic(path, format_temporary_exit(exit_).encode("utf-8"))
+    write_atomic(path, format_temporary_exit(exit_).encode("utf-8", "surrogateescape"))
     return path
 
 
@@ -195,7 +196,7 @@ def parse_trickle_up(text: str) -> Trickle:
 
 def write_trickle_up(slot_dir: Path, trickle: Trickle) -> Path:
     path = slot_dir / TRICKLE_UP_FILE
-    write_atomic(path, format_trickle_up(trickle).encode("utf-8"))
+    write_atomic(path, format_trickle_up(trickle).encode("utf-8", "surrogateescape"))
     return path
 
 
@@ -206,7 +207,7 @@ def write_trickle_down(slot_dir: Path, body: str, now: float) -> Path:
     while path.exists():
         n += 1
         path = slot_dir / f"{TRICKLE_DOWN_MARK}_{int(now)}_{n}"
-    write_atomic(path, body.encode("utf-8"))
+    write_atomic(path, body.encode("utf-8", "surrogateescape"))
     return path
 
 
@@ -262,7 +263,7 @@ def list_upload_requests(slot_dir: Path) -> list[str]:
 
 def write_upload_status(slot_dir: Path, logical_name: str, status: int) -> Path:
     path = slot_dir / f"{UPLOAD_STATUS_PREFIX}{logical_name}"
-    write_atomic(path, format_upload_status(status).encode("utf-8"))
+    write_atomic(path, format_upload_status(status).encode("utf-8", "surrogateescape"))
     return path
 
 
