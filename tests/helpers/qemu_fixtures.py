@@ -23,14 +23,8 @@ import psutil
 
 from vmwrapper.hypervisor.base import Share, VmConfig, VmStatus
 from vmwrapper.hypervisor.qemu.backend import QemuBackend
-from vmwrapper.images import ensure_image
 
 GUEST_MEMORY_MB = 256
-
-
-def built_guest_image() -> Path:
-    """The default guest image (built once, then taken from the image cache)."""
-    return ensure_image()
 
 
 def make_image(path: Path, fmt: str = "vdi", size: str = "16M") -> Path:

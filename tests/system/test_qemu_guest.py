@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.image_fixtures import default_guest_image  # noqa: F401 (session fixture)
 from helpers.qemu_fixtures import (
     GuestWatch,
-    built_guest_image,
     counts,
     make_guest_slot,
     non_loopback_ipv4,
@@ -33,9 +33,10 @@ from vmwrapper.hypervisor.qemu.backend import QemuBackend
 pytestmark = pytest.mark.system
 
 
-@pytest.fixture(scope="session")
-def guest_image() -> Path:
-    return built_guest_image()
+@pytest.fixture
+def guest_image(default_guest_image: Path) -> Path:  # noqa: F811
+    """The default guest image (built once per session through the image cache)."""
+    return default_guest_image
 
 
 JOB_APP = """#!/bin/sh

@@ -65,6 +65,8 @@ SAVED_STATE_TAG = "vmwrapper_saved_state"
 #: Environment variable that forces the accelerator when the constructor is not told.
 ACCEL_ENV = "VMWRAPPER_ACCEL"
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+#: Seconds to wait for QEMU's exit when its QMP connection drops.
+QMP_LOST_GRACE = 5.0
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 #: Image formats QEMU can snapshot over as a backing file (the others block migration).
 SNAPSHOT_SAFE_FORMATS = frozenset({"qcow2", "raw"})
@@ -129,9 +131,19 @@ class _Qmp:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
-    def connect(self, path: Path, timeout: float) -> None:
+    def connect(self, path: Path, timeout: float, *, quiet: bool = False) -> None:
+        """Connect to QEMU's QMP socket; ``quiet``: a refusal is expected (QEMU starting)."""
         client = QMPClient("vmwrapper")
-        self._run(client.connect(str(path)), timeout)
+        qmp_log = logging.getLogger("qemu.qmp")
+        level = qmp_log.level
+        if quiet:  # qemu.qmp logs a refused connect as an ERROR; we retry it instead
+            qmp_log.setLevel(logging.CRITICAL)
+        try:
+            self._run(client.connect(str(path)), timeout)
+        except (Exception, asyncio.CancelledError) as exc:
+            raise BackendError(f"cannot connect to QMP at {path}: {exc}") from exc
+        finally:
+            qmp_log.setLevel(level)
         self._client = client
 
     def execute(self, cmd: str, args: dict[str, object] | None, timeout: float) -> Any:
@@ -536,7 +548,7 @@ class QemuBackend:
                 self._raise_start_failed("QEMU exited during start")
             if self.files.qmp_socket.exists():
                 try:
-                    self._qmp.connect(self.files.qmp_socket, timeout=self.qmp_timeout)
+                    self._qmp.connect(self.files.qmp_socket, self.qmp_timeout, quiet=True)
                     return
                 except (Exception, asyncio.CancelledError) as exc:
                     last = exc
@@ -675,6 +687,9 @@ class QemuBackend:
                 self._pull_console()
                 return VmStatus(monitor.vm_state(str(reply["status"])), str(reply["status"]))
             except BackendError:
+                # QMP goes away first when QEMU ends (guest power-off, panic): give the
+                # process a moment to exit before calling this a failure
+                self._reap(wait=QMP_LOST_GRACE)
                 if self._alive():
                     raise
         return self._exit_status()
@@ -731,8 +746,13 @@ class QemuBackend:
     def checkpoints(self) -> tuple[str, ...]:
         node, path = self._qcow2_files[0]
         if self._alive():
-            nodes = self._execute("query-named-block-nodes")
-            return monitor.node_snapshot_names(nodes, node)
+            try:
+                nodes = self._execute("query-named-block-nodes")
+                return monitor.node_snapshot_names(nodes, node)
+            except BackendError:
+                self._reap(wait=QMP_LOST_GRACE)
+                if self._alive():
+                    raise
         if not path.exists():
             return ()
         info = json.loads(self._qemu_img("info", "-U", "--output=json", str(path)))
