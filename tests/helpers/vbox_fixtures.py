@@ -2,7 +2,9 @@
 
 Use from a test module (pytest's pythonpath has ``tests``)::
 
-    from helpers.vbox_fixtures import VBoxHost, vbox_host, vbox_sim  # noqa: F401 (fixtures)
+    from helpers.vbox_fixtures import VBoxHost, vbox_host_fixture, vbox_sim_fixture  # noqa: F401
+
+(the fixtures are named ``vbox_host`` and ``vbox_sim``; importing registers them).
 
 * ``vbox_sim`` — always the simulator (``tests/vboxsim/VBoxManage`` first on PATH, its state in
   a fresh directory named by ``VBOXSIM_STATE``); faults and guest scripts can be set.
@@ -15,6 +17,7 @@ On teardown every VM process the simulator started is killed (kill -9 by PID).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -86,11 +89,11 @@ class VBoxHost:
 
     def faults(self) -> dict[str, Any]:
         path = self._sim_file("faults.json")
-        return json.loads(path.read_text()) if path.exists() else {}  # type: ignore[no-any-return]
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def registry(self) -> dict[str, Any]:
         path = self._sim_file("registry.json")
-        return json.loads(path.read_text()) if path.exists() else {"vms": {}, "media": {}}  # type: ignore[no-any-return]
+        return json.loads(path.read_text()) if path.exists() else {"vms": {}, "media": {}}
 
     def kill_all(self) -> None:
         if self.state_dir is None:
@@ -98,10 +101,8 @@ class VBoxHost:
         for vm in self.registry().get("vms", {}).values():
             pid = vm.get("pid")
             if pid:
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
 
 
 def _sim_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VBoxHost:
@@ -114,8 +115,8 @@ def _sim_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VBoxHost:
     return VBoxHost(real=False, state_dir=state, env={"PATH": path, "VBOXSIM_STATE": str(state)})
 
 
-@pytest.fixture
-def vbox_sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[VBoxHost]:
+@pytest.fixture(name="vbox_sim")
+def vbox_sim_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[VBoxHost]:
     host = _sim_host(tmp_path, monkeypatch)
     try:
         yield host
@@ -123,8 +124,8 @@ def vbox_sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[VBoxHo
         host.kill_all()
 
 
-@pytest.fixture(params=["sim", "real"])
-def vbox_host(
+@pytest.fixture(name="vbox_host", params=["sim", "real"])
+def vbox_host_fixture(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[VBoxHost]:
     if request.param == "real":

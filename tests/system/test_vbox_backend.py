@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers.vbox_fixtures import VBoxHost, vbox_host, vbox_sim  # noqa: F401
+from helpers.vbox_fixtures import VBoxHost, vbox_host_fixture, vbox_sim_fixture  # noqa: F401
 from vmwrapper.errors import CheckpointError, VmStartError
 from vmwrapper.hypervisor.base import (
     Backend,
@@ -123,25 +123,31 @@ def test_create_defines_the_vm_as_the_job_says(vbox_host: VBoxHost, tmp_path: Pa
         rules = sorted(v for k, v in info.items() if k.startswith("Forwarding("))
         assert any(",tcp,127.0.0.1,48080,,80" in r for r in rules)
         assert any(",tcp,,48022,,22" in r for r in rules)
-        assert info[f'Hard Disk Controller-0-0'] == str(config.disk_image)
-        shares = {info[k]: info[k.replace("Name", "Path")] for k in info
-                  if k.startswith("SharedFolderNameMachineMapping")}
-        assert shares == {"shared": str(config.slot_dir / "shared"),
-                          "scratch": str(config.project_dir / "scratch")}
+        assert info["Hard Disk Controller-0-0"] == str(config.disk_image)
+        shares = {
+            info[k]: info[k.replace("Name", "Path")]
+            for k in info
+            if k.startswith("SharedFolderNameMachineMapping")
+        }
+        assert shares == {
+            "shared": str(config.slot_dir / "shared"),
+            "scratch": str(config.project_dir / "scratch"),
+        }
         assert info["usb"] == "off" and info["uart1"] == "off" and info["audio"] == "none"
         if info.get("vrde") == "on":  # only with the Extension Pack
             assert info["vrdeaddress"] == "127.0.0.1"
             assert info["vrdeauthtype"] == "external"
-            extra = vbox_host.vboxmanage("getextradata", config.name,
-                                         "VBoxAuthSimple/users/boinc")
+            extra = vbox_host.vboxmanage("getextradata", config.name, "VBoxAuthSimple/users/boinc")
             digest = hashlib.sha256(b"s3cret-task-pw").hexdigest()
             assert extra.stdout.strip() == f"Value: {digest}"
         assert backend.status().state is VmState.POWERED_OFF
         # every command went to the trace and replay files
         replay = (config.slot_dir / "vbox_replay.txt").read_text().splitlines()
         assert "VBoxManage -q --version" in replay
-        assert any(line.startswith("VBoxManage -q createvm --name boinc_0123456789abcdef")
-                   for line in replay)
+        assert any(
+            line.startswith("VBoxManage -q createvm --name boinc_0123456789abcdef")
+            for line in replay
+        )
         trace = (config.slot_dir / "vbox_trace.txt").read_text()
         assert "\nCommand: VBoxManage -q createvm" in trace and "\nExit Code: 0\n" in trace
         # a second create reuses the registered VM
@@ -231,8 +237,13 @@ def test_bandwidth_limit_applies_and_is_lifted(vbox_host: VBoxHost, tmp_path: Pa
 
 
 def test_guest_log_lines_and_guest_poweroff(vbox_sim: VBoxHost, tmp_path: Path) -> None:
-    vbox_sim.configure(guest=[{"at": 0, "log": "hello from the guest"},
-                              {"at": 0.3, "log": "50% done"}, {"at": 0.6, "poweroff": True}])
+    vbox_sim.configure(
+        guest=[
+            {"at": 0, "log": "hello from the guest"},
+            {"at": 0.3, "log": "50% done"},
+            {"at": 0.6, "poweroff": True},
+        ]
+    )
     config = make_config(tmp_path, remote_desktop=None)
     backend = fast_backend(config)
     backend.create()
@@ -348,15 +359,17 @@ def test_service_down_is_retried(vbox_sim: VBoxHost, tmp_path: Path) -> None:
     backend.cleanup()
 
 
-@pytest.mark.parametrize(("version", "marker"), [("6.1.50", "--nictype1"),
-                                                  ("7.0.14", "--nic-type1"),
-                                                  ("garbage", "--nic-type1")])
+@pytest.mark.parametrize(
+    ("version", "marker"),
+    [("6.1.50", "--nictype1"), ("7.0.14", "--nic-type1"), ("garbage", "--nic-type1")],
+)
 def test_syntax_follows_the_probed_virtualbox(
     vbox_sim: VBoxHost, tmp_path: Path, version: str, marker: str
 ) -> None:
     vbox_sim.configure(version=version)
-    config = make_config(tmp_path, remote_desktop=None,
-                         network=NetworkConfig(enabled=True, driver="virtio"))
+    config = make_config(
+        tmp_path, remote_desktop=None, network=NetworkConfig(enabled=True, driver="virtio")
+    )
     backend = fast_backend(config)
     backend.create()  # the simulated 6.1 refuses 7-only spellings, like VirtualBox 6.1
     replay = (config.slot_dir / "vbox_replay.txt").read_text()
@@ -379,9 +392,7 @@ def test_stale_vm_holding_the_slot_disk_is_removed(vbox_sim: VBoxHost, tmp_path:
     backend.cleanup()
 
 
-def test_settings_left_in_the_slot_are_registered_again(
-    vbox_sim: VBoxHost, tmp_path: Path
-) -> None:
+def test_settings_left_in_the_slot_are_registered_again(vbox_sim: VBoxHost, tmp_path: Path) -> None:
     config = make_config(tmp_path, remote_desktop=None)
     fast_backend(config).create()
     vbox_sim.vboxmanage("unregistervm", config.name)
@@ -399,8 +410,7 @@ def test_two_tasks_share_a_multiattach_parent(vbox_sim: VBoxHost, tmp_path: Path
     before = parent.read_bytes()
     configs = []
     for i in (1, 2):
-        base = make_config(tmp_path / f"host{i}", name=f"boinc_multi{i:011d}",
-                           remote_desktop=None)
+        base = make_config(tmp_path / f"host{i}", name=f"boinc_multi{i:011d}", remote_desktop=None)
         configs.append(replace(base, disk_image=None, multiattach_parent=parent))
     backends = [fast_backend(c, lock_dir=tmp_path / "locks") for c in configs]
     for backend in backends:
@@ -422,8 +432,9 @@ def test_multiattach_registry_bug_removes_orphans_and_retries(
     vbox_sim: VBoxHost, tmp_path: Path
 ) -> None:
     parent = make_disk(tmp_path / "projects" / "example.org_app" / "parent.vdi")
-    config = replace(make_config(tmp_path, remote_desktop=None), disk_image=None,
-                     multiattach_parent=parent)
+    config = replace(
+        make_config(tmp_path, remote_desktop=None), disk_image=None, multiattach_parent=parent
+    )
     vbox_sim.inject(multiattach_registry_bug=True)
     backend = fast_backend(config, lock_dir=tmp_path / "locks")
     backend.create()
@@ -466,6 +477,5 @@ def test_a_vm_left_running_is_powered_off_before_start(vbox_sim: VBoxHost, tmp_p
     second.create()
     new_pid = second.start()
     assert new_pid != old_pid
-    wait_for(lambda: not psutil.pid_exists(old_pid) or
-             psutil.Process(old_pid).status() == "zombie")
+    wait_for(lambda: not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == "zombie")
     second.cleanup()

@@ -303,7 +303,7 @@ def peek_fault(sdir: Path, kind: str) -> Any:
 
 
 def log_path(vm: dict[str, Any]) -> Path:
-    return Path(vm["basefolder"]) / vm["name"] / "Logs" / "VBox.log"
+    return Path(str(vm["basefolder"])) / str(vm["name"]) / "Logs" / "VBox.log"
 
 
 def log_line(vm: dict[str, Any], text: str) -> None:
@@ -752,7 +752,7 @@ def cmd_createvm(reg: Registry, args: Args) -> str:
     if ostype == "":
         ostype = "Other"
     vm_uuid = opts.get("uuid") or str(uuidlib.uuid4())
-    vm = {
+    vm: dict[str, Any] = {
         "name": name,
         "uuid": vm_uuid,
         "ostype": ostype,
@@ -885,7 +885,7 @@ def cmd_unregistervm(reg: Registry, args: Args) -> str:
             (folder / f"{vm['name']}.vbox").unlink()
         with contextlib.suppress(OSError):
             folder.rmdir()
-    else:
+    elif folder.is_dir():  # the settings stay for a later registervm
         save_json(folder / ".vboxsim-unregistered.json", vm)
     return ""
 
@@ -1035,9 +1035,7 @@ def cmd_storageattach(reg: Registry, args: Args) -> str:
                 )
             medium["type"] = mtype
     if medium["type"] == "multiattach":
-        if medium.get("registry_bug") or (
-            peek_fault(reg.sdir, "multiattach_registry_bug") and not medium.get("reopened")
-        ):
+        if peek_fault(reg.sdir, "multiattach_registry_bug"):
             medium["registry_bug"] = True
             raise Fail(
                 f"Cannot attach medium '{medium['location']}' {{{medium['uuid']}}}: the media "
@@ -1099,6 +1097,10 @@ def cmd_closemedium(reg: Registry, args: Args) -> str:
         {"disk": "hdd", "dvd": "dvd", "floppy": "floppy"}.get(tokens[0], "hdd") if tokens else "hdd"
     )
     medium = reg.find_medium(ref) or reg.open_medium(ref, kind)
+    if medium.get("registry_bug"):  # closing the broken entry repairs VirtualBox's registry
+        faults = load_json(reg.sdir / "faults.json", {})
+        faults.pop("multiattach_registry_bug", None)
+        save_json(reg.sdir / "faults.json", faults)
     if medium["attached"]:
         raise Fail(
             f"Medium '{medium['location']}' cannot be closed because it is still "
@@ -1276,7 +1278,7 @@ def cmd_startvm(reg: Registry, args: Args) -> str:
     vm["state"] = "starting"
     vm["state_change"] = now_iso()
     proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "__vm__", vm["uuid"]],
+        [sys.executable, "-S", os.path.abspath(__file__), "__vm__", vm["uuid"]],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -1381,7 +1383,8 @@ def cmd_controlvm(reg: Registry, args: Args) -> str:
 
 
 def snapshot_by_ref(vm: dict[str, Any], ref: str) -> dict[str, Any]:
-    for snap in vm["snapshots"]:
+    snapshots: list[dict[str, Any]] = vm["snapshots"]
+    for snap in snapshots:
         if ref in (snap["uuid"], snap["name"]):
             return snap
     raise Fail(

@@ -476,7 +476,7 @@ class VirtualBoxBackend:
         """ACPI power button (when running and timeout > 0), then `controlvm poweroff`, then
         SIGKILL of the VM process. Idempotent: nothing happens for an offline VM."""
         info = self._vminfo()
-        if info is None or not info.state.online:
+        if info is None or not _holds_session(info):
             return
         if timeout > 0 and info.state is VmState.RUNNING:
             result = self.runner.probe(cmd.controlvm(self.config, "acpipowerbutton", retry=False))
@@ -496,7 +496,7 @@ class VirtualBoxBackend:
         deadline = self._clock() + timeout
         while True:
             info = self._vminfo()
-            if info is None or (not info.state.online and info.state is not VmState.SAVING):
+            if info is None or not _holds_session(info):
                 self._note_process_end()
                 return True
             if self._clock() >= deadline:
@@ -595,6 +595,11 @@ class VirtualBoxBackend:
             return self.runner.run(step)
         self.runner.probe(step)
         return None
+
+
+def _holds_session(info: output.VmInfo) -> bool:
+    """The VM process still exists: online, or stuck in a guru meditation (CRASHED but alive)."""
+    return info.state.online or info.state_name.lower() in ("gurumeditation", "stuck")
 
 
 def _renamed(config: VmConfig, vm: str) -> VmConfig:

@@ -692,15 +692,9 @@ def teardown_steps(config: VmConfig, *, delete: bool = True) -> list[Step]:
     ``delete`` adds ``unregistervm --delete`` (the VM's folder, logs, differencing disks and
     its own disk go); without it only the registration goes (a stale VM, §3.6)."""
     vm = config.name
-    steps = [
-        Step(
-            ("bandwidthctl", vm, "remove", bandwidth_group(config)),
-            "remove bandwidth group",
-            fatal=False,
-            retry=False,
-            log_error=False,
-        ),
-    ]
+    # No `bandwidthctl remove` (vboxwrapper's): the group is attached to the NIC now, VirtualBox
+    # refuses to remove a group in use, and unregistervm drops it with the VM anyway.
+    steps: list[Step] = []
     if config.floppy_image is not None:
         steps.append(
             Step(
