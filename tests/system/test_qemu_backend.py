@@ -150,23 +150,55 @@ def test_poweroff_is_idempotent_and_cleanup_removes_everything(tmp_path: Path) -
     assert vm.status().state is VmState.ABSENT
 
 
-def test_a_qemu_left_by_a_killed_wrapper_is_stopped_on_restart(tmp_path: Path) -> None:
+WRAPPER_SCRIPT = """
+import sys
+from pathlib import Path
+from vmwrapper.hypervisor.base import VmConfig
+from vmwrapper.hypervisor.qemu.backend import QemuBackend
+slot, project = Path(sys.argv[1]), Path(sys.argv[2])
+config = VmConfig(name="boinc_wrapper_kill", description="r", slot_dir=slot,
+                  project_dir=project, memory_mb=256, disk_image=slot / "vm_image.vdi")
+vm = QemuBackend(config, accel="tcg")
+print(vm.start(), flush=True)
+vm.checkpoint("ckpt_1")
+print("checkpointed", flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_killed_wrapper_leaves_a_checkpoint_and_its_qemu_is_stopped_on_restart(
+    tmp_path: Path,
+) -> None:
+    """A wrapper process dies by SIGKILL after a checkpoint; its QEMU lives on (own session),
+    holding the overlay's lock. The next wrapper stops that QEMU and restores."""
     slot, project = make_slot(tmp_path)
-    config = vm_config(slot, project)
-    first = QemuBackend(config, accel="tcg")
-    old_pid = first.start()
+    wrapper = subprocess.Popen(
+        [sys.executable, "-c", WRAPPER_SCRIPT, str(slot), str(project)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    old_pid = 0
     try:
-        first.checkpoint("ckpt_1")
-        # The wrapper dies (its back end object is abandoned); QEMU lives on, holding the
-        # overlay's lock. The next wrapper must stop it, then restore.
-        with qemu_backend(config) as second:
-            second.start(restore="ckpt_1")
-            assert not psutil.pid_exists(old_pid) or (
-                psutil.Process(old_pid).status() == psutil.STATUS_ZOMBIE
-            )
-            assert second.status().state is VmState.RUNNING
+        assert wrapper.stdout is not None
+        old_pid = int(wrapper.stdout.readline())
+        assert wrapper.stdout.readline().strip() == "checkpointed"
+        wrapper.kill()
+        wrapper.wait(timeout=10)
+        assert psutil.pid_exists(old_pid)  # the orphaned QEMU still runs
+
+        config = vm_config(slot, project, name="boinc_wrapper_kill")
+        with qemu_backend(config) as vm:
+            assert vm.status().state is VmState.POWERED_OFF
+            assert vm.checkpoints() == ("ckpt_1",)  # read from the (locked) overlay
+            vm.start(restore="ckpt_1")
+            assert _gone(old_pid)
+            assert vm.status().state is VmState.RUNNING
     finally:
-        first.cleanup()
+        wrapper.kill()
+        wrapper.wait(timeout=10)
+        if old_pid and psutil.pid_exists(old_pid):
+            os.kill(old_pid, signal.SIGKILL)
 
 
 def test_every_device_of_the_job_model(tmp_path: Path) -> None:
@@ -310,6 +342,13 @@ def test_kvm_probe_boot_works_and_auto_never_picks_unusable_kvm() -> None:
     assert choose_accel(AccelSetting.TCG, "x86_64", "qemu-system-x86_64").accel is Accel.TCG
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _busy_process() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
@@ -359,8 +398,7 @@ def test_set_cpu_cap_applies_to_the_running_qemu(tmp_path: Path) -> None:
         pid = vm.start()
         assert vm.cpu_cap_in_use in ("cgroup", "duty-cycle")
         if vm.cpu_cap_in_use == "cgroup":
-            procs = (Path(vm._cap.dir) / "cgroup.procs").read_text().split()  # type: ignore[union-attr]
-            assert str(pid) in procs
+            assert f"vmwrapper-{pid}" in Path(f"/proc/{pid}/cgroup").read_text()
         assert vm.status().state is VmState.RUNNING  # QMP still answers under the cap
         vm.set_cpu_cap(100)
 

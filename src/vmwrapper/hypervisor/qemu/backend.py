@@ -582,8 +582,13 @@ class QemuBackend:
             return  # the pid was reused by something else
         log.warning("stopping QEMU pid %d left by an earlier run of this slot", pid)
         proc.kill()
-        with contextlib.suppress(psutil.Error):
-            proc.wait(timeout=10)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:  # gone, or a zombie: its locks are released
+            with contextlib.suppress(psutil.Error):
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    time.sleep(0.05)
+                    continue
+            break
 
     def ports(self) -> QemuPorts:
         """The host ports of this VM (chosen once per back end; stable across restarts)."""
