@@ -13,7 +13,7 @@ from vmwrapper.boinc import files
 from vmwrapper.boinc.app import AppClient, ClientStatus
 from vmwrapper.boinc.init_data import AppInitData, format_init_data
 from vmwrapper.boinc.messages import Channel
-from vmwrapper.boinc.shmem import Segment
+from vmwrapper.boinc.shmem import Segment, sysv_key
 from vmwrapper.outcome import Finish, PlainExit, TemporaryExit
 
 
@@ -84,9 +84,12 @@ def test_attach_reads_init_data_maps_segment_and_locks(slot: Slot) -> None:
     assert not (slot.dir / "boinc_lockfile").exists()  # released and deleted by close()
 
 
-@pytest.mark.parametrize("what", ["no init_data", "no segment", "sysv key", "bad init_data"])
+@pytest.mark.parametrize(
+    "what", ["no init_data", "no segment", "sysv key without segment", "bad init_data"]
+)
 def test_standalone_when_the_client_gave_no_segment(tmp_path: Path, what: str) -> None:
-    s = Slot(tmp_path, shm_key=1234 if what == "sysv key" else -1)
+    (tmp_path / "key").write_text("")
+    s = Slot(tmp_path, shm_key=sysv_key(tmp_path / "key") if what.startswith("sysv") else -1)
     s.seg.close()
     if what == "no init_data":
         (tmp_path / "init_data.xml").unlink()
@@ -391,3 +394,20 @@ def test_no_trickle_flush_wait_for_a_dead_client(slot: Slot) -> None:
         assert client.poll().no_heartbeat
         client.write_outcome(TemporaryExit(86400, "client gone"))
         assert slot.clock.slept == []  # nobody to hand them to: no waiting
+
+
+def test_system_v_segment_when_init_data_names_a_key(tmp_path: Path) -> None:
+    (tmp_path / "init_data.xml").write_text("")
+    key = sysv_key(tmp_path / "init_data.xml")
+    (tmp_path / "init_data.xml").write_text(format_init_data(AppInitData(shm_key=key)))
+    client_side = Segment.create_sysv(key, tmp_path / "init_data.xml")
+    try:
+        with AppClient.attach(tmp_path) as client:
+            assert not client.standalone
+            client.report_status(cpu_time=1, checkpoint_cpu_time=0, fraction_done=0.5)
+            assert "<fraction_done>5.000000e-01" in (client_side.receive(Channel.APP_STATUS) or "")
+            client_side.send(Channel.PROCESS_CONTROL_REQUEST, "<suspend/>")
+            assert client.poll().suspended
+    finally:
+        client_side.close()
+        Segment.destroy_sysv(key)

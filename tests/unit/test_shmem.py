@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from vmwrapper.boinc.messages import Channel
-from vmwrapper.boinc.shmem import MMAP_FILE_NAME, Segment
+from vmwrapper.boinc.shmem import MMAP_FILE_NAME, Segment, sysv_key
 from vmwrapper.errors import ProtocolError
 
 
@@ -118,3 +118,36 @@ def test_closed_segment_says_so(tmp_path: Path) -> None:
     assert seg.closed
     with pytest.raises(ProtocolError, match="closed"):
         seg.send(Channel.HEARTBEAT, "x")
+
+
+# -- System V (app versions without api_version >= 6.0, --run_test_app) -----------------------
+
+
+def test_sysv_segment_both_sides(tmp_path: Path) -> None:
+    origin = tmp_path / "init_data.xml"
+    origin.write_text("")
+    key = sysv_key(origin)
+    assert key == sysv_key(origin) != -1  # ftok is stable for the same file
+    assert Segment.attach_sysv(key, origin) is None  # nothing made yet: standalone
+    client = Segment.create_sysv(key, origin)
+    try:
+        app = Segment.attach_sysv(key, origin)
+        assert app is not None
+        with app:
+            assert client.raw() == bytes(8192)
+            assert client.send(Channel.PROCESS_CONTROL_REQUEST, "<quit/>")
+            assert app.raw()[0:9] == b"\x01<quit/>\0"
+            assert app.receive(Channel.PROCESS_CONTROL_REQUEST) == "<quit/>"
+            assert app.send(Channel.TRICKLE_UP, "<have_new_trickle_up/>\n")
+            assert client.receive(Channel.TRICKLE_UP) == "<have_new_trickle_up/>\n"
+            assert not client.send(Channel.HEARTBEAT, "a") or not client.send(
+                Channel.HEARTBEAT, "b"
+            )
+        client.close()
+        # the client zeroes an existing segment when it makes it again
+        again = Segment.create_sysv(key, origin)
+        assert again.raw() == bytes(8192)
+        again.close()
+    finally:
+        Segment.destroy_sysv(key)
+    assert Segment.attach_sysv(key, origin) is None

@@ -12,8 +12,8 @@ Differences from the C++ API, on purpose:
   file (it is gone) and read the channel notice.
 * Both spellings of network suspension in a heartbeat count (the 7.20.5 API misses the
   client's ``<network_suspended/>``).
-* Only the mmap segment is spoken; an ``init_data.xml`` with a System V ``shm_key`` runs
-  standalone (the 7.20.5 client uses System V only for app versions without api_version >= 6).
+* The mmap segment (``<shm_key>-1``) and System V shared memory (any other key: app versions
+  without api_version >= 6.0, and the client's ``--run_test_app``) are both spoken.
 """
 
 from __future__ import annotations
@@ -158,16 +158,17 @@ class AppClient:
             log.info("standalone mode: %s", exc, extra={"event": "boinc_standalone"})
         else:
             if init_data.shm_key != SHM_KEY_MMAP:
-                log.warning(
-                    "init_data.xml has <shm_key>%d</shm_key> (System V shared memory, used "
-                    "for app versions without <api_version> 6.0 or later); running standalone",
-                    init_data.shm_key,
-                    extra={"event": "boinc_standalone"},
-                )
+                # an app version without api_version >= 6.0: System V shared memory
+                segment = Segment.attach_sysv(init_data.shm_key, slot_dir / files.INIT_DATA_FILE)
             else:
                 segment = Segment.attach(slot_dir)
-                if segment is None:
-                    log.info("standalone mode: no usable boinc_mmap_file in %s", slot_dir)
+            if segment is None:
+                log.info(
+                    "standalone mode: no shared memory segment (shm_key %d) for %s",
+                    init_data.shm_key,
+                    slot_dir,
+                    extra={"event": "boinc_standalone"},
+                )
         return cls(slot_dir, init_data, segment, lockfile, clock=clock, sleep=sleep, probe=probe)
 
     @property

@@ -1,7 +1,11 @@
-"""The shared-memory segment ``boinc_mmap_file``: the only module that maps it (reference §2).
+"""The shared-memory segment: the only module that maps it (reference §2).
 
-Both sides use :class:`Segment`: the client (our harness) :meth:`Segment.create`\\ s and zeroes
-it before each start, the app :meth:`Segment.attach`\\ es to what the client made. Sending
+Both sides use :class:`Segment`: the client (our harness) creates and zeroes it before each
+start (:meth:`Segment.create`), the app attaches to what the client made
+(:meth:`Segment.attach`). That is the
+file ``boinc_mmap_file`` for app versions with api_version >= 6.0; for older ones the client
+uses System V shared memory under the key in ``<shm_key>`` (``create_sysv`` / ``attach_sysv``,
+through libc with ctypes), as 7.20.5's ``--run_test_app`` always does. Sending
 follows ``MSG_CHANNEL::send_msg``: only into an empty channel, text and NUL first, the flag
 byte last, so a reader that sees the flag also sees the whole text (there are no locks; each
 direction has one writer). Receiving copies the text, then clears the flag.
@@ -9,8 +13,12 @@ direction has one writer). Receiving copies the text, then clears the flag.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -32,9 +40,15 @@ MMAP_FILE_NAME = "boinc_mmap_file"
 class Segment:
     """A mapped ``boinc_mmap_file``; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, path: Path, mm: mmap.mmap) -> None:
-        self.path = path
-        self._mm: mmap.mmap | None = mm
+    def __init__(
+        self,
+        path: Path,
+        mm: mmap.mmap | memoryview,
+        closer: Callable[[], None] | None = None,
+    ) -> None:
+        self.path = path  # for messages: the mmap file, or the file the SysV key came from
+        self._mm: mmap.mmap | memoryview | None = mm
+        self._closer = closer
 
     # -- opening --------------------------------------------------------------------------
 
@@ -77,10 +91,52 @@ class Segment:
             os.close(fd)
         return cls(path, mm)
 
+    @classmethod
+    def create_sysv(cls, key: int, origin: Path) -> Segment:
+        """The client side for old app versions: ``shmget(key, 8192, IPC_CREAT|0666)``, zeroed.
+
+        ``origin`` is the file the key came from (:func:`sysv_key`), for messages.
+        """
+        libc = _libc()
+        shmid = libc.shmget(key, SEGMENT_SIZE, _IPC_CREAT | 0o666)
+        if shmid < 0:
+            err = ctypes.get_errno()
+            raise ProtocolError(
+                f"cannot create System V shared memory (key {key:#x}): {os.strerror(err)}"
+            )
+        segment = cls._shmat(shmid, origin)
+        if segment is None:
+            raise ProtocolError(f"cannot attach System V shared memory (key {key:#x})")
+        segment.zero()
+        return segment
+
+    @classmethod
+    def attach_sysv(cls, key: int, origin: Path) -> Segment | None:
+        """The app side for ``<shm_key>`` other than -1; None (standalone) if there is none."""
+        shmid = _libc().shmget(key, SEGMENT_SIZE, 0)
+        return None if shmid < 0 else cls._shmat(shmid, origin)
+
+    @classmethod
+    def _shmat(cls, shmid: int, origin: Path) -> Segment | None:
+        libc = _libc()
+        addr = libc.shmat(shmid, None, 0)
+        if addr is None or addr == ctypes.c_void_p(-1).value:
+            return None
+        view = memoryview((ctypes.c_ubyte * SEGMENT_SIZE).from_address(addr)).cast("B")
+        return cls(origin, view, closer=lambda: libc.shmdt(ctypes.c_void_p(addr)))
+
+    @staticmethod
+    def destroy_sysv(key: int) -> None:
+        """Remove the System V segment (the client does this when the task exits)."""
+        libc = _libc()
+        shmid = libc.shmget(key, 0, 0)
+        if shmid >= 0:
+            libc.shmctl(shmid, _IPC_RMID, None)
+
     # -- channels -------------------------------------------------------------------------
 
     @property
-    def _map(self) -> mmap.mmap:
+    def _map(self) -> mmap.mmap | memoryview:
         if self._mm is None:
             raise ProtocolError(f"the shared segment {self.path} is closed")
         return self._mm
@@ -104,7 +160,7 @@ class Segment:
         if not self.has_message(channel):
             return None
         start = channel.offset
-        payload = self._map[start + 1 : start + CHANNEL_SIZE]
+        payload = bytes(self._map[start + 1 : start + CHANNEL_SIZE])
         self._map[start] = FLAG_EMPTY
         return decode_payload(payload)
 
@@ -113,7 +169,7 @@ class Segment:
         if not self.has_message(channel):
             return None
         start = channel.offset
-        return decode_payload(self._map[start + 1 : start + CHANNEL_SIZE])
+        return decode_payload(bytes(self._map[start + 1 : start + CHANNEL_SIZE]))
 
     def zero(self) -> None:
         """All 8192 bytes to zero, as the client does right before every start."""
@@ -131,8 +187,13 @@ class Segment:
 
     def close(self) -> None:
         if self._mm is not None:
-            self._mm.close()
+            if isinstance(self._mm, memoryview):
+                self._mm.release()
+            else:
+                self._mm.close()
             self._mm = None
+            if self._closer is not None:
+                self._closer()
 
     def __enter__(self) -> Segment:
         return self
@@ -144,3 +205,34 @@ class Segment:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# System V shared memory through libc
+
+_IPC_CREAT = 0o1000
+_IPC_RMID = 0
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.ftok.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    libc.ftok.restype = ctypes.c_int
+    libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+    libc.shmget.restype = ctypes.c_int
+    libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    libc.shmat.restype = ctypes.c_void_p
+    libc.shmdt.argtypes = [ctypes.c_void_p]
+    libc.shmdt.restype = ctypes.c_int
+    libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    libc.shmctl.restype = ctypes.c_int
+    return libc
+
+
+def sysv_key(path: Path) -> int:
+    """``ftok(path, 1)``, the key the client makes from the slot's init_data.xml."""
+    key: int = _libc().ftok(os.fsencode(path), 1)
+    if key == -1:
+        raise ProtocolError(f"ftok({path}) failed: {os.strerror(ctypes.get_errno())}")
+    return key

@@ -23,6 +23,7 @@ from typing import Any
 
 from vmwrapper.boinc import files
 from vmwrapper.boinc.init_data import HostInfo, format_init_data
+from vmwrapper.boinc.shmem import sysv_key
 from vmwrapper.errors import HarnessError
 from vmwrapper.harness.appdir import AppDir, InputRef, OutputRef, load_app_dir
 from vmwrapper.harness.control import (
@@ -34,6 +35,7 @@ from vmwrapper.harness.control import (
     classify_exit,
 )
 from vmwrapper.harness.slot import (
+    SHM_KEY_MMAP,
     DataDir,
     StagedFile,
     TaskIdentity,
@@ -286,9 +288,8 @@ def stage_job(request: JobRequest) -> _Staged:
         app_files=tuple(f.physical_name for f in app.version.files),
     )
     if not app.version.uses_mmap:
-        log.warning(
-            "%s has no <api_version> >= 6.0: the real client would use System V shared "
-            "memory; the harness always uses boinc_mmap_file",
+        log.info(
+            "%s has no <api_version> >= 6.0: System V shared memory, as the client does",
             app.path / "version.xml",
         )
     command_line = " ".join(x for x in (app.workunit.command_line, app.version.cmdline) if x)
@@ -407,6 +408,13 @@ def run_job(
     last_code: int | None = None
     while True:
         state.episodes += 1
+        shm_key = SHM_KEY_MMAP
+        if not staged.app.version.uses_mmap:
+            # the client makes the key from init_data.xml (created empty first), then
+            # writes the key into it
+            init_path = staged.slot_dir / files.INIT_DATA_FILE
+            init_path.touch()
+            shm_key = sysv_key(init_path)
         init = build_init_data(
             staged.identity,
             staged.data_dir,
@@ -414,6 +422,7 @@ def run_job(
             wu_cpu_time=state.checkpoint_cpu_time,
             starting_elapsed_time=state.checkpoint_elapsed,
             host=host_desc,
+            shm_key=shm_key,
         )
         files.write_atomic(staged.slot_dir / files.INIT_DATA_FILE, format_init_data(init).encode())
         task = ActiveTask(
@@ -426,6 +435,7 @@ def run_job(
             clock=clock,
             on_event=record,
             checkpoint_cpu_time=state.checkpoint_cpu_time,
+            shm_key=shm_key,
         )
         try:
             task.start()

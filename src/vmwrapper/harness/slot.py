@@ -215,6 +215,7 @@ def build_init_data(
     starting_elapsed_time: float,
     host: HostInfo,
     client_pid: int | None = None,
+    shm_key: int = SHM_KEY_MMAP,
     now: float | None = None,
 ) -> AppInitData:
     """``ACTIVE_TASK::init_app_init_data`` for our one project and job."""
@@ -229,7 +230,7 @@ def build_init_data(
         authenticator="vmwrapper_harness",
         wu_name=identity.wu_name,
         result_name=identity.result_name,
-        shm_key=SHM_KEY_MMAP,
+        shm_key=shm_key,
         slot=slot,
         client_pid=os.getpid() if client_pid is None else client_pid,
         wu_cpu_time=wu_cpu_time,

@@ -127,6 +127,7 @@ class ActiveTask:
         on_event: Callable[[TaskEvent], None],
         max_wss: float = 0.0,
         checkpoint_cpu_time: float = 0.0,
+        shm_key: int = -1,
         wallclock: Callable[[], float] = time.time,
     ) -> None:
         self.slot_dir = slot_dir
@@ -158,6 +159,7 @@ class ActiveTask:
         self._last_finish_check = 0.0
         self._finish_seen_at: float | None = None
         self._other_pid: tuple[int, float | None] = (0, None)
+        self._shm_key = shm_key  # -1: boinc_mmap_file; else System V (api_version < 6.0)
 
     # -- start ----------------------------------------------------------------------------
 
@@ -168,7 +170,10 @@ class ActiveTask:
     def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.slot_dir / files.TEMPORARY_EXIT_FILE).unlink()
-        self._segment = Segment.create(self.slot_dir)
+        if self._shm_key == -1:
+            self._segment = Segment.create(self.slot_dir)
+        else:
+            self._segment = Segment.create_sysv(self._shm_key, self.slot_dir / files.INIT_DATA_FILE)
         segment = self._segment
         self._queue = ControlQueue(lambda text: segment.send(Channel.PROCESS_CONTROL_REQUEST, text))
         now = self._clock()
@@ -400,8 +405,15 @@ class ActiveTask:
         )
         self._kill_other_pid()
         if self._segment is not None:
-            self._segment.close()
+            self._release_segment()
         return facts
+
+    def _release_segment(self) -> None:
+        """Unmap; a System V segment is also destroyed, as the client does at task exit."""
+        if self._segment is not None:
+            self._segment.close()
+            if self._shm_key != -1:
+                Segment.destroy_sysv(self._shm_key)
 
     def _kill_other_pid(self) -> None:
         """The client kills ``other_pid`` (e.g. the VM) and its children when the task ends.
@@ -425,7 +437,7 @@ class ActiveTask:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=10)
         if self._segment is not None:
-            self._segment.close()
+            self._release_segment()
 
 
 def _create_time(pid: int) -> float | None:
