@@ -5,6 +5,9 @@ then: it starts in an empty environment; `doctor` reports this host; it packages
 app version with itself as the main program; and the harness (the BOINC client stand-in) runs
 that app version on a real QEMU guest with a PATH that holds QEMU but no Python. The guest's
 boinc_app also runs the guest-side floppy reader on a floppyio image made by the host.
+
+The last test boots the guest image with the floppyio image on the board's floppy controller
+(plain QEMU, no wrapper) and reads it through /dev/fd0 with the guest reader.
 """
 
 from __future__ import annotations
@@ -158,5 +161,54 @@ def test_standalone_wrapper_runs_a_job_under_the_harness(exe: Path, tmp_path: Pa
         "BOINC_HOSTID='7'\n"
         "BOINC_USER_TOTAL_CREDIT='0'\n"
         "BOINC_HOST_TOTAL_CREDIT='0'\n"
+        "reader status 0\n"
+    )
+
+
+FLOPPY_APP = """#!/bin/sh
+/opt/vmwrapper/read_floppy.sh --env /dev/fd0 > out 2>&1
+echo "reader status $?" >> out
+"""
+
+
+def test_guest_reads_the_floppy_device(tmp_path: Path) -> None:
+    image = ensure_image()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "boinc_app").write_text(FLOPPY_APP)
+    (shared / "boinc_app").chmod(0o755)
+    aid = AppInitData(user_name="Ada", userid=42, hostid=7, host_total_credit=12.25)
+    floppy = tmp_path / "vm_floppy_0.img"
+    write_floppy(floppy, build_floppy(cern_payload(aid)))
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "vdi", str(disk)],
+        check=True,
+        timeout=60,
+    )
+    argv = [
+        "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-m", "256",
+        "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
+        "-serial", f"file:{tmp_path / 'console.log'}",
+        "-device", "pvpanic", "-action", "panic=exit-failure",
+        "-drive", f"file={disk},if=virtio,format=qcow2",
+        "-fsdev", f"local,id=fs0,path={shared},security_model=none",
+        "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=shared",
+        # the board's own controller (a second isa-fdc gets no CMOS drive type: no /dev/fd0)
+        "-blockdev",
+        f"driver=raw,node-name=fd0,read-only=on,file.driver=file,file.filename={floppy}",
+        "-device", "floppy,drive=fd0,unit=0",
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, timeout=300, check=False)
+    console = (tmp_path / "console.log").read_text(errors="replace")
+    assert done.returncode == 0, console[-3000:]
+    assert "VMWRAPPER_GUEST_DONE status=0" in console
+    assert (shared / "out").read_text() == (
+        "BOINC_USERNAME='Ada'\n"
+        "BOINC_AUTHENTICATOR=''\n"
+        "BOINC_USERID='42'\n"
+        "BOINC_HOSTID='7'\n"
+        "BOINC_USER_TOTAL_CREDIT='0'\n"
+        "BOINC_HOST_TOTAL_CREDIT='12.25'\n"
         "reader status 0\n"
     )
