@@ -22,6 +22,7 @@ from helpers.harness_fixtures import (
     make_shell_app_dir,
 )
 from vmwrapper.boinc.init_data import format_init_data, parse_init_data
+from vmwrapper.boinc.shmem import Segment
 from vmwrapper.errors import HarnessError
 from vmwrapper.harness.control import ERR_TOO_MANY_EXITS
 from vmwrapper.harness.job import (
@@ -349,3 +350,22 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_app_version_without_api_version_gets_system_v_memory(tmp_path: Path) -> None:
+    app = make_pyapp_dir(tmp_path, "--steps 20 --step-time 0.05 --trickles 1", api_version="")
+    report, _ = run(
+        app,
+        tmp_path / "work",
+        ScheduledAction(0.8, Action.SUSPEND),
+        ScheduledAction(1.6, Action.RESUME),
+        keep_slot=True,
+    )
+    assert report.outcome is JobOutcome.SUCCESS
+    assert "standalone=False" in report.stderr_tail  # the app found the System V segment
+    assert [t.variety for t in report.trickles] == ["pyapp"]
+    slot = Path(report.slot_dir)
+    assert not (slot / "boinc_mmap_file").exists()
+    key = parse_init_data((slot / "init_data.xml").read_bytes()).shm_key
+    assert key not in (-1, 0)
+    assert Segment.attach_sysv(key, slot) is None  # destroyed when the task ended
