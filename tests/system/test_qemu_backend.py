@@ -130,6 +130,36 @@ def test_save_state_then_start_resumes_once(tmp_path: Path) -> None:
         assert SAVED_STATE_TAG not in vm.checkpoints()  # used once, as VirtualBox's is
 
 
+def test_a_start_from_a_checkpoint_supersedes_the_saved_state(tmp_path: Path) -> None:
+    slot, project = make_slot(tmp_path)
+    with qemu_backend(vm_config(slot, project)) as vm:
+        vm.start()
+        vm.checkpoint("ckpt_1")
+        vm.save_state()
+        vm.start(restore="ckpt_1")  # the supervisor's record names a checkpoint
+        assert vm.checkpoints() == ("ckpt_1",)
+        vm.poweroff(timeout=0)
+        vm.start()  # a plain start must not go back to the old saved state
+        assert "-loadvm" not in vm.argv
+
+
+def test_a_snapshot_qemu_cannot_load_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """QEMU dies loading it (here: a disk-only snapshot made by qemu-img, no VM state); the
+    supervisor then boots afresh, so this must be CheckpointError, not VmStartError."""
+    slot, project = make_slot(tmp_path)
+    with qemu_backend(vm_config(slot, project)) as vm:
+        vm.create()
+        subprocess.run(
+            ["qemu-img", "snapshot", "-c", "disk_only", str(vm.files.disk_overlay)], check=True
+        )
+        with pytest.raises(CheckpointError, match="disk_only") as info:
+            vm.start(restore="disk_only")
+        assert info.value.exit_code not in (0, None)
+        assert vm.pid() is None
+        vm.start()
+        assert vm.status().state is VmState.RUNNING
+
+
 def test_poweroff_is_idempotent_and_cleanup_removes_everything(tmp_path: Path) -> None:
     slot, project = make_slot(tmp_path)
     before = set(slot.iterdir())

@@ -361,6 +361,7 @@ class QemuBackend:
         self._exit: _Exit | None = None
         self._stopped_by_us = False
         self._saved = False
+        self._saved_state_present = False
         self._ports: QemuPorts | None = None
         self._console = ConsoleLines()
         self._console_offset = 0
@@ -480,8 +481,9 @@ class QemuBackend:
         if not self.exists():
             self.create()
         self._stop_stale_qemu()
+        self._saved_state_present = SAVED_STATE_TAG in self.checkpoints()
         loadvm = restore
-        if loadvm is None and SAVED_STATE_TAG in self.checkpoints():
+        if loadvm is None and self._saved_state_present:
             loadvm = SAVED_STATE_TAG
         if loadvm is not None and loadvm not in self.checkpoints():
             raise CheckpointError(
@@ -506,7 +508,7 @@ class QemuBackend:
         )
         self.argv = tuple(build_argv(self.config, options, self.binary))
         self._spawn()
-        self._connect_qmp()
+        self._connect_qmp(loadvm)
         self._after_start(loadvm)
         assert self._proc is not None
         log.info(
@@ -540,12 +542,12 @@ class QemuBackend:
             except OSError as exc:
                 raise VmStartError(f"cannot run QEMU: {exc}", argv=self.argv) from exc
 
-    def _connect_qmp(self) -> None:
+    def _connect_qmp(self, loadvm: str | None) -> None:
         deadline = self.clock() + self.start_timeout
         last: BaseException | None = None
         while self.clock() < deadline:
             if not self._alive():
-                self._raise_start_failed("QEMU exited during start")
+                self._raise_start_failed("QEMU exited during start", loadvm)
             if self.files.qmp_socket.exists():
                 try:
                     self._qmp.connect(self.files.qmp_socket, self.qmp_timeout, quiet=True)
@@ -554,18 +556,30 @@ class QemuBackend:
                     last = exc
             time.sleep(0.05)
         self._kill()
-        self._raise_start_failed(f"no QMP answer within {self.start_timeout:.0f} s ({last})")
+        self._raise_start_failed(f"no QMP answer within {self.start_timeout:.0f} s ({last})", None)
 
-    def _raise_start_failed(self, what: str) -> None:
+    def _raise_start_failed(self, what: str, loadvm: str | None) -> None:
+        """VmStartError, or CheckpointError when QEMU died loading a snapshot (the caller
+        may then boot afresh instead)."""
         self._reap(wait=2.0)
         code = self._exit.code if self._exit else None
-        raise VmStartError(what, argv=self.argv, exit_code=code, output=self._stderr_text())
+        output = self._stderr_text()
+        if loadvm is not None:
+            raise CheckpointError(
+                f"{what}: restoring checkpoint {loadvm!r} failed",
+                argv=self.argv,
+                exit_code=code,
+                output=output,
+            )
+        raise VmStartError(what, argv=self.argv, exit_code=code, output=output)
 
     def _after_start(self, loadvm: str | None) -> None:
         rd = self.config.remote_desktop
         if rd is not None:
             self._execute("set_password", {"protocol": "vnc", "password": rd.password})
-        if loadvm == SAVED_STATE_TAG:  # a saved state is used once, as VirtualBox's is
+        if self._saved_state_present:
+            # A saved state is used once, as VirtualBox's is; a start from a checkpoint
+            # supersedes it too (a later start() must not go back to it).
             self.delete_checkpoint(SAVED_STATE_TAG)
         if self._cap_percent < 100:
             self._apply_cap()
