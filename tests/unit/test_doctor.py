@@ -145,3 +145,23 @@ def test_unknown_backend_env() -> None:
     d = diagnose(dataclasses.replace(GOOD, backend_env="xen"))
     assert not d.runnable
     assert "unknown" in d.fixes[0]
+
+
+def test_cli_rendering() -> None:
+    import io
+
+    from rich.console import Console
+
+    from vmwrapper.cli.doctor import as_dict, render
+
+    d = diagnose(dataclasses.replace(GOOD, cpuinfo=CPU_NONE))
+    doc = as_dict(d)
+    assert doc["backend"] == "qemu" and doc["accel"] == "tcg"
+    assert {"name": "qemu-img", "status": "ok", "detail": "/usr/bin/qemu-img", "fix": ""} in doc[
+        "checks"
+    ]
+    buf = io.StringIO()
+    render(d, Console(file=buf, width=200, color_system=None))
+    text = buf.getvalue()
+    assert "Back end: vmwrapper will run VMs with QEMU 7.2.22, emulated (TCG" in text
+    assert "To fix:" in text and "enable VT-x/AMD-V" in text

@@ -371,3 +371,22 @@ def test_lint_json_output_of_packaged_dir(
         "message": "a script or executable without execute permission (all must have it)",
         "fix": "chmod +x hello_app_1.02.sh",
     }
+
+
+def test_lint_command_options(
+    sources: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x86_64-pc-linux-gnu__vbox64"
+    args = ("--image", str(sources / "debian.vdi"), "--boinc-app", str(sources / "app.sh"))
+    assert _package(sources, out, *args) == 0
+    wu = tmp_path / "elsewhere" / "wu.xml"
+    wu.parent.mkdir()
+    wu.write_text(format_input_template(InputTemplate((InputFile("in.dat"),))))
+    capsys.readouterr()
+    assert vmwrapper(["lint", "--json", "--wu", str(wu), str(out)]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [f["code"] for f in doc["findings"]] == ["VMW017"]
+    assert doc["findings"][0]["file"].endswith("wu.xml")
+    assert vmwrapper(["lint", str(tmp_path / "missing")]) == 2
+    assert vmwrapper(["lint", "--codes"]) == 0
+    assert "VMW101  warning" in capsys.readouterr().out
