@@ -157,9 +157,9 @@ def test_cli_rendering() -> None:
     d = diagnose(dataclasses.replace(GOOD, cpuinfo=CPU_NONE))
     doc = as_dict(d)
     assert doc["backend"] == "qemu" and doc["accel"] == "tcg"
-    assert {"name": "qemu-img", "status": "ok", "detail": "/usr/bin/qemu-img", "fix": ""} in doc[
-        "checks"
-    ]
+    checks = doc["checks"]
+    assert isinstance(checks, list)
+    assert {"name": "qemu-img", "status": "ok", "detail": "/usr/bin/qemu-img", "fix": ""} in checks
     buf = io.StringIO()
     render(d, Console(file=buf, width=200, color_system=None))
     text = buf.getvalue()
