@@ -63,11 +63,16 @@ share_mount() { # TAG DIR
     mkdir -p "$2" && mount -t 9p -o "$NINEP_OPTS" "$1" "$2"
 }
 
-# "date time.ns tz size ./path" for every regular file under $WORK (never symlinks), oldest
-# first: files reach the host in the order they were last written, so a trigger file the
-# app writes after its results (e.g. a completion trigger) arrives after them.
+# "date time.ns tz size inode ./path" for every regular file under $WORK (never symlinks),
+# oldest first: files reach the host in the order they were last written, so a trigger file
+# the app writes after its results (e.g. a completion trigger) arrives after them. File
+# times advance in clock ticks; within one tick the newer inode (tmpfs numbers them in
+# creation order) goes last. The first line, "date time.ns tz -1 0 ./", is the moment of the
+# listing (a stamp file's mtime: the same clock and resolution as the files').
 share_list() {
-    (cd "$WORK" && find . -type f ! -name "$TMP_PREFIX*" -exec stat -c '%y %s %n' {} + 2>/dev/null) | sort -k1,2
+    touch "$STATE/stamp"
+    stat -c '%y -1 0 ./' "$STATE/stamp"
+    (cd "$WORK" && find . -type f ! -name "$TMP_PREFIX*" -exec stat -c '%y %s %i %n' {} + 2>/dev/null) | sort -k1,2 -k5,5n
 }
 
 share_pull() {
@@ -81,11 +86,15 @@ share_pull() {
     say "pulled $(wc -l < "$STATE/pulled") files from the host into $WORK"
 }
 
-# Paths (./x) of the lines of list NEW that are not in list OLD (new file, or another
-# nanosecond mtime or size), in NEW's order.
+# Paths (./x) of the files in list NEW that are not in list OLD (new, or another mtime, size
+# or inode), or whose mtime is not older than OLD's listing: file times advance in clock ticks,
+# so a file rewritten in the tick OLD was taken may show the same time and size.
 share_changed() { # OLD NEW
-    awk 'NR == FNR { old[$0] = 1; next }
-        !($0 in old) { sub(/^[^ ]+ [^ ]+ [^ ]+ [^ ]+ /, ""); print }' "$1" "$2"
+    awk -v old_file="$1" '
+        FILENAME == old_file { if ($4 == -1) taken = $1 " " $2; else seen[$0] = 1; next }
+        $4 == -1 { next }
+        !($0 in seen) || ($1 " " $2) >= taken { sub(/^[^ ]+ [^ ]+ [^ ]+ [^ ]+ [^ ]+ /, ""); print }
+    ' "$1" "$2"
 }
 
 # Copy the files named in $1 (one ./path a line) to the host in one window.
