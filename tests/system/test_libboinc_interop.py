@@ -8,13 +8,17 @@ init_data.xml, link files and control messages.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from helpers.harness_fixtures import DATA, make_pyapp_dir
+from vmwrapper.boinc.init_data import parse_init_data
 from vmwrapper.harness.job import (
     Action,
     JobOutcome,
@@ -31,7 +35,7 @@ pytestmark = pytest.mark.system
 
 VERSION_XML = """<version>
   <file><physical_name>boinc_test_app_1</physical_name><main_program/></file>
-  <api_version>7.20.5</api_version>
+  {api_version}
   <cmdline>{cmdline}</cmdline>
 </version>
 """
@@ -68,11 +72,13 @@ def cpp_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def cpp_app_dir(root: Path, binary: Path, cmdline: str) -> Path:
+def cpp_app_dir(root: Path, binary: Path, cmdline: str, api_version: str = "7.20.5") -> Path:
+    """An APP_DIR for the C++ app; without api_version the client uses System V memory."""
     app = root / "cppapp"
     (app / "templates").mkdir(parents=True)
     shutil.copy2(binary, app / "boinc_test_app_1")
-    (app / "version.xml").write_text(VERSION_XML.format(cmdline=cmdline))
+    tag = f"<api_version>{api_version}</api_version>" if api_version else ""
+    (app / "version.xml").write_text(VERSION_XML.format(cmdline=cmdline, api_version=tag))
     (app / "templates" / "output_template.xml").write_text(OUTPUT_TEMPLATE)
     return app
 
@@ -195,3 +201,52 @@ def test_python_app_side_under_the_harness(tmp_path: Path) -> None:
     assert [(u.logical_name, u.status) for u in report.uploads] == [("out", 0)]
     assert Path(report.uploads[0].path).read_text() == "done 40 steps\n"
     assert "upload status 0" in report.stderr_tail
+
+
+def test_cpp_app_over_system_v_shared_memory(cpp_app: Path, tmp_path: Path) -> None:
+    """An app version without api_version: the API attaches the System V segment we made."""
+    app = cpp_app_dir(tmp_path, cpp_app, "--steps 30 --step-time 0.1 --trickle", api_version="")
+    rec = Recorder()
+    report = rec.run(
+        request(
+            app,
+            tmp_path / "work",
+            ScheduledAction(2.0, Action.SUSPEND),  # after the API's first status (1 s tick)
+            ScheduledAction(4.5, Action.RESUME),
+            keep_slot=True,
+        )
+    )
+    assert report.outcome is JobOutcome.SUCCESS, report.message
+    assert not (Path(report.slot_dir) / "boinc_mmap_file").exists()
+    frozen = [p for p in rec.progress if 3.2 <= p.elapsed <= 4.4]
+    assert frozen and len({p.fraction_done for p in frozen}) == 1
+    assert frozen[0].fraction_done < 1 and report.fraction_done == pytest.approx(1.0)
+    assert [t.variety for t in report.trickles] == ["cpp_progress"]
+
+
+def test_python_app_side_under_the_real_clients_run_test_app(tmp_path: Path) -> None:
+    """boinc-client 7.20.5 ``--run_test_app``: the real client runs ./test_app over System V
+    shared memory and toggles suspend/resume every 0.1-0.3 s until the app exits."""
+    boinc = shutil.which("boinc")
+    if boinc is None:
+        pytest.fail("boinc-client is needed: run scripts/install-deps.sh")
+    shutil.copyfile(DATA / "pyapp.py", tmp_path / "pyapp.py")
+    launcher = tmp_path / "test_app"
+    launcher.write_text('#!/bin/sh\nexec "$VMWRAPPER_PYTHON" pyapp.py --steps 30 "$@"\n')
+    launcher.chmod(0o755)
+    done = subprocess.run(
+        [boinc, "--run_test_app"],
+        cwd=tmp_path,
+        env={**os.environ, "VMWRAPPER_PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0 and "test app finished" in done.stdout + done.stderr
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert "standalone=False" in stderr  # attached to the client's System V segment
+    suspensions = int(re.findall(r"pyapp: suspended (\d+) times", stderr)[0])
+    assert suspensions >= 1  # the client's <suspend/> messages reached our app side
+    assert (tmp_path / "boinc_finish_called").read_text() == "0\n"
+    key = parse_init_data((tmp_path / "init_data.xml").read_bytes()).shm_key
+    assert key != -1

@@ -37,7 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--crash-code", type=int, default=0, help="exit with this code at the end")
     p.add_argument("--ignore-quit", action="store_true")
     p.add_argument("--other-pid", action="store_true", help="report a child as other_pid")
-    return p.parse_args(argv)
+    return p.parse_known_args(argv)[0]  # the client's --run_test_app adds its own
 
 
 def cpu_now() -> float:
@@ -65,6 +65,7 @@ def main() -> int:
         child = subprocess.Popen(["sleep", "600"], start_new_session=True)
         other_pid = child.pid
         print(f"pyapp: other_pid {other_pid}", file=sys.stderr)
+    suspensions, was_suspended = 0, False
     while step < args.steps:
         status = client.poll()
         if status.abort_request:
@@ -79,8 +80,12 @@ def main() -> int:
             client.close()
             return 0
         if status.suspended:
+            if not was_suspended:
+                suspensions += 1
+            was_suspended = True
             time.sleep(0.05)
             continue
+        was_suspended = False
         if step == args.temporary_exit_at and not Path("pyapp_tempexit_done").exists():
             Path("pyapp_tempexit_done").write_text("1")
             client.write_outcome(TemporaryExit(args.temporary_exit_delay, "test postpones"))
@@ -108,6 +113,7 @@ def main() -> int:
             other_pid=other_pid,
         )
         client.tick()
+    print(f"pyapp: suspended {suspensions} times", file=sys.stderr)
     out = client.resolve(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"done {args.steps} steps\n")
