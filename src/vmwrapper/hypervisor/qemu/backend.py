@@ -649,7 +649,7 @@ class QemuBackend:
             self._cap = None
         self._pull_console(final=True)
         assert self._exit is not None
-        log.info(
+        log.debug(  # the supervisor logs the state change, after the last guest lines
             "QEMU exited with %d", self._exit.code,
             extra={"event": "qemu_exited", "exit_code": self._exit.code},
         )  # fmt: skip
