@@ -7,7 +7,8 @@ that app version on a real QEMU guest with a PATH that holds QEMU but no Python.
 boinc_app also runs the guest-side floppy reader on a floppyio image made by the host.
 
 The last test boots the guest image with the floppyio image on the board's floppy controller
-(plain QEMU, no wrapper) and reads it through /dev/fd0 with the guest reader.
+(plain QEMU, no wrapper), reads it through /dev/fd0 with the guest reader, and checks the
+guest's vboxmonitor on QEMU's debug console at VirtualBox's log port.
 """
 
 from __future__ import annotations
@@ -165,13 +166,19 @@ def test_standalone_wrapper_runs_a_job_under_the_harness(exe: Path, tmp_path: Pa
     )
 
 
-FLOPPY_APP = """#!/bin/sh
+FLOPPY_APP = r"""#!/bin/sh
 /opt/vmwrapper/read_floppy.sh --env /dev/fd0 > out 2>&1
 echo "reader status $?" >> out
+printf 'first line
+second: $HOME %% \ end
+' |
+    VMWRAPPER_LOG_PORT=1284 /opt/vmwrapper/vboxmonitor.sh > monitor_stdout
 """
 
 
-def test_guest_reads_the_floppy_device(tmp_path: Path) -> None:
+def test_guest_tools_floppy_device_and_log_port(tmp_path: Path) -> None:
+    """read_floppy.sh on /dev/fd0, and vboxmonitor.sh writing VirtualBox's log port 0x504
+    (here QEMU's isa-debugcon on that port, which records what the guest writes there)."""
     image = ensure_image()
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -198,6 +205,8 @@ def test_guest_reads_the_floppy_device(tmp_path: Path) -> None:
         "-blockdev",
         f"driver=raw,node-name=fd0,read-only=on,file.driver=file,file.filename={floppy}",
         "-device", "floppy,drive=fd0,unit=0",
+        "-chardev", f"file,id=dbg,path={tmp_path / 'port0x504.log'}",
+        "-device", "isa-debugcon,iobase=0x504,chardev=dbg",
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, timeout=300, check=False)
     console = (tmp_path / "console.log").read_text(errors="replace")
@@ -212,3 +221,6 @@ def test_guest_reads_the_floppy_device(tmp_path: Path) -> None:
         "BOINC_HOST_TOTAL_CREDIT='12.25'\n"
         "reader status 0\n"
     )
+    monitor = "first line\nsecond: $HOME % \\ end\n"
+    assert (shared / "monitor_stdout").read_text() == monitor
+    assert (tmp_path / "port0x504.log").read_text() == monitor
