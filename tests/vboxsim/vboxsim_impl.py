@@ -1541,6 +1541,16 @@ VBoxManage modifyvm         <uuid|vmname>
 """
 
 
+def help_modifyvm() -> str:
+    if is_v7():
+        return HELP_V7
+    if version_tuple() < (6, 1, 0):  # --hwvirtex went away in 6.1
+        return HELP_V6.replace(
+            "[--acpi on|off]", "[--acpi on|off]\n" + " " * 28 + "[--hwvirtex on|off]"
+        )
+    return HELP_V6
+
+
 def cmd_list(reg: Registry, args: Args) -> str:
     what = args.next("what")
     cfg = config()
@@ -1645,7 +1655,7 @@ def run_command(argv: list[str]) -> tuple[str, int]:
     if command == "help":
         topic = argv[1] if len(argv) > 1 else ""
         if topic == "modifyvm":
-            return (HELP_V7 if is_v7() else HELP_V6), 0
+            return help_modifyvm(), 0
         return "Usage: VBoxManage [<general option>] <command>\n", 0
     if take_fault(sdir, "lock_contention", command):
         name = argv[1] if len(argv) > 1 else "?"

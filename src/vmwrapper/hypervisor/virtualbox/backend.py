@@ -156,7 +156,18 @@ class VirtualBoxBackend:
             return
         self._remove_stale_vm()
         caps = self.capabilities
-        log.info("Create VM. (%s, %s)", config.name, config.slot_dir.name)
+        acceleration = cmd.acceleration_steps(config, caps)  # refuses before anything is made
+        log.info("Create VM. (%s, slot#%s)", config.name, config.slot_dir.name)
+        try:
+            self._define(caps, acceleration)
+        except BaseException:
+            # never leave a half-built VM that a later create() would "reuse"
+            log.warning("Creating VM %s failed; removing what was made", config.name)
+            self._teardown(config.name)
+            raise
+
+    def _define(self, caps: Capabilities, acceleration: list[Step]) -> None:
+        config = self.config
         for step in cmd.define_steps(config, caps):
             self._run(step)
         info = self._vminfo()
@@ -169,7 +180,7 @@ class VirtualBoxBackend:
         steps: list[Step] = [
             *cmd.network_steps(config, caps, nic_type, bridge),
             *cmd.devices_off_steps(config, caps),
-            *cmd.acceleration_steps(config, caps),
+            *acceleration,
             *cmd.controller_steps(config, caps),
             *cmd.media_steps(config, caps),
         ]
@@ -337,7 +348,7 @@ class VirtualBoxBackend:
         pid = self._wait_for_pid(before)
         self._pid = pid
         self._cpu_seen = 0.0
-        log.info("Successfully started VM. (PID = '%d')", pid)
+        log.debug("VM %s started, process %d", config.name, pid)
         return pid
 
     def _log_path(self) -> Path:
