@@ -306,7 +306,7 @@ def test_package_iso_context(sources: Path, tmp_path: Path) -> None:
     assert rc == 0
     v = parse_version_xml((out / "version.xml").read_text())
     iso = v.by_logical("vm_isocontext.iso")
-    assert iso is not None and iso.copy_file
+    assert iso == VersionFile("hello_vm_isocontext_1.02.iso", "vm_isocontext.iso", copy_file=True)
     files = read_context_iso((out / iso.physical_name).read_bytes())
     assert files["context.sh"].data == b"#!/bin/sh\n"
     assert not any(p.name.startswith(".") for p in out.iterdir())
@@ -324,6 +324,11 @@ def test_package_refuses_to_overwrite_and_reports_bad_job(
     (sources / "job.xml").write_text("<vbox_job><memory_size_mb>x")
     assert _package(sources, tmp_path / "o2", *args) == 2
     assert "well-formed" in capsys.readouterr().err
+    # A failure after the directory was made leaves nothing behind.
+    (sources / "job.xml").write_text(JOB.format(extra=""))
+    assert _package(sources, tmp_path / "o3", "--image", str(sources / "missing.vdi")) == 2
+    assert "--image" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists()
 
 
 def test_package_default_out_is_boinc_apps_tree(

@@ -184,7 +184,20 @@ def _package(args: argparse.Namespace) -> int:
             raise InputError(f"{out_dir} exists and is not empty (fix: --force, or another --out)")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_app_version(args, spec, plan_class, purpose, out_dir)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)  # no half-written app version left behind
+        raise
 
+
+def _write_app_version(
+    args: argparse.Namespace,
+    spec: JobSpec,
+    plan_class: PlanClass,
+    purpose: Purpose,
+    out_dir: Path,
+) -> int:
     if spec.enable_isocontextualization:
         mode = ImageMode.ISO
     elif spec.multiattach_vdi_file:
@@ -197,7 +210,8 @@ def _package(args: argparse.Namespace) -> int:
                 "--iso-context needs <enable_isocontextualization>1</enable_isocontextualization>"
                 " in vbox_job.xml (fix: add it, or give --image)"
             )
-        iso_path = out_dir / ".vm_isocontext.iso"
+        iso_path = out_dir / ".build" / "vm_isocontext.iso"  # -> APP_vm_isocontext_VERSION.iso
+        iso_path.parent.mkdir()
         write_context_iso(iso_path, build_context_iso(collect_dir(args.iso_context)))
         image = iso_path
     else:
@@ -233,7 +247,7 @@ def _package(args: argparse.Namespace) -> int:
     (out_dir / "version.xml").write_text(format_version_xml(plan.version))
     _write_templates(args, out_dir, spec, purpose, boinc_app, image.stat().st_size)
     if args.iso_context is not None:
-        image.unlink()
+        shutil.rmtree(image.parent)
 
     print(f"wrote app version {args.app} {args.version} ({plan_class.value}) in {out_dir}")
     from vmwrapper.cli.lint import lint_and_report  # the same checks `vmwrapper lint` runs
