@@ -421,16 +421,24 @@ def test_cgroup_cpu_cap_limits_a_busy_process() -> None:
     assert not cap.dir.exists()
 
 
-def test_set_cpu_cap_applies_to_the_running_qemu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["auto", "duty-cycle"])
+def test_set_cpu_cap_applies_to_the_running_qemu(tmp_path: Path, method: str) -> None:
     slot, project = make_slot(tmp_path)
-    with qemu_backend(vm_config(slot, project)) as vm:
+    with qemu_backend(vm_config(slot, project), cpu_cap_method=method) as vm:
         vm.set_cpu_cap(40)  # before start: applied at start
         pid = vm.start()
+        if method == "duty-cycle":
+            assert vm.cpu_cap_in_use == "duty-cycle"
         assert vm.cpu_cap_in_use in ("cgroup", "duty-cycle")
         if vm.cpu_cap_in_use == "cgroup":
             assert f"vmwrapper-{pid}" in Path(f"/proc/{pid}/cgroup").read_text()
-        assert vm.status().state is VmState.RUNNING  # QMP still answers under the cap
+        for _ in range(10):  # QMP keeps answering under the cap (SIGSTOPped phases too)
+            assert vm.status().state is VmState.RUNNING
+        vm.pause()
+        vm.resume()
+        vm.checkpoint("capped")
         vm.set_cpu_cap(100)
+        assert vm.status().state is VmState.RUNNING
 
 
 def _qmp(vm: QemuBackend, cmd: str) -> Any:

@@ -290,16 +290,36 @@ class DutyCycleCpuCap(CpuCap):
         self._signal(signal.SIGCONT)
 
 
-def make_cpu_cap(pid: int, cpus: int, name: str, method: str = "auto") -> CpuCap:
-    """A cgroup cap where one can be made here, else the SIGSTOP/SIGCONT duty cycle."""
+def make_cpu_cap(
+    pid: int, cpus: int, name: str, method: str = "auto", percent: int = 100
+) -> CpuCap:
+    """A cgroup cap set to ``percent`` where one works here, else the SIGSTOP/SIGCONT cycle.
+
+    A cgroup can be made yet unusable (cgroup v2 without the cpu controller delegated to
+    it), so the first ``set`` is part of the test.
+    """
     if method in ("auto", "cgroup"):
+        cap: CgroupCpuCap | None = None
         try:
-            return CgroupCpuCap(pid, cpus, name)
+            cap = CgroupCpuCap(pid, cpus, name)
+            cap.set(percent)
+            return cap
         except OSError as exc:
+            if cap is not None:
+                _move_back(pid, cap)
             if method == "cgroup":
-                raise BackendError(f"cannot make a cgroup to cap CPU use: {exc}") from exc
+                raise BackendError(f"cannot cap CPU use with a cgroup: {exc}") from exc
             log.info("no cgroup for the CPU cap (%s); using a SIGSTOP/SIGCONT duty cycle", exc)
-    return DutyCycleCpuCap(pid)
+    duty = DutyCycleCpuCap(pid)
+    duty.set(percent)
+    return duty
+
+
+def _move_back(pid: int, cap: CgroupCpuCap) -> None:
+    """Undo a half-made cgroup cap: the process back to the parent group, the group gone."""
+    with contextlib.suppress(OSError):
+        (cap.dir.parent / "cgroup.procs").write_text(str(pid))
+    cap.close()
 
 
 def free_port(bind: str = "127.0.0.1", candidates: range | None = None, rng: Any = None) -> int:
@@ -878,10 +898,15 @@ class QemuBackend:
             if self._cap_percent >= 100:
                 return
             assert self._proc is not None
+            name = f"vmwrapper-{self._proc.pid}"
             self._cap = make_cpu_cap(
-                self._proc.pid, self.config.cpus, f"vmwrapper-{self._proc.pid}", self.cpu_cap_method
+                self._proc.pid, self.config.cpus, name, self.cpu_cap_method, self._cap_percent
             )
-        self._cap.set(self._cap_percent)
+        else:
+            try:
+                self._cap.set(self._cap_percent)
+            except OSError as exc:
+                raise BackendError(f"cannot change the CPU cap: {exc}") from exc
         log.info(
             "CPU cap %d%% (%s)", self._cap_percent, self._cap.method,
             extra={"event": "qemu_cpu_cap", "percent": self._cap_percent},
