@@ -187,8 +187,22 @@ def test_added_files_and_debs_are_in_the_image(tmp_path: Path) -> None:
     )
     image = guest_image(recipe)
     assert image.suffix == ".qcow2"
-    app = "#!/bin/sh\nhello-tool > out\ncat /opt/app/data.txt >> out\n"
+    # The same boot also mounts a CD-ROM (ISO contextualization) with the image's helper.
+    iso_dir = tmp_path / "iso"
+    iso_dir.mkdir()
+    (iso_dir / "context.txt").write_text("from the iso\n")
+    iso = tmp_path / "context.iso"
+    subprocess.run(["genisoimage", "-quiet", "-R", "-J", "-o", str(iso), str(iso_dir)],
+                   check=True, timeout=60)  # fmt: skip
+    app = (
+        "#!/bin/sh\nhello-tool > out\ncat /opt/app/data.txt >> out\n"
+        "vmwrapper-mount-cdrom && cat /root/cdrom/context.txt >> out\n"
+    )
     shared = make_shared(tmp_path, app, {})
-    run = boot_guest(image, tmp_path / "vm", shared=shared)
+    cdrom = [
+        "-drive", f"file={iso},if=none,id=cd0,format=raw,readonly=on",
+        "-device", "ide-cd,drive=cd0,bus=ide.1,unit=0",
+    ]  # fmt: skip
+    run = boot_guest(image, tmp_path / "vm", shared=shared, extra=cdrom)
     assert run.returncode == 0, run.console
-    assert (shared / "out").read_text() == "hello from the deb\nadded with --add\n"
+    assert (shared / "out").read_text() == ("hello from the deb\nadded with --add\nfrom the iso\n")
