@@ -501,14 +501,15 @@ class QemuBackend:
         if not self.exists():
             self.create()
         self._stop_stale_qemu()
-        self._saved_state_present = SAVED_STATE_TAG in self.checkpoints()
+        existing = self.checkpoints()
+        self._saved_state_present = SAVED_STATE_TAG in existing
         loadvm = restore
         if loadvm is None and self._saved_state_present:
             loadvm = SAVED_STATE_TAG
-        if loadvm is not None and loadvm not in self.checkpoints():
+        if loadvm is not None and loadvm not in existing:
             raise CheckpointError(
                 f"cannot restore checkpoint {loadvm!r}: {self._qcow2_files[0][1]} has only "
-                f"{list(self.checkpoints())}"
+                f"{list(existing)}"
             )
         if self.accel is None:
             setting = self.accel_setting if self.config.hw_acceleration else AccelSetting.TCG
@@ -529,7 +530,11 @@ class QemuBackend:
         self.argv = tuple(build_argv(self.config, options, self.binary))
         self._spawn()
         self._connect_qmp(loadvm)
-        self._after_start(loadvm)
+        try:
+            self._after_start()
+        except BackendError as exc:  # a half-started VM is not left running
+            self._kill()
+            raise VmStartError(f"VM started but could not be set up: {exc}") from exc
         assert self._proc is not None
         log.info(
             "QEMU started (pid %d, %s%s)",
@@ -593,7 +598,7 @@ class QemuBackend:
             )
         raise VmStartError(what, argv=self.argv, exit_code=code, output=output)
 
-    def _after_start(self, loadvm: str | None) -> None:
+    def _after_start(self) -> None:
         rd = self.config.remote_desktop
         if rd is not None:
             self._execute("set_password", {"protocol": "vnc", "password": rd.password})
