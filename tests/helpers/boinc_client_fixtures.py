@@ -130,6 +130,9 @@ class ClientSession:
         self.stops: list[StopReport] = []
 
     def start(self) -> BoincClient:
+        """A running client on the data directory (a new one if none runs)."""
+        if self.client.running():
+            return self.client
         self.client = BoincClient(self.data)  # a fresh port: the old one may linger
         self.client.start()
         return self.client

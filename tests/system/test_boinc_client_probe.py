@@ -30,6 +30,8 @@ from vmwrapper.boincclient import (
 pytestmark = pytest.mark.system
 
 JOB = JobRequest(name="probe1", command_line="--steps 8 --hold-at 5")
+# long enough to be running when the client dies (the release file is there by then)
+CRASH_JOB = JobRequest(name="probe2", command_line="--steps 300 --hold-at 300", held=True)
 RESULT = JOB.result_name
 STEPS, HOLD_AT = 8, 5
 WAIT = 90.0  # seconds; every wait is bounded
@@ -39,7 +41,7 @@ WAIT = 90.0  # seconds; every wait is bounded
 def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientSession]:
     base = tmp_path_factory.mktemp("boinc_probe")
     app_dir = write_probe_app_dir(base / "app")
-    s = ClientSession(base / "data", app_dir, [JOB])
+    s = ClientSession(base / "data", app_dir, [JOB, CRASH_JOB])
     s.start()
     try:
         yield s
@@ -47,8 +49,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientSession]
         s.close()
 
 
-def events(session: ClientSession) -> list[str]:
-    path = session.data.project_dir / f"probe_events_{RESULT}.log"
+def events(session: ClientSession, result: str = RESULT) -> list[str]:
+    path = session.data.project_dir / f"probe_events_{result}.log"
     return path.read_text().splitlines() if path.exists() else []
 
 
@@ -187,3 +189,23 @@ def test_job_completes_with_success_and_the_output(session: ClientSession) -> No
     assert out.read_text() == f"probe output: hello-probe steps={STEPS}\n"
     messages = session.data.client_log.read_text()
     assert re.search(rf"Computation for task {RESULT} finished", messages)
+
+
+def test_app_notices_a_dead_client_and_exits(session: ClientSession) -> None:
+    """The client is killed (no quit): the app sees its pid gone and leaves on its own."""
+    client = session.start()  # the last test shut the client down
+    name = CRASH_JOB.result_name
+    assert client.task(name).suspended_via_gui  # still held, across a restart
+    client.resume(name)
+    task = client.wait_task(
+        name, lambda t: t.running and t.pid is not None, timeout=WAIT, what="the second job running"
+    )
+    assert task.pid is not None
+    app = psutil.Process(task.pid)
+    client.kill()
+    # the app side probes init_data's client_pid every 10 s (as the BOINC API does)
+    gone, _ = psutil.wait_procs([app], timeout=40)
+    assert gone, "the app kept running after the client died"
+    assert events(session, name)[-1] == "quit"
+    report = session.quit()
+    assert not report.graceful and report.leftovers == ()

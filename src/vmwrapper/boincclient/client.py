@@ -262,6 +262,15 @@ class BoincClient:
                     self._signal(signal.SIGKILL, 15.0)
         return self._reap(graceful)
 
+    def kill(self) -> None:
+        """SIGKILL the client only, as a crash would; its apps are left to notice by themselves.
+
+        :meth:`stop` afterwards still cleans up whatever did not.
+        """
+        if self._proc is not None and self._proc.poll() is None:
+            self._note_descendants()
+            self._signal(signal.SIGKILL, 15.0)
+
     def _signal(self, sig: signal.Signals, wait: float) -> bool:
         assert self._proc is not None
         with contextlib.suppress(ProcessLookupError):
