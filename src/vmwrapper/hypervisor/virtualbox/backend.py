@@ -260,7 +260,7 @@ class VirtualBoxBackend:
                     else:
                         raise VBoxManageError("showhdinfo (multiattach parent)", hd)
                 info = output.parse_hdinfo(hd.output)
-                if hd.ok and not info.multiattach:
+                if not info.multiattach:  # registers it (with a new UUID on a clash)
                     self._run(
                         cmd.attach_step(
                             config,

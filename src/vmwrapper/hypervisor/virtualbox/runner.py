@@ -17,11 +17,13 @@ its bugs (§12.6): PATH is only ever extended, ``$HOME`` is used, nothing unset 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -208,19 +210,29 @@ class VBoxManage:
     def _attempt(self, args: tuple[str, ...], timeout: float) -> CommandResult:
         argv = (self.executable, "-q", *args)
         try:
-            proc = subprocess.run(
+            # own process group: a timeout kills VBoxManage and anything it started that still
+            # holds the output pipe
+            proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=self.env,
-                timeout=timeout,
-                check=False,
+                start_new_session=True,
             )
-        except FileNotFoundError:
-            return CommandResult(argv, None, f"{self.executable}: not found")
-        except subprocess.TimeoutExpired as exc:
-            text = _decode(exc.output)
+        except (FileNotFoundError, PermissionError) as exc:
+            return CommandResult(argv, None, f"{self.executable}: not found ({exc.strerror})")
+        try:
+            data, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                data, _ = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:  # a grandchild in another group keeps the pipe
+                proc.kill()
+                data = b""
+            text = _decode(data)
             return CommandResult(
                 argv,
                 None,
@@ -228,7 +240,7 @@ class VBoxManage:
                 output.error_code(text),
                 timed_out=True,
             )
-        text = _decode(proc.stdout)
+        text = _decode(data)
         code = output.error_code(text) if proc.returncode != 0 else None
         return CommandResult(argv, proc.returncode, text, code)
 
