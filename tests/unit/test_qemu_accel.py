@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vmwrapper.errors import BackendError
-from vmwrapper.hypervisor.base import VmConfig
+from vmwrapper.hypervisor.base import Backend, VmConfig, VmState
 from vmwrapper.hypervisor.qemu.accel import (
     DEBUG_EXIT_PORT,
     PROBE_EXIT_CODE,
@@ -51,3 +51,12 @@ def test_accel_setting_from_argument_or_environment(
     monkeypatch.setenv(ACCEL_ENV, "hvf")
     with pytest.raises(BackendError, match="VMWRAPPER_ACCEL"):
         QemuBackend(config)
+
+
+def test_qemu_backend_is_a_backend(tmp_path: Path) -> None:
+    config = VmConfig(name="vm", description="r", slot_dir=tmp_path, project_dir=tmp_path)
+    backend = QemuBackend(config, accel="tcg")
+    assert isinstance(backend, Backend)
+    assert backend.name == "qemu"
+    assert backend.status().state is VmState.ABSENT  # nothing created, no process
+    assert backend.pid() is None and backend.cpu_time() == 0.0
