@@ -47,14 +47,40 @@ def make_shared(root: Path, app: str, inputs: dict[str, str]) -> Path:
     return shared
 
 
+def floppyio_image(path: Path, text: bytes) -> Path:
+    """vboxwrapper's floppyio layout: host->guest text at 0, flag 0x01 at offset 28670."""
+    data = bytearray(28672)
+    data[: len(text)] = text
+    data[28670] = 1
+    path.write_bytes(bytes(data))
+    return path
+
+
 def test_app_reads_in_writes_out_and_guest_powers_off(
     default_guest_image: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    shared = make_shared(tmp_path, UPPERCASE_APP, {"in": "forty-two\n"})
-    run = boot_guest(default_guest_image, tmp_path / "vm", shared=shared)
+    app = UPPERCASE_APP.replace(
+        "exit 3",
+        # the same boot checks the floppy and the on-demand `project` share
+        "cp /root/floppy_data from_floppy\n"
+        "vmwrapper-with-share project cat /root/project/table > from_project\n"
+        "exit 3",
+    )
+    shared = make_shared(tmp_path, app, {"in": "forty-two\n"})
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "table").write_text("project data\n")
+    floppy = floppyio_image(tmp_path / "floppy.img", b"<app_init_data>42</app_init_data>\n")
+    extra = [
+        "-virtfs", f"local,path={project},mount_tag=project,security_model=none,readonly=on",
+        "-drive", f"file={floppy},if=floppy,format=raw,readonly=on",
+    ]  # fmt: skip
+    run = boot_guest(default_guest_image, tmp_path / "vm", shared=shared, extra=extra)
     assert run.returncode == 0, run.console
     assert (shared / "out").read_text() == "FORTY-TWO\n"
+    assert (shared / "from_floppy").read_text() == "<app_init_data>42</app_init_data>\n"
+    assert (shared / "from_project").read_text() == "project data\n"
     assert "hello-app: reading in" in run.lines  # the app's stdout is on the serial console
     assert "hello-app: wrote 10 bytes" in run.lines
     assert run.done_status == 3  # boinc_app's exit status
