@@ -55,7 +55,7 @@ from vmwrapper.harness.task import (
     UploadTarget,
     client_environment,
 )
-from vmwrapper.outcome import ERR_FILE_MISSING
+from vmwrapper.outcome import ERR_FILE_MISSING, EXIT_ABORTED_VIA_GUI
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +361,25 @@ class _JobState:
     pending: list[ScheduledAction] = field(default_factory=list)
     trickle_downs: list[tuple[float, str]] = field(default_factory=list)
 
+    def record(self, event: TaskEvent, elapsed: float) -> None:
+        """Keep an event for the report (trickles and uploads also in their own lists)."""
+        self.events.append((elapsed, event.kind, event.detail))
+        log.info("%s: %s", event.kind, event.detail, extra={"event": f"harness_{event.kind}"})
+        data = event.data
+        if event.kind == "trickle_up":
+            self.trickles.append(
+                ReceivedTrickle(str(data["variety"]), str(data["body"]), str(data["path"]))
+            )
+        elif event.kind == "upload":
+            status = data.get("status")
+            self.uploads.append(
+                Upload(
+                    str(data.get("logical_name", "")),
+                    status if isinstance(status, int) else None,
+                    str(data.get("path", "")),
+                )
+            )
+
 
 def run_job(
     request: JobRequest,
@@ -384,23 +403,7 @@ def run_job(
     }
 
     def record(event: TaskEvent) -> None:
-        state.events.append((clock() - state.started, event.kind, event.detail))
-        log.info("%s: %s", event.kind, event.detail, extra={"event": f"harness_{event.kind}"})
-        if event.kind == "trickle_up":
-            state.trickles.append(
-                ReceivedTrickle(
-                    str(event.data["variety"]), str(event.data["body"]), str(event.data["path"])
-                )
-            )
-        elif event.kind == "upload":
-            status = event.data.get("status")
-            state.uploads.append(
-                Upload(
-                    str(event.data.get("logical_name", "")),
-                    status if isinstance(status, int) else None,
-                    str(event.data.get("path", "")),
-                )
-            )
+        state.record(event, clock() - state.started)
         if on_event is not None:
             on_event(event)
 
@@ -408,23 +411,7 @@ def run_job(
     last_code: int | None = None
     while True:
         state.episodes += 1
-        shm_key = SHM_KEY_MMAP
-        if not staged.app.version.uses_mmap:
-            # the client makes the key from init_data.xml (created empty first), then
-            # writes the key into it
-            init_path = staged.slot_dir / files.INIT_DATA_FILE
-            init_path.touch()
-            shm_key = sysv_key(init_path)
-        init = build_init_data(
-            staged.identity,
-            staged.data_dir,
-            staged.slot,
-            wu_cpu_time=state.checkpoint_cpu_time,
-            starting_elapsed_time=state.checkpoint_elapsed,
-            host=host_desc,
-            shm_key=shm_key,
-        )
-        files.write_atomic(staged.slot_dir / files.INIT_DATA_FILE, format_init_data(init).encode())
+        shm_key = _write_init_data(staged, state, host_desc)
         task = ActiveTask(
             slot_dir=staged.slot_dir,
             project_dir=staged.data_dir.project_dir,
@@ -473,10 +460,32 @@ def run_job(
             state.temporary_exits.append((verdict.delay, verdict.message))
             if _wait_postponed(verdict.delay, state, request, clock, sleep):
                 verdict = ExitVerdict(
-                    Disposition.ABORTED, "aborted while postponed", exit_status=203
+                    Disposition.ABORTED, "aborted while postponed", exit_status=EXIT_ABORTED_VIA_GUI
                 )
                 break
     return _finish_job(staged, state, request, verdict, last_code, clock)
+
+
+def _write_init_data(staged: _Staged, state: _JobState, host: HostInfo) -> int:
+    """init_data.xml for the next run; returns the shm_key in it (-1: boinc_mmap_file)."""
+    init_path = staged.slot_dir / files.INIT_DATA_FILE
+    shm_key = SHM_KEY_MMAP
+    if not staged.app.version.uses_mmap:
+        # System V: the client makes the key from init_data.xml (created empty if need be),
+        # then writes the key into it
+        init_path.touch()
+        shm_key = sysv_key(init_path)
+    init = build_init_data(
+        staged.identity,
+        staged.data_dir,
+        staged.slot,
+        wu_cpu_time=state.checkpoint_cpu_time,
+        starting_elapsed_time=state.checkpoint_elapsed,
+        host=host,
+        shm_key=shm_key,
+    )
+    files.write_atomic(init_path, format_init_data(init).encode())
+    return shm_key
 
 
 def _due_actions(state: _JobState, now: float) -> list[Action]:
