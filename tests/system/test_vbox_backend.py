@@ -396,8 +396,9 @@ def test_settings_left_in_the_slot_are_registered_again(vbox_sim: VBoxHost, tmp_
     fast_backend(config).create()
     vbox_sim.vboxmanage("unregistervm", config.name)
     backend = fast_backend(config)
-    assert backend.exists()  # the .vbox file is still in the slot
+    assert not backend.exists()  # only the .vbox file is left in the slot
     backend.create()
+    assert backend.exists()
     replay = (config.slot_dir / "vbox_replay.txt").read_text()
     assert "VBoxManage -q registervm" in replay
     assert vminfo(vbox_sim, config.name)["memory"] == "256"

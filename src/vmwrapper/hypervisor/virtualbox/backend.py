@@ -142,8 +142,9 @@ class VirtualBoxBackend:
         raise VBoxManageError("showvminfo", result)
 
     def exists(self) -> bool:
-        """Registered now, or its settings file is in the slot (registered again by create)."""
-        return self._vminfo() is not None or cmd.settings_file(self.config).is_file()
+        """Registered with VirtualBox now. (Settings left in the slot by an unregistered VM are
+        registered again by create().)"""
+        return self._vminfo() is not None
 
     def create(self) -> None:
         config = self.config
@@ -310,6 +311,9 @@ class VirtualBoxBackend:
     def start(self, restore: str | None = None) -> int:
         config = self.config
         info = self._vminfo()
+        if info is None and cmd.settings_file(config).is_file():
+            self._run(Step(("registervm", str(cmd.settings_file(config))), "register"))
+            info = self._vminfo()
         if info is None:
             raise VmStartError(f"VM {config.name} is not registered; create it first")
         if info.state.online:
@@ -572,8 +576,8 @@ class VirtualBoxBackend:
     def guest_log(self) -> list[str]:
         """New ``Guest Log:`` lines of the current VBox.log (a rotated log restarts at 0)."""
         identity = self._log_file_identity()
-        if identity is None:
-            return []
+        if identity is None or self._log_identity is None:
+            return []  # not started by us yet: the log is an earlier run's
         if identity != self._log_identity:
             self._log_identity = identity
             self._log_offset = 0
