@@ -6,8 +6,9 @@ Use from a test module (pytest's pythonpath has ``tests``)::
 
 (the fixtures are named ``vbox_host`` and ``vbox_sim``; importing registers them).
 
-* ``vbox_sim`` — always the simulator (``tests/vboxsim/VBoxManage`` first on PATH, its state in
-  a fresh directory named by ``VBOXSIM_STATE``); faults and guest scripts can be set.
+* ``vbox_sim`` — always the simulator (a ``VBoxManage`` launcher for ``tests/vboxsim`` first on
+  PATH, its state in a fresh directory named by ``VBOXSIM_STATE``); faults and guest scripts
+  can be set. (``tests/vboxsim/VBoxManage`` itself works too, via ``env python3``.)
 * ``vbox_host`` — parametrized ``sim`` and ``real``: ``real`` runs only when a real
   ``VBoxManage`` is on PATH and ``VMWRAPPER_REAL_VBOX=1``; otherwise it is skipped with the
   reason. Tests written against ``vbox_host`` therefore run against both.
@@ -23,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ def real_vbox_skip_reason() -> str | None:
     found = shutil.which("VBoxManage")
     if found is None:
         return "VMWRAPPER_REAL_VBOX=1 but no VBoxManage on PATH"
-    if Path(found).resolve() == SIM_EXECUTABLE.resolve():
+    if "vboxsim" in Path(found).read_text(errors="replace")[:2000]:
         return "the VBoxManage on PATH is the simulator"
     return None
 
@@ -105,10 +107,28 @@ class VBoxHost:
                     os.kill(int(pid), signal.SIGKILL)
 
 
+def sim_bin_dir(where: Path) -> Path:
+    """A directory holding a ``VBoxManage`` that runs the simulator with this very interpreter
+    (no ``env python3`` lookup, no pyenv shim, no site-packages: each call starts fast)."""
+    bin_dir = where / "vboxsim-bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    launcher = bin_dir / "VBoxManage"
+    launcher.write_text(
+        f"#!{sys.executable} -S\n"
+        "import sys\n"
+        "sys.dont_write_bytecode = False\n"
+        f"sys.path.insert(0, {str(SIM_DIR)!r})\n"
+        "from vboxsim_impl import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    launcher.chmod(0o755)
+    return bin_dir
+
+
 def _sim_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VBoxHost:
     state = tmp_path / "vboxsim-state"
     state.mkdir()
-    path = f"{SIM_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+    path = f"{sim_bin_dir(tmp_path)}{os.pathsep}{os.environ.get('PATH', '')}"
     monkeypatch.setenv("PATH", path)
     monkeypatch.setenv("VBOXSIM_STATE", str(state))
     monkeypatch.setenv("VBOX_USER_HOME", str(tmp_path / "vbox-profile"))
