@@ -26,8 +26,9 @@ from vmwrapper.errors import ImageError
 from vmwrapper.images import disk, qemu_img
 from vmwrapper.images.cpio import CpioEntry, with_parent_dirs, write_newc
 from vmwrapper.images.debs import BUSYBOX_PACKAGE, DebStore, PackageId, sha256_file, unpack
+from vmwrapper.images.kernel import KernelParts, kernel_parts
 from vmwrapper.images.mbr import plan_layout
-from vmwrapper.images.modules import KernelModule, format_modules_dep, load_order, module_from_elf
+from vmwrapper.images.modules import KernelModule, format_modules_dep, load_order
 from vmwrapper.images.recipe import (
     BuildInputs,
     ImageRecipe,
@@ -187,39 +188,25 @@ def _busybox_entries(busybox: Path) -> list[CpioEntry]:
     return entries
 
 
-def _kernel_modules(root: Path) -> tuple[str, dict[str, KernelModule]]:
-    bases = sorted((root / "lib" / "modules").glob("*"))
-    if not bases:
-        raise ImageError("the kernel package has no /lib/modules directory")
-    base = bases[-1]
-    index: dict[str, KernelModule] = {}
-    for ko in base.rglob("*.ko"):
-        rel = str(ko.relative_to(base))
-        module = module_from_elf(rel, ko.read_bytes())
-        index[module.name] = module
-    return base.name, index
-
-
 def _module_entries(
-    recipe: ImageRecipe, kernel_root: Path
-) -> tuple[str, list[CpioEntry], tuple[KernelModule, ...]]:
-    version, index = _kernel_modules(kernel_root)
+    recipe: ImageRecipe, parts: KernelParts
+) -> tuple[list[CpioEntry], tuple[KernelModule, ...]]:
+    index = parts.index
     boot = load_order(recipe.boot_modules, index)
     everything = load_order((*recipe.boot_modules, *recipe.optional_modules), index)
-    base = kernel_root / "lib" / "modules" / version
-    prefix = f"lib/modules/{version}"
+    prefix = f"lib/modules/{parts.version}"
     entries = [
-        CpioEntry.file(f"{prefix}/{m.path}", (base / m.path).read_bytes()) for m in everything
+        CpioEntry.file(f"{prefix}/{m.path}", (parts.module_root / m.path).read_bytes())
+        for m in everything
     ]
     entries.append(
         CpioEntry.file(f"{prefix}/modules.dep", format_modules_dep(everything, index).encode())
     )
-    for name in ("modules.builtin", "modules.order"):
-        if (base / name).is_file():
-            entries.append(CpioEntry.file(f"{prefix}/{name}", (base / name).read_bytes()))
+    for name, data in parts.extra_files.items():
+        entries.append(CpioEntry.file(f"{prefix}/{name}", data))
     boot_list = "".join(f"{m.path}\n" for m in boot)
     entries.append(CpioEntry.file("etc/vmwrapper/boot-modules", boot_list.encode()))
-    return version, entries, everything
+    return entries, everything
 
 
 def _guest_entries() -> list[CpioEntry]:
@@ -279,14 +266,19 @@ def build_image(
     key = cache_key(recipe, resolved.inputs)
     with tempfile.TemporaryDirectory(prefix="vmwrapper-image-") as tmpdir:
         tmp = Path(tmpdir)
-        kernel_root = tmp / "kernel"
-        unpack(store.fetch(resolved.kernel), kernel_root)
+        parts = kernel_parts(
+            store,
+            resolved.kernel,
+            (*recipe.boot_modules, *recipe.optional_modules),
+            store.directory.parent / "kernels",
+        )
+        kernel_version = parts.version
         if resolved.busybox is None:
             busybox = HOST_BUSYBOX
         else:
             unpack(store.fetch(resolved.busybox), tmp / "busybox")
             busybox = tmp / "busybox" / "bin" / "busybox"
-        kernel_version, module_entries, modules = _module_entries(recipe, kernel_root)
+        module_entries, modules = _module_entries(recipe, parts)
         base_entries = [
             *(CpioEntry.directory(d) for d in SKELETON_DIRS),
             *DEVICE_NODES,
@@ -314,9 +306,7 @@ def build_image(
             (tmp / EXTRA_INITRD).write_bytes(extra_initrd)
             boot_files[EXTRA_INITRD] = tmp / EXTRA_INITRD
 
-        vmlinuz = next((kernel_root / "boot").glob("vmlinuz-*"), None)
-        if vmlinuz is None:
-            raise ImageError(f"{resolved.kernel.name} has no /boot/vmlinuz-*")
+        vmlinuz = parts.vmlinuz
         cfg = tmp / "syslinux.cfg"
         cfg.write_text(syslinux_config(recipe.cmdline, tuple(boot_files)))
         files = {"vmlinuz": vmlinuz, **boot_files, "syslinux.cfg": cfg}
