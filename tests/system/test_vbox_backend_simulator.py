@@ -1,0 +1,199 @@
+"""The VBoxManage simulator itself: VirtualBox's formats, codes and refusals.
+
+These pin down the simulator's fidelity (what the back-end tests rely on); they call it directly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers.vbox_fixtures import VBoxHost, vbox_sim_fixture  # noqa: F401
+from vmwrapper.hypervisor.virtualbox import output
+
+pytestmark = pytest.mark.system
+
+
+def ok(host: VBoxHost, *args: str) -> str:
+    result = host.vboxmanage(*args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def refused(host: VBoxHost, *args: str) -> tuple[int, str]:
+    result = host.vboxmanage(*args)
+    assert result.returncode != 0, result.stdout
+    return result.returncode, result.stderr + result.stdout
+
+
+def disk(path: Path) -> str:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vdi", str(path), "16M"], check=True)
+    return str(path)
+
+
+def test_formats_codes_and_refusals(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    code, text = refused(vbox_sim, "showvminfo", "nosuch", "--machinereadable")
+    assert code == 1 and text.startswith("VBoxManage: error: Could not find a registered machine")
+    assert output.error_code(text) == output.VBOX_E_OBJECT_NOT_FOUND
+
+    created = ok(
+        vbox_sim,
+        "createvm",
+        "--name",
+        "vm1",
+        "--basefolder",
+        str(tmp_path),
+        "--ostype",
+        "Linux26_64",
+        "--register",
+    )
+    assert "Virtual machine 'vm1' is created and registered." in created
+    code, text = refused(
+        vbox_sim, "createvm", "--name", "vm1", "--basefolder", str(tmp_path), "--register"
+    )
+    assert output.error_code(text) == output.VBOX_E_FILE_ERROR and "already exists" in text
+
+    code, text = refused(vbox_sim, "modifyvm", "vm1", "--bogus-option", "1")
+    assert code == 2 and "Unknown option: --bogus-option" in text
+
+    ok(
+        vbox_sim,
+        "storagectl",
+        "vm1",
+        "--name",
+        "SATA",
+        "--add",
+        "sata",
+        "--controller",
+        "IntelAHCI",
+        "--portcount",
+        "2",
+    )
+    code, text = refused(
+        vbox_sim,
+        "storageattach",
+        "vm1",
+        "--storagectl",
+        "SATA",
+        "--port",
+        "0",
+        "--device",
+        "0",
+        "--type",
+        "hdd",
+        "--medium",
+        str(tmp_path / "no.vdi"),
+    )
+    assert "VERR_FILE_NOT_FOUND" in text and output.error_code(text) == output.VBOX_E_FILE_ERROR
+
+    # a normal disk in use by one VM cannot become multiattach, nor be attached to a second VM
+    shared = disk(tmp_path / "shared.vdi")
+    ok(
+        vbox_sim,
+        "storageattach",
+        "vm1",
+        "--storagectl",
+        "SATA",
+        "--port",
+        "0",
+        "--device",
+        "0",
+        "--type",
+        "hdd",
+        "--medium",
+        shared,
+    )
+    ok(vbox_sim, "createvm", "--name", "vm2", "--basefolder", str(tmp_path), "--register")
+    ok(vbox_sim, "storagectl", "vm2", "--name", "SATA", "--add", "sata", "--portcount", "2")
+    code, text = refused(
+        vbox_sim,
+        "storageattach",
+        "vm2",
+        "--storagectl",
+        "SATA",
+        "--port",
+        "0",
+        "--device",
+        "0",
+        "--type",
+        "hdd",
+        "--mtype",
+        "multiattach",
+        "--medium",
+        shared,
+    )
+    assert output.error_code(text) == output.VBOX_E_OBJECT_IN_USE
+    code, text = refused(
+        vbox_sim,
+        "storageattach",
+        "vm2",
+        "--storagectl",
+        "SATA",
+        "--port",
+        "0",
+        "--device",
+        "0",
+        "--type",
+        "hdd",
+        "--medium",
+        shared,
+    )
+    assert output.error_code(text) == output.VBOX_E_OBJECT_IN_USE
+    info = output.parse_hdinfo(ok(vbox_sim, "showhdinfo", shared))
+    assert [name for name, _ in info.in_use_by] == ["vm1"] and info.type == "normal (base)"
+
+    # snapshots: tree output, current marker, a snapshot with two children cannot be deleted
+    code, text = refused(vbox_sim, "snapshot", "vm1", "list")
+    assert "This machine does not have any snapshots" in text
+    ok(vbox_sim, "snapshot", "vm1", "take", "a")
+    ok(vbox_sim, "snapshot", "vm1", "take", "b")
+    ok(vbox_sim, "snapshot", "vm1", "restore", "a")
+    ok(vbox_sim, "snapshot", "vm1", "take", "c")
+    entries = output.parse_snapshot_list(ok(vbox_sim, "snapshot", "vm1", "list"))
+    assert [(e.name, e.depth, e.current) for e in entries] == [
+        ("a", 0, False),
+        ("b", 1, False),
+        ("c", 1, True),
+    ]
+    code, text = refused(vbox_sim, "snapshot", "vm1", "delete", "a")
+    assert "more than one child snapshot" in text
+    assert output.error_code(text) == output.VBOX_E_INVALID_OBJECT_STATE
+    ok(vbox_sim, "snapshot", "vm1", "delete", "b")
+    ok(vbox_sim, "snapshot", "vm1", "delete", "a")
+    values = output.parse_machinereadable(ok(vbox_sim, "showvminfo", "vm1", "--machinereadable"))
+    assert values["CurrentSnapshotName"] == "c" and values["VMState"] == "poweroff"
+
+    # a running VM is locked: modifyvm refused; controlvm of a stopped VM refused
+    code, text = refused(vbox_sim, "controlvm", "vm1", "pause")
+    assert "is not currently running" in text and output.error_code(text) is None
+    ok(vbox_sim, "startvm", "vm1", "--type", "headless")
+    try:
+        code, text = refused(vbox_sim, "modifyvm", "vm1", "--memory", "512")
+        assert output.error_code(text) == output.VBOX_E_INVALID_OBJECT_STATE
+        assert "already locked for a session" in text
+        code, text = refused(vbox_sim, "snapshot", "vm1", "restore", "c")
+        assert output.error_code(text) == output.VBOX_E_INVALID_VM_STATE
+        ok(vbox_sim, "controlvm", "vm1", "pause")
+        code, text = refused(vbox_sim, "controlvm", "vm1", "pause")
+        assert output.error_code(text) == output.VBOX_E_INVALID_VM_STATE
+        log = (tmp_path / "vm1" / "Logs" / "VBox.log").read_text()
+        assert "Process ID: " in log
+        assert "Console: Machine state changed to 'Paused'" in log
+    finally:
+        vbox_sim.vboxmanage("controlvm", "vm1", "poweroff")
+    values = output.parse_machinereadable(ok(vbox_sim, "showvminfo", "vm1", "--machinereadable"))
+    assert values["VMState"] == "poweroff"
+
+
+def test_version_6_refuses_version_7_spellings(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    vbox_sim.configure(version="6.1.50")
+    assert ok(vbox_sim, "--version").startswith("6.1.50r")
+    assert "--nictype<1-N>" in ok(vbox_sim, "help", "modifyvm")
+    ok(vbox_sim, "createvm", "--name", "old", "--basefolder", str(tmp_path), "--register")
+    ok(vbox_sim, "modifyvm", "old", "--nictype1", "virtio")
+    code, text = refused(vbox_sim, "modifyvm", "old", "--nic-type1", "virtio")
+    assert code == 2 and "Unknown option: --nic-type1" in text
+    code, text = refused(vbox_sim, "modifyvm", "old", "--hwvirtex", "off")  # gone in 6.1
+    assert code == 2
