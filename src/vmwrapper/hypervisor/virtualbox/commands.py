@@ -172,22 +172,20 @@ def is_64bit_guest(config: VmConfig) -> bool:
 # ---- creation (§3.7) ------------------------------------------------------------------
 
 
+def _createvm_args(config: VmConfig) -> list[str]:
+    args = ["createvm", "--name", config.name, "--basefolder", str(config.slot_dir)]
+    if config.os_name:
+        args += ["--ostype", config.os_name]
+    return [*args, "--register"]
+
+
 def define_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
     """createvm and the basic machine settings (§3.7 steps 2-8)."""
     vm = config.name
     boot = ("dvd", "disk") if config.boot_iso else ("disk", "dvd")
     return [
-        _step(
-            "create",
-            "createvm",
-            "--name",
-            vm,
-            "--basefolder",
-            str(config.slot_dir),
-            "--ostype",
-            config.os_name,
-            "--register",
-        ),
+        # no `--ostype ""` for a job without os_name: VirtualBox then picks "Other"
+        _step("create", *_createvm_args(config)),
         _step(
             "modifydescription",
             "modifyvm",
