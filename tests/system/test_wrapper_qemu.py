@@ -20,6 +20,7 @@ import pytest
 
 from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from vmwrapper.harness.job import JobReport, JobRequest, Progress, run_job
+from vmwrapper.harness.task import TaskEvent
 from vmwrapper.supervisor.events import read_events
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
@@ -32,7 +33,7 @@ JOB = """<vbox_job>
   <temporary_exit_trigger_file>later</temporary_exit_trigger_file>
   <trickle_trigger_file>trickle_a</trickle_trigger_file>
   <fraction_done_filename>progress</fraction_done_filename>
-  <minimum_checkpoint_interval>2</minimum_checkpoint_interval>
+  <minimum_checkpoint_interval>4</minimum_checkpoint_interval>
 </vbox_job>
 """
 
@@ -40,10 +41,10 @@ JOB = """<vbox_job>
 # snapshotted, killed and restored.
 COUNTING_APP = """#!/bin/sh
 i=0
-while [ $i -lt 8 ]; do
+while [ $i -lt 10 ]; do
   i=$((i+1))
   echo "step $i" >> result
-  echo "0.$i" > progress
+  echo "$i" | awk '{ print $1 / 10 }' > progress
   sleep 1
 done
 echo "<steps>$i</steps>" > trickle_a
@@ -59,7 +60,7 @@ if [ ! -f /tmp/phase1 ]; then
   touch /tmp/phase1
   echo "phase 1" >> result
   printf '1\\n0\\n' > later
-  sleep 5
+  sleep 10
 fi
 echo "phase 2" >> result
 sleep 1
@@ -91,6 +92,7 @@ def package(tmp: Path, image: Path, app_script: str) -> Path:
             str(src / "app.sh"),
             "--output",
             "result",
+            "--no-gzip",
             "--cmdline",
             "--backend qemu",
             "--out",
@@ -103,7 +105,12 @@ def package(tmp: Path, image: Path, app_script: str) -> Path:
     return out
 
 
-def run(app: Path, work: Path, on_progress: Callable[[Progress], None] | None = None) -> JobReport:
+def run(
+    app: Path,
+    work: Path,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_event: Callable[[TaskEvent], None] | None = None,
+) -> JobReport:
     request = JobRequest(
         app_dir=app,
         workdir=work,
@@ -112,7 +119,7 @@ def run(app: Path, work: Path, on_progress: Callable[[Progress], None] | None = 
         max_restart_delay=1.0,
         max_episodes=4,
     )
-    return run_job(request, on_progress=on_progress)
+    return run_job(request, on_progress=on_progress, on_event=on_event)
 
 
 def output(report: JobReport) -> str:
@@ -149,11 +156,11 @@ def test_completion_trigger_trickle_fraction_and_output(
 ) -> None:
     report, fractions = uninterrupted
     assert report.finish_status == 0, report.message + report.stderr_tail
-    assert report.finish_message == "Counted to 8."
+    assert report.finish_message == "Counted to 10."
     assert report.episodes == 1
-    assert [(t.variety, t.body) for t in report.trickles] == [("trickle_a", "<steps>8</steps>\n")]
-    assert any(0.1 <= f <= 0.8 for f in fractions)  # the guest's progress file reached the client
-    assert output(report) == "".join(f"step {i}\n" for i in range(1, 9))
+    assert [(t.variety, t.body) for t in report.trickles] == [("trickle_a", "<steps>10</steps>\n")]
+    assert any(0.1 <= f <= 0.9 for f in fractions)  # the guest's progress file reached the client
+    assert output(report) == "".join(f"step {i}\n" for i in range(1, 11))
     assert "VM Completion File Detected." in report.stderr_tail
     slot = Path(report.slot_dir)
     assert [e for e in read_events(slot) if e["event"] == "checkpoint"]
@@ -185,7 +192,7 @@ def test_kill_9_after_a_checkpoint_then_restart_gives_the_same_output(
     report = run(counting_app, work, kill_after_checkpoint)
     assert killed, "the wrapper was never killed"
     assert report.episodes == 2, report.message + report.stderr_tail
-    assert report.finish_status == 0 and report.finish_message == "Counted to 8."
+    assert report.finish_status == 0 and report.finish_message == "Counted to 10."
     assert output(report) == output(uninterrupted[0])
     starts = [e for e in read_events(slot) if e["event"] == "vm_started"]
     assert starts[-1]["snapshot"].startswith("boinc_")  # the second episode restored
@@ -197,7 +204,15 @@ def test_temporary_exit_trigger_then_restart_from_the_checkpoint(
     tmp_path: Path,
 ) -> None:
     app = package(tmp_path, default_guest_image, TEMPORARY_EXIT_APP)
-    report = run(app, tmp_path / "client")
+    result = tmp_path / "client" / "slots" / "0" / "shared" / "result"
+    after_first: list[str] = []
+
+    def at_exit(event: TaskEvent) -> None:
+        if event.kind == "exit" and not after_first:
+            after_first.append(result.read_text())
+
+    report = run(app, tmp_path / "client", on_event=at_exit)
+    assert after_first == ["phase 1\n"]  # stopped right after the trigger: phase 2 still to do
     assert report.success, report.message + report.stderr_tail
     assert report.episodes == 2
     assert len(report.temporary_exits) == 1 and report.temporary_exits[0][1]  # with a reason

@@ -243,7 +243,7 @@ def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
         except Exception as exc:  # a bug in the wrapper: say so, and stop the VM
             log.exception("internal error: %s", exc)
             with contextlib.suppress(Exception):
-                backend.poweroff()
+                backend.poweroff(0.0)
             outcome = Finish(ERR_EXEC, f"vmwrapper internal error: {type(exc).__name__}: {exc}")
         return conclude(outcome, slot_dir, client)
     finally:

@@ -56,6 +56,9 @@ MAX_STATUS_FAILURES = 60
 #: A final checkpoint (before a temporary exit) retries a refused snapshot for this long.
 FINAL_CHECKPOINT_PATIENCE = 10.0
 GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
+#: PowerOff is a hard power-off, as vboxwrapper's `controlvm poweroff`: the VM's state is in the
+#: checkpoint (or the job is over), and an ACPI shutdown would let the guest run on meanwhile.
+POWEROFF_GRACE = 0.0
 CERN_OUTPUT_FILE = "output"
 #: Trigger files already acted on, kept across restarts (see triggers.is_echo).
 CONSUMED_FILE = "vmwrapper_triggers.json"
@@ -571,7 +574,7 @@ class Supervisor:
         status = backend.status()
         if status.state.online:
             log.info("VM was running (left by an earlier run); powering it off.")
-            backend.poweroff()
+            backend.poweroff(POWEROFF_GRACE)
         keep = self.rt.record.snapshot
         for orphan in ckpt.orphan_snapshots(backend.checkpoints(), keep):
             log.info("Deleting orphan snapshot %s (no checkpoint record names it).", orphan)
@@ -588,7 +591,7 @@ class Supervisor:
                 raise
             # A damaged snapshot must not lose the job: boot afresh, keep elapsed and CPU.
             log.warning("Restoring %s failed (%s); booting afresh.", action.restore, exc)
-            self.backend.poweroff()
+            self.backend.poweroff(POWEROFF_GRACE)
             pid = self.backend.start(None)
         self.rt.boot_started = self.clock()
         log.info(
@@ -719,7 +722,7 @@ class Supervisor:
         self.backend.save_state()
 
     def _do_PowerOff(self, action: m.PowerOff) -> None:
-        self.backend.poweroff()
+        self.backend.poweroff(POWEROFF_GRACE)
 
     def _do_Cleanup(self, action: m.Cleanup) -> None:
         self.backend.cleanup()
