@@ -216,6 +216,23 @@ CASES: list[tuple[str, Callable[[], AppDirFacts]]] = [
         lambda: _facts(wu=InputTemplate((), bounds=WorkunitBounds(rsc_disk_bound=2**20))),
     ),
     ("VMW034", lambda: _facts(modes={"app_vm_image_1.vdi": FileFacts(head=b"\0" * 512)})),
+    (
+        "VMW040",
+        lambda: _facts(
+            modes={
+                "app_vm_image_1.vdi": FileFacts(
+                    head=VDI_HEAD + b"\x01\x00\x01\x00" + b"\x80\x01\x00\x00" + b"\x04\0\0\0"
+                )
+            }
+        ),
+    ),
+    (
+        "VMW041",
+        lambda: _facts(
+            job=GOOD_JOB.format(extra="<copy_to_shared>params.txt</copy_to_shared>"),
+            wu=InputTemplate((InputFile("shared/in"),)),
+        ),
+    ),
     ("VMW035", lambda: _facts(job=GOOD_JOB.format(extra="<no_such_element/>"))),
     (
         "VMW037",
@@ -349,3 +366,20 @@ def test_tutorial_lists_every_code() -> None:
     text = tutorial.read_text()
     for code, (severity, _title) in CODES.items():
         assert f"| {code} | {severity.value} |" in text, code
+
+
+def test_copy_to_shared_names_the_slot_has() -> None:
+    job = GOOD_JOB.format(
+        extra="<copy_to_shared>init_data.xml</copy_to_shared>"
+        "<copy_to_shared>params.txt</copy_to_shared>"
+    )
+    wu = InputTemplate((InputFile("params.txt", copy_file=False),))
+    assert "VMW041" not in _codes(lint_app_dir(_facts(job=job, wu=wu)))
+    # Without the workunit template the name may come with the workunit: no finding.
+    assert "VMW041" not in _codes(lint_app_dir(_facts(job=job)))
+
+
+def test_vdi_image_types() -> None:
+    normal = VDI_HEAD + b"\x01\x00\x01\x00" + b"\x80\x01\x00\x00" + b"\x01\0\0\0"
+    codes = _codes(lint_app_dir(_facts(modes={"app_vm_image_1.vdi": FileFacts(head=normal)})))
+    assert "VMW040" not in codes and "VMW034" not in codes

@@ -40,6 +40,9 @@ from vmwrapper.spec import JobSpec, parse_job
 from vmwrapper.spec.model import MIN_MEMORY_SIZE_MB
 
 VERSION_XML = "version.xml"
+_VDI_DIFF = 4
+#: Files the client (or the wrapper) puts into every slot, besides the logical names.
+_SLOT_FILES = frozenset({"init_data.xml", "boinc_task_state.xml"})
 INPUTS_DIR = "inputs"
 MIB = 1024 * 1024
 
@@ -147,6 +150,8 @@ CODES: dict[str, tuple[Severity, str]] = {
     "VMW037": (Severity.WARNING, "a physical name has no version number"),
     "VMW038": (Severity.WARNING, "an os_name only recent VirtualBox versions know"),
     "VMW039": (Severity.WARNING, "workunit boinc_app not marked executable"),
+    "VMW040": (Severity.ERROR, "the VM image is a differencing (child) VDI"),
+    "VMW041": (Severity.WARNING, "copy_to_shared names a file the slot will not have"),
     "VMW101": (Severity.WARNING, "a port forward is reachable from other computers"),
     "VMW102": (Severity.WARNING, "bridged networking"),
     "VMW103": (Severity.WARNING, "the project directory is shared with the VM"),
@@ -504,6 +509,17 @@ def _check_vdi_header(ctx: _Ctx, physical_name: str) -> None:
             "not a VirtualBox VDI image (no VDI signature); VirtualBox hosts cannot use it",
             f"convert it: qemu-img convert -O vdi IMAGE {physical_name}",
         )
+        return
+    # Header v1.x: the image type (1 normal, 2 fixed, 3 undo, 4 differencing) at offset 76.
+    if len(facts.head) >= 80 and int.from_bytes(facts.head[76:80], "little") == _VDI_DIFF:
+        ctx.out(
+            "VMW040",
+            physical_name,
+            "a differencing VDI (a snapshot or multiattach child): it needs its parent, which "
+            "volunteers do not have",
+            "ship the merged image: VBoxManage clonemedium CHILD merged.vdi "
+            "(or qemu-img convert -O vdi CHILD merged.vdi)",
+        )
 
 
 def _check_boinc_app(ctx: _Ctx) -> None:
@@ -650,6 +666,17 @@ def _check_job_values(ctx: _Ctx, spec: JobSpec) -> None:
             "512 MB, so the host needs more memory than you planned",
             "set <memory_size_mb>512</memory_size_mb> or more",
         )
+    if ctx.wu is not None:  # only with the workunit's files known can a name be missing
+        known = {f.open_name for f in ctx.version.files}
+        known |= {f.open_name for f in ctx.wu.files} | _SLOT_FILES
+        for name in (n for n in spec.copy_to_shared if n not in known):
+            out(
+                "VMW041",
+                file,
+                f"<copy_to_shared> {name}: no such file in the slot (not init_data.xml, not a "
+                "logical name of the app version or the workunit); the copy does nothing",
+                "name a file the slot has, e.g. init_data.xml, or add that file",
+            )
     plan = ctx.facts.plan_class
     if plan is PlanClass.VBOX32 and spec.requires_hw_acceleration:
         out(
