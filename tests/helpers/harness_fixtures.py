@@ -58,6 +58,7 @@ def make_pyapp_dir(
     max_nbytes: int = 100000,
     input_name: str | None = None,
     api_version: str = "7.20.5",
+    bounds: str = "",
 ) -> Path:
     """An APP_DIR whose main program runs tests/data/protocol/pyapp.py under the harness."""
     app = root / "pyapp"
@@ -80,6 +81,10 @@ def make_pyapp_dir(
             max_nbytes=max_nbytes, open_name=output, copy="<copy_file/>" if output_copy else ""
         )
     )
+    if bounds and input_name is None:  # a workunit with bounds (e.g. rsc_disk_bound), no files
+        (app / "templates" / "input_template.xml").write_text(
+            f"<input_template><workunit>{bounds}</workunit></input_template>\n"
+        )
     if input_name is not None:
         (app / "templates" / "input_template.xml").write_text(
             INPUT_TEMPLATE.format(open_name=input_name, command_line="")

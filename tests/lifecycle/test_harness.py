@@ -36,7 +36,7 @@ from vmwrapper.harness.job import (
     stage_job,
 )
 from vmwrapper.harness.slot import build_init_data, escape_project_url, host_info
-from vmwrapper.harness.task import TaskEvent
+from vmwrapper.harness.task import Limits, TaskEvent, limits_for
 from vmwrapper.outcome import ERR_FILE_MISSING
 
 GOLDEN = DATA / "real-client-slot"
@@ -369,3 +369,42 @@ def test_app_version_without_api_version_gets_system_v_memory(tmp_path: Path) ->
     key = parse_init_data((slot / "init_data.xml").read_bytes()).shm_key
     assert key not in (-1, 0)
     assert Segment.attach_sysv(key, slot) is None  # destroyed when the task ended
+
+
+def test_elapsed_time_limit_aborts_with_197(tmp_path: Path) -> None:
+    # rsc_fpops_bound / 1e9 flops = 200 s of run time; suspended time does not count
+    bounds = "<rsc_fpops_bound>2e11</rsc_fpops_bound>"
+    app = make_pyapp_dir(tmp_path, "--steps 2000 --step-time 0.02", bounds=bounds)
+    clock = FastClock(factor=40)
+    report, _ = run(
+        app,
+        tmp_path / "work",
+        ScheduledAction(10, Action.SUSPEND),
+        ScheduledAction(110, Action.RESUME),
+        clock=clock,
+        poll_interval=1.0,
+    )
+    assert report.outcome is JobOutcome.ABORTED and report.exit_status == 197
+    assert "exceeded elapsed time limit 200.00 s" in report.message
+    limit_time = next(t for t, kind, _ in report.events if kind == "limit")
+    assert 295 <= limit_time <= 320  # 200 s running + 100 s suspended
+    assert report.process_exit_code == 194  # the app obeyed <abort/>
+
+
+def test_short_time_bounds_become_12_hours() -> None:
+    assert limits_for(1e10, 1e9, 0, 60).max_elapsed == 43200  # 10 s < 120 s
+    assert limits_for(1e12, 1e9, 5e8, 60) == Limits(1000, 5e8, 300)
+    assert limits_for(1e15, 1e9, 1e9, 600).disk_check_interval == 600
+
+
+def test_disk_limit_aborts_with_196(tmp_path: Path) -> None:
+    bounds = "<rsc_disk_bound>100000</rsc_disk_bound>"
+    app = make_pyapp_dir(
+        tmp_path, "--steps 2000 --step-time 0.02 --write-bytes 200000", bounds=bounds
+    )
+    clock = FastClock(factor=100)
+    report, _ = run(app, tmp_path / "work", clock=clock, poll_interval=1.0)
+    assert report.outcome is JobOutcome.ABORTED and report.exit_status == 196
+    assert "exceeded disk limit" in report.message
+    limit_time = next(t for t, kind, _ in report.events if kind == "limit")
+    assert 300 <= limit_time <= 320  # checked at the first poll, then every 300 s

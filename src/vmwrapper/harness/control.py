@@ -112,6 +112,7 @@ class ExitFacts:
     finish: Finish | None = None
     kill_reason: str = ""
     abort_code: int = EXIT_ABORTED_VIA_GUI
+    abort_reason: str = ""  # why the client aborted it (a limit), if not the user
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,10 @@ class ExitVerdict:
 def classify_exit(facts: ExitFacts) -> ExitVerdict:
     """``handle_exited_app`` (7.20.5, Unix)."""
     if facts.state is TaskState.ABORT_PENDING:
+        why = f": {facts.abort_reason}" if facts.abort_reason else ""
         return ExitVerdict(
             Disposition.ABORTED,
-            f"aborted by the client{_detail(facts)}",
+            f"aborted by the client{why}{_detail(facts)}",
             exit_status=facts.abort_code,
         )
     if facts.state is TaskState.QUIT_PENDING:

@@ -35,6 +35,7 @@ from vmwrapper.harness.control import (
     classify_exit,
 )
 from vmwrapper.harness.slot import (
+    FLOPS,
     SHM_KEY_MMAP,
     DataDir,
     StagedFile,
@@ -54,6 +55,7 @@ from vmwrapper.harness.task import (
     TaskEvent,
     UploadTarget,
     client_environment,
+    limits_for,
 )
 from vmwrapper.outcome import ERR_FILE_MISSING, EXIT_ABORTED_VIA_GUI
 
@@ -423,6 +425,13 @@ def run_job(
             on_event=record,
             checkpoint_cpu_time=state.checkpoint_cpu_time,
             shm_key=shm_key,
+            limits=limits_for(
+                staged.app.workunit.rsc_fpops_bound,
+                FLOPS,
+                staged.app.workunit.rsc_disk_bound,
+                request.checkpoint_period,
+            ),
+            starting_elapsed=state.checkpoint_elapsed,
         )
         try:
             task.start()
@@ -521,7 +530,7 @@ def _run_episode(
             state.checkpoints += 1
             state.premature_exits = 0
             state.checkpoint_cpu_time = task.status.checkpoint_cpu_time
-            state.checkpoint_elapsed = clock() - state.started
+            state.checkpoint_elapsed = task.elapsed
         state.cpu_time = max(state.cpu_time, task.status.current_cpu_time)
         if task.fraction_done:
             state.fraction_done = task.fraction_done

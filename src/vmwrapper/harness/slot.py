@@ -36,6 +36,9 @@ CLIENT_VERSION = (7, 20, 5)
 #: ``boinc_mkdir`` makes slot sub-directories with this mode.
 SLOT_SUBDIR_MODE = 0o771
 SHM_KEY_MMAP = -1
+#: Speed the harness reports for the host and assumes for the app version (the client's
+#: ``avp->flops``); with ``rsc_fpops_bound`` it gives the elapsed-time limit.
+FLOPS = 1e9
 
 
 def escape_project_url(url: str) -> str:
@@ -176,8 +179,8 @@ def host_info() -> HostInfo:
         p_vendor=cpu.get("vendor_id", ""),
         p_model=cpu.get("model name", ""),
         p_features=cpu.get("flags", ""),
-        p_fpops=1e9,
-        p_iops=1e9,
+        p_fpops=FLOPS,
+        p_iops=FLOPS,
         p_membw=1e9,
         p_calculated=time.time(),
         m_nbytes=float(memory.total),

@@ -48,12 +48,21 @@ from vmwrapper.harness.control import (
     ExitFacts,
     TaskState,
 )
-from vmwrapper.outcome import ERR_FILE_MISSING, EXIT_ABORTED_BY_CLIENT, EXIT_ABORTED_VIA_GUI
+from vmwrapper.outcome import (
+    ERR_FILE_MISSING,
+    EXIT_ABORTED_BY_CLIENT,
+    EXIT_ABORTED_VIA_GUI,
+    EXIT_DISK_LIMIT_EXCEEDED,
+    EXIT_TIME_LIMIT_EXCEEDED,
+)
 
 log = logging.getLogger(__name__)
 
 #: The client looks for the finish file this often.
 FINISH_FILE_CHECK_INTERVAL = 10.0
+#: An elapsed-time bound below this is replaced by the default (12 h).
+MIN_TIME_BOUND = 120.0
+DEFAULT_TIME_BOUND = 43200.0
 #: nice values: normal jobs, and "high priority" ones (wrappers, GPU apps, < 1 CPU).
 NICE_NORMAL = 19
 NICE_HIGH_PRIORITY = 10
@@ -74,6 +83,25 @@ class UploadTarget:
 
     physical_name: str
     copy_file: bool
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The client's resource limits for a task (``check_rsc_limits_exceeded``, §6.4)."""
+
+    max_elapsed: float = float("inf")  # s of run time (suspended time does not count)
+    max_disk: float = float("inf")  # bytes: slot dir + output files
+    disk_check_interval: float = 300.0  # max(disk_interval, 300)
+
+
+def limits_for(
+    rsc_fpops_bound: float, flops: float, rsc_disk_bound: float, disk_interval: float
+) -> Limits:
+    """The limits the client derives from the workunit (``ACTIVE_TASK::init``)."""
+    max_elapsed = rsc_fpops_bound / flops if flops > 0 else float("inf")
+    if max_elapsed < MIN_TIME_BOUND:
+        max_elapsed = DEFAULT_TIME_BOUND
+    return Limits(max_elapsed, rsc_disk_bound or float("inf"), max(disk_interval, 300.0))
 
 
 @dataclass(frozen=True)
@@ -128,6 +156,8 @@ class ActiveTask:
         max_wss: float = 0.0,
         checkpoint_cpu_time: float = 0.0,
         shm_key: int = -1,
+        limits: Limits | None = None,
+        starting_elapsed: float = 0.0,
         wallclock: Callable[[], float] = time.time,
     ) -> None:
         self.slot_dir = slot_dir
@@ -160,6 +190,13 @@ class ActiveTask:
         self._finish_seen_at: float | None = None
         self._other_pid: tuple[int, float | None] = (0, None)
         self._shm_key = shm_key  # -1: boinc_mmap_file; else System V (api_version < 6.0)
+        self.limits = limits or Limits()
+        #: run time of the task across runs (the client's elapsed_time): not while suspended
+        self.elapsed = starting_elapsed
+        self._last_poll: float | None = None
+        self._last_disk_check: float | None = None
+        self.peak_disk_usage = 0.0
+        self._abort_reason = ""
 
     # -- start ----------------------------------------------------------------------------
 
@@ -227,6 +264,14 @@ class ActiveTask:
             self._request_time = self._clock()
             self._emit(TaskEvent("control", "abort"))
 
+    def abort_task(self, code: int, reason: str) -> None:
+        """``ACTIVE_TASK::abort_task``: abort with ``code`` and say why."""
+        if self.state is TaskState.ABORT_PENDING:
+            return
+        self._abort_reason = reason
+        self._emit(TaskEvent("limit", reason, {"exit_status": code}))
+        self.request_abort(code)
+
     def send_trickle_down(self, body: str) -> Path:
         """A trickle-down from the project: file in the slot, notice at the next poll."""
         path = files.write_trickle_down(self.slot_dir, body, self._wallclock())
@@ -265,8 +310,48 @@ class ActiveTask:
         else:
             queue.poll()
         self._check_timeouts(now)
+        self._check_limits(now)
         self._read_channels(seg)
         return None
+
+    def _check_limits(self, now: float) -> None:
+        """Elapsed-time and disk limits, for an executing task only."""
+        if self._last_poll is not None and self.state is TaskState.EXECUTING:
+            self.elapsed += now - self._last_poll
+        self._last_poll = now
+        if self.state is not TaskState.EXECUTING:
+            return
+        if self.elapsed > self.limits.max_elapsed:
+            self.abort_task(
+                EXIT_TIME_LIMIT_EXCEEDED,
+                f"exceeded elapsed time limit {self.limits.max_elapsed:.2f} s",
+            )
+            return
+        due = self._last_disk_check is None or (
+            now - self._last_disk_check > self.limits.disk_check_interval
+        )
+        if due:
+            self._last_disk_check = now
+            usage = self.disk_usage()
+            self.peak_disk_usage = max(self.peak_disk_usage, usage)
+            if usage > self.limits.max_disk:
+                self.abort_task(
+                    EXIT_DISK_LIMIT_EXCEEDED,
+                    f"exceeded disk limit: {usage / 1e6:.2f}MB > "
+                    f"{self.limits.max_disk / 1e6:.2f}MB",
+                )
+
+    def disk_usage(self) -> float:
+        """``current_disk_usage``: the slot dir (not following links) plus the outputs."""
+        total = 0
+        for root, _dirs, names in os.walk(self.slot_dir):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_size
+        for target in self.uploads.values():
+            with contextlib.suppress(OSError):
+                total += (self.project_dir / target.physical_name).stat().st_size
+        return float(total)
 
     def _check_timeouts(self, now: float) -> None:
         if self.state is TaskState.QUIT_PENDING and now - self._request_time > QUIT_TIMEOUT:
@@ -402,6 +487,7 @@ class ActiveTask:
             finish=files.read_finish_file(self.slot_dir),
             kill_reason=self._kill_reason,
             abort_code=self._abort_code,
+            abort_reason=self._abort_reason,
         )
         self._kill_other_pid()
         if self._segment is not None:

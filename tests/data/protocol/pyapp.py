@@ -37,6 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--crash-code", type=int, default=0, help="exit with this code at the end")
     p.add_argument("--ignore-quit", action="store_true")
     p.add_argument("--other-pid", action="store_true", help="report a child as other_pid")
+    p.add_argument("--write-bytes", type=int, default=0, help="a file this big in the slot")
     return p.parse_known_args(argv)[0]  # the client's --run_test_app adds its own
 
 
@@ -65,6 +66,8 @@ def main() -> int:
         child = subprocess.Popen(["sleep", "600"], start_new_session=True)
         other_pid = child.pid
         print(f"pyapp: other_pid {other_pid}", file=sys.stderr)
+    if args.write_bytes:
+        Path("pyapp_big").write_bytes(bytes(args.write_bytes))
     suspensions, was_suspended = 0, False
     while step < args.steps:
         status = client.poll()
