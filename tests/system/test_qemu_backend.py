@@ -231,6 +231,19 @@ def test_killed_wrapper_leaves_a_checkpoint_and_its_qemu_is_stopped_on_restart(
             os.kill(old_pid, signal.SIGKILL)
 
 
+def test_a_slot_path_too_long_for_a_unix_socket(tmp_path: Path) -> None:
+    """sun_path holds 108 bytes: the QMP socket moves to a short path derived from the slot."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    slot, project = make_slot(deep)
+    with qemu_backend(vm_config(slot, project)) as vm:
+        assert not vm.files.qmp_socket.is_relative_to(slot)
+        vm.start()
+        assert vm.files.qmp_socket.exists()
+        assert vm.status().state is VmState.RUNNING
+        socket_path = vm.files.qmp_socket
+    assert not socket_path.exists()
+
+
 def test_every_device_of_the_job_model(tmp_path: Path) -> None:
     """ISO + cache disk + floppy + 3 shares + NAT + VNC: QEMU accepts it and can snapshot."""
     slot, project = make_slot(tmp_path, with_blank_disk=False)
