@@ -130,8 +130,7 @@ def test_full_job_golden() -> None:
         "-blockdev",
         "driver=raw,node-name=fd0,read-only=on,file.driver=file,"
         "file.filename=/var/lib/boinc/slots/3/vm_floppy_3.img",
-        "-device", "isa-fdc,id=fdc0",
-        "-device", "floppy,drive=fd0,bus=fdc0.0,unit=0",
+        "-device", "floppy,drive=fd0,unit=0",
         "-fsdev", "local,id=fs0,path=/var/lib/boinc/slots/3/shared,security_model=none",
         "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=shared",
         "-fsdev",

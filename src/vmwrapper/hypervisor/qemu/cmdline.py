@@ -238,7 +238,9 @@ def _disk_args(config: VmConfig, options: QemuOptions, arch: ArchProfile) -> lis
             )
         # read-only: a writable raw floppy would make QEMU refuse every snapshot
         args += _raw_ro_node("fd0", config.floppy_image)
-        args += ["-device", "isa-fdc,id=fdc0", "-device", "floppy,drive=fd0,bus=fdc0.0,unit=0"]
+        # on the machine's own controller: a second isa-fdc gets no CMOS entry, so Linux
+        # would create no /dev/fd0 for it
+        args += ["-device", "floppy,drive=fd0,unit=0"]
     if options.state_disk is not None:
         # attached to no device: the guest never sees it, savevm stores the VM state in it
         args += _qcow2_node(STATE_NODE, options.state_disk)
