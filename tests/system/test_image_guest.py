@@ -232,3 +232,29 @@ def test_added_files_and_debs_are_in_the_image(tmp_path: Path) -> None:
     run = boot_guest(image, tmp_path / "vm", shared=shared, extra=cdrom)
     assert run.returncode == 0, run.console
     assert (shared / "out").read_text() == ("hello from the deb\nadded with --add\nfrom the iso\n")
+
+
+def test_power_button_powers_the_guest_off_at_once(
+    default_guest_image: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # The wrapper's graceful power-off is an ACPI power button press (QMP system_powerdown).
+    shared = make_shared(tmp_path, "#!/bin/sh\necho app-started\nsleep 600\n", {})
+    vm = tmp_path / "vm"
+    vm.mkdir()
+    overlay = make_overlay(default_guest_image, vm / "overlay.qcow2")
+    console = vm / "console.log"
+    sock = _free_qmp_path(vm)
+    argv = qemu_argv(overlay, console, shared=shared,
+                     extra=["-qmp", f"unix:{sock},server=on,wait=off"])  # fmt: skip
+    with running_guest(argv) as proc:
+        qmp = _connect(sock)
+        try:
+            assert wait_for(lambda: "app-started" in console.read_text(), 180), console.read_text()
+            qmp.cmd_raw("system_powerdown")
+        finally:
+            qmp.close()
+        assert proc.wait(timeout=60) == 0  # not a QMP quit or a kill: the guest powered off
+    text = console.read_text()
+    assert "VMWRAPPER_GUEST: power button pressed: powering off" in text
+    assert "VMWRAPPER_GUEST_DONE" not in text  # the app did not finish

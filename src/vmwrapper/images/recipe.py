@@ -25,7 +25,8 @@ ImageFormat = Literal["vdi", "qcow2", "raw"]
 FORMATS: tuple[ImageFormat, ...] = ("vdi", "qcow2", "raw")
 
 #: Loaded by /init at every boot, in dependency order: shares (9p over virtio-pci), virtio
-#: disks and NICs, and pvpanic (a guest panic makes QEMU exit non-zero).
+#: disks and NICs, pvpanic (a guest panic makes QEMU exit non-zero), and the ACPI power
+#: button with evdev (busybox acpid powers the guest off when the host presses it).
 BOOT_MODULES: tuple[str, ...] = (
     "9p",
     "9pnet_virtio",
@@ -33,6 +34,8 @@ BOOT_MODULES: tuple[str, ...] = (
     "virtio_blk",
     "virtio_net",
     "pvpanic_mmio",
+    "button",
+    "evdev",
 )
 #: Shipped in the image, loaded only when the hardware is there (or on demand with modprobe):
 #: VirtualBox shared folders, floppy (floppyio), CD-ROM/ISO contextualization, FAT media, IDE
