@@ -83,3 +83,12 @@ def test_the_command_runs_as_a_program(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "success" in done.stdout and "finished (boinc_finish(0))" in done.stdout
+
+
+def test_app_text_in_the_summary_is_not_rich_markup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = "printf '0\\n[bold]boom[/bold]\\n\\n' > boinc_finish_called\nexit 0\n"
+    app = make_shell_app_dir(tmp_path, script)
+    assert main(["job", str(app), "--workdir", str(tmp_path / "w")]) == 0
+    assert "[bold]boom[/bold]" in capsys.readouterr().out

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from vmwrapper.errors import VmWrapperError
 from vmwrapper.harness.job import (
@@ -133,36 +134,41 @@ def _summary(report: JobReport, console: Console) -> None:
     table.add_column(style="bold")
     table.add_column()
     style = "green" if report.success else "red"
-    table.add_row("outcome", f"[{style}]{report.outcome.value}[/]: {report.message}")
+
+    def row(name: str, value: str) -> None:
+        # values come from the app (messages, trickle bodies): never read them as markup
+        table.add_row(name, Text(value))
+
+    table.add_row("outcome", Text.assemble((report.outcome.value, style), f": {report.message}"))
     if report.exit_status:
-        table.add_row("exit status", str(report.exit_status))
+        row("exit status", str(report.exit_status))
     if report.finish_status is not None:
         finish = str(report.finish_status)
         if report.finish_message:
             finish += f" ({report.finish_message})"
-        table.add_row("boinc_finish", finish)
+        row("boinc_finish", finish)
     table.add_row(
         "time",
         f"{report.elapsed:.1f} s elapsed, {report.cpu_time:.2f} s CPU "
         f"({report.checkpoint_cpu_time:.2f} s at the last of {report.checkpoints} checkpoints)",
     )
-    table.add_row("fraction done", f"{report.fraction_done:.1%}")
-    table.add_row("episodes", str(report.episodes))
+    row("fraction done", f"{report.fraction_done:.1%}")
+    row("episodes", str(report.episodes))
     for delay, reason in report.temporary_exits:
-        table.add_row("temporary exit", f"{delay:.0f} s: {reason}")
+        row("temporary exit", f"{delay:.0f} s: {reason}")
     for out in report.outputs:
-        table.add_row("output", f"{out.logical_name} -> {out.destination} ({out.size} bytes)")
+        row("output", f"{out.logical_name} -> {out.destination} ({out.size} bytes)")
     for trickle in report.trickles:
-        table.add_row(
-            "trickle-up", f"{trickle.variety}: {len(trickle.body)} bytes ({trickle.path})"
-        )
+        body = " ".join(trickle.body.split())
+        body = body if len(body) <= 60 else body[:57] + "..."
+        row("trickle-up", f"{trickle.variety}: {body}")
     for upload in report.uploads:
-        table.add_row("upload", f"{upload.logical_name}: status {upload.status} ({upload.path})")
+        row("upload", f"{upload.logical_name}: status {upload.status} -> {upload.path}")
     if report.web_graphics_url:
-        table.add_row("web graphics", report.web_graphics_url)
+        row("web graphics", report.web_graphics_url)
     if report.remote_desktop_addr:
-        table.add_row("remote desktop", report.remote_desktop_addr)
-    table.add_row("workdir", report.workdir)
+        row("remote desktop", report.remote_desktop_addr)
+    row("workdir", report.workdir)
     console.print(table)
 
 
@@ -178,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         request = build_request(args)
     except VmWrapperError as exc:
-        err.print(f"[red]vmwrapper job: {exc}[/]")
+        err.print(Text(f"vmwrapper job: {exc}", style="red"))
         return EXIT_CANNOT_RUN
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -203,7 +209,7 @@ def main(args: argparse.Namespace) -> int:
         with bar:
             report = run_job(request, on_progress=show)
     except (VmWrapperError, OSError) as exc:
-        err.print(f"[red]vmwrapper job: {exc}[/]")
+        err.print(Text(f"vmwrapper job: {exc}", style="red"))
         return EXIT_CANNOT_RUN
     if args.json:
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
