@@ -27,6 +27,7 @@ from vmwrapper.supervisor.backoff import ErrorClass
         (BackendError("lock held"), ErrorClass.TRANSIENT, None),
         (OSError("ENOMEM"), ErrorClass.TRANSIENT, None),
         (HostNotReady("no VT-x"), ErrorClass.HOST_PROBLEM, None),
+        (HostNotReady("ERR_CPU_VM_EXTENSIONS_DISABLED", code=-148), ErrorClass.HOST_PROBLEM, -148),
         (BackendError("image unreadable", code=-108), ErrorClass.JOB_BUG, -108),
         (ImageError("bad image"), ErrorClass.JOB_BUG, -148),
         (ValueError("bug"), ErrorClass.JOB_BUG, -148),
@@ -37,6 +38,7 @@ def test_classify(exc: BaseException, error_class: ErrorClass, code: int | None)
     assert failure.error_class is error_class
     if code is not None:
         assert failure.code == code
+    assert failure.final == (isinstance(exc, HostNotReady) and code is not None)
 
 
 def test_delay_doubles_from_minutes_to_a_cap_below_a_day() -> None:

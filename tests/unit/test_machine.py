@@ -239,6 +239,13 @@ def test_host_problem_failure_uses_the_diagnosis() -> None:
     assert isinstance(outcome, Finish) and "ERR_CPU_VM_EXTENSIONS_DISABLED" in outcome.message
 
 
+def test_final_host_problem_from_the_back_end_finishes_with_its_code() -> None:
+    message = "ERR_CPU_VM_EXTENSIONS_DISABLED: a 64-bit guest needs VT-x"
+    obs = m.Observation(failure=Failure(ErrorClass.HOST_PROBLEM, message, -148, final=True))
+    step = m.step(S.STARTING, obs, CFG)
+    assert step.outcome == Finish(-148, message, notice=True)
+
+
 def test_trickle_files_become_trickles_even_on_the_way_out() -> None:
     trickles = (("t1", "a"), ("t2", "b"))
     tick = m.step(S.RUNNING, m.Observation(vm=VmState.RUNNING, trickles=trickles), CFG)

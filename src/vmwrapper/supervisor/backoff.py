@@ -56,16 +56,17 @@ class Failure:
 
     error_class: ErrorClass
     message: str
-    code: int = ERR_EXEC  # the finish code for JOB_BUG
+    code: int = ERR_EXEC  # the finish code for JOB_BUG (and a final HOST_PROBLEM)
+    final: bool = False  # a host problem that ends the task (the back end gave its code)
 
 
 def classify(exc: BaseException) -> Failure:
     """Map an exception from a back end (or the wrapper's own I/O) to its class."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, HostNotReady):
-        return Failure(
-            ErrorClass.HOST_PROBLEM, text, exc.code if exc.code is not None else ERR_EXEC
-        )
+        if exc.code is not None:  # e.g. -148 with ERR_CPU_VM_EXTENSIONS_DISABLED: final
+            return Failure(ErrorClass.HOST_PROBLEM, text, exc.code, final=True)
+        return Failure(ErrorClass.HOST_PROBLEM, text)
     if isinstance(exc, ImageError):
         return Failure(ErrorClass.JOB_BUG, text, ERR_EXEC)
     if (

@@ -364,6 +364,8 @@ def _on_failure(state: State, obs: Observation, config: MachineConfig) -> Action
     failure = obs.failure
     assert failure is not None
     if failure.error_class is ErrorClass.HOST_PROBLEM:
+        if failure.final and not obs.diagnoses:
+            return [Cleanup(), Exit(Finish(failure.code, failure.message, notice=True))]
         actions = _host_problem(obs, failure.message)
         assert actions is not None
         return actions
