@@ -3,21 +3,23 @@
 The app version is what a project would ship (made by `vmwrapper package`): the development
 launcher as main program (interpreter baked in), vbox_job.xml, the guest image, the guest app
 as ``shared/boinc_app``; each workunit has an input ``shared/in`` and an output ``shared/out``.
-One client for the module and two jobs: ``vm1`` starts at once; ``vm2`` is held (suspended
-via the GUI) until the first is done. The tests run in file order and build on each other:
+One client for the module and three jobs: ``vm1`` starts at once; ``vm2`` and ``vm3`` are
+held (suspended via the GUI) until their turn. The tests run in file order and build on each other:
 
 1. vm1 starts, and the fraction done the wrapper reads from the guest shows in --get_tasks;
 2. a GUI suspend pauses the VM (the guest stops counting), resume lets it go on;
 3. vm1 completes: success, and the output in the project directory holds what the guest wrote;
 4. vm2 runs until the wrapper has checkpointed, the client is shut down with
    ``boinccmd --quit``, started again, and the job resumes from the wrapper's checkpoint (the
-   guest app does not start a second time) and completes.
+   guest app does not start a second time) and completes;
+5. vm3 is aborted from the GUI while its VM boots: wrapper and QEMU are gone, the client
+   records the abort.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.system
 
 VM1 = JobRequest(name="vm1")
 VM2 = JobRequest(name="vm2", held=True)
+VM3 = JobRequest(name="vm3", held=True)
 BOOT_WAIT = 240.0  # TCG boot on a loaded 2-core host, plus the image copy into the slot
 RUN_WAIT = 240.0
 #: The wrapper snapshots the VM this often. Each snapshot briefly blocks the guest's 9p mounts
@@ -45,7 +48,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientSession]
     s = ClientSession(
         base / "data",
         app_dir,
-        [VM1, VM2],
+        [VM1, VM2, VM3],
         naming=Naming(app_name="vmhello"),
         checkpoint_period=CHECKPOINT_PERIOD,
     )
@@ -73,12 +76,16 @@ def wrapper_log(session: ClientSession, task: TaskInfo) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def recorded(session: ClientSession, name: str) -> ResultRecord:
+def recorded(
+    session: ClientSession,
+    name: str,
+    done: Callable[[ResultRecord], bool] = lambda r: r.ready_to_report,
+) -> ResultRecord:
     """The result once client_state.xml (written a moment after the task ends) has it done."""
 
     def check() -> ResultRecord | None:
         record = session.data.results()[name]
-        return record if record.ready_to_report else None
+        return record if done(record) else None
 
     return session.client.wait_for(check, timeout=60, what=f"{name} done in client_state.xml")
 
@@ -185,3 +192,24 @@ def test_client_shutdown_mid_run_resumes_from_the_wrappers_checkpoint(
     out = session.data.output_path(VM2.name, "shared/out")
     # the guest app started once: it went on from the snapshot, not from the beginning
     assert out.read_text() == f"vm output: hello-vm ticks={VM_STEPS} starts=1\n"
+
+
+def test_gui_abort_stops_the_vm_and_the_wrapper(session: ClientSession) -> None:
+    client = session.client
+    name = VM3.result_name
+    client.resume(name)
+    task = client.wait_task(
+        name, lambda t: t.running and t.pid is not None, timeout=BOOT_WAIT, what="running"
+    )
+    assert task.pid is not None
+    wrapper = psutil.Process(task.pid)
+
+    def qemu() -> list[psutil.Process]:
+        return [c for c in wrapper.children(recursive=True) if "qemu-system" in c.name()]
+
+    vms = client.wait_for(qemu, timeout=BOOT_WAIT, what="QEMU started by the wrapper")
+    client.task_op(name, "abort")
+    _, alive = psutil.wait_procs([wrapper, *vms], timeout=90)
+    assert not alive, f"still running after the abort: {alive}"
+    record = recorded(session, name, lambda r: r.state is ResultState.ABORTED)
+    assert not record.success
