@@ -246,7 +246,7 @@ def test_abort(tmp_path: Path) -> None:
 HANGS_ONCE = """
 if [ -e restarted ]; then printf '0\\n' > boinc_finish_called; exit 0; fi
 touch restarted
-sleep 600
+exec sleep 600
 """
 
 
@@ -408,3 +408,30 @@ def test_disk_limit_aborts_with_196(tmp_path: Path) -> None:
     assert "exceeded disk limit" in report.message
     limit_time = next(t for t, kind, _ in report.events if kind == "limit")
     assert 300 <= limit_time <= 320  # checked at the first poll, then every 300 s
+
+
+LEAVES_A_CHILD = """
+sleep 600 &
+echo "child=$!" >&2
+wait
+"""
+
+
+def test_descendants_listed_at_quit_are_killed_after_the_exit(tmp_path: Path) -> None:
+    app = make_shell_app_dir(tmp_path, LEAVES_A_CHILD)
+    clock = FastClock(factor=60)
+    report, events = run(
+        app,
+        tmp_path / "work",
+        ScheduledAction(1.0, Action.QUIT),
+        clock=clock,
+        poll_interval=1.0,
+        max_episodes=1,
+    )
+    # the script ignores <quit/>: killed after 60 s; its child is killed after the exit
+    assert [e.detail for e in events if e.kind == "kill"] == ["did not exit 60 s after <quit/>"]
+    pid = int(re.findall(r"child=(\d+)", report.stderr_tail)[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid)

@@ -197,6 +197,8 @@ class ActiveTask:
         self._last_disk_check: float | None = None
         self.peak_disk_usage = 0.0
         self._abort_reason = ""
+        #: descendants listed at quit/abort time, killed once the task has exited
+        self._descendants: list[tuple[int, float | None]] = []
 
     # -- start ----------------------------------------------------------------------------
 
@@ -251,6 +253,7 @@ class ActiveTask:
         """``request_exit``: send <quit/>, kill after 60 s."""
         if self.state in (TaskState.EXECUTING, TaskState.SUSPENDED) and self._queue is not None:
             self._queue.push(ControlMessage.QUIT, self._clock())
+            self._note_descendants()
             self.state = TaskState.QUIT_PENDING
             self._request_time = self._clock()
             self._emit(TaskEvent("control", "quit"))
@@ -259,6 +262,7 @@ class ActiveTask:
         """``abort_task``: send <abort/>, kill after 60 s; the result gets ``code``."""
         if self.state is not TaskState.ABORT_PENDING and self._queue is not None:
             self._queue.push(ControlMessage.ABORT, self._clock())
+            self._note_descendants()
             self.state = TaskState.ABORT_PENDING
             self._abort_code = code
             self._request_time = self._clock()
@@ -489,10 +493,28 @@ class ActiveTask:
             abort_code=self._abort_code,
             abort_reason=self._abort_reason,
         )
-        self._kill_other_pid()
+        self._kill_subsidiary_processes()
         if self._segment is not None:
             self._release_segment()
         return facts
+
+    def _note_descendants(self) -> None:
+        """``get_descendants`` at quit/abort time, as the client does."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self._proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    self._descendants.append((child.pid, child.create_time()))
+
+    def _kill_subsidiary_processes(self) -> None:
+        """``kill_subsidiary_processes``: other_pid (and its children), then the descendants
+        listed at quit/abort time. Only the very processes seen then: reused pids are safe."""
+        self._kill_other_pid()
+        for pid, created in self._descendants:
+            if created is not None and _create_time(pid) == created:
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).kill()
 
     def _release_segment(self) -> None:
         """Unmap; a System V segment is also destroyed, as the client does at task exit."""
