@@ -26,6 +26,7 @@ VMStateChangeTime="2026-11-27T06:00:00.123000000"
 nic1="nat"
 nictype1="82540EM"
 Forwarding(0)="tcp_31416_80,tcp,127.0.0.1,31416,,80"
+BandwidthGroup0="boinc_0123456789abcdef_net",Network,1099511627776
 description="a \"quoted\" and a back\\slash"
 SnapshotName="boinc_600"
 SnapshotUUID="aa"
@@ -42,6 +43,7 @@ def test_machinereadable_names_values_and_escapes() -> None:
     assert values["memory"] == "2048"
     assert values["Hard Disk Controller-0-0"] == "/var/lib/boinc/slots/3/vm_image.vdi"
     assert values["Forwarding(0)"] == "tcp_31416_80,tcp,127.0.0.1,31416,,80"
+    assert values["BandwidthGroup0"] == "boinc_0123456789abcdef_net,Network,1099511627776"
     assert values["description"] == 'a "quoted" and a back\\slash'
     assert values["ostype"] == "Linux 2.6 / 3.x / 4.x / 5.x (64-bit)"
 

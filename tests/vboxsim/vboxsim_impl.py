@@ -427,8 +427,6 @@ def showvminfo_mr(reg: Registry, vm: dict[str, Any]) -> str:
                 mr("nictype1", s.get("nictype1", "82540EM")),
                 mr("nicspeed1", 0),
             ]
-            if s.get("nicbandwidthgroup1"):
-                lines.append(mr("nicbandwidthgroup1", s["nicbandwidthgroup1"]))
             for i, rule in enumerate(s.get("natpf1", [])):
                 lines.append(mr(f"Forwarding({i})", rule))
         else:
@@ -458,7 +456,8 @@ def showvminfo_mr(reg: Registry, vm: dict[str, Any]) -> str:
         lines.append(mr(f"SharedFolderNameMachineMapping{i}", share["name"]))
         lines.append(mr(f"SharedFolderPathMachineMapping{i}", share["hostpath"]))
     for i, (name, group) in enumerate(vm["bandwidth_groups"].items()):
-        lines.append(mr(f"BandwidthGroup{i}", f"{name},{group['type']},{group['limit']}"))
+        # VirtualBox's "condensed" format: only the name is quoted
+        lines.append(mr(f"BandwidthGroup{i}", name) + f",{group['type']},{group['limit']}")
     lines += snapshot_mr(vm)
     if s.get("description"):
         lines.append(mr("description", s["description"]))
@@ -1706,11 +1705,31 @@ def showvminfo(sdir: Path, argv: list[str]) -> tuple[str, int]:
         reg.save()
         if "--machinereadable" in argv:
             return showvminfo_mr(reg, vm), 0
-        return (
-            f"Name:                        {vm['name']}\nUUID:                        "
-            f"{vm['uuid']}\nState:                       {vm['state']} "
-            f"(since {vm['state_change']})\n"
-        ), 0
+        return showvminfo_human(vm), 0
+
+
+def showvminfo_human(vm: dict[str, Any]) -> str:
+    """An abridged human-readable showvminfo: name, UUID, state and VirtualBox's NIC 1 line."""
+    s = vm["settings"]
+    nic = s.get("nic1", "nat")
+    attachment = {"nat": "NAT", "bridged": f"Bridged Interface '{s.get('bridgeadapter1', '')}'"}
+    mac = "080027" + vm["uuid"].replace("-", "")[:6].upper()
+    lines = [
+        f"{'Name:':<28} {vm['name']}",
+        f"{'UUID:':<28} {vm['uuid']}",
+        f"{'Memory size:':<28} {s['memory']}MB",
+        f"{'Number of CPUs:':<28} {s['cpus']}",
+        f"{'State:':<28} {STATE_LOG_NAMES.get(vm['state'], vm['state']).lower()} "
+        f"(since {vm['state_change']})",
+    ]
+    if nic != "none":
+        lines.append(
+            f"{'NIC 1:':<28} MAC: {mac}, Attachment: {attachment.get(nic, nic)}, Cable connected: "
+            f"{s.get('cableconnected1', 'on')}, Trace: off (file: none), Type: "
+            f"{s.get('nictype1', '82540EM')}, Reported speed: 0 Mbps, Boot priority: 0, Promisc "
+            f"Policy: deny, Bandwidth group: {s.get('nicbandwidthgroup1') or 'none'}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:

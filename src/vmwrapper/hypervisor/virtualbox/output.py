@@ -112,8 +112,9 @@ def parse_machinereadable(text: str) -> dict[str, str]:
             if not re.fullmatch(r"[A-Za-z0-9_\-().]+", name):
                 continue
         if rest.startswith('"'):
-            raw_value, _ = _split_quoted(rest, 0)
-            values[name] = _unescape(raw_value)
+            raw_value, end = _split_quoted(rest, 0)
+            # BandwidthGroupN="name",Network,1024: text after the quotes belongs to the value
+            values[name] = _unescape(raw_value) + rest[end:].rstrip()
         else:
             values[name] = rest.strip()
     return values
