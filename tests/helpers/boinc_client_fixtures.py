@@ -159,7 +159,7 @@ VM_JOB_XML = """<vbox_job>
 #: The guest app: one-second steps, a tick counter and the fraction done for the host; `starts`
 #: gets a line each time the app starts, so a job resumed from a snapshot shows one start and a
 #: job that booted afresh shows two.
-VM_STEPS = 20
+VM_STEPS = 30
 VM_APP = f"""#!/bin/sh
 # runs in the guest, in /root/shared
 echo started >> starts

@@ -36,9 +36,12 @@ VM2 = JobRequest(name="vm2", held=True)
 VM3 = JobRequest(name="vm3", held=True)
 BOOT_WAIT = 240.0  # TCG boot on a loaded 2-core host, plus the image copy into the slot
 RUN_WAIT = 240.0
-#: The wrapper snapshots the VM this often. Each snapshot briefly blocks the guest's 9p mounts
-#: (QEMU refuses a 9p attach while a snapshot is being saved), so not too often.
-CHECKPOINT_PERIOD = 8.0
+#: The wrapper snapshots the VM at this interval (the disk_interval preference). A snapshot
+#: blocks the guest's 9p mounts while it is saved (QEMU refuses a 9p attach during a
+#: migration), and the guest agent does not retry its first and last mount yet (see
+#: docs/boinc-client.md), so snapshots are taken only where the test needs them: in vm2.
+NO_CHECKPOINTS = 600.0
+CHECKPOINT_PERIOD = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientSession]
         app_dir,
         [VM1, VM2, VM3],
         naming=Naming(app_name="vmhello"),
-        checkpoint_period=CHECKPOINT_PERIOD,
+        checkpoint_period=NO_CHECKPOINTS,
     )
     s.start()
     try:
@@ -100,7 +103,8 @@ def test_vm_task_starts_and_reports_the_guests_fraction_done(session: ClientSess
     )
     assert task.fraction_done is not None
     # the guest writes i / N to its progress file; the wrapper passes it on unchanged
-    assert task.fraction_done * VM_STEPS == pytest.approx(round(task.fraction_done * VM_STEPS))
+    steps = task.fraction_done * VM_STEPS  # printed with 6 decimals
+    assert steps == pytest.approx(round(steps), abs=1e-3)
     # the main program is our wrapper, with QEMU below it
     assert task.pid is not None
     wrapper = psutil.Process(task.pid)
@@ -149,6 +153,9 @@ def test_vm_job_completes_with_success_and_its_output(session: ClientSession) ->
     record = recorded(session, name)
     assert record.success and record.state is ResultState.UPLOADED, record
     assert "Outcome: Finish (status 0)" in record.stderr_out
+    # the disk_interval preference reached the wrapper through init_data.xml
+    assert "Setting checkpoint interval to 600 seconds" in record.stderr_out
+    assert "Checkpoint completed." not in record.stderr_out
     out = session.data.output_path(VM1.name, "shared/out")
     assert out.read_text() == f"vm output: hello-vm ticks={VM_STEPS} starts=1\n"
 
@@ -158,12 +165,16 @@ def test_client_shutdown_mid_run_resumes_from_the_wrappers_checkpoint(
 ) -> None:
     client = session.client
     name = VM2.result_name
+    client.set_checkpoint_period(CHECKPOINT_PERIOD)  # reaches the wrapper in init_data.xml
     client.resume(name)  # release the held job
     client.wait_task(
         name,
         lambda t: t.running and (t.fraction_done or 0) >= 4 / VM_STEPS,
         timeout=BOOT_WAIT,
         what="the guest app under way",
+    )
+    assert f"Setting checkpoint interval to {CHECKPOINT_PERIOD:.0f} seconds" in wrapper_log(
+        session, client.task(name)
     )
     # wait for a checkpoint taken while the guest app runs, so the restart must resume it
     client.wait_task(

@@ -185,6 +185,12 @@ class BoincClient:
     def resume(self, name: str) -> None:
         self.task_op(name, "resume")
 
+    def set_checkpoint_period(self, seconds: float) -> None:
+        """Change the ``disk_interval`` preference: jobs started from now on get it in
+        init_data.xml (``boinccmd --read_global_prefs_override``)."""
+        self.data.write_preferences(seconds)
+        self.rpc("--read_global_prefs_override")
+
     def messages(self, seqno: int = 0) -> str:
         """The client's event log after ``seqno`` (what `--get_messages` prints)."""
         return self.rpc("--get_messages", str(seqno))

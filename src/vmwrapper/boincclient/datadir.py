@@ -48,6 +48,7 @@ from vmwrapper.packaging.version import parse_version_xml
 
 CLIENT_STATE_FILE = "client_state.xml"
 PASSWORD_FILE = "gui_rpc_auth.cfg"
+PREFS_FILE = "global_prefs_override.xml"
 #: The client writes its log here when started with --redirectio; we capture stdout instead.
 CLIENT_LOG_FILE = "client.log"
 
@@ -83,6 +84,13 @@ class DataDir:
     @property
     def client_log(self) -> Path:
         return self.path / CLIENT_LOG_FILE
+
+    def write_preferences(self, checkpoint_period: float) -> None:
+        """Rewrite global_prefs_override.xml; a running client reads it on
+        :meth:`~vmwrapper.boincclient.client.BoincClient.read_preferences`."""
+        (self.path / PREFS_FILE).write_text(
+            format_global_prefs_override(checkpoint_period), encoding="utf-8"
+        )
 
 
 def _read_optional(path: Path) -> bytes | None:
@@ -162,7 +170,7 @@ def write_data_dir(
         CLIENT_STATE_FILE: format_client_state(plan.state),
         account_file_name(project.master_url): format_account(project),
         "cc_config.xml": format_cc_config(),
-        "global_prefs_override.xml": format_global_prefs_override(checkpoint_period),
+        PREFS_FILE: format_global_prefs_override(checkpoint_period),
     }
     for name, text in files.items():
         (data_dir / name).write_text(text, encoding="utf-8")
