@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from helpers.vbox_fixtures import VBoxHost, vbox_host_fixture, vbox_sim_fixture  # noqa: F401
-from vmwrapper.errors import CheckpointError, VmStartError
+from vmwrapper.errors import CheckpointError, HostNotReady, VmStartError
 from vmwrapper.hypervisor.base import (
     Backend,
     Diagnosis,
@@ -482,3 +482,18 @@ def test_a_vm_left_running_is_powered_off_before_start(vbox_sim: VBoxHost, tmp_p
     assert new_pid != old_pid
     wait_for(lambda: not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == "zombie")
     second.cleanup()
+
+
+def test_missing_kernel_module_is_host_not_ready(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    vbox_sim.configure(kernel_module_missing=True)
+    with pytest.raises(HostNotReady, match="vboxdrv kernel module is not loaded"):
+        fast_backend(config).start()  # a new wrapper run checks the host again
+    other = make_config(tmp_path / "other", name="boinc_other00000000000", remote_desktop=None)
+    with pytest.raises(HostNotReady):
+        fast_backend(other).create()
+    assert [vm["name"] for vm in vbox_sim.registry()["vms"].values()] == [config.name]
+    vbox_sim.configure(kernel_module_missing=False)
+    backend.cleanup()

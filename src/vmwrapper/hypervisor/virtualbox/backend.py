@@ -87,6 +87,7 @@ class VirtualBoxBackend:
         self._log_identity: tuple[int, int] | None = None
         self._log_offset = 0
         self._bandwidth_limited = False
+        self._host_checked = False
 
     # ---- probing -----------------------------------------------------------------------
 
@@ -114,6 +115,11 @@ class VirtualBoxBackend:
             )
             log.info("Detected: %s", self._caps.display_version)
         return self._caps
+
+    def _ensure_host(self) -> None:
+        if not self._host_checked:
+            self.check_host()
+            self._host_checked = True
 
     def check_host(self) -> None:
         """vboxwrapper's ``is_system_ready``: ``list hostinfo`` must work and show no driver
@@ -155,6 +161,7 @@ class VirtualBoxBackend:
             log.info("Register VM. (%s)", config.name)
             self._run(Step(("registervm", str(cmd.settings_file(config))), "register"))
             return
+        self._ensure_host()
         self._remove_stale_vm()
         caps = self.capabilities
         acceleration = cmd.acceleration_steps(config, caps)  # refuses before anything is made
@@ -338,6 +345,7 @@ class VirtualBoxBackend:
                     output=exc.output,
                     code=exc.code,
                 ) from exc
+        self._ensure_host()
         before = self._log_file_identity()
         try:
             self._run(cmd.startvm(config))
