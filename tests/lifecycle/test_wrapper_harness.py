@@ -113,3 +113,10 @@ def test_bad_command_line_finishes_206(tmp_path: Path) -> None:
     report = run_job(request(app, tmp_path / "work"))
     assert report.outcome is JobOutcome.ERROR
     assert report.finish_status == 206 or report.exit_status == 206
+
+
+def test_invalid_job_file_finishes_with_xml_parse_error(tmp_path: Path) -> None:
+    app = make_vm_app_dir(tmp_path, "<vbox_job><os_name>x</os_name>", with_output=False)
+    report = run_job(request(app, tmp_path / "work"))
+    assert report.outcome is JobOutcome.ERROR
+    assert report.finish_status == -112

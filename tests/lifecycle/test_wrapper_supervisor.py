@@ -635,3 +635,36 @@ def test_events_jsonl_has_stable_codes_in_order(tmp_path: Path) -> None:
         "outcome",
     ]
     assert [c for c in codes if c in expected] == expected
+
+
+# -- more exit-table rows ---------------------------------------------------------------------
+
+
+def test_sporadic_setup_failure_exits_1_without_a_file(tmp_path: Path) -> None:
+    slot = tmp_path / "slots" / "0"
+    (slot / "shared" / "ac").mkdir(parents=True)  # `ac` cannot be a file
+    run = run_job(tmp_path, SHARED, FakeScript(), settings={"sporadic": True})
+    assert run.outcome == PlainExit(1)
+    assert files.read_finish_file(run.slot) is None and run.backend.calls == []
+
+
+def test_status_query_failing_for_a_minute_is_a_crash(tmp_path: Path) -> None:
+    run = run_job(tmp_path, JobSpec(), FakeScript(fail={"status": "transient"}))
+    assert isinstance(run.outcome, Finish) and run.outcome.status == EXIT_ABORTED_BY_CLIENT
+    assert "status unknown" in run.outcome.message
+
+
+def test_abort_is_honoured_while_status_queries_fail(tmp_path: Path) -> None:
+    script = FakeScript(fail={"status": "transient"})
+    run = run_job(tmp_path, JobSpec(), script, control=[(5, "<abort/>")])
+    assert run.outcome == Finish(EXIT_ABORTED_BY_CLIENT)  # vboxwrapper ignores it (§12.3)
+    assert run.backend.calls[-1] == "cleanup"
+
+
+def test_vm_down_for_lack_of_host_memory_is_transient(tmp_path: Path) -> None:
+    script = FakeScript(
+        steps=steps((20, "crash", "", "cannot allocate")), diagnoses=("host_out_of_memory",)
+    )
+    run = run_job(tmp_path, JobSpec(), script)
+    assert run.outcome == TemporaryExit(300.0, machine.MSG_HOST_MEMORY)
+    assert run.backend.state is VmState.POWERED_OFF  # kept for the restart

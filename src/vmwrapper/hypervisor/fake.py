@@ -60,7 +60,13 @@ class FakeScript:
         data = json.loads(text)
         steps = tuple(GuestStep(**s) for s in data.pop("steps", ()))
         boot = data.pop("boot_seconds", 0.0)
-        return cls(steps=steps, boot_seconds=math.inf if boot is None else float(boot), **data)
+        diagnoses = tuple(data.pop("diagnoses", ()))
+        return cls(
+            steps=steps,
+            boot_seconds=math.inf if boot is None else float(boot),
+            diagnoses=diagnoses,
+            **data,
+        )
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -221,6 +227,8 @@ class FakeBackend:
 
     def status(self) -> VmStatus:
         self._advance()
+        if self.script.fail.get("status"):
+            raise BackendError("fake status query failed")
         code = self.script.exit_code if self.state is VmState.CRASHED else None
         return VmStatus(self.state, self.detail, code)
 

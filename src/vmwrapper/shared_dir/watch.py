@@ -157,7 +157,10 @@ class SharedDir:
     def make_sporadic_files(self) -> None:
         """``--sporadic``: the API's boinc_sporadic_dir creates the files ``ac`` and ``ca``."""
         for name in ("ac", "ca"):
-            self.file(name).touch(exist_ok=True)
+            path = self.file(name)
+            path.touch(exist_ok=True)
+            if path.is_symlink() or not path.is_file():
+                raise OSError(f"{path} exists and is not a regular file")
 
 
 def write_graphics_status(slot_dir: Path, status: GraphicsStatus) -> None:

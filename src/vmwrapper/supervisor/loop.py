@@ -594,6 +594,7 @@ class Supervisor:
             self.backend.poweroff(POWEROFF_GRACE)
             pid = self.backend.start(None)
         self.rt.boot_started = self.clock()
+        self.rt.vm_state = VmState.STARTING  # what we know until the first status answer
         log.info(
             "Successfully started VM. (PID = '%d')%s",
             pid,
