@@ -266,6 +266,11 @@ def test_guru_meditation_is_a_crash_with_a_diagnosis(vbox_sim: VBoxHost, tmp_pat
     wait_for(lambda: backend.status().state is VmState.CRASHED)
     assert backend.status().detail == "gurumeditation"
     assert Diagnosis.GURU_MEDITATION in backend.diagnose()
+    dump = backend.hypervisor_logs()
+    assert "Guru Meditation" in dump["VM Execution Log"]
+    assert "Command: VBoxManage -q startvm" in dump["VM Trace Log"]
+    shot = backend.screenshot()
+    assert shot is not None and shot.read_bytes().startswith(b"\x89PNG")
     backend.cleanup()
     assert not backend.exists()
 

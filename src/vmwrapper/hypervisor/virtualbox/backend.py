@@ -31,6 +31,7 @@ from vmwrapper.hypervisor.virtualbox import logs, output
 from vmwrapper.hypervisor.virtualbox.commands import Capabilities, Step
 from vmwrapper.hypervisor.virtualbox.lock import MultiattachLock
 from vmwrapper.hypervisor.virtualbox.runner import (
+    TRACE_FILE,
     CommandResult,
     VBoxManage,
     VBoxManageError,
@@ -605,11 +606,40 @@ class VirtualBoxBackend:
 
     def log_tail(self, limit: int = 8192) -> str:
         """The end of VBox.log cut to whole lines (for the hypervisor log dump)."""
-        text = self._read_log()
-        if len(text) > limit:
-            text = text[-limit:]
-            text = text[text.find("\n") + 1 :]
-        return text
+        return _tail(self._read_log(), limit)
+
+    def hypervisor_logs(self, limit: int = 8192) -> dict[str, str]:
+        """vboxwrapper's hypervisor log dump (§7): the tails of VBoxSVC.log, VBox.log,
+        vbox_trace.txt and VBoxStartup.log under its section titles. Call it *before*
+        cleanup(), which deletes the VM's Logs folder (§12.19)."""
+        sources = {
+            "Hypervisor System Log": self.profile_dir / "VBoxSVC.log",
+            "VM Execution Log": self._log_path(),
+            "VM Startup Log": cmd.log_dir(self.config) / "VBoxStartup.log",
+            "VM Trace Log": self.config.slot_dir / TRACE_FILE,
+        }
+        dump: dict[str, str] = {}
+        for title, path in sources.items():
+            try:
+                dump[title] = _tail(path.read_text(encoding="utf-8", errors="replace"), limit)
+            except OSError:
+                continue
+        return dump
+
+    def screenshot(self) -> Path | None:
+        """vboxwrapper's error screenshot: wake the screen (scancode 39), wait 1 s, save
+        ``vbox_screenshot.png`` in the slot. None when the VM is not running or it failed."""
+        path = self.config.slot_dir / "vbox_screenshot.png"
+        wake = self.runner.probe(
+            cmd.controlvm(self.config, "keyboardputscancode", "39", retry=False)
+        )
+        if not wake.ok:
+            return None
+        self._sleep(1.0)
+        shot = self.runner.probe(
+            cmd.controlvm(self.config, "screenshotpng", str(path), retry=False)
+        )
+        return path if shot.ok and path.is_file() else None
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -618,6 +648,14 @@ class VirtualBoxBackend:
             return self.runner.run(step)
         self.runner.probe(step)
         return None
+
+
+def _tail(text: str, limit: int) -> str:
+    """The last ``limit`` characters, cut forward to a whole line."""
+    if len(text) > limit:
+        text = text[-limit:]
+        text = text[text.find("\n") + 1 :]
+    return text
 
 
 def _holds_session(info: output.VmInfo) -> bool:
