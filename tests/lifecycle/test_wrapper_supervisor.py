@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from helpers.supervisor_fixtures import ClientSide, FakeClock, run_job, vm_config, write_init_data
+from helpers.supervisor_fixtures import (
+    ClientSide,
+    FakeClock,
+    make_slot,
+    run_job,
+    vm_config,
+    write_init_data,
+)
 from vmwrapper.boinc import files
+from vmwrapper.boinc.app import AppClient
 from vmwrapper.boinc.init_data import GlobalPrefs
 from vmwrapper.hypervisor.base import VmState
 from vmwrapper.hypervisor.fake import FakeBackend, FakeScript, GuestStep
@@ -31,6 +40,7 @@ from vmwrapper.outcome import (
 )
 from vmwrapper.spec.model import JobSpec
 from vmwrapper.supervisor import backoff, checkpoint, machine
+from vmwrapper.supervisor.loop import Settings, run_supervisor
 
 SHARED = JobSpec(enable_shared_directory=True, completion_trigger_file="done")
 
@@ -668,3 +678,45 @@ def test_vm_down_for_lack_of_host_memory_is_transient(tmp_path: Path) -> None:
     run = run_job(tmp_path, JobSpec(), script)
     assert run.outcome == TemporaryExit(300.0, machine.MSG_HOST_MEMORY)
     assert run.backend.state is VmState.POWERED_OFF  # kept for the restart
+
+
+def test_old_snapshot_is_deleted_only_after_the_record_names_the_new_one(tmp_path: Path) -> None:
+    slot = tmp_path / "slots" / "0"
+    slot.mkdir(parents=True)
+    seen: list[str] = []
+
+    class Watching(FakeBackend):
+        def checkpoint(self, name: str) -> None:
+            assert checkpoint.read_record(slot).snapshot != name  # not recorded before it exists
+            super().checkpoint(name)
+
+        def delete_checkpoint(self, name: str) -> None:
+            recorded = checkpoint.read_record(slot).snapshot
+            assert recorded and recorded != name and recorded in self.snapshots
+            seen.append(name)
+            super().delete_checkpoint(name)
+
+    clock = FakeClock()
+    job = JobSpec(job_duration=500.0, minimum_checkpoint_interval=100)
+    backend = Watching(vm_config(slot, job), FakeScript(), clock=clock)
+    run = run_job(tmp_path, job, clock=clock, backend=backend)
+    assert run.outcome == Finish(0) and len(seen) >= 2
+
+
+def test_sigterm_when_run_by_hand_stops_like_a_quit(tmp_path: Path) -> None:
+    clock = FakeClock()
+    slot = make_slot(tmp_path)
+    backend = FakeBackend(vm_config(slot, JobSpec()), FakeScript(), clock=clock)
+
+    def terminate_once() -> None:
+        if clock.now > 1030 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    sent: list[bool] = []
+    clock.on_sleep = [terminate_once]
+    with AppClient.attach(slot, clock=clock, sleep=clock.sleep) as client:
+        settings = Settings(job=JobSpec(), slot_dir=slot)
+        outcome = run_supervisor(backend, client, settings, clock=clock, sleep=clock.sleep)
+    assert outcome == PlainExit(0) and backend.state is VmState.POWERED_OFF
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # our handler is gone again

@@ -13,10 +13,12 @@ milliseconds; so is the first checkpoint's random offset (``seed``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -161,6 +163,7 @@ class Supervisor:
         self.sleep = sleep
         self.wallclock = wallclock
         self.shared = SharedDir(settings.slot_dir, settings.job.shared_dir)
+        self.quit_requested = False
         self.config = m.MachineConfig(
             job_duration=self.job.job_duration,
             register_only=settings.register_only,
@@ -305,11 +308,15 @@ class Supervisor:
 
     # -- observe --------------------------------------------------------------------------
 
+    def request_quit(self) -> None:
+        """Treat the next tick as a quit request (SIGTERM / Ctrl-C when run by hand)."""
+        self.quit_requested = True
+
     def _client_view(self) -> m.ClientView:
         cs = self.client.poll()
         return m.ClientView(
             suspended=cs.suspended,
-            quit_request=cs.quit_request,
+            quit_request=cs.quit_request or self.quit_requested,
             abort_request=cs.abort_request,
             no_heartbeat=cs.no_heartbeat,
             reread_init_data=cs.reread_init_data,
@@ -914,7 +921,18 @@ def run_supervisor(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
     """Run one job episode to its outcome (the entry point cli/run.py calls)."""
-    return Supervisor(backend, client, settings, clock=clock, sleep=sleep).run()
+    supervisor = Supervisor(backend, client, settings, clock=clock, sleep=sleep)
+    # The client never signals us (it SIGKILLs); a person running the wrapper by hand does:
+    # stop like a quit (VM powered off, checkpoints kept) instead of leaving the VM running.
+    handlers = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            handlers[signum] = signal.signal(signum, lambda *_: supervisor.request_quit())
+    try:
+        return supervisor.run()
+    finally:
+        for signum, previous in handlers.items():
+            signal.signal(signum, previous)
 
 
 __all__: Sequence[str] = ("Client", "Settings", "Supervisor", "run_supervisor")
