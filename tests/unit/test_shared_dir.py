@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmwrapper.errors import InputError
@@ -49,6 +49,7 @@ def test_fraction_done_last_numeric_line_clamped(text: str, expected: float | No
     assert t.parse_fraction_done(text) == expected
 
 
+@settings(deadline=None)
 @given(st.text(max_size=200))
 def test_fraction_done_is_always_in_range(text: str) -> None:
     value = t.parse_fraction_done(text)
