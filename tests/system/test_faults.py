@@ -1,0 +1,176 @@
+"""Faults on a real QEMU guest, run by the harness as the BOINC client would run it.
+
+* the wrapper SIGKILLed once in each phase of one job — creating the VM, booting, running
+  after a checkpoint, in the middle of a checkpoint — then (second job) in the middle of the
+  save at quit: every restart goes on and the job ends with the output of an uninterrupted run;
+* QEMU killed under a running job: a clear error (194, with the signal), the record intact;
+* QEMU failing to start (a broken ``qemu-system-x86_64`` first on PATH): transient, so a
+  temporary exit with a reason and a doubling back-off, the job retried;
+* the slot's disk full (a small tmpfs holds the whole data dir): the snapshot fails, the
+  record is never corrupted, the job is retried; once there is room again it finishes.
+
+The long repeated sweeps (random kill points) are in ``scripts/faults.py`` (`make faults`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from helpers.fault_fixtures import (
+    COUNTING_JOB,
+    EXPECTED_OUTPUT,
+    RESUMABLE_APP,
+    Phase,
+    PhaseKiller,
+    events,
+    fill,
+    kill_qemu,
+    kill_wrapper,
+    no_qemu_left,
+    output_text,
+    package_app,
+    qemu_procs,
+    resize_tmpfs,
+    run,
+    tmpfs,
+    wait_for,
+)
+from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
+from vmwrapper.harness.job import Action, JobOutcome, ScheduledAction
+from vmwrapper.harness.task import TaskEvent
+from vmwrapper.supervisor import checkpoint
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: Path) -> Path:  # noqa: F811
+    return package_app(tmp_path_factory.mktemp("faults"), default_guest_image, RESUMABLE_APP)
+
+
+def record_is_sound(slot: Path) -> checkpoint.CheckpointRecord:
+    """vbox_checkpoint.xml parses, and the snapshot it names is in the overlay."""
+    record = checkpoint.read_record(slot)
+    assert not list(slot.glob(".vbox_checkpoint*")), "a temporary record was left behind"
+    return record
+
+
+def test_sigkill_in_every_phase_then_the_same_output(counting_app: Path, tmp_path: Path) -> None:
+    work = tmp_path / "client"
+    slot = work / "slots" / "0"
+    phases = (Phase.CREATING, Phase.BOOTING, Phase.RUNNING, Phase.CHECKPOINT)
+    with PhaseKiller(slot, phases) as killer:
+        report = run(counting_app, work, max_episodes=8)
+    hit = [k.phase for k in killer.kills]
+    assert hit == list(phases), killer.kills
+    assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
+    assert report.episodes == len(phases) + 1
+    assert report.finish_message == f"Counted to {EXPECTED_OUTPUT.count('step')}."
+    assert output_text(report) == EXPECTED_OUTPUT
+    # the run after the kill in RUNNING restored the checkpoint instead of booting afresh
+    restored = [
+        e for e in events(slot, "vm_started") if str(e.get("snapshot", "")).startswith("boinc_")
+    ]
+    assert restored, events(slot, "vm_started")
+    record_is_sound(slot)
+    no_qemu_left(slot)
+
+
+def test_sigkill_mid_save_at_quit_then_the_same_output(counting_app: Path, tmp_path: Path) -> None:
+    work = tmp_path / "client"
+    slot = work / "slots" / "0"
+    killed: list[str] = []
+
+    def on_event(event: TaskEvent) -> None:
+        # The quit reached the wrapper: it now takes a checkpoint and saves the VM state.
+        # Kill it as soon as the overlay starts growing (the save is under way).
+        if event.kind != "control" or "quit" not in event.message or killed:
+            return
+        overlay = slot / "vm_disk.qcow2"
+        size = overlay.stat().st_size
+        wait_for(lambda: overlay.stat().st_size > size + 256 * 1024, 20, interval=0.005)
+        killed.append(f"overlay {size} -> {overlay.stat().st_size}")
+        kill_wrapper(slot)
+
+    quit_at = ScheduledAction(25.0, Action.QUIT)
+    report = run(counting_app, work, on_event=on_event, schedule=(quit_at,))
+    assert killed, "the quit never came"
+    assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
+    assert output_text(report) == EXPECTED_OUTPUT
+    record_is_sound(slot)
+    no_qemu_left(slot)
+
+
+def test_qemu_killed_under_a_running_job(counting_app: Path, tmp_path: Path) -> None:
+    work = tmp_path / "client"
+    slot = work / "slots" / "0"
+    killed: list[int] = []
+
+    def on_progress(_: object) -> None:
+        if not killed and events(slot, "checkpoint") and qemu_procs(slot):
+            killed.extend(kill_qemu(slot))
+
+    report = run(counting_app, work, on_progress=on_progress, max_episodes=2)
+    assert killed
+    # vboxwrapper's row 19: a VM that dies under the job is a premature shutdown, with why
+    assert report.finish_status == 194, report.message + report.stderr_tail
+    assert "VM Premature Shutdown Detected" in report.finish_message
+    assert "signal" in report.stderr_tail.lower() or "killed" in report.stderr_tail.lower()
+    record_is_sound(slot)
+    no_qemu_left(slot)
+
+
+def test_qemu_that_cannot_start_is_a_transient_error_with_back_off(
+    counting_app: Path, tmp_path: Path
+) -> None:
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    broken = fake_bin / "qemu-system-x86_64"
+    broken.write_text("#!/bin/sh\necho 'qemu-system-x86_64: broken on purpose' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    env = {"PATH": f"{fake_bin}:{os.environ['PATH']}", "VMWRAPPER_ACCEL": "tcg"}
+    work = tmp_path / "client"
+    report = run(counting_app, work, extra_env=env, max_episodes=2)
+    assert report.outcome is JobOutcome.POSTPONED, report.message + report.stderr_tail
+    assert len(report.temporary_exits) == 2
+    delays = [delay for delay, _ in report.temporary_exits]
+    reasons = [reason for _, reason in report.temporary_exits]
+    assert all("broken on purpose" in r or "start" in r.lower() for r in reasons), reasons
+    assert delays[1] == 2 * delays[0], delays  # back-off doubles per consecutive failure
+    assert "broken on purpose" in report.stderr_tail
+    assert not events(work / "slots" / "0", "vm_online")
+
+
+def test_full_disk_fails_the_snapshot_cleanly_and_the_job_is_retried(
+    counting_app: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "client"
+    slot = work / "slots" / "0"
+    state: dict[str, object] = {"freed": False}
+    with tmpfs(work, "200m"):
+        filler: list[Path] = []
+
+        def on_event(event: TaskEvent) -> None:
+            if event.kind == "start" and not filler:
+                # leave ~8 MB: enough to boot, too little for a snapshot of the guest's memory
+                filler.append(fill(work))
+                os.truncate(filler[0], max(filler[0].stat().st_size - 8 * 1024 * 1024, 0))
+            elif event.kind == "exit" and filler and not state["freed"]:
+                state["exit"] = event.message
+                state["record"] = (slot / "vbox_checkpoint.xml").exists() and record_is_sound(slot)
+                filler[0].unlink()
+                resize_tmpfs(work, "400m")
+                state["freed"] = True
+
+        report = run(counting_app, work, on_event=on_event, max_episodes=4)
+        stderr = report.stderr_tail
+        no_qemu_left(slot)
+    assert state["freed"], "the full disk never stopped the job"
+    assert report.temporary_exits, report.message + stderr
+    assert report.outcome is JobOutcome.SUCCESS, report.message + stderr
+    assert output_text(report) == EXPECTED_OUTPUT
+    assert "No space left on device" in stderr or "ENOSPC" in stderr, stderr
+    assert COUNTING_JOB  # the job: a snapshot every 4 s
