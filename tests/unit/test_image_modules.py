@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vmwrapper.errors import ImageError
 from vmwrapper.images.modules import (
@@ -124,3 +126,25 @@ def test_modules_dep_lists_transitive_deps_first_loaded_last() -> None:
     deps = lines["kernel/fs/9p/9p.ko"].split()
     assert deps == ["kernel/fs/fscache/fscache.ko", "kernel/fs/netfs/netfs.ko",
                     "kernel/net/9p/9pnet.ko"]  # fmt: skip
+
+
+@given(st.data())
+def test_load_order_respects_any_dependency_dag(data: st.DataObject) -> None:
+    count = data.draw(st.integers(min_value=1, max_value=12))
+    names = [f"m{i}" for i in range(count)]
+    # Each module may depend only on modules with a smaller number: always a DAG.
+    index = {
+        name: KernelModule(
+            name,
+            f"kernel/{name}.ko",
+            tuple(data.draw(st.lists(st.sampled_from(names[:i]), unique=True)) if i else ()),
+        )
+        for i, name in enumerate(names)
+    }
+    wanted = data.draw(st.lists(st.sampled_from(names), min_size=1, unique=True))
+    order = [m.name for m in load_order(wanted, index)]
+    assert len(order) == len(set(order))
+    assert set(wanted) <= set(order)
+    for module in order:
+        for dep in index[module].depends:
+            assert dep in order and order.index(dep) < order.index(module)

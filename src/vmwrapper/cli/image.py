@@ -24,7 +24,7 @@ from vmwrapper.images import (
     ensure_image_report,
     info,
 )
-from vmwrapper.images.recipe import DEFAULT_CMDLINE, FORMATS
+from vmwrapper.images.recipe import DEFAULT_CMDLINE, FORMATS, ImageFormat
 
 NAME = "image"
 HELP = "build the guest image (Debian kernel + busybox), or inspect/convert/compact a disk image"
@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--deb", action="append", default=[], type=Path, metavar="PKG.deb",
         help="unpack a Debian package into the image's root (dpkg-deb -x; repeatable)",
     )  # fmt: skip
-    build.add_argument("--format", choices=FORMATS, default="vdi", help="default: vdi")
+    build.add_argument(
+        "--format", choices=FORMATS, help="default: from -o's suffix (.vdi, .qcow2, .img), else vdi"
+    )
     build.add_argument(
         "-o",
         "--output",
@@ -76,11 +78,24 @@ def _format_from_suffix(path: Path) -> str:
     return {"img": "raw", "qcow": "qcow2"}.get(suffix, suffix)
 
 
+def _build_format(args: argparse.Namespace) -> ImageFormat:
+    """--format, else the output's suffix, else vdi; a contradiction is an error."""
+    implied = _format_from_suffix(args.output) if args.output else ""
+    known: dict[str, ImageFormat] = {f: f for f in FORMATS}
+    if args.format and implied in known and implied != args.format:
+        raise ImageError(
+            f"-o {args.output} says {implied} but --format says {args.format}; "
+            "make them agree (QEMU and VirtualBox go by the suffix)"
+        )
+    chosen: ImageFormat = args.format or known.get(implied, "vdi")
+    return chosen
+
+
 def _build(args: argparse.Namespace) -> int:
     recipe = ImageRecipe(
         extra_files=tuple(ExtraFile.parse(text) for text in args.add),
         debs=tuple(path.resolve() for path in args.deb),
-        fmt=args.format,
+        fmt=_build_format(args),
         cmdline=args.cmdline,
         kernel_package=args.kernel_package,
     )
