@@ -1,10 +1,11 @@
 """Start the real BOINC client on a data directory and drive it with ``boinccmd`` (I/O).
 
 :class:`BoincClient` is a context manager in the manner of QEMU's ``QEMUMachine``: it starts
-``boinc --dir D --gui_rpc_port P`` (GUI RPC on loopback, password from ``gui_rpc_auth.cfg``),
-talks to it only through ``boinccmd``, bounds every wait, and on leaving always stops the
-client: ``boinccmd --quit`` first, then SIGTERM, then SIGKILL, and finally kills whatever the
-client had started (apps, VMs) that outlived it.
+``boinc --dir D --gui_rpc_port P`` (GUI RPC on loopback; the password is in
+``D/gui_rpc_auth.cfg``, which boinccmd run in ``D`` reads), talks to it only through
+``boinccmd``, bounds every wait, and on leaving always stops the client: ``boinccmd --quit``
+first, then SIGTERM, then SIGKILL, and finally kills whatever the client had started (apps,
+VMs) that outlived it.
 """
 
 from __future__ import annotations
@@ -137,17 +138,17 @@ class BoincClient:
     # -- GUI RPC through boinccmd ---------------------------------------------------------
 
     def _boinccmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [
-            self.boinccmd,
-            "--host",
-            f"127.0.0.1:{self.port}",
-            "--passwd",
-            self.data.password,
-            *args,
-        ]
+        # no --passwd: boinccmd reads gui_rpc_auth.cfg from its working directory, so the
+        # password never shows in a process list
+        argv = [self.boinccmd, "--host", f"127.0.0.1:{self.port}", *args]
         try:
             done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=RPC_TIMEOUT, check=False
+                argv,
+                cwd=self.data.path,
+                capture_output=True,
+                text=True,
+                timeout=RPC_TIMEOUT,
+                check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise BoincClientError(
