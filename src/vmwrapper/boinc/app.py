@@ -36,12 +36,12 @@ from vmwrapper.boinc.messages import (
     ControlMessage,
     TrickleUpNotice,
     decode_control,
+    encode_text,
     format_remote_desktop_addr,
     format_trickle_up_notice,
     format_web_graphics_url,
     format_wrapper_status,
     parse_heartbeat,
-    parse_trickle_down_notice,
 )
 from vmwrapper.boinc.shmem import Segment
 from vmwrapper.errors import InitDataError, ProtocolError
@@ -112,12 +112,10 @@ class AppClient:
         self._status = ClientStatus()
         self._last_heartbeat = now
         self._last_probe = now
-        self._network_available = False
         self._trickles: collections.deque[files.Trickle] = collections.deque()
         self._trickle_in_flight = False
         self._notice = TrickleUpNotice()
         self._graphics: collections.deque[str] = collections.deque()
-        self._trickle_down_pending = False
         self._last_report = AppStatus(fraction_done=0.0)
         if segment is not None and (slot_dir / files.TRICKLE_UP_FILE).exists():
             # an earlier episode wrote it and died before the client took it: announce it
@@ -195,9 +193,9 @@ class AppClient:
             if beat.beat:
                 self._last_heartbeat = now
             status = replace(status, max_wss=beat.max_wss, network_suspended=beat.network_suspended)
-        text = _receive(seg, Channel.TRICKLE_DOWN)
-        if text is not None and parse_trickle_down_notice(text).trickle_down:
-            self._trickle_down_pending = True
+        # notices of trickle-downs and upload statuses: the files themselves are what
+        # receive_trickle_down() and upload_status() read, so the notice only empties the channel
+        _receive(seg, Channel.TRICKLE_DOWN)
         text = _receive(seg, Channel.PROCESS_CONTROL_REQUEST)
         if text is not None:
             status = self._apply_control(status, decode_control(text))
@@ -221,8 +219,6 @@ class AppClient:
             status = replace(status, abort_request=True)
         if ControlMessage.REREAD_APP_INFO in messages:
             status = replace(status, reread_init_data=True)
-        if ControlMessage.NETWORK_AVAILABLE in messages:
-            self._network_available = True
         return status
 
     def _client_dead(self, now: float) -> bool:
@@ -307,19 +303,24 @@ class AppClient:
             return None
         path = files.find_trickle_down(self.slot_dir)
         if path is None:
-            self._trickle_down_pending = False
             return None
         body = path.read_bytes().decode("utf-8", errors="replace")
         path.unlink()
         return body
 
     def web_graphics_url(self, url: str) -> None:
-        self._graphics.append(format_web_graphics_url(url))
-        self.tick()
+        """Tell the client the VM's web interface (sent once, when the channel is free)."""
+        self._queue_graphics(format_web_graphics_url(url))
 
     def remote_desktop_addr(self, addr: str) -> None:
-        self._graphics.append(format_remote_desktop_addr(addr))
-        self.tick()
+        """Tell the client the VM's remote desktop address (sent once)."""
+        self._queue_graphics(format_remote_desktop_addr(addr))
+
+    def _queue_graphics(self, text: str) -> None:
+        encode_text(text)  # too long for a channel: refuse now, not in a later tick()
+        if self._segment is not None:
+            self._graphics.append(text)
+            self.tick()
 
     def resolve(self, logical_name: str) -> Path:
         """The file behind a logical name (follows the client's ``<soft_link>`` files)."""
