@@ -8,7 +8,8 @@ Then it writes ``shared/out`` ("probe output: <input> steps=<N>") and finishes w
 
 Everything it sees from the client goes, one line each, to ``probe_events_<result>.log`` in the
 project directory (the slot is emptied at the end): ``start step=S standalone=B``,
-``suspended``, ``resumed``, ``quit``, ``checkpoint S``, ``trickle``, ``finish``.
+``heartbeat max_wss=N`` (the first heartbeat), ``suspended``, ``resumed``, ``quit``,
+``checkpoint S``, ``trickle``, ``finish``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Probe:
         self.step = int(CHECKPOINT.read_text()) if CHECKPOINT.exists() else 0
         self.checkpoint_step = self.step
         self.suspended = False
+        self.heartbeat_seen = False
 
     def record(self, line: str) -> None:
         with self.events.open("a", encoding="utf-8") as f:
@@ -50,6 +52,9 @@ class Probe:
         )
 
     def watch(self, status: ClientStatus) -> None:
+        if status.max_wss and not self.heartbeat_seen:
+            self.heartbeat_seen = True
+            self.record(f"heartbeat max_wss={status.max_wss:.0f}")
         if status.suspended != self.suspended:
             self.suspended = status.suspended
             self.record("suspended" if status.suspended else "resumed")

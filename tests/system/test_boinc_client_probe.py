@@ -62,6 +62,14 @@ def wait_event(session: ClientSession, line: str, *, count: int = 1) -> None:
     )
 
 
+def wait_event_prefix(session: ClientSession, prefix: str) -> None:
+    session.client.wait_for(
+        lambda: any(e.startswith(prefix) for e in events(session)),
+        timeout=WAIT,
+        what=f"the app to record {prefix!r}...; it recorded {events(session)}",
+    )
+
+
 def test_task_starts_on_the_mmap_segment_and_reports_progress(session: ClientSession) -> None:
     client = session.client
     info = client.wait_task(
@@ -77,6 +85,10 @@ def test_task_starts_on_the_mmap_segment_and_reports_progress(session: ClientSes
     assert info.fraction_done is not None
     assert info.fraction_done * STEPS == pytest.approx(round(info.fraction_done * STEPS))
     assert events(session)[0] == "start step=0 standalone=False"
+    # heartbeats arrive and parse: max_wss is the RAM the client lets jobs use (GBs here)
+    wait_event_prefix(session, "heartbeat max_wss=")
+    beat = next(e for e in events(session) if e.startswith("heartbeat"))
+    assert int(beat.split("=")[1]) > 100e6
     # the slot holds the segment the client made (api_version 7.20.5 -> mmap, not System V)
     slot = session.data.path / "slots" / str(info.slot)
     assert (slot / "boinc_mmap_file").stat().st_size == 8192
