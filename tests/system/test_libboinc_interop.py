@@ -146,9 +146,9 @@ def test_cpp_app_progress_checkpoints_suspend_resume_trickle_and_finish(
 
 
 def test_cpp_app_quit_is_a_restartable_exit(cpp_app: Path, tmp_path: Path) -> None:
-    app = cpp_app_dir(tmp_path, cpp_app, "--steps 30 --step-time 0.1")
+    app = cpp_app_dir(tmp_path, cpp_app, "--steps 40 --step-time 0.1")
     rec = Recorder()
-    report = rec.run(request(app, tmp_path / "work", ScheduledAction(2.0, Action.QUIT)))
+    report = rec.run(request(app, tmp_path / "work", ScheduledAction(2.5, Action.QUIT)))
     first, last = rec.exits()[0], rec.exits()[-1]
     # <quit/>: the API exits 0 without a finish file; the client restarts the task
     assert first.data["returncode"] == 0 and first.data["finish_file"] is False
@@ -156,9 +156,9 @@ def test_cpp_app_quit_is_a_restartable_exit(cpp_app: Path, tmp_path: Path) -> No
     assert report.episodes == 2 and last.data["disposition"] == "finished"
     assert report.outcome is JobOutcome.SUCCESS
     # the second run resumed from the API checkpoint, not from step 0
-    assert "start at step 0 of 30" in report.stderr_tail
+    assert "start at step 0 of 40" in report.stderr_tail
     starts = [line for line in report.stderr_tail.splitlines() if "start at step" in line]
-    assert len(starts) == 2 and starts[1] != "boinc_test_app: start at step 0 of 30"
+    assert len(starts) == 2 and starts[1] != "boinc_test_app: start at step 0 of 40"
 
 
 def test_cpp_app_abort_exits_194(cpp_app: Path, tmp_path: Path) -> None:
