@@ -26,8 +26,8 @@ import psutil
 import pytest
 
 from helpers.boinc_client_fixtures import VM_STEPS, ClientSession, write_vm_app_dir
+from helpers.image_fixtures import guest_image
 from vmwrapper.boincclient import JobRequest, Naming, ResultRecord, ResultState, TaskInfo
-from vmwrapper.images import ensure_image
 
 pytestmark = pytest.mark.system
 
@@ -47,7 +47,8 @@ CHECKPOINT_PERIOD = 15.0
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientSession]:
     base = tmp_path_factory.mktemp("boinc_vm")
-    app_dir = write_vm_app_dir(base / "app", ensure_image(), base / "src")
+    # the session's guest image (built once through the image cache, shared with other modules)
+    app_dir = write_vm_app_dir(base / "app", guest_image(), base / "src")
     s = ClientSession(
         base / "data",
         app_dir,
