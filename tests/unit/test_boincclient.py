@@ -61,6 +61,9 @@ NOW = 1_795_759_005.0
         ("http://lhcathome.cern.ch/lhcathome/", "lhcathome.cern.ch_lhcathome"),
         ("https://a.b/x y?z=1", "a.b_x_y_z_1"),
         ("http://h/p__", "h_p_"),  # only one trailing underscore goes
+        ("http://ex.org/\u00e9/", "ex.org___"),  # per byte: UTF-8 \u00e9 is two
+        ("ex.org/x", "ex.org_x"),  # no scheme
+        ("weird/a://b/", "b"),  # up to the first "://", wherever it is
     ],
 )
 def test_project_dir_name_escapes_like_the_client(url: str, expected: str) -> None:

@@ -145,17 +145,18 @@ class ClientState:
 
 # --- names -----------------------------------------------------------------------------------
 
-_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_URL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_URL_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 def project_dir_name(master_url: str) -> str:
     """The client's ``escape_project_url``: ``http://127.0.0.1:9/proj/`` -> ``127.0.0.1_9_proj``.
 
-    Scheme dropped, bytes other than letters, digits, ``.``, ``_``, ``-`` become ``_``, one
-    trailing ``_`` dropped.
+    Everything up to the first ``://`` dropped; each byte (of the UTF-8 text: C ``isalnum``)
+    other than a letter, digit, ``.``, ``_`` or ``-`` becomes ``_``; one trailing ``_`` dropped.
     """
-    text = _URL_UNSAFE.sub("_", _URL_SCHEME.sub("", master_url))
+    _, sep, rest = master_url.partition("://")
+    raw = (rest if sep else master_url).encode("utf-8")
+    text = "".join(chr(b) if b in _URL_SAFE else "_" for b in raw)
     return text[:-1] if text.endswith("_") else text
 
 
