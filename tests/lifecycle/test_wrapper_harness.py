@@ -120,3 +120,21 @@ def test_invalid_job_file_finishes_with_xml_parse_error(tmp_path: Path) -> None:
     report = run_job(request(app, tmp_path / "work"))
     assert report.outcome is JobOutcome.ERROR
     assert report.finish_status == -112
+
+
+def test_cern_floppy_and_job_duration_end(tmp_path: Path) -> None:
+    job = """<vbox_job>
+  <enable_floppyio/>
+  <enable_cern_dataformat/>
+  <job_duration>3</job_duration>
+</vbox_job>
+"""
+    app = make_vm_app_dir(tmp_path, job, FakeScript(), with_output=False)
+    report = run_job(request(app, tmp_path / "work"))
+    assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
+    slot = Path(report.slot_dir)
+    assert (slot / "output").read_text() == "Work Unit completed!\n"
+    payload = floppy.read_host_to_guest((slot / "vm_floppy_0.img").read_bytes())
+    assert payload is not None
+    keys = [line.split("=")[0] for line in payload.decode().splitlines()]
+    assert keys == list(floppy.CERN_KEYS)
