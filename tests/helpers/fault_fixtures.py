@@ -233,6 +233,19 @@ def _creating(slot: Path) -> bool:
     )
 
 
+#: QEMU writing more than this within ~5 ms is a snapshot being written (the guest itself
+#: writes little: its files live on a RAM disk, the console is a line at a time).
+SNAPSHOT_BURST = 512 * 1024
+
+
+def qemu_written(slot: Path) -> int:
+    """Bytes QEMU has written so far (write syscalls: psutil's write_chars), -1 if none."""
+    for proc in qemu_procs(slot):
+        with contextlib.suppress(psutil.Error, AttributeError):
+            return int(proc.io_counters().write_chars)
+    return -1
+
+
 def _steps(slot: Path) -> int:
     try:
         return (slot / "shared" / "result").read_text().count("step ")
@@ -245,8 +258,9 @@ class PhaseKiller:
     """Watches a slot from a thread (every ~5 ms) and SIGKILLs the wrapper once per phase,
     in the order given: each episode after a kill starts on the next phase. Phases are
     recognised from the slot itself: events.jsonl (``wrapper_start``, ``vm_started``, the
-    guest's ``running boinc_app`` line), the shared ``result`` file, and the overlay growing
-    by more than 256 KiB between two looks (only a snapshot writes that much)."""
+    guest's ``running boinc_app`` line), the shared ``result`` file, the image conversion's
+    temporary file, and QEMU writing more than :data:`SNAPSHOT_BURST` between two looks
+    (only a snapshot writes that much)."""
 
     slot: Path
     phases: Sequence[Phase]
@@ -301,8 +315,7 @@ class PhaseKiller:
     def _wait_phase(self, phase: Phase, episode: int) -> bool:
         started = len(events(self.slot, "vm_started"))
         checkpoints = len(events(self.slot, "checkpoint"))
-        overlay = self.slot / "vm_disk.qcow2"
-        last_size = -1
+        last_written = -1
         while not self._stop.is_set():
             now_started = len(events(self.slot, "vm_started")) > started
             if phase is Phase.CREATING and (now_started or _creating(self.slot)):
@@ -317,13 +330,10 @@ class PhaseKiller:
             ):
                 return True
             if phase is Phase.CHECKPOINT and now_started:
-                try:
-                    size = overlay.stat().st_size
-                except OSError:
-                    size = -1
-                if last_size > 0 and size - last_size > 256 * 1024:
+                written = qemu_written(self.slot)
+                if last_written >= 0 and written - last_written > SNAPSHOT_BURST:
                     return True
-                last_size = size
+                last_written = written
             time.sleep(0.005)
         return False
 

@@ -1,7 +1,7 @@
 """Faults on a real QEMU guest, run by the harness as the BOINC client would run it.
 
-* the wrapper SIGKILLed once in each phase of one job — creating the VM, booting, running
-  after a checkpoint, in the middle of a checkpoint — then (second job) in the middle of the
+* the wrapper SIGKILLed once in each phase of one job — creating the VM, booting, in the
+  middle of a checkpoint, running after a checkpoint — then (second job) in the middle of the
   save at quit: every restart goes on and the job ends with the output of an uninterrupted run;
 * QEMU killed under a running job: a clear error (194, with the signal), the record intact;
 * QEMU failing to start (a broken ``qemu-system-x86_64`` first on PATH): transient, so a
@@ -23,6 +23,7 @@ from helpers.fault_fixtures import (
     COUNTING_JOB,
     EXPECTED_OUTPUT,
     RESUMABLE_APP,
+    SNAPSHOT_BURST,
     Phase,
     PhaseKiller,
     events,
@@ -33,6 +34,7 @@ from helpers.fault_fixtures import (
     output_text,
     package_app,
     qemu_procs,
+    qemu_written,
     resize_tmpfs,
     run,
     tmpfs,
@@ -61,7 +63,7 @@ def record_is_sound(slot: Path) -> checkpoint.CheckpointRecord:
 def test_sigkill_in_every_phase_then_the_same_output(counting_app: Path, tmp_path: Path) -> None:
     work = tmp_path / "client"
     slot = work / "slots" / "0"
-    phases = (Phase.CREATING, Phase.BOOTING, Phase.RUNNING, Phase.CHECKPOINT)
+    phases = (Phase.CREATING, Phase.BOOTING, Phase.CHECKPOINT, Phase.RUNNING)
     with PhaseKiller(slot, phases) as killer:
         report = run(counting_app, work, max_episodes=8)
     hit = [k.phase for k in killer.kills]
@@ -89,10 +91,9 @@ def test_sigkill_mid_save_at_quit_then_the_same_output(counting_app: Path, tmp_p
         # Kill it as soon as the overlay starts growing (the save is under way).
         if event.kind != "control" or "quit" not in event.message or killed:
             return
-        overlay = slot / "vm_disk.qcow2"
-        size = overlay.stat().st_size
-        wait_for(lambda: overlay.stat().st_size > size + 256 * 1024, 20, interval=0.005)
-        killed.append(f"overlay {size} -> {overlay.stat().st_size}")
+        start = qemu_written(slot)
+        wait_for(lambda: qemu_written(slot) > start + SNAPSHOT_BURST, 20, interval=0.005)
+        killed.append(f"QEMU wrote {qemu_written(slot) - start} bytes")
         kill_wrapper(slot)
 
     quit_at = ScheduledAction(25.0, Action.QUIT)

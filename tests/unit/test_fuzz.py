@@ -207,6 +207,7 @@ guest_text = st.one_of(
 def test_completion_trigger_any_text(text: str) -> None:
     trigger = triggers.parse_completion(text)
     assert isinstance(trigger.exit_code, int) and isinstance(trigger.message, str)
+    assert -(2**31) <= trigger.exit_code < 2**31  # a number the client's C reader can hold
     # whatever the guest wrote, the finish file we make of it reads back as the same status
     finish = files.parse_finish(
         files.format_finish(

@@ -165,3 +165,41 @@ def test_copy_out_replaces_atomically_and_refuses_links(tmp_path: Path) -> None:
 def test_graphics_status_file(tmp_path: Path) -> None:
     write_graphics_status(tmp_path, t.GraphicsStatus(1.0, 2.0, 3.0, 0.25))
     assert "<elapsed_time>3.000000</elapsed_time>" in (tmp_path / "graphics_status.xml").read_text()
+
+
+def test_remove_symlinks_deletes_guest_links_only_and_never_follows_them(tmp_path: Path) -> None:
+    # A guest that mounts the share itself can plant symlinks named like outputs; the client
+    # would follow them when it collects the outputs (issue 9, hostile guests).
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("host file")
+    slot = tmp_path / "slot"
+    (slot / "shared" / "sub").mkdir(parents=True)
+    shared = SharedDir(slot, "shared")
+    (slot / "shared" / "real").write_text("guest output")
+    (slot / "shared" / "result").symlink_to(outside / "secret")
+    (slot / "shared" / "up").symlink_to("/")
+    (slot / "shared" / "sub" / "out").symlink_to("../../../outside/secret")
+    (slot / "shared" / "dir_link").symlink_to(outside, target_is_directory=True)
+    removed = shared.remove_symlinks()
+    assert sorted(removed) == ["dir_link", "result", os.path.join("sub", "out"), "up"]
+    assert sorted(p.name for p in (slot / "shared").rglob("*")) == ["real", "sub"]
+    assert (outside / "secret").read_text() == "host file"  # the targets are untouched
+
+
+def test_remove_symlinks_looks_at_a_bounded_number_of_entries(tmp_path: Path) -> None:
+    slot = tmp_path / "slot"
+    (slot / "shared").mkdir(parents=True)
+    for i in range(50):
+        (slot / "shared" / f"f{i:02d}").write_text("x")
+    (slot / "shared" / "zlink").symlink_to("/etc/passwd")
+    assert SharedDir(slot, "shared").remove_symlinks(limit=10) in ([], ["zlink"])
+    assert len(SharedDir(slot, "shared").remove_symlinks()) <= 1
+    assert not (slot / "shared" / "zlink").is_symlink()
+
+
+def test_a_guest_exit_code_beyond_c_int_is_cut_to_its_end() -> None:
+    # A hostile completion file (issue 9): the finish file must hold a number C can read.
+    assert t.parse_completion("99999999999999999999999\n0\n").exit_code == 2**31 - 1
+    assert t.parse_completion("-99999999999999999999999\n").exit_code == -(2**31)
+    assert t.parse_temporary_exit("1" * 40 + "\n0\n").delay == 2**31 - 1

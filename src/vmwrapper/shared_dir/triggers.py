@@ -28,9 +28,14 @@ _FLOAT = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
 DEFAULT_TEMPORARY_EXIT_REASON: Final = "The job asked for a temporary exit (trigger file)."
 
 
+#: C's int: a guest's exit code or delay beyond it is cut to the nearest end, never passed on
+#: as a number no finish file reader (the client's is C) can hold.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+
+
 def atoi(text: str) -> int:
     match = _INT.match(text)
-    return int(match.group(1)) if match else 0
+    return min(max(int(match.group(1)), INT_MIN), INT_MAX) if match else 0
 
 
 def strtod(text: str) -> float | None:

@@ -29,6 +29,8 @@ from vmwrapper.shared_dir.triggers import (
 GRAPHICS_STATUS_FILE = "graphics_status.xml"
 #: vboxwrapper reports this when the fraction-done file exists but cannot be read.
 UNREADABLE_FRACTION = 0.001
+#: remove_symlinks looks at no more entries than this.
+MAX_SWEEP_ENTRIES = 100_000
 
 
 class SharedDir:
@@ -137,6 +139,31 @@ class SharedDir:
                 fout.flush()
                 os.fsync(fout.fileno())
         os.replace(tmp, dest)
+
+    def remove_symlinks(self, limit: int = MAX_SWEEP_ENTRIES) -> list[str]:
+        """Delete every symlink under the shared dir, never following one; return their names.
+
+        The guest's agent never pushes a symlink, so one here was planted by a guest that
+        mounted the share itself. The client collects outputs from here and follows links:
+        a link named like an output would upload a host file. At most ``limit`` entries are
+        looked at (a guest may leave millions of files).
+        """
+        removed: list[str] = []
+        seen = 0
+        pending = [self.path]
+        while pending and seen < limit:
+            with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    seen += 1
+                    if seen > limit:
+                        break
+                    if entry.is_symlink():
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
+                            removed.append(os.path.relpath(entry.path, self.path))
+                    elif entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+        return removed
 
     # -- start-up files ------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ FAILURE: Final = "failure"
 HOST_PROBLEM: Final = "host_problem"
 OUTCOME: Final = "outcome"
 GC: Final = "gc"
+SHARED_SYMLINKS_REMOVED: Final = "shared_symlinks_removed"
 
 #: LogRecord attributes that are not caller extras.
 _STANDARD_ATTRS: Final = frozenset(

@@ -231,6 +231,7 @@ class Supervisor:
         self.rt.last_tick = now
 
     def _conclude(self, outcome: Outcome) -> Outcome:
+        self._remove_guest_symlinks()
         kind = type(outcome).__name__
         if isinstance(outcome, Finish):
             detail = f"status {outcome.status}" + (
@@ -247,6 +248,21 @@ class Supervisor:
             extra={"event": events.OUTCOME, "outcome": kind, "elapsed": round(self.rt.elapsed, 3)},
         )
         return outcome
+
+    def _remove_guest_symlinks(self) -> None:
+        """No symlink a guest planted in ``shared/`` outlives the wrapper: the client would
+        follow one named like an output and upload the host file behind it. (Only for
+        ``shared/``: with share_slot_dir the slot is the client's, and holds no symlinks.)"""
+        if not self.job.enable_shared_directory:
+            return
+        removed = self.shared.remove_symlinks()
+        if removed:
+            log.warning(
+                "Removed %d symbolic link(s) the guest made in the shared directory: %s",
+                len(removed),
+                ", ".join(sorted(removed)[:10]),
+                extra={"event": events.SHARED_SYMLINKS_REMOVED, "count": len(removed)},
+            )
 
     # -- start-up -------------------------------------------------------------------------
 

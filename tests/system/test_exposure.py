@@ -1,0 +1,179 @@
+"""What a running job exposes, checked on real QEMU guests run by the harness (two boots).
+
+* Network off by default, seen from inside the guest: its only interface is ``lo`` and nothing
+  answers at the NAT gateway address. (The second job, with ``<enable_network/>``, sees a NIC:
+  the check would notice one.)
+* Port forwards and the console (VNC) listen on 127.0.0.1 only, by default.
+* The console refuses a client without the per-task password: a minimal RFB 3.8 client sees
+  VNC authentication as the only security type offered (never "None"), and a response that
+  is not the DES encryption of the challenge under the password is refused. (No DES library
+  is installed, so the test does not compute a right response; that the password is per
+  task and set over QMP is in docs/qemu-backend.md.) An RFB 3.3 client, which cannot choose,
+  is told VNC authentication too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers.fault_fixtures import (
+    GUEST_MEMORY_MB,
+    events,
+    no_qemu_left,
+    output_text,
+    package_app,
+    qemu_procs,
+    run,
+)
+from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
+from vmwrapper.harness.job import Progress
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
+
+PROBE_APP = """#!/bin/sh
+{
+  echo "interfaces: $(ls /sys/class/net | tr '\\n' ' ')"
+  if ping -c 1 -W 2 10.0.2.2 >/dev/null 2>&1; then echo "gateway: reachable"; else
+    echo "gateway: unreachable"; fi
+} > result
+sleep 12
+printf '0\\n0\\n' > done
+sleep 600
+"""
+
+
+def job(network: bool) -> str:
+    net = (
+        "<enable_network/><pf_guest_port>80</pf_guest_port>"
+        "<port_forward><host_port>0</host_port><guest_port>22</guest_port></port_forward>"
+        if network
+        else ""
+    )
+    return f"""<vbox_job>
+  <os_name>Linux26_64</os_name>
+  <memory_size_mb>{GUEST_MEMORY_MB}</memory_size_mb>
+  <enable_shared_directory/>
+  <enable_remotedesktop/>
+  {net}
+  <completion_trigger_file>done</completion_trigger_file>
+</vbox_job>
+"""
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def rfb_probe(port: int) -> dict[str, object]:
+    """A minimal RFB client: the security types offered, and the answer to a wrong
+    VNC-auth response (16 random bytes instead of DES(challenge, password))."""
+    found: dict[str, object] = {}
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        found["version"] = _recv_exact(sock, 12)
+        sock.sendall(b"RFB 003.008\n")
+        count = _recv_exact(sock, 1)[0]
+        found["types"] = list(_recv_exact(sock, count)) if count else []
+        if 2 in found["types"]:
+            sock.sendall(bytes([2]))
+            found["challenge"] = _recv_exact(sock, 16)
+            sock.sendall(os.urandom(16))
+            (found["result"],) = struct.unpack(">I", _recv_exact(sock, 4))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        _recv_exact(sock, 12)
+        sock.sendall(b"RFB 003.003\n")  # the server picks the type
+        (found["type_3_3"],) = struct.unpack(">I", _recv_exact(sock, 4))
+    return found
+
+
+def listeners(pid: int) -> list[tuple[str, int]]:
+    return [
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections(kind="inet")
+        if c.pid == pid and c.status == psutil.CONN_LISTEN
+    ]
+
+
+def run_and_probe(app: Path, work: Path) -> tuple[str, dict[str, object], list[tuple[str, int]]]:
+    slot = work / "slots" / "0"
+    seen: dict[str, object] = {}
+    bound: list[tuple[str, int]] = []
+
+    def on_progress(progress: Progress) -> None:
+        if seen or not events(slot, "vm_online"):
+            return
+        procs = qemu_procs(slot)
+        if not procs:
+            return
+        bound.extend(listeners(procs[0].pid))
+        vnc = [p for _, p in bound if p >= 5900]  # QEMU serves VNC display N on 5900 + N
+        seen.update(rfb_probe(max(vnc)) if vnc else {"error": f"no VNC port in {bound}"})
+
+    report = run(app, work, on_progress=on_progress, max_episodes=1)
+    assert report.success, report.message + report.stderr_tail
+    no_qemu_left(slot)
+    return output_text(report), seen, bound
+
+
+@pytest.fixture(scope="module")
+def network_off(
+    tmp_path_factory: pytest.TempPathFactory,
+    default_guest_image: Path,  # noqa: F811
+) -> tuple[str, dict[str, object], list[tuple[str, int]]]:
+    tmp = tmp_path_factory.mktemp("net-off")
+    app = package_app(tmp, default_guest_image, PROBE_APP, job(network=False))
+    return run_and_probe(app, tmp / "client")
+
+
+@pytest.fixture(scope="module")
+def network_on(
+    tmp_path_factory: pytest.TempPathFactory,
+    default_guest_image: Path,  # noqa: F811
+) -> tuple[str, dict[str, object], list[tuple[str, int]]]:
+    tmp = tmp_path_factory.mktemp("net-on")
+    app = package_app(tmp, default_guest_image, PROBE_APP, job(network=True))
+    return run_and_probe(app, tmp / "client")
+
+
+def test_network_is_off_by_default_seen_from_the_guest(
+    network_off: tuple[str, dict[str, object], list[tuple[str, int]]],
+    network_on: tuple[str, dict[str, object], list[tuple[str, int]]],
+) -> None:
+    off, on = network_off[0], network_on[0]
+    assert "interfaces: lo \n" in off, off
+    assert "gateway: unreachable" in off
+    # the same probe with <enable_network/> sees a NIC: the check above means something
+    assert "interfaces: lo \n" not in on and "eth0" in on, on
+
+
+def test_forwards_and_console_listen_on_loopback_only(
+    network_off: tuple[str, dict[str, object], list[tuple[str, int]]],
+    network_on: tuple[str, dict[str, object], list[tuple[str, int]]],
+) -> None:
+    off_bound, on_bound = network_off[2], network_on[2]
+    assert off_bound and all(ip == "127.0.0.1" for ip, _ in off_bound), off_bound
+    # VNC, the webapi forward (pf_guest_port) and the extra forward: three listeners
+    assert len(on_bound) >= 3 and all(ip == "127.0.0.1" for ip, _ in on_bound), on_bound
+
+
+@pytest.mark.parametrize("which", ["network_off", "network_on"])
+def test_console_refuses_a_client_without_the_password(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    seen = request.getfixturevalue(which)[1]
+    assert "error" not in seen, seen
+    assert seen["version"] == b"RFB 003.008\n"
+    assert seen["types"] == [2], seen  # VNC authentication only: no type 1 ("None")
+    assert seen["result"] == 1, seen  # a wrong DES response is refused
+    assert seen["type_3_3"] == 2, seen  # an RFB 3.3 client is told VNC auth too
