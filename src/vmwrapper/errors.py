@@ -51,11 +51,17 @@ class Problem:
 
 
 class SpecError(InputError):
-    """vbox_job.xml cannot be used. ``problems`` lists every error found, not just the first."""
+    """vbox_job.xml cannot be used. ``problems`` lists every error found, not just the first.
 
-    def __init__(self, path: str, problems: Sequence[Problem]) -> None:
+    ``malformed`` is true when the file is not a readable ``<vbox_job>`` at all (vboxwrapper's
+    ERR_XML_PARSE); otherwise it parsed but holds values or combinations that cannot work
+    (vboxwrapper's EXIT_INIT_FAILURE for illegal combinations).
+    """
+
+    def __init__(self, path: str, problems: Sequence[Problem], *, malformed: bool = False) -> None:
         self.path = path
         self.problems = tuple(problems)
+        self.malformed = malformed
         lines = "\n".join(f"  {p}" for p in self.problems)
         super().__init__(f"{path}: {len(self.problems)} problem(s):\n{lines}")
 

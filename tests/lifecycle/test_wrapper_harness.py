@@ -122,6 +122,14 @@ def test_invalid_job_file_finishes_with_xml_parse_error(tmp_path: Path) -> None:
     assert report.finish_status == -112
 
 
+def test_illegal_combination_finishes_206(tmp_path: Path) -> None:
+    job = "<vbox_job><share_slot_dir/><enable_shared_directory/></vbox_job>"
+    app = make_vm_app_dir(tmp_path, job, with_output=False)
+    report = run_job(request(app, tmp_path / "work"))
+    assert report.outcome is JobOutcome.ERROR
+    assert report.finish_status == 206
+
+
 def test_cern_floppy_and_job_duration_end(tmp_path: Path) -> None:
     job = """<vbox_job>
   <enable_floppyio/>

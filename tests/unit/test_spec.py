@@ -227,6 +227,13 @@ def test_unusable_files_raise_spec_error(text: str) -> None:
     with pytest.raises(SpecError) as info:
         parse_job(text, "bad.xml")
     assert str(info.value).startswith("bad.xml:")
+    assert info.value.malformed
+
+
+def test_values_that_cannot_work_are_not_malformed() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_job("<vbox_job><share_slot_dir/><enable_shared_directory/></vbox_job>")
+    assert not info.value.malformed
 
 
 def test_xml_bomb_is_refused() -> None:

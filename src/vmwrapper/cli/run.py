@@ -90,7 +90,8 @@ def prepare(argv: Sequence[str], slot_dir: Path) -> Prepared | Outcome:
     except OSError as exc:
         return Finish(ERR_FOPEN, f"cannot read {JOB_FILE} ({job_path}): {exc.strerror}")
     except SpecError as exc:
-        return Finish(ERR_XML_PARSE, str(exc))
+        # vboxwrapper: unreadable XML is ERR_XML_PARSE, illegal combinations EXIT_INIT_FAILURE
+        return Finish(ERR_XML_PARSE if exc.malformed else EXIT_INIT_FAILURE, str(exc))
     try:
         run = build_run_config(
             args,

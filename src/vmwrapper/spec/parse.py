@@ -346,13 +346,13 @@ def parse_job(data: str | bytes, path: str = "vbox_job.xml") -> ParsedJob:
         root = DefusedET.fromstring(data)
     except DefusedXmlException as exc:
         report.error("", f"refused unsafe XML ({type(exc).__name__})", "remove DTDs and entities")
-        raise SpecError(path, report.errors) from exc
+        raise SpecError(path, report.errors, malformed=True) from exc
     except Exception as exc:  # expat ParseError, encoding errors
         report.error("", f"not well-formed XML: {exc}", "fix the XML syntax at that position")
-        raise SpecError(path, report.errors) from exc
+        raise SpecError(path, report.errors, malformed=True) from exc
     if root.tag != ROOT:
         report.error(root.tag, f"the root element must be <{ROOT}>", f"wrap the job in <{ROOT}>")
-        raise SpecError(path, report.errors)
+        raise SpecError(path, report.errors, malformed=True)
     values = _collect(root, report)
     notes: list[str] = []
     spec = _check_values(JobSpec(**values), report, notes)
