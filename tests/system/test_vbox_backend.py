@@ -432,7 +432,25 @@ def test_two_tasks_share_a_multiattach_parent(vbox_sim: VBoxHost, tmp_path: Path
     backends[0].cleanup()
     info = output.parse_hdinfo(vbox_sim.vboxmanage("showhdinfo", str(parent)).stdout)
     assert len(info.child_uuids) == 1
-    backends[1].cleanup()
+    # the second VM disappears without clean-up (unregistered, its child disk left behind)
+    assert vbox_sim.vboxmanage("unregistervm", configs[1].name).returncode == 0
+    orphan = output.parse_hdinfo(vbox_sim.vboxmanage("showhdinfo", str(parent)).stdout)
+    orphan_file = output.parse_hdinfo(
+        vbox_sim.vboxmanage("showhdinfo", orphan.child_uuids[0]).stdout
+    ).location
+    assert Path(orphan_file).is_file()
+    # the next task on this parent removes the orphan before attaching its own child
+    third = replace(
+        make_config(tmp_path / "host3", name="boinc_multi00000000003", remote_desktop=None),
+        disk_image=None,
+        multiattach_parent=parent,
+    )
+    backend3 = fast_backend(third, lock_dir=tmp_path / "locks")
+    backend3.create()
+    info = output.parse_hdinfo(vbox_sim.vboxmanage("showhdinfo", str(parent)).stdout)
+    assert len(info.child_uuids) == 1 and orphan.child_uuids[0] not in info.child_uuids
+    assert not Path(orphan_file).exists()
+    backend3.cleanup()
     assert parent.read_bytes() == before
 
 

@@ -269,6 +269,9 @@ class VirtualBoxBackend:
                     else:
                         raise VBoxManageError("showhdinfo (multiattach parent)", hd)
                 info = output.parse_hdinfo(hd.output)
+                if attempt == 1 and info.multiattach and info.child_uuids:
+                    # children of VMs that are gone (crashed or stale runs) only fill the disk
+                    self._remove_disk_orphans(parent, close_parent=False)
                 if not info.multiattach:  # registers it (with a new UUID on a clash)
                     self._run(
                         cmd.attach_step(
@@ -301,18 +304,27 @@ class VirtualBoxBackend:
                         continue
                     raise
 
-    def _remove_disk_orphans(self, parent: Path) -> None:
-        """Close every child of ``parent`` that no VM uses, then the parent itself, so VirtualBox
-        forgets a broken registry entry (remove_vbox_disk_orphans, §3.7 16d)."""
-        hd = self.runner.probe(cmd.showhdinfo(str(parent)))
-        info = output.parse_hdinfo(hd.output)
+    def _remove_disk_orphans(self, parent: Path, *, close_parent: bool = True) -> None:
+        """Delete every differencing child of ``parent`` that no VM (or snapshot) uses, children
+        first; with ``close_parent`` also close the parent itself, so VirtualBox forgets a broken
+        registry entry (remove_vbox_disk_orphans, §3.7 16d). Runs under the parent's lock."""
+        info = output.parse_hdinfo(self.runner.probe(cmd.showhdinfo(str(parent))).output)
         for child in info.child_uuids:
-            child_info = output.parse_hdinfo(self.runner.probe(cmd.showhdinfo(child)).output)
-            if child_info.in_use_by:
-                continue
-            log.info("Removing orphaned child disk %s of %s", child, parent)
-            self.runner.probe(cmd.closemedium("disk", child, delete=True))
-        self.runner.probe(cmd.closemedium("disk", info.location or str(parent)))
+            self._remove_orphan_tree(child, parent)
+        if close_parent:
+            self.runner.probe(cmd.closemedium("disk", info.location or str(parent)))
+
+    def _remove_orphan_tree(self, uuid: str, parent: Path) -> bool:
+        result = self.runner.probe(cmd.showhdinfo(uuid))
+        if not result.ok:
+            return False
+        info = output.parse_hdinfo(result.output)
+        if info.in_use_by:
+            return False
+        if not all([self._remove_orphan_tree(child, parent) for child in info.child_uuids]):
+            return False  # a descendant is still in use: keep the chain
+        log.info("Removing orphaned child disk %s of %s", info.location or uuid, parent)
+        return self.runner.probe(cmd.closemedium("disk", uuid, delete=True)).ok
 
     # ---- start and state -------------------------------------------------------------------
 
