@@ -26,6 +26,7 @@ from helpers.image_fixtures import (  # noqa: F401 (fixture)
     wait_for,
 )
 from vmwrapper.images import ExtraFile, ImageRecipe, convert
+from vmwrapper.images.recipe import DEFAULT_CMDLINE
 
 pytestmark = pytest.mark.system
 
@@ -208,8 +209,13 @@ def test_added_files_and_debs_are_in_the_image(tmp_path: Path) -> None:
                    check=True, capture_output=True, timeout=60)  # fmt: skip
     data = tmp_path / "data.txt"
     data.write_text("added with --add\n")
+    # vmwrapper.vboxlog: the markers go to I/O port 0x504 as under VirtualBox (captured here
+    # by QEMU's isa-debugcon, as VirtualBox's VMMDev would put them in VBox.log).
     recipe = ImageRecipe(
-        extra_files=(ExtraFile.parse(f"{data}:/opt/app/data.txt"),), debs=(deb,), fmt="qcow2"
+        extra_files=(ExtraFile.parse(f"{data}:/opt/app/data.txt"),),
+        debs=(deb,),
+        fmt="qcow2",
+        cmdline=f"{DEFAULT_CMDLINE} vmwrapper.vboxlog",
     )
     image = guest_image(recipe)
     assert image.suffix == ".qcow2"
@@ -225,13 +231,17 @@ def test_added_files_and_debs_are_in_the_image(tmp_path: Path) -> None:
         "vmwrapper-mount-cdrom && cat /root/cdrom/context.txt >> out\n"
     )
     shared = make_shared(tmp_path, app, {})
-    cdrom = [
+    port_log = tmp_path / "port-0x504.log"
+    devices = [
         "-drive", f"file={iso},if=none,id=cd0,format=raw,readonly=on",
         "-device", "ide-cd,drive=cd0,bus=ide.1,unit=0",
+        "-chardev", f"file,id=vboxlog,path={port_log}",
+        "-device", "isa-debugcon,iobase=0x504,chardev=vboxlog",
     ]  # fmt: skip
-    run = boot_guest(image, tmp_path / "vm", shared=shared, extra=cdrom)
+    run = boot_guest(image, tmp_path / "vm", shared=shared, extra=devices)
     assert run.returncode == 0, run.console
     assert (shared / "out").read_text() == ("hello from the deb\nadded with --add\nfrom the iso\n")
+    assert port_log.read_text() == "VMWRAPPER_GUEST_DONE status=0\n"
 
 
 def test_power_button_powers_the_guest_off_at_once(
