@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit system deps venv dist bench clean
+.PHONY: demo test lint typecheck unit system deps venv dist bench faults clean
 
 deps:
 	@scripts/install-deps.sh
@@ -43,6 +43,9 @@ dist: venv
 
 bench: venv
 	@for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+faults: venv
+	$(BIN)/python scripts/faults.py $(FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache

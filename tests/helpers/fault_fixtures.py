@@ -77,6 +77,7 @@ def package_app(
     job_xml: str = COUNTING_JOB,
     *,
     outputs: Sequence[str] = ("result",),
+    inputs: Sequence[tuple[str, Path]] = (),
     name: str = "faults",
 ) -> Path:
     """An APP_DIR made by `vmwrapper package` (as a project would) in ``tmp/app``."""
@@ -94,6 +95,8 @@ def package_app(
     ]  # fmt: skip
     for output in outputs:
         argv += ["--output", output]
+    for logical, path in inputs:
+        argv += ["--input", f"{logical}={path}"]
     subprocess.run(argv, check=True, capture_output=True, timeout=300)
     return out
 

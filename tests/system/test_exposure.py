@@ -1,5 +1,7 @@
 """What a running job exposes, checked on real QEMU guests run by the harness (two boots).
 
+* A hung guest (the network-off job's app never finishes) is ended by ``job_duration``: finish
+  0 with its outputs, once the elapsed time reaches it.
 * Network off by default, seen from inside the guest: its only interface is ``lo`` and nothing
   answers at the NAT gateway address. (The second job, with ``<enable_network/>``, sees a NIC:
   the check would notice one.)
@@ -32,23 +34,25 @@ from helpers.fault_fixtures import (
     run,
 )
 from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
-from vmwrapper.harness.job import Progress
+from vmwrapper.harness.job import JobReport, Progress
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
 
-PROBE_APP = """#!/bin/sh
+PROBE = """#!/bin/sh
 {
   echo "interfaces: $(ls /sys/class/net | tr '\\n' ' ')"
   if ping -c 1 -W 2 10.0.2.2 >/dev/null 2>&1; then echo "gateway: reachable"; else
     echo "gateway: unreachable"; fi
 } > result
-sleep 12
-printf '0\\n0\\n' > done
-sleep 600
 """
+# finishes by itself
+PROBE_APP = PROBE + "sleep 12\nprintf '0\\n0\\n' > done\nsleep 600\n"
+# hangs: never writes the completion file, never exits (the job_duration must end it)
+HUNG_APP = PROBE + "while :; do sleep 1; done\n"
+JOB_DURATION = 40
 
 
-def job(network: bool) -> str:
+def job(network: bool, job_duration: int = 0) -> str:
     net = (
         "<enable_network/><pf_guest_port>80</pf_guest_port>"
         "<port_forward><host_port>0</host_port><guest_port>22</guest_port></port_forward>"
@@ -61,6 +65,7 @@ def job(network: bool) -> str:
   <enable_shared_directory/>
   <enable_remotedesktop/>
   {net}
+  {f"<job_duration>{job_duration}</job_duration>" if job_duration else ""}
   <completion_trigger_file>done</completion_trigger_file>
 </vbox_job>
 """
@@ -84,8 +89,9 @@ def rfb_probe(port: int) -> dict[str, object]:
         found["version"] = _recv_exact(sock, 12)
         sock.sendall(b"RFB 003.008\n")
         count = _recv_exact(sock, 1)[0]
-        found["types"] = list(_recv_exact(sock, count)) if count else []
-        if 2 in found["types"]:
+        types = list(_recv_exact(sock, count)) if count else []
+        found["types"] = types
+        if 2 in types:
             sock.sendall(bytes([2]))
             found["challenge"] = _recv_exact(sock, 16)
             sock.sendall(os.urandom(16))
@@ -98,14 +104,18 @@ def rfb_probe(port: int) -> dict[str, object]:
 
 
 def listeners(pid: int) -> list[tuple[str, int]]:
-    return [
-        (c.laddr.ip, c.laddr.port)
-        for c in psutil.net_connections(kind="inet")
-        if c.pid == pid and c.status == psutil.CONN_LISTEN
-    ]
+    found = []
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.pid == pid and conn.status == psutil.CONN_LISTEN and conn.laddr:
+            ip, port = conn.laddr[0], conn.laddr[1]
+            found.append((str(ip), int(port)))
+    return found
 
 
-def run_and_probe(app: Path, work: Path) -> tuple[str, dict[str, object], list[tuple[str, int]]]:
+Probed = tuple[str, dict[str, object], list[tuple[str, int]], JobReport]
+
+
+def run_and_probe(app: Path, work: Path) -> Probed:
     slot = work / "slots" / "0"
     seen: dict[str, object] = {}
     bound: list[tuple[str, int]] = []
@@ -123,16 +133,16 @@ def run_and_probe(app: Path, work: Path) -> tuple[str, dict[str, object], list[t
     report = run(app, work, on_progress=on_progress, max_episodes=1)
     assert report.success, report.message + report.stderr_tail
     no_qemu_left(slot)
-    return output_text(report), seen, bound
+    return output_text(report), seen, bound, report
 
 
 @pytest.fixture(scope="module")
 def network_off(
     tmp_path_factory: pytest.TempPathFactory,
     default_guest_image: Path,  # noqa: F811
-) -> tuple[str, dict[str, object], list[tuple[str, int]]]:
+) -> Probed:
     tmp = tmp_path_factory.mktemp("net-off")
-    app = package_app(tmp, default_guest_image, PROBE_APP, job(network=False))
+    app = package_app(tmp, default_guest_image, HUNG_APP, job(False, JOB_DURATION))
     return run_and_probe(app, tmp / "client")
 
 
@@ -140,15 +150,15 @@ def network_off(
 def network_on(
     tmp_path_factory: pytest.TempPathFactory,
     default_guest_image: Path,  # noqa: F811
-) -> tuple[str, dict[str, object], list[tuple[str, int]]]:
+) -> Probed:
     tmp = tmp_path_factory.mktemp("net-on")
     app = package_app(tmp, default_guest_image, PROBE_APP, job(network=True))
     return run_and_probe(app, tmp / "client")
 
 
 def test_network_is_off_by_default_seen_from_the_guest(
-    network_off: tuple[str, dict[str, object], list[tuple[str, int]]],
-    network_on: tuple[str, dict[str, object], list[tuple[str, int]]],
+    network_off: Probed,
+    network_on: Probed,
 ) -> None:
     off, on = network_off[0], network_on[0]
     assert "interfaces: lo \n" in off, off
@@ -158,13 +168,25 @@ def test_network_is_off_by_default_seen_from_the_guest(
 
 
 def test_forwards_and_console_listen_on_loopback_only(
-    network_off: tuple[str, dict[str, object], list[tuple[str, int]]],
-    network_on: tuple[str, dict[str, object], list[tuple[str, int]]],
+    network_off: Probed,
+    network_on: Probed,
 ) -> None:
     off_bound, on_bound = network_off[2], network_on[2]
     assert off_bound and all(ip == "127.0.0.1" for ip, _ in off_bound), off_bound
     # VNC, the webapi forward (pf_guest_port) and the extra forward: three listeners
     assert len(on_bound) >= 3 and all(ip == "127.0.0.1" for ip, _ in on_bound), on_bound
+
+
+def test_a_hung_guest_is_ended_by_job_duration(network_off: Probed) -> None:
+    # The app never writes the completion file and never exits: at job_duration the wrapper
+    # powers the VM off and finishes with 0 (vboxwrapper's row 24), with the outputs.
+    report = network_off[3]
+    assert report.finish_status == 0 and report.episodes == 1
+    assert "interfaces:" in output_text(report)
+    assert JOB_DURATION <= report.elapsed < JOB_DURATION + 120
+    slot = Path(report.slot_dir)
+    assert not events(slot, "completion_trigger")
+    assert [e for e in events(slot, "outcome") if float(str(e.get("elapsed", 0))) >= JOB_DURATION]
 
 
 @pytest.mark.parametrize("which", ["network_off", "network_on"])

@@ -6,6 +6,7 @@
 * QEMU killed under a running job: a clear error (194, with the signal), the record intact;
 * QEMU failing to start (a broken ``qemu-system-x86_64`` first on PATH): transient, so a
   temporary exit with a reason and a doubling back-off, the job retried;
+* the client lost (its process killed): the VM state saved, the wrapper gone within 15 s;
 * the slot's disk full (a small tmpfs holds the whole data dir): the snapshot fails, the
   record is never corrupted, the job is retried; once there is room again it finishes.
 
@@ -15,6 +16,9 @@ The long repeated sweeps (random kill points) are in ``scripts/faults.py`` (`mak
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +43,7 @@ from helpers.fault_fixtures import (
     run,
     tmpfs,
     wait_for,
+    wrapper_procs,
 )
 from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from vmwrapper.harness.job import Action, JobOutcome, ScheduledAction
@@ -89,7 +94,7 @@ def test_sigkill_mid_save_at_quit_then_the_same_output(counting_app: Path, tmp_p
     def on_event(event: TaskEvent) -> None:
         # The quit reached the wrapper: it now takes a checkpoint and saves the VM state.
         # Kill it as soon as the overlay starts growing (the save is under way).
-        if event.kind != "control" or "quit" not in event.message or killed:
+        if event.kind != "control" or "quit" not in event.detail or killed:
             return
         start = qemu_written(slot)
         wait_for(lambda: qemu_written(slot) > start + SNAPSHOT_BURST, 20, interval=0.005)
@@ -160,7 +165,7 @@ def test_full_disk_fails_the_snapshot_cleanly_and_the_job_is_retried(
                 filler.append(fill(work))
                 os.truncate(filler[0], max(filler[0].stat().st_size - 8 * 1024 * 1024, 0))
             elif event.kind == "exit" and filler and not state["freed"]:
-                state["exit"] = event.message
+                state["exit"] = event.detail
                 state["record"] = (slot / "vbox_checkpoint.xml").exists() and record_is_sound(slot)
                 filler[0].unlink()
                 resize_tmpfs(work, "400m")
@@ -175,3 +180,47 @@ def test_full_disk_fails_the_snapshot_cleanly_and_the_job_is_retried(
     assert output_text(report) == EXPECTED_OUTPUT
     assert "No space left on device" in stderr or "ENOSPC" in stderr, stderr
     assert COUNTING_JOB  # the job: a snapshot every 4 s
+
+
+def test_lost_client_the_vm_is_saved_and_the_wrapper_exits_within_15_s(
+    counting_app: Path, tmp_path: Path
+) -> None:
+    # The client is a separate `vmwrapper job` process; SIGKILL takes it away without a word
+    # (its pid disappears), as a crashed BOINC client would.
+    work = tmp_path / "client"
+    slot = work / "slots" / "0"
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "vmwrapper", "job", str(counting_app), "--workdir", str(work),
+         "--keep-slot", "--checkpoint-period", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: "step 2" in _read(slot / "shared" / "result"), 300, 0.2)
+        wrappers = wrapper_procs(slot)
+        assert wrappers
+        harness.kill()
+        harness.wait(timeout=10)
+        lost = time.monotonic()
+        gone = wait_for(lambda: not any(p.is_running() for p in wrappers), 60, 0.1)
+        took = time.monotonic() - lost
+    finally:
+        harness.kill()
+        kill_wrapper(slot)
+        kill_qemu(slot)
+    assert gone and took <= 15.0, f"the wrapper took {took:.1f} s"
+    assert events(slot, "no_heartbeat")
+    snapshots = subprocess.run(
+        ["qemu-img", "snapshot", "-U", "-l", str(slot / "vm_disk.qcow2")],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "vmwrapper_saved_state" in snapshots, snapshots  # the VM was saved, not dropped
+    record = record_is_sound(slot)
+    assert record.snapshot and record.snapshot in snapshots
+    no_qemu_left(slot)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

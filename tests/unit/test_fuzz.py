@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from vmwrapper.boinc import files, messages
 from vmwrapper.boinc.init_data import AppInitData, parse_init_data
 from vmwrapper.errors import InitDataError, ProtocolError, SpecError, VmWrapperError
+from vmwrapper.outcome import MAX_TEMPORARY_EXIT_DELAY, Finish
 from vmwrapper.shared_dir import triggers
 from vmwrapper.spec.model import JobSpec
 from vmwrapper.spec.parse import parse_job
@@ -211,9 +212,7 @@ def test_completion_trigger_any_text(text: str) -> None:
     # whatever the guest wrote, the finish file we make of it reads back as the same status
     finish = files.parse_finish(
         files.format_finish(
-            files.Finish(
-                trigger.exit_code, trigger.message.splitlines()[0] if trigger.message else ""
-            )
+            Finish(trigger.exit_code, trigger.message.splitlines()[0] if trigger.message else "")
         )
     )
     assert finish.status == trigger.exit_code
@@ -249,7 +248,7 @@ def test_finish_file_any_text(text: str) -> None:
 def test_temporary_exit_file_any_text(text: str) -> None:
     request = files.parse_temporary_exit(text)
     if request is not None:
-        assert 0 <= request.delay <= files.MAX_TEMPORARY_EXIT_DELAY
+        assert 0 <= request.delay <= MAX_TEMPORARY_EXIT_DELAY
 
 
 # -- control messages and channel frames ------------------------------------------------------
