@@ -419,11 +419,11 @@ wait
 
 def test_descendants_listed_at_quit_are_killed_after_the_exit(tmp_path: Path) -> None:
     app = make_shell_app_dir(tmp_path, LEAVES_A_CHILD)
-    clock = FastClock(factor=60)
+    clock = FastClock(factor=30)
     report, events = run(
         app,
         tmp_path / "work",
-        ScheduledAction(1.0, Action.QUIT),
+        ScheduledAction(45.0, Action.QUIT),  # 1.5 s real: the child exists by then
         clock=clock,
         poll_interval=1.0,
         max_episodes=1,
@@ -434,4 +434,7 @@ def test_descendants_listed_at_quit_are_killed_after_the_exit(tmp_path: Path) ->
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.1)
-    assert not _alive(pid)
+    alive = _alive(pid)
+    if alive:  # leave no stray process behind, even when failing
+        psutil.Process(pid).kill()
+    assert not alive

@@ -334,3 +334,9 @@ def test_heartbeat_round_trip(wss: float, max_wss: float, net: bool) -> None:
     assert back.wss == pytest.approx(wss, rel=1e-6) and back.max_wss == pytest.approx(
         max_wss, rel=1e-6
     )
+
+
+@given(st.text(max_size=200))
+def test_unescape_takes_any_text(text: str) -> None:
+    result = m.xml_unescape(text)
+    assert "&" in text or result == text

@@ -205,11 +205,16 @@ _NAMED = {"lt": "<", "gt": ">", "quot": '"', "apos": "'", "amp": "&"}
 
 
 def xml_unescape(text: str) -> str:
-    """BOINC's ``xml_unescape``: named entities, ``&#xD;``/``&#xA;``, ``&#NNN;`` bytes < 256."""
+    """BOINC's ``xml_unescape``: named entities, ``&#xD;``/``&#xA;``, ``&#NNN;`` bytes < 256.
+
+    ``&#NNN;`` is one byte, so escapes are undone on bytes: ``&#195;&#169;`` is UTF-8 "é".
+    """
+    if "&" not in text:
+        return text
     raw = bytearray()
     pos = 0
     for match in _ENTITY.finditer(text):
-        raw += text[pos : match.start()].encode("utf-8")
+        raw += text[pos : match.start()].encode("utf-8", "surrogatepass")
         name = match.group(1)
         if name in _NAMED:
             raw += _NAMED[name].encode()
@@ -220,8 +225,11 @@ def xml_unescape(text: str) -> str:
         else:
             raw += match.group(0).encode()
         pos = match.end()
-    raw += text[pos:].encode("utf-8")
-    return raw.decode("utf-8", errors="replace")
+    raw += text[pos:].encode("utf-8", "surrogatepass")
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:  # a lone escaped byte that is not UTF-8
+        return raw.decode("utf-8", "replace")
 
 
 def parse_str(text: str, tag: str) -> str | None:
