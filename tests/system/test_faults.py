@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from helpers.fault_fixtures import (
@@ -46,6 +47,7 @@ from helpers.fault_fixtures import (
     wrapper_procs,
 )
 from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
+from helpers.qemu_fixtures import make_slot, qemu_backend, vm_config
 from vmwrapper.harness.job import Action, JobOutcome, ScheduledAction
 from vmwrapper.harness.task import TaskEvent
 from vmwrapper.supervisor import checkpoint
@@ -224,3 +226,23 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+def test_a_conversion_left_by_a_killed_wrapper_is_removed_by_the_next(tmp_path: Path) -> None:
+    # A wrapper SIGKILLed while it converts the VDI leaves <base>.<pid>.tmp (image-sized);
+    # the next run's back end removes it (only when that pid is gone: another slot may be
+    # converting a shared multiattach parent right now).
+    slot, project = make_slot(tmp_path)
+    with qemu_backend(vm_config(slot, project)) as backend:
+        backend.create()
+        (base,) = slot.glob("vm_image.vdi.*.qcow2")
+        backend.cleanup()
+        assert not base.exists()
+        dead = next(pid for pid in range(4_000_000, 3_000_000, -1) if not psutil.pid_exists(pid))
+        stale = base.with_name(f"{base.name}.{dead}.tmp")
+        live = base.with_name(f"{base.name}.{os.getppid()}.tmp")  # a live process
+        stale.write_bytes(b"half an image")
+        live.write_bytes(b"being converted")
+        backend.create()
+        assert base.exists() and not stale.exists() and live.exists()
+        live.unlink()

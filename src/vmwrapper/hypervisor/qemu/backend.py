@@ -464,6 +464,7 @@ class QemuBackend:
         key = f"{parent.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
         base = parent.with_name(f"{parent.name}.{hashlib.sha256(key).hexdigest()[:12]}.qcow2")
         if not base.exists():
+            _remove_dead_converters_files(base)
             tmp = base.with_name(f"{base.name}.{os.getpid()}.tmp")
             try:
                 self._qemu_img(
@@ -1006,6 +1007,15 @@ def _tail(path: Path, start: int, limit: int = 1 << 20) -> str:
             return fh.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def _remove_dead_converters_files(base: Path) -> None:
+    """Delete ``<base>.<pid>.tmp`` files whose converting process is gone: a wrapper killed
+    while converting leaves one (image-sized) behind, and nothing else would remove it."""
+    for stale in base.parent.glob(f"{glob.escape(base.name)}.*.tmp"):
+        pid = stale.name[len(base.name) + 1 : -len(".tmp")]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            stale.unlink(missing_ok=True)
 
 
 __all__ = ["SAVED_STATE_TAG", "Accel", "QemuBackend", "QemuPorts", "SlotFiles"]
