@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from vmwrapper.boincclient import (
     StopReport,
     write_data_dir,
 )
+from vmwrapper.packaging.templates import format_input_template, parse_input_template
 
 PROBE_APP = Path(__file__).with_name("boinc_probe_app.py")
 PROBE_LAUNCHER = """#!/bin/sh
@@ -206,4 +208,12 @@ def write_vm_app_dir(app_dir: Path, image: Path, work: Path, input_text: str = "
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+    # A long estimate: while the app reports no fraction done, the client shows its own
+    # guess 1 - exp(-elapsed / (rsc_fpops_est / flops)) once a minute has passed
+    # (ACTIVE_TASK::write_gui); with 1e14 FLOPs at 1e9 FLOPS it stays below 0.003 for the
+    # first five minutes, so it can never pass for the guest's i / N.
+    path = app_dir / "templates" / "input_template.xml"
+    template = parse_input_template(path.read_text())
+    bounds = replace(template.bounds, rsc_fpops_est=1e14, rsc_fpops_bound=1e16)
+    path.write_text(format_input_template(replace(template, bounds=bounds)))
     return app_dir
