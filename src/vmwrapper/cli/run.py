@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vmwrapper import WRAPPER_RELEASE, __version__
+from vmwrapper.boinc.files import LockfileBusy
 from vmwrapper.boinc.init_data import FILE_NAME as INIT_DATA_FILE
 from vmwrapper.boinc.init_data import AppInitData, parse_init_data
 from vmwrapper.errors import CommandLineError, InitDataError, SpecError
@@ -29,11 +30,16 @@ from vmwrapper.outcome import (
     EXIT_INIT_FAILURE,
     Finish,
     Outcome,
+    TemporaryExit,
 )
 from vmwrapper.runconfig import RunConfig, WrapperArgs, build_run_config, parse_wrapper_args
 from vmwrapper.spec import ParsedJob, parse_job
 
 log = logging.getLogger(__name__)
+
+#: The BOINC API's answer to a slot locked by another process (boinc_init: 600 s).
+LOCK_BUSY_DELAY = 600
+LOCK_BUSY_REASON = "Waiting to acquire slot directory lock: another process holds boinc_lockfile"
 
 NAME = "run"
 HELP = "run a BOINC job in a VM (what a BOINC client starts; vboxwrapper's options)"
@@ -196,7 +202,11 @@ def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
     from vmwrapper.supervisor.select import make_backend
 
     spec, run, slot_dir = prepared.job.spec, prepared.run, prepared.slot_dir
-    client = AppClient.attach(slot_dir)
+    try:
+        client = AppClient.attach(slot_dir)
+    except LockfileBusy:
+        # what the BOINC API does when another process holds the slot: try again later
+        return conclude(TemporaryExit(LOCK_BUSY_DELAY, LOCK_BUSY_REASON), slot_dir)
     try:
         record = checkpoint.read_record(slot_dir)
         webapi = record.webapi_port
@@ -252,16 +262,26 @@ def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
 
 
 def conclude(outcome: Outcome, slot_dir: Path | None = None, client: Any = None) -> int:
-    """The one place the wrapper ends: BOINC files for the outcome, then the exit status."""
+    """The one place the wrapper ends: BOINC files for the outcome, then the exit status.
+
+    Without an attached client (the outcome came before attaching), attach just to report; if
+    another process holds the slot's lock, write the file alone, as there is no one to tell.
+    """
+    from vmwrapper.boinc import files
     from vmwrapper.boinc.app import AppClient
     from vmwrapper.outcome import exit_status
 
-    if slot_dir is not None:
-        if client is None:
-            with AppClient.attach(slot_dir) as own:
+    if client is not None:
+        client.write_outcome(outcome)
+    elif slot_dir is not None:
+        try:
+            with AppClient.attach(slot_dir, lock_wait=0) as own:
                 own.write_outcome(outcome)
-        else:
-            client.write_outcome(outcome)
+        except LockfileBusy:
+            if isinstance(outcome, TemporaryExit):
+                files.write_temporary_exit_file(slot_dir, outcome)
+            elif isinstance(outcome, Finish):
+                files.write_finish_file(slot_dir, outcome)
     return exit_status(outcome)
 
 
