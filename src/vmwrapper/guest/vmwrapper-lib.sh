@@ -25,10 +25,11 @@ has_pci_device() { # VENDOR DEVICE (hex, as in sysfs: 0x80ee 0xcafe)
 }
 
 # Under VirtualBox (its guest PCI device 80ee:cafe is there) the ERROR and DONE markers also
-# go to the VirtualBox log, byte by byte to I/O port 0x504 as BOINC's vboxmonitor does, where
-# they appear as "Guest Log:" lines. Only those two: one process per byte is too slow for
-# more (give the VM a serial port for the whole console). `vmwrapper.vboxlog` on the kernel command line
-# turns it on anywhere (a test captures port 0x504 with QEMU's isa-debugcon).
+# go to the VirtualBox log, where they appear as "Guest Log:" lines: vboxmonitor.sh writes
+# them byte by byte to I/O port 0x504, as BOINC's vboxmonitor does. Only those two: one
+# process per byte is too slow for more (give the VM a serial port for the whole console).
+# `vmwrapper.vboxlog` on the kernel command line turns it on anywhere (a test captures port
+# 0x504 with QEMU's isa-debugcon).
 VBOX_LOG=0
 if [ -w /dev/port ]; then
     if has_pci_device 0x80ee 0xcafe || grep -q 'vmwrapper.vboxlog' /proc/cmdline 2>/dev/null; then
@@ -36,13 +37,8 @@ if [ -w /dev/port ]; then
     fi
 fi
 vbox_log() {
-    [ "$VBOX_LOG" = 1 ] || return 0
-    printf '%s\n' "$1" | od -An -v -tu1 | tr -s ' ' '\n' | while read -r byte; do
-        [ -n "$byte" ] || continue
-        # shellcheck disable=SC2059 # the format is the byte, as an octal escape
-        printf "\\$(printf %03o "$byte")" |
-            dd of=/dev/port bs=1 seek=1284 count=1 conv=notrunc 2>/dev/null
-    done
+    [ "$VBOX_LOG" = 1 ] && [ -x /opt/vmwrapper/vboxmonitor.sh ] || return 0
+    printf '%s\n' "$1" | VMWRAPPER_LOG_PORT=1284 /opt/vmwrapper/vboxmonitor.sh > /dev/null
 }
 
 marker() { # LINE: to the console and, under VirtualBox, to its log
