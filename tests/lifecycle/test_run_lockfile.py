@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,14 +27,14 @@ time.sleep(60)
 
 
 @pytest.fixture
-def locked_slot(tmp_path: Path) -> Path:
+def locked_slot(tmp_path: Path) -> Iterator[Path]:
     """A slot whose boinc_lockfile is held by another process (POSIX locks are per process)."""
     (tmp_path / "vbox_job.xml").write_text("<vbox_job/>")
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    yield tmp_path  # type: ignore[misc]
+    yield tmp_path
     holder.kill()
     holder.wait()
 
@@ -43,7 +44,7 @@ def test_run_in_a_locked_slot_is_a_temporary_exit(
 ) -> None:
     real_attach = AppClient.attach.__func__  # type: ignore[attr-defined]
 
-    def quick_attach(cls: type[AppClient], slot_dir: Path, **kw: object) -> AppClient:
+    def quick_attach(cls: type[AppClient], slot_dir: Path, /, **kw: object) -> AppClient:
         kw["lock_wait"] = 0.2  # the API waits 35 s; the mapping is what is tested here
         return real_attach(cls, slot_dir, **kw)  # type: ignore[no-any-return]
 
