@@ -52,10 +52,18 @@ HUNG_APP = PROBE + "while :; do sleep 1; done\n"
 JOB_DURATION = 40
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def job(network: bool, job_duration: int = 0) -> str:
     net = (
         "<enable_network/><pf_guest_port>80</pf_guest_port>"
-        "<port_forward><host_port>0</host_port><guest_port>22</guest_port></port_forward>"
+        f"<port_forward><host_port>{free_port()}</host_port><guest_port>22</guest_port>"
+        "</port_forward>"
         if network
         else ""
     )

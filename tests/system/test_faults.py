@@ -25,7 +25,6 @@ import psutil
 import pytest
 
 from helpers.fault_fixtures import (
-    COUNTING_JOB,
     EXPECTED_OUTPUT,
     RESUMABLE_APP,
     SNAPSHOT_BURST,
@@ -142,46 +141,53 @@ def test_qemu_that_cannot_start_is_a_transient_error_with_back_off(
     env = {"PATH": f"{fake_bin}:{os.environ['PATH']}", "VMWRAPPER_ACCEL": "tcg"}
     work = tmp_path / "client"
     report = run(counting_app, work, extra_env=env, max_episodes=2)
+    # two runs, each a temporary exit with a reason; the client would retry after the delay,
+    # which doubles per consecutive failure (300 s, then 600 s), persisted across runs
     assert report.outcome is JobOutcome.POSTPONED, report.message + report.stderr_tail
-    assert len(report.temporary_exits) == 2
-    delays = [delay for delay, _ in report.temporary_exits]
-    reasons = [reason for _, reason in report.temporary_exits]
-    assert all("broken on purpose" in r or "start" in r.lower() for r in reasons), reasons
-    assert delays[1] == 2 * delays[0], delays  # back-off doubles per consecutive failure
-    assert "broken on purpose" in report.stderr_tail
-    assert not events(work / "slots" / "0", "vm_online")
+    assert report.temporary_exits[0][0] == 300.0, report.temporary_exits
+    assert "QEMU exited during start" in report.temporary_exits[0][1]
+    assert "postponed for 600 seconds: QEMU exited during start" in report.message
+    assert "broken on purpose" in report.stderr_tail  # QEMU's own words in the log
+    slot = work / "slots" / "0"
+    assert '"failures": 2' in (slot / "vmwrapper_backoff.json").read_text()
+    assert not events(slot, "vm_online")
 
 
 def test_full_disk_fails_the_snapshot_cleanly_and_the_job_is_retried(
     counting_app: Path, tmp_path: Path
 ) -> None:
+    # The whole data dir on a small tmpfs. Once the VM runs, the disk is filled but for
+    # 2 MB: too little for a snapshot of the guest's memory. The snapshot (or the record
+    # write) fails, the wrapper exits temporarily with a clear reason, the old record stays
+    # sound; with room again the job is retried and finishes with the right output.
     work = tmp_path / "client"
     slot = work / "slots" / "0"
-    state: dict[str, object] = {"freed": False}
+    filler: list[Path] = []
+    seen: dict[str, object] = {}
+
+    def on_progress(_: object) -> None:
+        if not filler and events(slot, "vm_online") and _read(slot / "shared" / "result"):
+            filler.append(fill(work))
+            os.truncate(filler[0], max(filler[0].stat().st_size - 2 * 1024 * 1024, 0))
+
+    def on_event(event: TaskEvent) -> None:
+        if event.kind == "exit" and filler and "record" not in seen:
+            seen["exit"] = event.detail
+            seen["record"] = record_is_sound(slot)  # parses (raises if corrupted)
+            seen["stderr"] = (slot / "stderr.txt").read_text(errors="replace")
+            filler[0].unlink()
+            resize_tmpfs(work, "400m")
+
     with tmpfs(work, "200m"):
-        filler: list[Path] = []
-
-        def on_event(event: TaskEvent) -> None:
-            if event.kind == "start" and not filler:
-                # leave ~8 MB: enough to boot, too little for a snapshot of the guest's memory
-                filler.append(fill(work))
-                os.truncate(filler[0], max(filler[0].stat().st_size - 8 * 1024 * 1024, 0))
-            elif event.kind == "exit" and filler and not state["freed"]:
-                state["exit"] = event.detail
-                state["record"] = (slot / "vbox_checkpoint.xml").exists() and record_is_sound(slot)
-                filler[0].unlink()
-                resize_tmpfs(work, "400m")
-                state["freed"] = True
-
-        report = run(counting_app, work, on_event=on_event, max_episodes=4)
-        stderr = report.stderr_tail
+        report = run(counting_app, work, on_event=on_event, on_progress=on_progress)
+        result = output_text(report) if report.success else ""
         no_qemu_left(slot)
-    assert state["freed"], "the full disk never stopped the job"
-    assert report.temporary_exits, report.message + stderr
-    assert report.outcome is JobOutcome.SUCCESS, report.message + stderr
-    assert output_text(report) == EXPECTED_OUTPUT
-    assert "No space left on device" in stderr or "ENOSPC" in stderr, stderr
-    assert COUNTING_JOB  # the job: a snapshot every 4 s
+    assert filler and "record" in seen, "the disk was never filled while the VM ran"
+    stderr = str(seen["stderr"])
+    assert "No space left on device" in stderr, stderr[-3000:]
+    assert report.temporary_exits, f"{seen['exit']}\n{report.message}\n{stderr[-3000:]}"
+    assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
+    assert result == EXPECTED_OUTPUT
 
 
 def test_lost_client_the_vm_is_saved_and_the_wrapper_exits_within_15_s(
