@@ -43,7 +43,10 @@ from vmwrapper.hypervisor.qemu.backend import QemuBackend
 BOOT_TIMEOUT = 300.0
 PARENT = "vm_image_1.vdi"
 APP = """#!/bin/sh
-yes 0123456789abcdef | head -c $(( 64 * 1024 * 1024 )) > /tmp/fill
+yes 0123456789abcdef | head -c 1048576 > /tmp/b1
+cat /tmp/b1 /tmp/b1 /tmp/b1 /tmp/b1 /tmp/b1 /tmp/b1 /tmp/b1 /tmp/b1 > /tmp/b8
+for i in 1 2 3 4 5 6 7 8; do cat /tmp/b8 >> /tmp/fill; done
+rm /tmp/b1 /tmp/b8
 echo "BENCH_MARK ready"
 sleep 1800
 """

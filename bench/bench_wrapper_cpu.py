@@ -30,6 +30,7 @@ from common import (
     Result,
     Stats,
     alternate,
+    events,
     find_descendant,
     guest_image,
     is_qemu,
@@ -103,7 +104,7 @@ class Sample:
 
 def watch(app: Path, work: Path, timeout: float) -> Sample:
     s = Sample()
-    with vmwrapper_job(app, work, "--checkpoint-period", "10") as run:
+    with vmwrapper_job(app, work, "--keep-slot", "--checkpoint-period", "10") as run:
         root = psutil.Process(run.proc.pid)
         wrapper = qemu = None
         end = time.monotonic() + timeout
@@ -123,7 +124,7 @@ def watch(app: Path, work: Path, timeout: float) -> Sample:
                     pass
             time.sleep(SAMPLE_S)
         wait_job(run, max(end - time.monotonic(), 1.0))
-        s.checkpoints = (run.slot / "stderr.txt").read_text().count("Checkpoint completed.")
+        s.checkpoints = sum(e["event"] == "qemu_checkpoint" for e in events(run.slot))
     if set(s.marks) != {"start", "end"}:
         raise RuntimeError(f"markers not seen: {sorted(s.marks)} ({work})")
     (t0, w0, q0), (t1, w1, q1) = s.marks["start"], s.marks["end"]

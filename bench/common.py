@@ -445,10 +445,15 @@ def bare_qemu_argv(overlay: Path, console: Path, shared: Path, memory_mb: int = 
 
 
 def bare_qemu_job(
-    image: Path, workdir: Path, files: dict[str, tuple[str, int]], timeout: float = 300.0
+    image: Path,
+    workdir: Path,
+    files: dict[str, tuple[str, int]],
+    timeout: float = 300.0,
+    nice: int = 0,
 ) -> tuple[float, str]:
     """Boot ``image`` with plain QEMU: overlay, shared dir holding ``files`` (name → text,
-    mode), until the guest powers off. Returns (wall seconds, console text)."""
+    mode), until the guest powers off. Returns (wall seconds, console text). ``nice``: run
+    QEMU at that niceness (a client runs the wrapper, hence its QEMU, niced)."""
     if workdir.exists():
         shutil.rmtree(workdir)
     shared = workdir / "shared"
@@ -463,7 +468,7 @@ def bare_qemu_job(
         check=True, timeout=60,
     )  # fmt: skip
     console = workdir / "console.log"
-    argv = bare_qemu_argv(overlay, console, shared)
+    argv = ["nice", "-n", str(nice), *bare_qemu_argv(overlay, console, shared)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _, err = proc.communicate(timeout=timeout)
