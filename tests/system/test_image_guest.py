@@ -249,14 +249,19 @@ def test_power_button_powers_the_guest_off_at_once(
     tmp_path: Path,
 ) -> None:
     # The wrapper's graceful power-off is an ACPI power button press (QMP system_powerdown).
+    # The same boot has an e1000 NIC (vm_network_driver 82540EM, VirtualBox's default) on
+    # QEMU's user-mode network: the guest loads its driver and takes a DHCP lease.
     shared = make_shared(tmp_path, "#!/bin/sh\necho app-started\nsleep 600\n", {})
     vm = tmp_path / "vm"
     vm.mkdir()
     overlay = make_overlay(default_guest_image, vm / "overlay.qcow2")
     console = vm / "console.log"
     sock = _free_qmp_path(vm)
-    argv = qemu_argv(overlay, console, shared=shared,
-                     extra=["-qmp", f"unix:{sock},server=on,wait=off"])  # fmt: skip
+    extra = [
+        "-qmp", f"unix:{sock},server=on,wait=off",
+        "-netdev", "user,id=n0", "-device", "e1000,netdev=n0",
+    ]  # fmt: skip
+    argv = qemu_argv(overlay, console, shared=shared, extra=extra)
     with running_guest(argv) as proc:
         qmp = _connect(sock)
         try:
@@ -267,4 +272,5 @@ def test_power_button_powers_the_guest_off_at_once(
         assert proc.wait(timeout=60) == 0  # not a QMP quit or a kill: the guest powered off
     text = console.read_text()
     assert "VMWRAPPER_GUEST: power button pressed: powering off" in text
+    assert "VMWRAPPER_GUEST: network: eth0 10.0.2.15/24" in text
     assert "VMWRAPPER_GUEST_DONE" not in text  # the app did not finish

@@ -38,11 +38,14 @@ BOOT_MODULES: tuple[str, ...] = (
     "evdev",
 )
 #: Shipped in the image, loaded only when the hardware is there (or on demand with modprobe):
-#: VirtualBox shared folders, floppy (floppyio), CD-ROM/ISO contextualization, FAT media, IDE
-#: and SATA disks (cache disk).
+#: VirtualBox shared folders, NICs other than virtio (Intel e1000 as vm_network_driver
+#: 82540EM/82543GC/82545EM and VirtualBox's default, AMD PCnet), floppy (floppyio),
+#: CD-ROM/ISO contextualization, FAT media, IDE and SATA disks (cache disk).
 OPTIONAL_MODULES: tuple[str, ...] = (
     "vboxguest",
     "vboxsf",
+    "e1000",
+    "pcnet32",
     "floppy",
     "isofs",
     "cdrom",
