@@ -7,8 +7,8 @@ injected :class:`.runner.VBoxManage`, probes the installed VirtualBox once, read
 the multiattach lock and measures the VM process's CPU time with psutil.
 
 State comes from ``showvminfo --machinereadable`` (never from the log, §12.2). vboxwrapper's
-visible log lines are kept ("VM state change detected. (old = 'x', new = 'y')",
-"Successfully started VM. (PID = 'n')", "Create VM. (name, slot#n)").
+visible log lines are kept ("Create VM. (name, slot#n)"; the supervisor writes the ones every
+back end shares, such as "VM state change detected." and "Successfully started VM.").
 """
 
 from __future__ import annotations
@@ -84,7 +84,6 @@ class VirtualBoxBackend:
         self._pid: int | None = None
         self._cpu_base = 0.0  # CPU seconds of VM processes that ended in this run
         self._cpu_seen = 0.0
-        self._last_state = "poweroff"  # vboxwrapper's initial value
         self._log_identity: tuple[int, int] | None = None
         self._log_offset = 0
         self._bandwidth_limited = False
@@ -415,15 +414,9 @@ class VirtualBoxBackend:
         info = self._vminfo()
         if info is None:
             return VmStatus(VmState.ABSENT, "not registered")
+        # the supervisor logs state changes ("VM state change detected."), once for every back
+        # end; VirtualBox's own name stays in the detail
         raw = info.state_name or "unknown"
-        if raw != self._last_state:
-            log.info(
-                "VM state change detected. (old = '%s', new = '%s')",
-                self._last_state,
-                raw,
-                extra={"event": "vm_state_change", "old": self._last_state, "new": raw},
-            )
-            self._last_state = raw
         state = info.state
         if not state.online:
             self._note_process_end()
