@@ -143,3 +143,37 @@ echo "stop-took=$(( $(date +%s) - t0 ))"
     assert "stop-took=0" in out or "stop-took=1" in out
     assert agent.windows() >= 2  # one window for the first value, one at the end
     assert os.listdir(agent.root / "state")  # the agent kept its lists there
+
+
+def _run_share_mount(
+    tmp_path: Path, applets: Path, refusals: int, tries: int
+) -> subprocess.CompletedProcess[str]:
+    """share_mount with a `mount` stand-in that refuses REFUSALS times (as QEMU does while it
+    saves a snapshot), then succeeds. A shell function: busybox sh runs applets before PATH."""
+    count = tmp_path / "attempts"
+    script = f"""
+. {LIB}
+MOUNT_TRIES={tries}
+mount() {{
+    n=$(cat {count} 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > {count}
+    [ "$n" -gt {refusals} ] || {{ echo "mount: Device or resource busy" >&2; return 1; }}
+}}
+share_mount shared {tmp_path / "mnt"}
+"""
+    return subprocess.run(
+        [BUSYBOX, "sh", "-c", script],
+        env={"PATH": str(applets)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_share_mount_waits_out_a_snapshot(tmp_path: Path, applets: Path) -> None:
+    proc = _run_share_mount(tmp_path, applets, refusals=3, tries=10)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "attempts").read_text().strip() == "4"
+
+
+def test_share_mount_gives_up_with_the_error(tmp_path: Path, applets: Path) -> None:
+    proc = _run_share_mount(tmp_path, applets, refusals=100, tries=3)
+    assert proc.returncode != 0
+    assert "Device or resource busy" in proc.stderr
+    assert (tmp_path / "attempts").read_text().strip() == "4"  # 3 quiet tries + the last, loud

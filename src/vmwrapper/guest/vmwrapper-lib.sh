@@ -89,8 +89,20 @@ share_tags() {
 
 share_has_9p_tag() { share_tags | grep -qx "$1"; }
 
+# QEMU refuses a 9p mount (EBUSY) while it is saving a snapshot: a window that collides with
+# a checkpoint must wait for it, not fail the job. Tries every 0.25 s for up to ~30 s.
+MOUNT_TRIES=120
 share_mount() { # TAG DIR
-    mkdir -p "$2" && mount -t 9p -o "$NINEP_OPTS" "$1" "$2"
+    mkdir -p "$2" || return 1
+    tries=1
+    until mount -t 9p -o "$NINEP_OPTS" "$1" "$2" 2>/dev/null; do
+        if [ "$tries" -ge "$MOUNT_TRIES" ]; then
+            mount -t 9p -o "$NINEP_OPTS" "$1" "$2"  # once more, with its error on the console
+            return
+        fi
+        tries=$((tries + 1))
+        sleep 0.25
+    done
 }
 
 # "date time.ns tz size inode ./path" for every regular file under $WORK (never symlinks),
