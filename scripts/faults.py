@@ -33,6 +33,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
@@ -195,8 +197,25 @@ def sweep_quit(app: Path, base: Path, n: int, rng: random.Random) -> list[Trial]
     return trials
 
 
-def sweep_heartbeat(app: Path, base: Path) -> list[Trial]:
+ENDLESS_APP = """#!/bin/sh
+while :; do date >> result; sleep 1; done
+"""
+
+
+def _alive(procs: list[psutil.Process]) -> bool:
+    """Any still running (a zombie is gone: the frozen client has not reaped it yet)."""
+    for proc in procs:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def sweep_heartbeat(base: Path) -> list[Trial]:
     """No client_pid, then the client's poll loop freezes: heartbeats stop (30 s rule)."""
+    app = package_app(base / "endless-pkg", guest_image(), ENDLESS_APP)
     work = base / "heartbeat"
     slot = work / "slots" / "0"
     result: dict[str, float] = {}
@@ -208,12 +227,12 @@ def sweep_heartbeat(app: Path, base: Path) -> list[Trial]:
             result["patched"] = 1
 
     def on_progress(_: object) -> None:
-        if "frozen" in result or "step 2" not in _read(slot / "shared" / "result"):
+        if "frozen" in result or _read(slot / "shared" / "result").count("\n") < 2:
             return
         procs = wrapper_procs(slot)
         result["frozen"] = time.monotonic()
         # the client hangs: no heartbeats, no polling, until the wrapper is gone (max 90 s)
-        wait_for(lambda: not any(p.is_running() for p in procs), 90, 0.1)
+        wait_for(lambda: not _alive(procs), 90, 0.1)
         result["gone"] = time.monotonic()
 
     started = time.monotonic()
@@ -322,7 +341,7 @@ def main() -> int:
     if "quit" in only:
         trials += sweep_quit(app, base, args.quit, rng)
     if "heartbeat" in only:
-        trials += sweep_heartbeat(app, base)
+        trials += sweep_heartbeat(base)
     if "hbfile" in only:
         trials += sweep_hbfile(base)
     args.json.parent.mkdir(parents=True, exist_ok=True)

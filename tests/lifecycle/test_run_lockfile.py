@@ -64,3 +64,17 @@ def test_conclude_writes_the_file_even_when_the_slot_is_locked(locked_slot: Path
     assert conclude(TemporaryExit(60, "later"), locked_slot) == 0
     request = files.read_temporary_exit_file(locked_slot)
     assert request is not None and request.delay == 60 and request.reason == "later"
+
+
+class _FullDiskClient:
+    """A client whose slot is on a full disk: writing the outcome file fails."""
+
+    def write_outcome(self, outcome: object) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_conclude_on_a_full_disk_still_exits_so_the_client_retries(tmp_path: Path) -> None:
+    # issue 9 (full slot disk): a temporary exit without its file exits 0 (the client restarts
+    # the task), not with a traceback's 1 (the client would fail it)
+    assert conclude(TemporaryExit(300, "snapshot failed"), tmp_path, _FullDiskClient()) == 0
+    assert conclude(Finish(194, "VM crashed"), tmp_path, _FullDiskClient()) == 194

@@ -49,7 +49,7 @@ PROBE = """#!/bin/sh
 PROBE_APP = PROBE + "sleep 12\nprintf '0\\n0\\n' > done\nsleep 600\n"
 # hangs: never writes the completion file, never exits (the job_duration must end it)
 HUNG_APP = PROBE + "while :; do sleep 1; done\n"
-JOB_DURATION = 40
+JOB_DURATION = 60  # the guest must boot and write its probe within this
 
 
 def free_port() -> int:

@@ -53,3 +53,16 @@ def test_event_codes_are_unique() -> None:
         if k.isupper() and isinstance(v, str) and k != "EVENTS_FILE"
     ]
     assert len(codes) == len(set(codes))
+
+
+def test_events_file_on_a_full_disk_never_stops_the_wrapper() -> None:
+    # issue 9 (full slot disk): /dev/full fails every write with ENOSPC; neither logging
+    # nor closing the handler may raise, or the wrapper dies with a traceback's exit code 1
+    handler = events.JsonLinesHandler(Path("/dev/full"))
+    record = logging.LogRecord("vmwrapper.x", logging.INFO, __file__, 1, "hello", None, None)
+    previous, logging.raiseExceptions = logging.raiseExceptions, False
+    try:
+        handler.emit(record)
+        handler.close()
+    finally:
+        logging.raiseExceptions = previous

@@ -271,17 +271,28 @@ def conclude(outcome: Outcome, slot_dir: Path | None = None, client: Any = None)
     from vmwrapper.boinc.app import AppClient
     from vmwrapper.outcome import exit_status
 
-    if client is not None:
-        client.write_outcome(outcome)
-    elif slot_dir is not None:
-        try:
-            with AppClient.attach(slot_dir, lock_wait=0) as own:
-                own.write_outcome(outcome)
-        except LockfileBusy:
-            if isinstance(outcome, TemporaryExit):
-                files.write_temporary_exit_file(slot_dir, outcome)
-            elif isinstance(outcome, Finish):
-                files.write_finish_file(slot_dir, outcome)
+    try:
+        if client is not None:
+            client.write_outcome(outcome)
+        elif slot_dir is not None:
+            try:
+                with AppClient.attach(slot_dir, lock_wait=0) as own:
+                    own.write_outcome(outcome)
+            except LockfileBusy:
+                if isinstance(outcome, TemporaryExit):
+                    files.write_temporary_exit_file(slot_dir, outcome)
+                elif isinstance(outcome, Finish):
+                    files.write_finish_file(slot_dir, outcome)
+    except OSError as exc:
+        # E.g. the slot's disk is full. Exit with the outcome's status anyway: for a temporary
+        # exit that is 0 without the file, which the client takes as a premature exit and
+        # restarts, where a traceback's exit code 1 would fail the task for good.
+        log.error(
+            "Could not write the %s file: %s; exiting with status %d without it.",
+            type(outcome).__name__,
+            exc,
+            exit_status(outcome),
+        )
     return exit_status(outcome)
 
 

@@ -15,6 +15,7 @@ them; add new ones, never rename.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -107,7 +108,10 @@ class JsonLinesHandler(logging.Handler):
 
     def close(self) -> None:
         try:
-            self._stream.close()
+            # a full disk leaves unflushed lines that fail again here: the wrapper must still
+            # reach its exit status (issue 9), so the lines are given up
+            with contextlib.suppress(OSError):
+                self._stream.close()
         finally:
             super().close()
 
