@@ -14,10 +14,12 @@ from vmwrapper.cli.main import main as vmwrapper
 from vmwrapper.context.iso import read_context_iso
 from vmwrapper.errors import InputError
 from vmwrapper.packaging.templates import (
+    CLIENT_DEFAULT_BOUNDS,
     InputFile,
     InputTemplate,
     OutputFile,
     OutputTemplate,
+    WorkunitBounds,
     format_input_template,
     format_output_template,
     parse_input_template,
@@ -144,6 +146,57 @@ def test_version_xml_reader_accepts_boinc_bools_and_rejects_bad_xml() -> None:
         parse_version_xml("<app_version/>")
     with pytest.raises(InputError, match="refused"):
         parse_version_xml('<!DOCTYPE v [<!ENTITY e "x">]><version>&e;</version>')
+
+
+def test_version_xml_harness_fields_and_boinc_rules() -> None:
+    v = parse_version_xml(
+        "<version><file><physical_name>w_1</physical_name><main_program>0x1</main_program>"
+        "<copy_file>010</copy_file><sticky>true</sticky><gzip>0</gzip></file>"
+        "<file><physical_name>d_1</physical_name><logical_name>d</logical_name></file>"
+        "<version_num>0x66</version_num><avg_ncpus>2.5</avg_ncpus>"
+        "<api_version>5.9</api_version></version>"
+    )
+    # strtol base 0: 0x1 and 010 (octal 8) are true; 'true' is not a BOINC boolean
+    assert v.files[0] == VersionFile("w_1", main_program=True, copy_file=True)
+    assert v.main_program.physical_name == "w_1"
+    assert (v.version_num, v.avg_ncpus, v.uses_mmap) == (102, 2.5, False)
+    plain = parse_version_xml("<version><api_version>7.20.5</api_version></version>")
+    assert (plain.version_num, plain.avg_ncpus, plain.uses_mmap) == (100, 1.0, True)
+    assert not parse_version_xml("<version/>").uses_mmap
+    with pytest.raises(InputError, match="found 0"):
+        plain.main_program  # noqa: B018
+    with pytest.raises(InputError, match=r"v\.xml: <avg_ncpus> is not a number: 'two'"):
+        parse_version_xml("<version><avg_ncpus>two</avg_ncpus></version>", "v.xml")
+    with pytest.raises(InputError, match=r"<version_num> is not an integer: '1.5'"):
+        parse_version_xml("<version><version_num>1.5</version_num></version>")
+
+
+def test_templates_read_optional_flags_and_leave_unset_numbers_zero() -> None:
+    wu = parse_input_template(
+        "<input_template><file_info><number>0</number><sticky>1</sticky></file_info>"
+        "<workunit><file_ref><file_number>0</file_number><open_name>shared/in</open_name>"
+        "<copy_file>0</copy_file><optional/></file_ref>"
+        "<rsc_disk_bound>2e9</rsc_disk_bound></workunit></input_template>"
+    )
+    assert wu.files == (InputFile("shared/in", copy_file=False, sticky=True, optional=True),)
+    assert wu.bounds == WorkunitBounds(0.0, 0.0, 0.0, 2e9, 0.0)
+    filled = wu.bounds.or_defaults(CLIENT_DEFAULT_BOUNDS)
+    assert (filled.rsc_fpops_est, filled.rsc_disk_bound) == (1e10, 2e9)
+    with pytest.raises(InputError, match=r"wu\.xml: <rsc_fpops_est> is not a number"):
+        parse_input_template(
+            "<input_template><workunit><rsc_fpops_est>1e9x</rsc_fpops_est></workunit>"
+            "</input_template>",
+            "wu.xml",
+        )
+    out = parse_output_template(
+        "<output_template><result><file_ref><file_name><OUTFILE_0/></file_name>"
+        "<open_name>out</open_name><optional>1</optional></file_ref></result></output_template>"
+    )
+    assert out.files == (OutputFile("out", max_nbytes=0.0, copy_file=False, optional=True),)
+    assert out.files[0].or_default_limit(5e8).max_nbytes == 5e8
+    assert OutputFile("o", 7.0).or_default_limit(5e8).max_nbytes == 7.0
+    with_optional = InputTemplate((InputFile("shared/x", optional=True),))
+    assert parse_input_template(format_input_template(with_optional)) == with_optional
 
 
 def test_templates_round_trip() -> None:

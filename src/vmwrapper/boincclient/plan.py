@@ -25,7 +25,12 @@ from vmwrapper.boincclient.state import (
     WorkunitInfo,
     check_name,
 )
-from vmwrapper.packaging.templates import InputTemplate, OutputTemplate, WorkunitBounds
+from vmwrapper.packaging.templates import (
+    RSC_FIELDS,
+    InputTemplate,
+    OutputTemplate,
+    WorkunitBounds,
+)
 from vmwrapper.packaging.version import AppVersion
 
 #: A master URL nothing listens on (port 9, discard): the client's one report attempt fails fast.
@@ -155,13 +160,7 @@ def _job_outputs(
 
 def _with_bounds(wu: WorkunitInfo, bounds: WorkunitBounds) -> WorkunitInfo:
     """The template's rsc bounds where it sets them (0 = not set, keep ours)."""
-    return replace(
-        wu,
-        rsc_fpops_est=bounds.rsc_fpops_est or wu.rsc_fpops_est,
-        rsc_fpops_bound=bounds.rsc_fpops_bound or wu.rsc_fpops_bound,
-        rsc_memory_bound=bounds.rsc_memory_bound or wu.rsc_memory_bound,
-        rsc_disk_bound=bounds.rsc_disk_bound or wu.rsc_disk_bound,
-    )
+    return replace(wu, **{n: getattr(bounds, n) or getattr(wu, n) for n in RSC_FIELDS})
 
 
 def plan_client_state(

@@ -25,7 +25,7 @@ from vmwrapper.boinc import files
 from vmwrapper.boinc.init_data import HostInfo, format_init_data
 from vmwrapper.boinc.shmem import sysv_key
 from vmwrapper.errors import HarnessError
-from vmwrapper.harness.appdir import AppDir, InputRef, OutputRef, load_app_dir
+from vmwrapper.harness.appdir import DEFAULT_MAX_NBYTES, AppDir, load_app_dir
 from vmwrapper.harness.control import (
     ERR_TOO_MANY_EXITS,
     MAX_PREMATURE_EXITS,
@@ -58,6 +58,7 @@ from vmwrapper.harness.task import (
     limits_for,
 )
 from vmwrapper.outcome import ERR_FILE_MISSING, EXIT_ABORTED_VIA_GUI
+from vmwrapper.packaging.templates import InputFile, OutputFile
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class _Staged:
     slot_dir: Path
     identity: TaskIdentity
     slot_files: tuple[StagedFile, ...]
-    outputs: tuple[tuple[OutputRef, StagedFile], ...]
+    outputs: tuple[tuple[OutputFile, StagedFile], ...]
     launch: LaunchSpec
 
 
@@ -245,11 +246,11 @@ def stage_job(request: JobRequest) -> _Staged:
         slot_files.append(StagedFile(vf.physical_name, vf.open_name, vf.copy_file))
     # workunit inputs: template refs, then extra --input names
     given = _parse_mapping(request.inputs, "--input")
-    refs = list(app.workunit.inputs)
+    refs = list(app.workunit.files)
     for logical in given:
         if all(r.open_name != logical for r in refs):
-            refs.append(InputRef(number=len(refs), open_name=logical, copy_file=True))
-    for ref in refs:
+            refs.append(InputFile(logical, copy_file=True))
+    for number, ref in enumerate(refs):
         source = given.get(ref.open_name, app.default_input(ref))
         if not source.is_file():
             if ref.optional:
@@ -258,7 +259,7 @@ def stage_job(request: JobRequest) -> _Staged:
                 f"input {ref.open_name!r}: {source} does not exist "
                 f"(give it with --input {ref.open_name}=PATH)"
             )
-        physical = f"{wu_name}_{ref.number}_{Path(ref.open_name).name}"
+        physical = f"{wu_name}_{number}_{Path(ref.open_name).name}"
         stage_project_file(data_dir, source, physical, executable=False)
         slot_files.append(StagedFile(physical, ref.open_name, ref.copy_file))
     # result outputs: template refs, then extra --output names
@@ -266,10 +267,11 @@ def stage_job(request: JobRequest) -> _Staged:
     out_refs = list(app.outputs)
     for logical in wanted:
         if all(r.open_name != logical for r in out_refs):
-            out_refs.append(OutputRef(number=len(out_refs), open_name=logical, copy_file=True))
+            out_refs.append(OutputFile(logical, DEFAULT_MAX_NBYTES, copy_file=True))
+    # the server names output n (<OUTFILE_n/>) "<result>_<n>"
     outputs = tuple(
-        (ref, StagedFile(ref.physical_name(result_name), ref.open_name, ref.copy_file))
-        for ref in out_refs
+        (ref, StagedFile(f"{result_name}_{n}", ref.open_name, ref.copy_file))
+        for n, ref in enumerate(out_refs)
     )
     slot, slot_dir = data_dir.free_slot()
     for staged in slot_files:
@@ -283,10 +285,10 @@ def stage_job(request: JobRequest) -> _Staged:
         app_version=app.version.version_num,
         ncpus=app.version.avg_ncpus,
         checkpoint_period=request.checkpoint_period,
-        rsc_fpops_est=app.workunit.rsc_fpops_est,
-        rsc_fpops_bound=app.workunit.rsc_fpops_bound,
-        rsc_memory_bound=app.workunit.rsc_memory_bound,
-        rsc_disk_bound=app.workunit.rsc_disk_bound,
+        rsc_fpops_est=app.workunit.bounds.rsc_fpops_est,
+        rsc_fpops_bound=app.workunit.bounds.rsc_fpops_bound,
+        rsc_memory_bound=app.workunit.bounds.rsc_memory_bound,
+        rsc_disk_bound=app.workunit.bounds.rsc_disk_bound,
         app_files=tuple(f.physical_name for f in app.version.files),
     )
     if not app.version.uses_mmap:
@@ -426,9 +428,9 @@ def run_job(
             checkpoint_cpu_time=state.checkpoint_cpu_time,
             shm_key=shm_key,
             limits=limits_for(
-                staged.app.workunit.rsc_fpops_bound,
+                staged.app.workunit.bounds.rsc_fpops_bound,
                 FLOPS,
-                staged.app.workunit.rsc_disk_bound,
+                staged.app.workunit.bounds.rsc_disk_bound,
                 request.checkpoint_period,
             ),
             starting_elapsed=state.checkpoint_elapsed,

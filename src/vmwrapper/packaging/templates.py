@@ -10,12 +10,11 @@ so the client gives it the execute bit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from xml.etree.ElementTree import Element
 
-import defusedxml.ElementTree as SafeET
-
 from vmwrapper.errors import InputError
+from vmwrapper.packaging.version import parse_root, xml_flag, xml_number, xml_text
 
 SHARED_PREFIX = "shared/"
 
@@ -29,6 +28,7 @@ class InputFile:
     sticky: bool = False
     no_delete: bool = False
     executable: bool = False  # the client sets the execute bit after download
+    optional: bool = False  # the job may run without it
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,31 @@ class WorkunitBounds:
     rsc_disk_bound: float = 0.0  # bytes; 0 = leave it out
     delay_bound: float = 7 * 86400.0
 
+    def or_defaults(self, defaults: WorkunitBounds) -> WorkunitBounds:
+        """These bounds, with ``defaults``'s where a template leaves one out (0 = not set)."""
+        return replace(self, **{n: getattr(self, n) or getattr(defaults, n) for n in RSC_FIELDS})
+
+
+#: The workunit's resource bounds, as named in templates, WorkunitBounds and client_state.
+RSC_FIELDS = ("rsc_fpops_est", "rsc_fpops_bound", "rsc_memory_bound", "rsc_disk_bound")
+#: A template that sets no bounds, as read (every ``rsc_*`` 0 = not set).
+UNSET_BOUNDS = WorkunitBounds(0.0, 0.0, 0.0, 0.0, 0.0)
+#: What the client runs a workunit with when it has no bounds (the scheduler's ``WORKUNIT``
+#: defaults); the harness fills unset bounds from these.
+CLIENT_DEFAULT_BOUNDS = WorkunitBounds(
+    rsc_fpops_est=1e10, rsc_fpops_bound=1e15, rsc_memory_bound=6e8, rsc_disk_bound=1e9
+)
+
 
 @dataclass(frozen=True)
 class InputTemplate:
     files: tuple[InputFile, ...]
     command_line: str = ""
     bounds: WorkunitBounds = WorkunitBounds()
+
+
+#: An APP_DIR without an input template: a workunit with no files and no bounds.
+NO_INPUT_TEMPLATE = InputTemplate((), bounds=UNSET_BOUNDS)
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,10 @@ class OutputFile:
     max_nbytes: float = 1e8  # 0 would make every upload fail (the client's default)
     copy_file: bool = True
     optional: bool = False
+
+    def or_default_limit(self, max_nbytes: float) -> OutputFile:
+        """This output, with ``max_nbytes`` as its limit if the template gives none (0)."""
+        return self if self.max_nbytes else replace(self, max_nbytes=max_nbytes)
 
 
 @dataclass(frozen=True)
@@ -92,11 +115,13 @@ def format_input_template(t: InputTemplate) -> str:
         ]
         if f.copy_file:
             lines.append("            <copy_file/>")
+        if f.optional:
+            lines.append("            <optional/>")
         lines.append("        </file_ref>")
     if t.command_line:
         lines.append(f"        <command_line>{_escape(t.command_line)}</command_line>")
     b = t.bounds
-    for name in ("rsc_fpops_est", "rsc_fpops_bound", "rsc_memory_bound", "rsc_disk_bound"):
+    for name in RSC_FIELDS:
         value = getattr(b, name)
         if value:
             lines.append(f"        <{name}>{_num(value)}</{name}>")
@@ -133,33 +158,7 @@ def format_output_template(t: OutputTemplate) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- reading (for lint and the harness) --------------------------------------------------------
-
-
-def _root(text: str | bytes, path: str, tag: str) -> Element:
-    try:
-        root: Element = SafeET.fromstring(text)
-    except SafeET.ParseError as exc:
-        raise InputError(f"{path}: not well-formed XML: {exc} (fix: correct the XML)") from exc
-    except Exception as exc:  # defusedxml refuses entities and DTDs
-        raise InputError(f"{path}: refused: {exc} (fix: remove DTDs and entities)") from exc
-    if root.tag != tag:
-        raise InputError(f"{path}: the root element is <{root.tag}>, expected <{tag}>")
-    return root
-
-
-def _present(elem: Element, name: str) -> bool:
-    return elem.find(name) is not None
-
-
-def _float(elem: Element, name: str) -> float:
-    child = elem.find(name)
-    if child is None or not (child.text or "").strip():
-        return 0.0
-    try:
-        return float((child.text or "").strip())
-    except ValueError:
-        return 0.0
+# --- reading (for lint, boincclient and the harness) ------------------------------------------
 
 
 def _int(text: str | None, default: int) -> int:
@@ -178,7 +177,8 @@ def _outfile_key(elem: Element | None, default: str) -> str:
 
 
 def parse_input_template(text: str | bytes, path: str = "input_template.xml") -> InputTemplate:
-    root = _root(text, path, "input_template")
+    """Read an input template; flags by BOINC's rule, absent numbers 0 (= not set)."""
+    root = parse_root(text, path, "input_template")
     infos: dict[int, Element] = {}
     for n, file_info in enumerate(root.findall("file_info")):
         infos[_int(file_info.findtext("number"), n)] = file_info
@@ -190,25 +190,23 @@ def parse_input_template(text: str | bytes, path: str = "input_template.xml") ->
         info = infos.get(_int(ref.findtext("file_number"), n))
         files.append(
             InputFile(
-                open_name=(ref.findtext("open_name") or "").strip(),
-                copy_file=_present(ref, "copy_file"),
-                sticky=info is not None and _present(info, "sticky"),
-                no_delete=info is not None and _present(info, "no_delete"),
-                executable=info is not None and _present(info, "executable"),
+                open_name=xml_text(ref, "open_name"),
+                copy_file=xml_flag(ref, "copy_file"),
+                sticky=xml_flag(info, "sticky"),
+                no_delete=xml_flag(info, "no_delete"),
+                executable=xml_flag(info, "executable"),
+                optional=xml_flag(ref, "optional"),
             )
         )
     bounds = WorkunitBounds(
-        rsc_fpops_est=_float(wu, "rsc_fpops_est"),
-        rsc_fpops_bound=_float(wu, "rsc_fpops_bound"),
-        rsc_memory_bound=_float(wu, "rsc_memory_bound"),
-        rsc_disk_bound=_float(wu, "rsc_disk_bound"),
-        delay_bound=_float(wu, "delay_bound"),
+        **{name: xml_number(wu, name, 0.0, path) for name in (*RSC_FIELDS, "delay_bound")}
     )
-    return InputTemplate(tuple(files), (wu.findtext("command_line") or "").strip(), bounds)
+    return InputTemplate(tuple(files), xml_text(wu, "command_line"), bounds)
 
 
 def parse_output_template(text: str | bytes, path: str = "output_template.xml") -> OutputTemplate:
-    root = _root(text, path, "output_template")
+    """Read an output template; ``max_nbytes`` 0 where a file_info gives none."""
+    root = parse_root(text, path, "output_template")
     infos = {
         _outfile_key(info.find("name"), str(n)): info
         for n, info in enumerate(root.findall("file_info"))
@@ -221,10 +219,10 @@ def parse_output_template(text: str | bytes, path: str = "output_template.xml") 
         info = infos.get(_outfile_key(ref.find("file_name"), str(n)))
         files.append(
             OutputFile(
-                open_name=(ref.findtext("open_name") or "").strip(),
-                max_nbytes=_float(info, "max_nbytes") if info is not None else 0.0,
-                copy_file=_present(ref, "copy_file"),
-                optional=_present(ref, "optional"),
+                open_name=xml_text(ref, "open_name"),
+                max_nbytes=xml_number(info, "max_nbytes", 0.0, path),
+                copy_file=xml_flag(ref, "copy_file"),
+                optional=xml_flag(ref, "optional"),
             )
         )
     return OutputTemplate(tuple(files))

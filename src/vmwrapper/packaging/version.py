@@ -25,6 +25,7 @@ from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as SafeET
 
+from vmwrapper.cnum import c_double, c_int
 from vmwrapper.errors import InputError, Problem
 
 #: The API version the real client needs to give the app the mmap segment (lab.md).
@@ -36,6 +37,8 @@ JOB_LOGICAL_NAME = "vbox_job.xml"
 APP_LOGICAL_NAME = "shared/boinc_app"
 CACHE_DISK_LOGICAL_NAME = "vm_cache.vdi"
 ISO_LOGICAL_NAME = "vm_isocontext.iso"
+#: The app version number when version.xml gives none (the harness reports it in init_data).
+DEFAULT_VERSION_NUM = 100
 
 _FLAGS = ("main_program", "copy_file", "gzip", "sticky", "executable", "no_delete")
 
@@ -92,13 +95,20 @@ class VersionFile:
 
 @dataclass(frozen=True)
 class AppVersion:
-    """The contents of version.xml."""
+    """The contents of version.xml.
+
+    ``version_num`` and ``avg_ncpus`` are only read (the harness runs a job with them);
+    :func:`format_version_xml` leaves them out: update_versions takes the version number from
+    the directory name and the scheduler's plan class sets the CPU count.
+    """
 
     files: tuple[VersionFile, ...]
     api_version: str = DEFAULT_API_VERSION
     dont_throttle: bool = True
     is_wrapper: bool = True
     cmdline: str = ""
+    version_num: int = DEFAULT_VERSION_NUM
+    avg_ncpus: float = 1.0
 
     def by_logical(self, name: str) -> VersionFile | None:
         return next((f for f in self.files if f.open_name == name), None)
@@ -109,6 +119,26 @@ class AppVersion:
     @property
     def main_programs(self) -> tuple[VersionFile, ...]:
         return tuple(f for f in self.files if f.main_program)
+
+    @property
+    def main_program(self) -> VersionFile:
+        """The one ``<main_program/>``; raises InputError when there is none or several."""
+        mains = self.main_programs
+        if len(mains) != 1:
+            raise InputError(
+                f"exactly one <file> must have <main_program/>, found {len(mains)} "
+                "(fix: mark the program the client starts, and only it)"
+            )
+        return mains[0]
+
+    @property
+    def uses_mmap(self) -> bool:
+        """api_version >= 6.0 gets the mmap segment; older or none gets System V (§2.1)."""
+        match = _API_MAJOR.match(self.api_version)
+        return match is not None and int(match.group(1)) >= 6
+
+
+_API_MAJOR = re.compile(r"\s*(\d+)\.\d+")
 
 
 _VERSION_RE = re.compile(r"\d")
@@ -153,48 +183,87 @@ def format_version_xml(version: AppVersion) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _flag(elem: Element, name: str) -> bool:
-    child = elem.find(name)
-    if child is None:
-        return False
-    text = (child.text or "").strip()
-    # BOINC's bool parse: <x/> is true, <x>N</x> is N != 0.
-    if not text:
-        return True
+# --- reading BOINC XML (shared with templates.py) ---------------------------------------------
+
+
+def parse_root(text: str | bytes, path: str, tag: str) -> Element:
+    """The root element of a BOINC XML file, which must be ``<tag>``; InputError otherwise."""
     try:
-        return int(text, 0) != 0
-    except ValueError:
-        return False
-
-
-def _text(elem: Element, name: str) -> str:
-    child = elem.find(name)
-    return (child.text or "").strip() if child is not None else ""
-
-
-def parse_version_xml(text: str | bytes, path: str = "version.xml") -> AppVersion:
-    """Read version.xml; raises InputError naming the file and what is wrong."""
-    try:
-        root = SafeET.fromstring(text)
+        root: Element = SafeET.fromstring(text)
     except SafeET.ParseError as exc:
         raise InputError(f"{path}: not well-formed XML: {exc} (fix: correct the XML)") from exc
     except Exception as exc:  # defusedxml refuses entities and DTDs with its own errors
         raise InputError(f"{path}: refused: {exc} (fix: remove DTDs and entities)") from exc
-    if root.tag != "version":
-        raise InputError(f"{path}: the root element is <{root.tag}>, BOINC expects <version>")
+    if root.tag != tag:
+        raise InputError(f"{path}: the root element is <{root.tag}>, BOINC expects <{tag}>")
+    return root
+
+
+def xml_flag(elem: Element | None, name: str) -> bool:
+    """BOINC's bool parse: ``<x/>`` is true, ``<x>N</x>`` is N != 0 (strtol base 0), anything
+    else (``<x>true</x>`` too) is false."""
+    child = None if elem is None else elem.find(name)
+    if child is None:
+        return False
+    text = (child.text or "").strip()
+    if not text:
+        return True
+    try:
+        return c_int(text) != 0
+    except ValueError:
+        return False
+
+
+def xml_text(elem: Element | None, name: str) -> str:
+    child = None if elem is None else elem.find(name)
+    return (child.text or "").strip() if child is not None else ""
+
+
+def xml_number(elem: Element | None, name: str, default: float, path: str) -> float:
+    """``<name>`` read as strtod would; ``default`` when absent or empty; InputError on garbage."""
+    text = xml_text(elem, name)
+    if not text:
+        return default
+    try:
+        return c_double(text)
+    except ValueError as exc:
+        raise InputError(
+            f"{path}: <{name}> is not a number: {text!r} (fix: write a number such as 1e9)"
+        ) from exc
+
+
+def _version_num(root: Element, path: str) -> int:
+    text = xml_text(root, "version_num")
+    if not text:
+        return DEFAULT_VERSION_NUM
+    try:
+        return c_int(text)
+    except ValueError as exc:
+        raise InputError(
+            f"{path}: <version_num> is not an integer: {text!r} (fix: write e.g. 102)"
+        ) from exc
+
+
+def parse_version_xml(text: str | bytes, path: str = "version.xml") -> AppVersion:
+    """Read version.xml; raises InputError naming the file and what is wrong."""
+    root = parse_root(text, path, "version")
     files = []
     for elem in root.findall("file"):
-        physical = _text(elem, "physical_name")
-        flags = {flag: _flag(elem, flag) for flag in _FLAGS}
+        physical = xml_text(elem, "physical_name")
+        flags = {flag: xml_flag(elem, flag) for flag in _FLAGS}
         files.append(
-            VersionFile(physical_name=physical, logical_name=_text(elem, "logical_name"), **flags)
+            VersionFile(
+                physical_name=physical, logical_name=xml_text(elem, "logical_name"), **flags
+            )
         )
     return AppVersion(
         files=tuple(files),
-        api_version=_text(root, "api_version"),
-        dont_throttle=_flag(root, "dont_throttle"),
-        is_wrapper=_flag(root, "is_wrapper"),
-        cmdline=_text(root, "cmdline"),
+        api_version=xml_text(root, "api_version"),
+        dont_throttle=xml_flag(root, "dont_throttle"),
+        is_wrapper=xml_flag(root, "is_wrapper"),
+        cmdline=xml_text(root, "cmdline"),
+        version_num=_version_num(root, path),
+        avg_ncpus=xml_number(root, "avg_ncpus", 1.0, path),
     )
 
 
