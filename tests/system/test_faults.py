@@ -156,7 +156,7 @@ def test_qemu_that_cannot_start_is_a_transient_error_with_back_off(
 def test_full_disk_fails_the_snapshot_cleanly_and_the_job_is_retried(
     counting_app: Path, tmp_path: Path
 ) -> None:
-    # The whole data dir on a small tmpfs. Once the VM runs, the disk is filled but for
+    # The whole data dir on a tmpfs. Once the VM runs, the disk is filled but for
     # 2 MB: too little for a snapshot of the guest's memory. The snapshot fails, the wrapper
     # exits temporarily with a clear reason, the old record stays sound; with room again the
     # job is retried and finishes with the right output.
@@ -177,9 +177,10 @@ def test_full_disk_fails_the_snapshot_cleanly_and_the_job_is_retried(
             seen["record"] = _read(slot / "vbox_checkpoint.xml")  # none before a checkpoint
             seen["leftovers"] = [p.name for p in slot.glob(".vbox_checkpoint*")]
             filler[0].unlink()
-            resize_tmpfs(work, "400m")
+            resize_tmpfs(work, "600m")
 
-    with tmpfs(work, "200m"):
+    # 400 MB: the job's files (~40 MB) and two snapshots of ~95 MB fit; the filler takes the rest
+    with tmpfs(work, "400m"):
         report = run(counting_app, work, on_event=on_event, on_progress=on_progress)
         result = output_text(report) if report.success else ""
         no_qemu_left(slot)
