@@ -479,8 +479,9 @@ def bare_qemu_job(
     took = time.monotonic() - started
     text = console.read_text(errors="replace")
     if proc.returncode != 0 or "VMWRAPPER_GUEST_DONE status=0" not in text:
+        panic = next((line for line in text.splitlines() if "Kernel panic" in line), "")
         tail = err.decode(errors="replace")[-500:]
-        raise RuntimeError(f"bare QEMU exit {proc.returncode}: {tail}\n{text[-500:]}")
+        raise RuntimeError(f"bare QEMU exit {proc.returncode}: {panic}\n{tail}\n{text[-500:]}")
     return took, text
 
 
