@@ -142,6 +142,9 @@ def build_result(
     ratio = paired_ratio(times["wrapper"], times["bare"])
     phase = {k: Stats(tuple(p[k] for p in phases)) for k in phases[0]}
     extra = wrapper.median - bare.median
+    outside = Stats(tuple(p["to_wrapper_start"] + p["to_qemu_started"] + p["after_outcome"]
+                          for p in phases))  # fmt: skip
+    estimate = 1 + outside.median / bare.low
     phase_rows = "\n".join(f"| {label} | {phase[key].show('s')} |" for key, label in PHASES)
     rows = "\n".join(
         f"| {i} | {w:.2f} | {b:.2f} | {w / b:.3f} |"
@@ -166,6 +169,13 @@ Where the wrapper path's time goes (medians, from `events.jsonl` stamps):
 
 Boots that failed and were run again (not counted): {"; ".join(failures) or "none"}.
 
+The paired ratio swings with the other VMs on the host (their load hits whichever variant
+runs at the time). A steadier estimate uses the time the wrapper path spends **outside** the
+VM's run (the three phases other than "QEMU started → outcome"): {outside.show("s")} per job,
+against the quickest bare boot ({bare.low:.2f} s, the least disturbed one):
+1 + {outside.median:.2f} / {bare.low:.2f} = **{estimate:.3f}**. The verdict needs both the paired
+median and this estimate within the goal.
+
 Median difference: {extra:.2f} s on a {bare.median:.1f} s job. Almost all of the job is the
 guest booting under TCG (SeaBIOS, syslinux, xz decompression of the kernel); the wrapper's
 own cost is the fixed start-up and shut-down around it, so the *ratio* shrinks as jobs get
@@ -175,9 +185,12 @@ longer and would grow with KVM, where the boot itself takes ~1–2 s.
         key="e2e",
         title="Short job end to end: vmwrapper job vs bare QEMU",
         goal=f"at most {GOAL_RATIO - 1:.0%} slower (ratio ≤ {GOAL_RATIO:.2f})",
-        measured=f"wrapper {wrapper.show('s')}, bare {bare.show('s')}",
-        ratio=ratio.show("", 3),
-        met=ratio.median <= GOAL_RATIO,
+        measured=(
+            f"wrapper {wrapper.show('s')}, bare {bare.show('s')}; wrapper path outside the "
+            f"VM's run {outside.show('s')}"
+        ),
+        ratio=f"paired {ratio.show('', 3)}; fixed-cost estimate {estimate:.3f}",
+        met=ratio.median <= GOAL_RATIO and estimate <= GOAL_RATIO,
         command=".venv/bin/python bench/bench_e2e.py",
         date=today(),
         machine=machine(),

@@ -109,7 +109,8 @@ reports the median and the range; ratios are per back-to-back pair. Every sectio
 machine and its load: these are shared 2-core hosts where other engineers' VMs run too, and
 there is **no usable KVM** (`/dev/kvm` exists but is a software nested back end that does not
 boot a kernel), so every guest runs under **TCG**, 10-50x slower than KVM for guest code.
-Wall times therefore move ±30% between runs; compare the ratios, not the absolute seconds.
+Wall times therefore move ±30% between runs and more when a neighbour starts a VM (one pair
+below took 3.7x); compare the ratios and the phases, not the absolute seconds.
 
 {TABLE_BEGIN}
 {TABLE_HEAD}{TABLE_END}
