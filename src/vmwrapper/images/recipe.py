@@ -59,7 +59,9 @@ OPTIONAL_MODULES: tuple[str, ...] = (
 )
 #: Serial console first so every line reaches the wrapper's log; `quiet` keeps the kernel's
 #: own chatter (and boot time under TCG) down; panic=-1 so a panic never hangs the VM.
-DEFAULT_CMDLINE = "console=tty0 console=ttyS0,115200 quiet panic=-1"
+# no_timer_check: under TCG on a busy host the kernel's IO-APIC timer check can time out and
+# panic ("IO-APIC + timer doesn't work!"); emulated timers need no such check.
+DEFAULT_CMDLINE = "console=tty0 console=ttyS0,115200 quiet panic=-1 no_timer_check"
 
 
 @dataclass(frozen=True)
