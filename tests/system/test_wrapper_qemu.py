@@ -38,12 +38,15 @@ JOB = """<vbox_job>
 """
 
 # Runs in the guest in /root/shared. Deterministic: the same output however often the VM is
-# snapshotted, killed and restored.
+# snapshotted, killed and restored. It rewrites `result` whole from its counter rather than
+# appending: after a restore the host's shared dir may hold files from after the snapshot (as
+# with VirtualBox's live shared folders), and a snapshot taken before the guest pulled its
+# inputs would pull them back in.
 COUNTING_APP = """#!/bin/sh
 i=0
 while [ $i -lt 10 ]; do
   i=$((i+1))
-  echo "step $i" >> result
+  seq 1 $i | sed 's/^/step /' > result
   echo "$i" | awk '{ print $1 / 10 }' > progress
   sleep 1
 done
