@@ -95,6 +95,21 @@ def _num(value: float) -> str:
     return f"{value:.6g}" if value != int(value) or abs(value) >= 1e15 else str(int(value))
 
 
+def _file_ref(which: str, f: InputFile | OutputFile) -> list[str]:
+    """A template's ``<file_ref>``: which file (number or OUTFILE name), its open name, flags."""
+    lines = [
+        "        <file_ref>",
+        f"            {which}",
+        f"            <open_name>{_escape(f.open_name)}</open_name>",
+    ]
+    if f.copy_file:
+        lines.append("            <copy_file/>")
+    if f.optional:
+        lines.append("            <optional/>")
+    lines.append("        </file_ref>")
+    return lines
+
+
 def format_input_template(t: InputTemplate) -> str:
     lines = ["<input_template>"]
     for n, f in enumerate(t.files):
@@ -108,16 +123,7 @@ def format_input_template(t: InputTemplate) -> str:
         lines.append("    </file_info>")
     lines.append("    <workunit>")
     for n, f in enumerate(t.files):
-        lines += [
-            "        <file_ref>",
-            f"            <file_number>{n}</file_number>",
-            f"            <open_name>{_escape(f.open_name)}</open_name>",
-        ]
-        if f.copy_file:
-            lines.append("            <copy_file/>")
-        if f.optional:
-            lines.append("            <optional/>")
-        lines.append("        </file_ref>")
+        lines += _file_ref(f"<file_number>{n}</file_number>", f)
     if t.command_line:
         lines.append(f"        <command_line>{_escape(t.command_line)}</command_line>")
     b = t.bounds
@@ -144,16 +150,7 @@ def format_output_template(t: OutputTemplate) -> str:
         ]
     lines.append("    <result>")
     for n, f in enumerate(t.files):
-        lines += [
-            "        <file_ref>",
-            f"            <file_name><OUTFILE_{n}/></file_name>",
-            f"            <open_name>{_escape(f.open_name)}</open_name>",
-        ]
-        if f.copy_file:
-            lines.append("            <copy_file/>")
-        if f.optional:
-            lines.append("            <optional/>")
-        lines.append("        </file_ref>")
+        lines += _file_ref(f"<file_name><OUTFILE_{n}/></file_name>", f)
     lines += ["    </result>", "</output_template>"]
     return "\n".join(lines) + "\n"
 
