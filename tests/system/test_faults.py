@@ -59,6 +59,15 @@ def counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: 
     return package_app(tmp_path_factory.mktemp("faults"), default_guest_image, RESUMABLE_APP)
 
 
+@pytest.fixture(scope="module")
+def slow_counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: Path) -> Path:  # noqa: F811
+    """RESUMABLE_APP at 3 s a step: a job still running at a fixed moment, on a quiet host
+    (12 s boot) as on a busy one, for tests that act at a scheduled time."""
+    slow = RESUMABLE_APP.replace("  sleep 1\n", "  sleep 3\n")
+    assert slow != RESUMABLE_APP
+    return package_app(tmp_path_factory.mktemp("slowfaults"), default_guest_image, slow)
+
+
 def record_is_sound(slot: Path) -> checkpoint.CheckpointRecord:
     """vbox_checkpoint.xml parses, and the snapshot it names is in the overlay."""
     record = checkpoint.read_record(slot)
@@ -87,7 +96,9 @@ def test_sigkill_in_every_phase_then_the_same_output(counting_app: Path, tmp_pat
     no_qemu_left(slot)
 
 
-def test_sigkill_mid_save_at_quit_then_the_same_output(counting_app: Path, tmp_path: Path) -> None:
+def test_sigkill_mid_save_at_quit_then_the_same_output(
+    slow_counting_app: Path, tmp_path: Path
+) -> None:
     work = tmp_path / "client"
     slot = work / "slots" / "0"
     killed: list[str] = []
@@ -103,7 +114,7 @@ def test_sigkill_mid_save_at_quit_then_the_same_output(counting_app: Path, tmp_p
         kill_wrapper(slot)
 
     quit_at = ScheduledAction(25.0, Action.QUIT)
-    report = run(counting_app, work, on_event=on_event, schedule=(quit_at,))
+    report = run(slow_counting_app, work, on_event=on_event, schedule=(quit_at,))
     assert killed, "the quit never came"
     assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
     assert output_text(report) == EXPECTED_OUTPUT
