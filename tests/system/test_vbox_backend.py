@@ -9,6 +9,7 @@ guest scripts.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from vmwrapper.errors import CheckpointError, HostNotReady, VmStartError
 from vmwrapper.hypervisor.base import (
     Backend,
     Diagnosis,
+    NetUsage,
     NetworkConfig,
     PortRule,
     RemoteDesktop,
@@ -32,6 +34,7 @@ from vmwrapper.hypervisor.base import (
     VmConfig,
     VmState,
 )
+from vmwrapper.hypervisor.process import thread_nices
 from vmwrapper.hypervisor.virtualbox import output
 from vmwrapper.hypervisor.virtualbox.backend import VirtualBoxBackend
 from vmwrapper.hypervisor.virtualbox.runner import VBoxManage, VBoxManageError
@@ -98,6 +101,15 @@ def wait_for(predicate: object, timeout: float = 20.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("condition not reached in time")
+
+
+def usage_of(backend: VirtualBoxBackend) -> tuple[int, int] | None:
+    usage = backend.net_usage()
+    return None if usage is None else (usage.sent, usage.received)
+
+
+def grew(now: NetUsage | None, then: NetUsage) -> bool:
+    return now is not None and now.sent > then.sent and now.received > then.received
 
 
 # ---- against the simulator and real VirtualBox ---------------------------------------------
@@ -231,7 +243,143 @@ def test_bandwidth_limit_applies_and_is_lifted(vbox_host: VBoxHost, tmp_path: Pa
         backend.cleanup()
 
 
+def test_net_usage_counts_while_the_vm_runs(vbox_host: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    assert backend.net_usage() is None  # no VM at all
+    backend.create()
+    try:
+        assert backend.net_usage() is None  # defined, not running
+        backend.start()
+        first = backend.net_usage()
+        assert first is not None
+        assert isinstance(first.sent, int) and isinstance(first.received, int)
+        assert first.sent >= 0 and first.received >= 0
+        if vbox_host.simulated:  # a real guest without an OS may send nothing at all
+            wait_for(lambda: grew(backend.net_usage(), first))
+        later = backend.net_usage()
+        assert later is not None
+        assert later.sent >= first.sent and later.received >= first.received  # never go back
+        backend.poweroff(timeout=0)
+        assert backend.net_usage() is None
+    finally:
+        backend.cleanup()
+
+
+def test_net_usage_is_none_without_network(vbox_host: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None, network=NetworkConfig(enabled=False))
+    backend = fast_backend(config)
+    backend.create()
+    try:
+        backend.start()
+        assert backend.status().state is VmState.RUNNING
+        assert backend.net_usage() is None
+    finally:
+        backend.cleanup()
+
+
+def test_set_priority_renices_every_thread_of_the_vm_process(
+    vbox_host: VBoxHost, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    caplog.set_level(logging.INFO, logger="vmwrapper.hypervisor.virtualbox.backend")
+    try:
+        backend.set_priority(10)  # not started: nothing to renice, no error
+        pid = backend.start()
+        before = thread_nices(pid)
+        assert len(before) > 1  # VBoxHeadless (and the simulator) run EMT threads
+        assert set(before.values()) != {10}
+        backend.set_priority(10)
+        backend.set_priority(10)  # every loop may call it: quiet on repeats
+        assert set(thread_nices(pid).values()) == {10}
+        assert set(thread_nices(pid)) >= set(before)  # the same threads, all reniced
+        assert caplog.messages.count("VM process priority set to nice 10") == 1
+        if os.geteuid() == 0:  # raising a priority again needs privilege
+            normal = before[pid]
+            backend.set_priority(normal)
+            assert set(thread_nices(pid).values()) == {normal}
+        backend.poweroff(timeout=0)
+        assert backend.pid() is None
+        caplog.clear()
+        backend.set_priority(5)  # stopped: does nothing, does not raise
+        assert not any("nice 5" in message for message in caplog.messages)
+    finally:
+        backend.cleanup()
+
+
 # ---- simulator only: guest, faults, versions ------------------------------------------------
+
+
+def test_nic_counters_are_exact_per_vm_process(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    # no background traffic; two bursts from the guest at known guest times
+    vbox_sim.configure(
+        nic_bytes_per_s={"sent": 0, "received": 0},
+        guest=[
+            {"at": 0.2, "net": {"sent": 1000, "received": 5000}},
+            {"at": 0.8, "net": {"sent": 2000, "received": 10000}},
+        ],
+    )
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    try:
+        backend.start()
+        wait_for(lambda: usage_of(backend) == (1000, 5000) or usage_of(backend) == (3000, 15000))
+        wait_for(lambda: usage_of(backend) == (3000, 15000))  # sent = what left the guest
+        backend.poweroff(timeout=0)
+        assert backend.net_usage() is None
+        backend.start()  # a new VM process: its counters begin at 0 (the bursts are past)
+        assert usage_of(backend) == (0, 0)
+    finally:
+        backend.cleanup()
+
+
+def test_nic_counters_stop_while_paused_or_unplugged(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    vbox_sim.configure(nic_bytes_per_s={"sent": 4000, "received": 40000})
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    try:
+        backend.start()
+        start = backend.net_usage()
+        assert start is not None
+        wait_for(lambda: grew(backend.net_usage(), start))
+        backend.pause()  # guest time stands still, so does the traffic
+        paused = usage_of(backend)
+        time.sleep(0.5)
+        assert usage_of(backend) == paused
+        backend.resume()
+        backend.set_network(False)  # cable unplugged: nothing moves
+        unplugged = usage_of(backend)
+        time.sleep(0.5)
+        assert usage_of(backend) == unplugged
+        backend.set_network(True)
+        plugged = backend.net_usage()
+        assert plugged is not None
+        wait_for(lambda: grew(backend.net_usage(), plugged))
+    finally:
+        backend.cleanup()
+
+
+def test_net_usage_is_none_when_virtualbox_cannot_count(
+    vbox_sim: VBoxHost, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    try:
+        backend.start()
+        assert backend.net_usage() is not None
+        vbox_sim.inject(lock_contention={"commands": ["debugvm"], "times": 100})
+        caplog.set_level(logging.DEBUG, logger="vmwrapper.hypervisor.virtualbox.backend")
+        assert backend.net_usage() is None  # never raises
+        assert any("cannot read the VM's network counters" in m for m in caplog.messages)
+        assert backend.status().state is VmState.RUNNING
+    finally:
+        vbox_sim.inject(lock_contention={"times": 0})
+        backend.cleanup()
 
 
 def test_guest_log_lines_and_guest_poweroff(vbox_sim: VBoxHost, tmp_path: Path) -> None:

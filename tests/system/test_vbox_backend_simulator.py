@@ -6,11 +6,14 @@ These pin down the simulator's fidelity (what the back-end tests rely on); they 
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from helpers.vbox_fixtures import VBoxHost, vbox_sim_fixture  # noqa: F401
+from vmwrapper.hypervisor.base import NetUsage
 from vmwrapper.hypervisor.virtualbox import output
 
 pytestmark = pytest.mark.system
@@ -197,3 +200,86 @@ def test_version_6_refuses_version_7_spellings(vbox_sim: VBoxHost, tmp_path: Pat
     assert code == 2 and "Unknown option: --nic-type1" in text
     code, text = refused(vbox_sim, "modifyvm", "old", "--hwvirtex", "off")  # gone in 6.1
     assert code == 2
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+XML_HEAD = '<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n<Statistics>\n'
+
+
+def test_debugvm_statistics_is_stams_snapshot_of_a_running_vm(
+    vbox_sim: VBoxHost, tmp_path: Path
+) -> None:
+    vbox_sim.configure(
+        nic_bytes_per_s={"sent": 0, "received": 0},
+        guest=[{"at": 0, "net": {"sent": 300, "received": 7000}}],
+    )
+    ok(vbox_sim, "createvm", "--name", "vm1", "--basefolder", str(tmp_path), "--register")
+    # VBoxManageDebugVM.cpp: the machine is found, but a stopped VM has no console/debugger
+    code, text = refused(vbox_sim, "debugvm", "vm1", "statistics", "--pattern", "/Devices/*")
+    assert (code, text) == (1, "VBoxManage: error: Machine 'vm1' is not currently running.\n")
+    code, text = refused(vbox_sim, "debugvm", "nosuch", "statistics")
+    assert output.error_code(text) == output.VBOX_E_OBJECT_NOT_FOUND
+
+    both = "/Devices/*/TransmitBytes|/Devices/*/ReceiveBytes"
+    ok(vbox_sim, "startvm", "vm1", "--type", "headless")
+    try:
+        wait_until(
+            lambda: (
+                output.parse_net_statistics(
+                    ok(vbox_sim, "debugvm", "vm1", "statistics", "--pattern", both)
+                )
+                == NetUsage(sent=300, received=7000)
+            )
+        )
+        # exactly STAM's lines, one pattern as vboxwrapper asks, a blank line at the end
+        sent = ok(vbox_sim, "debugvm", "vm1", "statistics", "--pattern", "/Devices/*/TransmitBytes")
+        assert sent == (
+            XML_HEAD + '<Counter c="300" unit="bytes" name="/Devices/e1000#0/TransmitBytes"/>\n'
+            "</Statistics>\n\n"
+        )
+        everything = ok(vbox_sim, "debugvm", "vm1", "statistics", "--descriptions")
+        assert (
+            '<Counter c="7000" unit="bytes" name="/Public/NetAdapter/0/BytesReceived" '
+            'desc="Amount of data received"/>\n' in everything
+        )
+        assert output.parse_net_statistics(everything) == NetUsage(sent=300, received=7000)
+        code, text = refused(
+            vbox_sim, "debugvm", "vm1", "statistics", "--pattern", "a", "--pattern", "b"
+        )
+        assert code == 2 and "Multiple --pattern options are not permitted" in text
+        code, _ = refused(vbox_sim, "debugvm", "vm1", "statistics", "--reset", "--descriptions")
+        assert code == 2
+        # --reset zeroes only what the pattern selects; a paused VM still has its debugger
+        ok(vbox_sim, "controlvm", "vm1", "pause")
+        assert ok(vbox_sim, "debugvm", "vm1", "statistics", "--reset", "-p", "*Transmit*") == ""
+        after = ok(vbox_sim, "debugvm", "vm1", "statistics", "--pattern=" + both)
+        assert output.parse_net_statistics(after) == NetUsage(sent=0, received=7000)
+    finally:
+        vbox_sim.vboxmanage("controlvm", "vm1", "poweroff")
+    code, text = refused(vbox_sim, "debugvm", "vm1", "statistics")
+    assert code == 1 and "is not currently running." in text
+
+
+def test_nic_statistics_names_follow_the_version_and_nic_model(
+    vbox_sim: VBoxHost, tmp_path: Path
+) -> None:
+    vbox_sim.configure(version="6.0.24", nic_bytes_per_s={"sent": 0, "received": 0})
+    ok(vbox_sim, "createvm", "--name", "old", "--basefolder", str(tmp_path), "--register")
+    ok(vbox_sim, "modifyvm", "old", "--nictype1", "Am79C973")
+    ok(vbox_sim, "startvm", "old", "--type", "headless")
+    try:
+        text = ok(vbox_sim, "debugvm", "old", "statistics")
+        # before 6.1 devices registered their own absolute names, and no /Public/NetAdapter
+        assert text == (
+            XML_HEAD + '<Counter c="0" unit="bytes" name="/Devices/PCNet0/ReceiveBytes"/>\n'
+            '<Counter c="0" unit="bytes" name="/Devices/PCNet0/TransmitBytes"/>\n'
+            "</Statistics>\n\n"
+        )
+    finally:
+        vbox_sim.vboxmanage("controlvm", "old", "poweroff")

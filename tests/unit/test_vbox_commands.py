@@ -235,3 +235,18 @@ def test_teardown_keeps_a_stale_vms_disks() -> None:
         "unregistervm",
         "boinc_0123456789abcdef",
     )
+
+
+def test_net_statistics_reads_both_nic_counters_in_one_call() -> None:
+    step = cmd.net_statistics(every_option())
+    # vboxwrapper's two patterns, joined with STAM's "|" so both counters come from one moment
+    assert step.args == (
+        "debugvm",
+        "boinc_0123456789abcdef",
+        "statistics",
+        "--pattern",
+        "/Devices/*/TransmitBytes|/Devices/*/ReceiveBytes",
+    )
+    # a VM that is not running makes VirtualBox refuse: that is an answer, not worth retrying
+    # or logging as an error (the back end returns None)
+    assert not step.retry and not step.log_error

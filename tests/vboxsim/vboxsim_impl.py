@@ -8,7 +8,8 @@ in the directory named by ``VBOXSIM_STATE`` (created on first use):
   media (location, type, parent/children, attachments); changed under ``registry.lock`` (flock).
 * ``config.json`` (optional) — ``version`` ("7.0.14", "6.1.50", or anything unparseable),
   ``extpack`` (bool), ``bridged_interfaces``, ``guest_additions_iso``, ``kernel_module_missing``,
-  ``guest`` (the default guest script, below).
+  ``guest`` (the default guest script, below), ``nic_bytes_per_s`` (``{"sent": n, "received": n}``:
+  the traffic of each NIC with its cable plugged while the guest runs; default below).
 * ``faults.json`` (optional, counters decremented as they fire) —
   ``lock_contention: {"commands": [...], "times": N}`` (VBOX_E_INVALID_OBJECT_STATE),
   ``service_down: {"times": N}`` (CO_E_SERVER_EXEC_FAILURE),
@@ -23,7 +24,13 @@ VirtualBox's header, ``Console: Machine state changed to '<State>'`` lines and
 ``VMMDev: Guest Log: <text>`` lines, following a guest script: a list of events
 ``{"at": guest_seconds, "log": text}``, ``{"at": s, "poweroff": true}``, ``{"at": s, "guru": true}``,
 or ``{"run_shared_app": true}`` to run ``<shared folder "shared">/boinc_app`` as the guest's job
-(its output becomes guest log lines; the guest powers off when it exits).
+(its output becomes guest log lines; the guest powers off when it exits), or
+``{"at": s, "net": {"sent": n, "received": n}}`` (a burst of n bytes through NIC 1).
+
+The VM process has threads like VBoxHeadless (one EMT per vCPU and a worker), so per-thread
+properties such as the nice value are observable. Its NICs count the bytes in VirtualBox's
+statistics (``debugvm <vm> statistics``, STAM's XML): they start at 0 in each VM process and grow
+with guest time while the cable is plugged (``nic_bytes_per_s``) and with ``net`` events.
 """
 
 from __future__ import annotations
@@ -33,14 +40,16 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 VBOX_E_OBJECT_NOT_FOUND = ("VBOX_E_OBJECT_NOT_FOUND", 0x80BB0001)
 VBOX_E_INVALID_VM_STATE = ("VBOX_E_INVALID_VM_STATE", 0x80BB0002)
@@ -1274,6 +1283,7 @@ def cmd_startvm(reg: Registry, args: Args) -> str:
             f"{message} ({error})", NS_ERROR_FAILURE, component="ConsoleWrap", interface="IConsole"
         )
     resume_saved = vm["state"] == "saved"
+    vm["net"] = {}  # STAM counters live in the VM process: each start begins at 0
     vm["state"] = "starting"
     vm["state_change"] = now_iso()
     proc = subprocess.Popen(
@@ -1379,6 +1389,174 @@ def cmd_controlvm(reg: Registry, args: Args) -> str:
     else:
         raise syntax_error(f"Invalid parameter '{action}'")
     return ""
+
+
+# ---- debugvm statistics (STAM) ------------------------------------------------------------
+
+#: The default traffic of a NIC with its cable plugged, per second of guest time.
+NIC_BYTES_PER_S = {"sent": 1500.0, "received": 24000.0}
+#: NIC model → (device name in VirtualBox 6.1+, the name before 6.1) under /Devices/.
+NIC_DEVICES = {
+    "Am79C970A": ("pcnet", "PCNet"),
+    "Am79C973": ("pcnet", "PCNet"),
+    "Am79C960": ("pcnet", "PCNet"),
+    "82540EM": ("e1000", "E1k"),
+    "82543GC": ("e1000", "E1k"),
+    "82545EM": ("e1000", "E1k"),
+    "virtio": ("virtio-net", "VNet"),
+}
+
+
+def nic_indices(vm: dict[str, Any]) -> list[str]:
+    s = vm["settings"]
+    return [str(n) for n in range(1, 9) if s.get(f"nic{n}", "nat" if n == 1 else "none") != "none"]
+
+
+def add_traffic(vm: dict[str, Any], nic: str, sent: float, received: float) -> None:
+    counters = vm.setdefault("net", {}).setdefault(nic, {"sent": 0.0, "received": 0.0})
+    counters["sent"] += sent
+    counters["received"] += received
+
+
+def nic_traffic(vm: dict[str, Any], seconds: float) -> None:
+    """``seconds`` of running guest: every NIC whose cable is plugged moves its bytes."""
+    rate = {**NIC_BYTES_PER_S, **(config().get("nic_bytes_per_s") or {})}
+    for nic in nic_indices(vm):
+        if vm["settings"].get(f"cableconnected{nic}", "on") == "on":
+            add_traffic(vm, nic, float(rate["sent"]) * seconds, float(rate["received"]) * seconds)
+
+
+class Sample(NamedTuple):
+    """One STAM sample; ``counter`` = (NIC index, "sent"|"received") for the NIC byte counters."""
+
+    name: str
+    element: str  # "Counter" (c="...") or "U32" (val="...")
+    value: int
+    unit: str
+    desc: str
+    counter: tuple[str, str] | None = None
+
+
+def stam_samples(vm: dict[str, Any]) -> list[Sample]:
+    """The VM's statistics this simulator keeps, sorted by name as STAM enumerates them. A NIC's
+    ``TransmitBytes`` counts what left the guest; VirtualBox 6.1+ names a device sample
+    ``/Devices/<device>#<instance>/...`` and also shows the byte counters to the GUI under
+    ``/Public/NetAdapter/<n>/``."""
+    new_names = version_tuple() >= (6, 1, 0)
+    samples: list[Sample] = []
+    instances: dict[str, int] = {}
+    for public_no, nic in enumerate(nic_indices(vm)):
+        model = vm["settings"].get(f"nictype{nic}", "82540EM")
+        name, old_name = NIC_DEVICES.get(model, ("e1000", "E1k"))
+        instance = instances.get(name, 0)
+        instances[name] = instance + 1
+        counters = vm.get("net", {}).get(nic, {})
+        sent, received = int(counters.get("sent", 0)), int(counters.get("received", 0))
+        prefix = f"/Devices/{name}#{instance}" if new_names else f"/Devices/{old_name}{instance}"
+        rx_desc, tx_desc = "Amount of data received", "Amount of data transmitted"
+        samples += [
+            Sample(
+                f"{prefix}/ReceiveBytes", "Counter", received, "bytes", rx_desc, (nic, "received")
+            ),
+            Sample(f"{prefix}/TransmitBytes", "Counter", sent, "bytes", tx_desc, (nic, "sent")),
+        ]
+        if new_names:
+            public = f"/Public/NetAdapter/{public_no}"
+            samples += [
+                Sample(
+                    f"{public}/BytesReceived",
+                    "Counter",
+                    received,
+                    "bytes",
+                    rx_desc,
+                    (nic, "received"),
+                ),
+                Sample(
+                    f"{public}/BytesTransmitted", "Counter", sent, "bytes", tx_desc, (nic, "sent")
+                ),
+                Sample(f"{public}/{name}", "U32", instance, "", "Device instance number"),
+            ]
+    return sorted(samples)
+
+
+def stam_match(patterns: str | None, name: str) -> bool:
+    """STAM's patterns: ``*`` and ``?`` wildcards (``*`` crosses ``/``), alternatives split
+    by ``|``; no pattern selects everything."""
+    if not patterns:
+        return True
+    for pattern in patterns.split("|"):
+        regex = "".join(
+            ".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern
+        )
+        if re.fullmatch(regex, name):
+            return True
+    return False
+
+
+def xml_escape(text: str) -> str:
+    for bad, good in (
+        ("&", "&amp;"),
+        ("<", "&lt;"),
+        (">", "&gt;"),
+        ('"', "&quot;"),
+        ("'", "&apos;"),
+    ):
+        text = text.replace(bad, good)
+    return text
+
+
+def stam_snapshot(vm: dict[str, Any], pattern: str | None, descriptions: bool) -> str:
+    """STAMR3Snapshot's document as VBoxManage prints it (RTPrintf("%ls\\n"): a blank line
+    follows ``</Statistics>``)."""
+    lines = ['<?xml version="1.0" encoding="UTF-8" standalone="no"?>', "<Statistics>"]
+    for name, element, value, unit, desc, _ in stam_samples(vm):
+        if not stam_match(pattern, name):
+            continue
+        attribute = f'c="{value}"' if element == "Counter" else f'val="{value}"'
+        line = f'<{element} {attribute} unit="{unit}" name="{name}"'
+        if descriptions:
+            line += f' desc="{xml_escape(desc)}"'
+        lines.append(line + "/>")
+    lines.append("</Statistics>")
+    return "\n".join(lines) + "\n\n"
+
+
+def cmd_debugvm(reg: Registry, args: Args) -> str:
+    """``debugvm <vm> statistics [--pattern p] [--descriptions] [--reset]`` (VBoxManageDebugVM.cpp:
+    FindMachine, a shared lock, then the console's debugger, which exists only while the VM
+    process runs)."""
+    if len(args.argv) < 2:
+        raise syntax_error("No subcommand specified")
+    ref = args.next("VM")
+    vm = reg.find_vm(ref)
+    sub = args.next("subcommand")
+    if vm["state"] not in RUNNING_ISH:
+        raise Fail(f"Machine '{ref}' is not currently running.")
+    if sub != "statistics":
+        raise syntax_error(f"Invalid parameter '{sub}'")
+    pattern: str | None = None
+    descriptions = reset = False
+    while args.more():
+        token = args.next("option")
+        if token in ("--descriptions", "-d"):
+            descriptions = True
+        elif token in ("--reset", "-r"):
+            reset = True
+        elif token in ("--pattern", "-p") or token.startswith("--pattern="):
+            if pattern is not None:
+                raise syntax_error("Multiple --pattern options are not permitted")
+            pattern = token.partition("=")[2] if "=" in token else args.next("pattern")
+        else:
+            raise syntax_error(f"Unknown option: {token}")
+    if reset and descriptions:
+        raise syntax_error("The --reset and --descriptions options does not mix")
+    if reset:  # ResetStats: the matching counters start again at 0
+        for sample in stam_samples(vm):
+            if sample.counter is not None and stam_match(pattern, sample.name):
+                nic, key = sample.counter
+                vm.get("net", {}).get(nic, {})[key] = 0.0
+        return ""
+    return stam_snapshot(vm, pattern, descriptions)
 
 
 def snapshot_by_ref(vm: dict[str, Any], ref: str) -> dict[str, Any]:
@@ -1626,6 +1804,7 @@ COMMANDS = {
     "getextradata": cmd_getextradata,
     "startvm": cmd_startvm,
     "controlvm": cmd_controlvm,
+    "debugvm": cmd_debugvm,
     "snapshot": cmd_snapshot,
     "list": cmd_list,
 }
@@ -1757,6 +1936,7 @@ def vm_process(vm_uuid: str) -> NoReturn:
     app_buffer = b""
     last = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    idle = threading.Event()
 
     def update(fn: Any) -> Any:
         with locked(sdir):
@@ -1768,10 +1948,13 @@ def vm_process(vm_uuid: str) -> NoReturn:
             reg.save()
             return result
 
-    def boot(reg: Registry, vm: dict[str, Any]) -> None:
+    def boot(reg: Registry, vm: dict[str, Any]) -> int:
         set_state(vm, "running")
+        return int(vm["settings"].get("cpus", 1))
 
-    update(boot)
+    # VBoxHeadless's threads: an EMT per vCPU and a worker (they idle; the loop below is the guest)
+    for name in [f"EMT-{i}" for i in range(update(boot) or 1)] + ["NAT"]:
+        threading.Thread(target=idle.wait, name=name, daemon=True).start()
     while True:
         time.sleep(0.1)  # the guest clock ticks at 10 Hz
         now = time.monotonic()
@@ -1807,6 +1990,7 @@ def vm_process(vm_uuid: str) -> NoReturn:
             before = float(vm.get("guest_time", 0.0))
             after = before + step
             vm["guest_time"] = after
+            nic_traffic(vm, step)
             for event in script:
                 if event.get("run_shared_app") and app is None and not vm.get("app_done"):
                     app = start_app(vm)
@@ -1818,6 +2002,11 @@ def vm_process(vm_uuid: str) -> NoReturn:
                     continue
                 if "log" in event:
                     log_line(vm, f"VMMDev: Guest Log: {event['log']}")
+                if "net" in event and "1" in nic_indices(vm):
+                    burst = event["net"]
+                    add_traffic(
+                        vm, "1", float(burst.get("sent", 0)), float(burst.get("received", 0))
+                    )
                 if event.get("guru"):
                     log_line(vm, "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!")
                     log_line(

@@ -4,7 +4,7 @@
 Backend`. Commands come from :mod:`.commands` (pure tables), output is parsed by :mod:`.output`,
 the VM's ``VBox.log`` by :mod:`.logs`; this module does the I/O: it runs the steps through the
 injected :class:`.runner.VBoxManage`, probes the installed VirtualBox once, reads the log, takes
-the multiattach lock and measures the VM process's CPU time with psutil.
+the multiattach lock, measures the VM process's CPU time with psutil and renices its threads.
 
 State comes from ``showvminfo --machinereadable`` (never from the log, §12.2). vboxwrapper's
 visible log lines are kept ("Create VM. (name, slot#n)"; the supervisor writes the ones every
@@ -25,7 +25,8 @@ from pathlib import Path
 import psutil
 
 from vmwrapper.errors import BackendError, CheckpointError, HostNotReady, VmStartError
-from vmwrapper.hypervisor.base import Diagnosis, VmConfig, VmState, VmStatus
+from vmwrapper.hypervisor.base import Diagnosis, NetUsage, VmConfig, VmState, VmStatus
+from vmwrapper.hypervisor.process import renice
 from vmwrapper.hypervisor.virtualbox import commands as cmd
 from vmwrapper.hypervisor.virtualbox import logs, output
 from vmwrapper.hypervisor.virtualbox.commands import Capabilities, Step
@@ -88,6 +89,7 @@ class VirtualBoxBackend:
         self._log_offset = 0
         self._bandwidth_limited = False
         self._host_checked = False
+        self._priority_noted: tuple[int, int, bool] | None = None  # (pid, nice, done) logged
 
     # ---- probing -----------------------------------------------------------------------
 
@@ -584,6 +586,46 @@ class VirtualBoxBackend:
             return
         self._run(cmd.set_bandwidth(self.config, bytes_per_sec))
         self._bandwidth_limited = bytes_per_sec > 0
+
+    def set_priority(self, nice: int) -> None:
+        """Renice every thread of the VM process (vboxwrapper's lower/reset_vm_process_priority
+        reniced only the main thread, not the EMTs that run the guest). Best effort; logged once
+        per process and value, so calling it every loop stays quiet."""
+        pid = self.pid()
+        if pid is None:
+            return
+        done = renice(pid, nice)
+        if self._priority_noted == (pid, nice, done):
+            return
+        self._priority_noted = (pid, nice, done)
+        if done:
+            log.info("VM process priority set to nice %d", nice)
+        else:  # e.g. back to 0 as an unprivileged user: expected, not a failure of the job
+            log.info("VM process priority not changed to nice %d: the OS refused", nice)
+
+    def net_usage(self) -> NetUsage | None:
+        """Bytes through the NICs since start(), from VirtualBox's device statistics (the
+        counters begin at 0 in each VM process). None without network, when the VM is not
+        running, or when VirtualBox cannot tell (logged at debug; never raises)."""
+        if not self.config.network.enabled or self.pid() is None:
+            return None
+        try:
+            # not traced: the supervisor may ask often, and the answer is a page of XML
+            result = self.runner.probe(cmd.net_statistics(self.config), trace=False)
+        except OSError as exc:
+            log.debug("cannot read the VM's network counters: %s", exc)
+            return None
+        if not result.ok:
+            log.debug(
+                "cannot read the VM's network counters (%d): %s",
+                result.code,
+                result.output.strip()[-300:],
+            )
+            return None
+        usage = output.parse_net_statistics(result.output)
+        if usage is None:
+            log.debug("VBoxManage debugvm statistics printed no statistics: %r", result.output)
+        return usage
 
     # ---- the log ------------------------------------------------------------------------
 

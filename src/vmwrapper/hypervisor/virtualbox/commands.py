@@ -652,6 +652,23 @@ def set_bandwidth(config: VmConfig, bytes_per_sec: float) -> Step:
     )
 
 
+#: The NICs' byte counters in VirtualBox's statistics (STAM). vboxwrapper asks for
+#: ``/Devices/*/TransmitBytes`` and ``/Devices/*/ReceiveBytes`` in two calls; STAM takes several
+#: patterns separated by ``|``, so one call reads both from the same moment.
+NET_STATISTICS_PATTERN = "/Devices/*/TransmitBytes|/Devices/*/ReceiveBytes"
+
+
+def net_statistics(config: VmConfig) -> Step:
+    """``debugvm <vm> statistics --pattern ...``: the NIC byte counters of the running VM
+    (the debugger console exists only while the VM process does; otherwise VirtualBox refuses)."""
+    return Step(
+        ("debugvm", config.name, "statistics", "--pattern", NET_STATISTICS_PATTERN),
+        "get network bytes",
+        retry=False,
+        log_error=False,
+    )
+
+
 def snapshot_take(config: VmConfig, name: str) -> Step:
     return Step(("snapshot", config.name, "take", name), "create snapshot")
 

@@ -1,9 +1,10 @@
 """Parsers for what VBoxManage prints (pure: text in, values out).
 
 Formats are VirtualBox's own (VBoxManageInfo.cpp, VBoxManageDisk.cpp, VBoxManageList.cpp,
-VBoxManageSnapshot.cpp): ``showvminfo --machinereadable`` is ``name="value"`` lines with ``\\``
-and ``"`` escaped; ``showhdinfo`` and the ``list`` commands are ``Label:   value`` lines; the
-snapshot tree is indented three spaces per level with `` *`` on the current snapshot.
+VBoxManageSnapshot.cpp, VBoxManageDebugVM.cpp + VMM/STAM.cpp): ``showvminfo --machinereadable``
+is ``name="value"`` lines with ``\\`` and ``"`` escaped; ``showhdinfo`` and the ``list`` commands
+are ``Label:   value`` lines; the snapshot tree is indented three spaces per level with `` *`` on
+the current snapshot; ``debugvm statistics`` is STAM's XML snapshot, one element per line.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from vmwrapper.hypervisor.base import VmState
+from vmwrapper.hypervisor.base import NetUsage, VmState
 
 #: HRESULTs vboxwrapper names (vbox_common.h) and the ones we map ourselves.
 VBOX_E_OBJECT_NOT_FOUND = 0x80BB0001
@@ -329,3 +330,28 @@ def has_vrde_extpack(extpacks: str) -> bool:
 def help_mentions(help_text: str, option: str) -> bool:
     """Does ``help modifyvm`` list ``option`` (e.g. ``--nic-type``)? Word-bounded match."""
     return re.search(re.escape(option) + r"(?![a-z-])", help_text) is not None
+
+
+#: One STAM counter line of ``debugvm <vm> statistics``, e.g.
+#: ``<Counter c="397229" unit="bytes" name="/Devices/e1000#0/TransmitBytes"/>`` (STAM.cpp writes
+#: ``c`` first, then ``unit``, maybe ``vis``, then ``name``, maybe ``desc``).
+_STAM_COUNTER_RE = re.compile(r'<Counter c="(\d+)"[^>]*? name="([^"]*)"')
+
+
+def parse_net_statistics(text: str) -> NetUsage | None:
+    """``debugvm <vm> statistics`` → the bytes every NIC transmitted (``sent``: left the guest)
+    and received, summed over the ``.../TransmitBytes`` and ``.../ReceiveBytes`` counters (as
+    vboxwrapper sums every counter of its two queries). A VM without a NIC has an empty
+    ``<Statistics>`` (0, 0). None when the text is no statistics snapshot at all."""
+    if "<Statistics>" not in text:
+        return None
+    sent = received = 0
+    for match in _STAM_COUNTER_RE.finditer(text):
+        value, name = int(match.group(1)), match.group(2)
+        if not name.startswith("/Devices/"):
+            continue
+        if name.endswith("/TransmitBytes"):
+            sent += value
+        elif name.endswith("/ReceiveBytes"):
+            received += value
+    return NetUsage(sent=sent, received=received)
