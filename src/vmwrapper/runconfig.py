@@ -280,4 +280,5 @@ def build_vm_config(
         headless=run.headless,
         rtc_utc=True,
         hw_acceleration=hw_acceleration_usable(aid, run.standalone),
+        screen=spec.enable_screenshots_on_error,
     )

@@ -146,3 +146,35 @@ def test_cern_floppy_and_job_duration_end(tmp_path: Path) -> None:
     assert payload is not None
     keys = [line.split("=")[0] for line in payload.decode().splitlines()]
     assert keys == list(floppy.CERN_KEYS)
+
+
+def test_network_bytes_reach_the_clients_transfer_accounting(tmp_path: Path) -> None:
+    script = FakeScript(
+        net_rate=(2000.0, 8000.0), steps=(GuestStep(3.0, "write", "done", "0\n0\n"),)
+    )
+    app = make_vm_app_dir(
+        tmp_path, JOB.format(extra="<enable_network/>"), script, with_output=False
+    )
+    report = run_job(request(app, tmp_path / "work", daily_xfer_limit_mb=50.0))
+    assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
+    # the last status message (read after the exit) has the guest's 3 s of traffic
+    assert 3.0 * 2000 <= report.bytes_sent <= 5.0 * 2000
+    assert abs(report.bytes_received - 4 * report.bytes_sent) <= 4  # whole bytes each way
+    unlimited = run_job(request(app, tmp_path / "work2"))
+    assert unlimited.outcome is JobOutcome.SUCCESS
+    assert unlimited.bytes_sent == unlimited.bytes_received == 0
+
+
+def test_abort_puts_the_screenshot_and_logs_into_stderr(tmp_path: Path) -> None:
+    app = make_vm_app_dir(
+        tmp_path,
+        JOB.format(extra="<enable_screenshots_on_error/>"),
+        FakeScript(),
+        with_output=False,
+    )
+    report = run_job(
+        request(app, tmp_path / "work", schedule=(ScheduledAction(2.0, Action.ABORT),))
+    )
+    assert report.outcome is JobOutcome.ABORTED
+    assert "Screen Shot Information (Base64 Encoded PNG):" in report.stderr_tail
+    assert "Fake Hypervisor Log:" in report.stderr_tail

@@ -283,6 +283,22 @@ def test_heartbeat_file_missing_fails(tmp_path: Path) -> None:
     job = JobSpec(enable_shared_directory=True, heartbeat_filename="hb")
     run = run_job(tmp_path, job, FakeScript())
     assert run.outcome == Finish(ERR_FILE_MISSING, machine.MSG_HEARTBEAT)
+    # checked first a third of minimum_heartbeat_interval (600 s) into the run, as vboxwrapper
+    (failed,) = [e for e in run.events if e["event"] == "heartbeat_file"]
+    outcome = [e for e in run.events if e["event"] == "outcome"][-1]
+    assert 200 <= outcome["elapsed"] <= 202, failed
+
+
+def test_heartbeat_file_written_after_boot_is_in_time(tmp_path: Path) -> None:
+    """The guest writes the file only once its app runs: not an error (first check at 1/3)."""
+    job = JobSpec(
+        enable_shared_directory=True,
+        completion_trigger_file="done",
+        heartbeat_filename="hb",
+        minimum_heartbeat_interval=30.0,
+    )
+    script = FakeScript(steps=steps((8, "write", "hb", "1"), done_at(12)))
+    assert run_job(tmp_path, job, script).outcome == Finish(0)
 
 
 # -- graphics status ----

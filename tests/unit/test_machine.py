@@ -54,7 +54,8 @@ def test_boot_timeout_is_a_transient_exit_with_backoff_delay() -> None:
     assert step.state is S.DONE
     assert step.outcome == TemporaryExit(600.0, m.MSG_BOOT_TIMEOUT)
     assert m.RecordTransientFailure(m.MSG_BOOT_TIMEOUT) in step.actions
-    assert kinds(step)[0] is m.PowerOff
+    # the logs of a VM that never came up are reported before it is powered off
+    assert kinds(step)[:2] == [m.DumpLogs, m.PowerOff]
 
 
 @pytest.mark.parametrize(
@@ -213,7 +214,7 @@ def test_checkpoint_due_only_while_running() -> None:
     ("error_class", "first", "outcome_type"),
     [
         (ErrorClass.TRANSIENT, m.PowerOff, TemporaryExit),
-        (ErrorClass.JOB_BUG, m.Cleanup, Finish),
+        (ErrorClass.JOB_BUG, m.DumpLogs, Finish),
         (ErrorClass.HOST_PROBLEM, m.PowerOff, TemporaryExit),
     ],
 )
@@ -329,3 +330,35 @@ def test_every_observation_has_a_transition_and_exits_only_when_done(
             assert exits[0].outcome.reason.strip()
     else:
         assert exits == []
+
+
+FATAL_ROWS = [
+    # (state, observation): vboxwrapper's exits that report (screenshot, logs) before cleanup
+    (S.RUNNING, m.Observation(vm=VmState.RUNNING, client=client(abort_request=True))),
+    (S.RUNNING, m.Observation(vm=VmState.RUNNING, heartbeat_failure=-163)),
+    (S.RUNNING, m.Observation(vm=VmState.CRASHED, vm_exit_code=-6)),
+    (S.RUNNING, m.Observation(vm=VmState.RUNNING, guest_oom=True)),
+    (S.RUNNING, m.Observation(vm=VmState.RUNNING, failure=Failure(ErrorClass.JOB_BUG, "x", -1))),
+]
+
+
+@pytest.mark.parametrize(("state", "obs"), FATAL_ROWS)
+def test_fatal_exits_report_before_the_vm_is_removed(state: m.State, obs: m.Observation) -> None:
+    step = m.step(state, obs, CFG)
+    assert isinstance(step.outcome, Finish) and step.outcome.status != 0
+    found = kinds(step)
+    assert found.index(m.DumpLogs) < found.index(m.Cleanup)
+    dump = next(a for a in step.actions if isinstance(a, m.DumpLogs))
+    assert dump.exit_code == obs.vm_exit_code
+
+
+@pytest.mark.parametrize(
+    ("state", "obs"),
+    [
+        (S.RUNNING, m.Observation(vm=VmState.POWERED_OFF)),  # the guest ended the job
+        (S.RUNNING, m.Observation(vm=VmState.RUNNING, client=client(quit_request=True))),
+        (S.STARTING, m.Observation(client=client(abort_request=True))),  # no VM to report on
+    ],
+)
+def test_normal_endings_write_no_error_report(state: m.State, obs: m.Observation) -> None:
+    assert m.DumpLogs not in kinds(m.step(state, obs, CFG))

@@ -229,3 +229,13 @@ def test_aarch64_has_no_floppy() -> None:
 def test_unknown_arch_names_the_known_ones() -> None:
     with pytest.raises(BackendError, match="x86_64, aarch64"):
         build_argv(replace(CONFIG, arch="riscv64"), OPTIONS)
+
+
+def test_screen_for_error_screenshots_adds_a_display_device_without_vnc() -> None:
+    plain = build_argv(CONFIG, OPTIONS)
+    with_screen = build_argv(replace(CONFIG, screen=True), OPTIONS)
+    assert "VGA" not in plain and "-vnc" not in with_screen
+    assert with_screen[-2:] == ["-device", "VGA"]
+    # with VNC the one display device serves both
+    both = build_argv(replace(CONFIG, screen=True), replace(OPTIONS, vnc_port=5901))
+    assert both.count("VGA") == 1 and "-vnc" in both

@@ -93,6 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-episodes", type=int, default=0, metavar="N", help="stop after N starts"
     )
+    parser.add_argument(
+        "--daily-xfer-limit-mb",
+        type=float,
+        default=0.0,
+        metavar="MB",
+        help="the volunteer's daily transfer limit (the wrapper then reports network bytes)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
 
@@ -114,6 +121,7 @@ def build_request(args: argparse.Namespace) -> JobRequest:
         checkpoint_period=args.checkpoint_period,
         max_restart_delay=args.max_restart_delay,
         max_episodes=args.max_episodes,
+        daily_xfer_limit_mb=args.daily_xfer_limit_mb,
     )
 
 
@@ -168,6 +176,8 @@ def _summary(report: JobReport, console: Console) -> None:
         row("web graphics", report.web_graphics_url)
     if report.remote_desktop_addr:
         row("remote desktop", report.remote_desktop_addr)
+    if report.bytes_sent or report.bytes_received:
+        row("network", f"{report.bytes_sent:.0f} bytes sent, {report.bytes_received:.0f} received")
     row("workdir", report.workdir)
     console.print(table)
 

@@ -108,6 +108,9 @@ class JobRequest:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     #: trickle-down messages from the "project": (seconds after the start, body)
     trickle_downs: tuple[tuple[float, str], ...] = ()
+    #: the volunteer's "transfer at most N MB a day" preference (the wrapper then reports the
+    #: VM's network bytes); 0 = no limit
+    daily_xfer_limit_mb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ class JobReport:
     temporary_exits: tuple[tuple[float, str], ...]
     web_graphics_url: str | None
     remote_desktop_addr: str | None
+    bytes_sent: float  # network bytes the app reported, over all episodes (client accounting)
+    bytes_received: float
     workdir: str
     slot_dir: str
     stderr_tail: str
@@ -194,6 +199,8 @@ class JobReport:
             "temporary_exits": [{"delay": d, "reason": r} for d, r in self.temporary_exits],
             "web_graphics_url": self.web_graphics_url,
             "remote_desktop_addr": self.remote_desktop_addr,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
             "workdir": self.workdir,
             "slot_dir": self.slot_dir,
             "stderr_tail": self.stderr_tail,
@@ -290,6 +297,7 @@ def stage_job(request: JobRequest) -> _Staged:
         rsc_memory_bound=app.workunit.bounds.rsc_memory_bound,
         rsc_disk_bound=app.workunit.bounds.rsc_disk_bound,
         app_files=tuple(f.physical_name for f in app.version.files),
+        daily_xfer_limit_mb=request.daily_xfer_limit_mb,
     )
     if not app.version.uses_mmap:
         log.info(
@@ -363,6 +371,8 @@ class _JobState:
     web_graphics_url: str | None = None
     remote_desktop_addr: str | None = None
     pending: list[ScheduledAction] = field(default_factory=list)
+    bytes_sent: float = 0.0  # earlier episodes' totals
+    bytes_received: float = 0.0
     trickle_downs: list[tuple[float, str]] = field(default_factory=list)
 
     def record(self, event: TaskEvent, elapsed: float) -> None:
@@ -440,6 +450,8 @@ def run_job(
             facts = _run_episode(task, state, request, clock, sleep, on_progress)
         finally:
             task.close()
+        state.bytes_sent += task.bytes_sent
+        state.bytes_received += task.bytes_received
         last_code = facts.returncode
         verdict = classify_exit(facts)
         record(
@@ -615,6 +627,8 @@ def _finish_job(
         temporary_exits=tuple(state.temporary_exits),
         web_graphics_url=state.web_graphics_url,
         remote_desktop_addr=state.remote_desktop_addr,
+        bytes_sent=state.bytes_sent,
+        bytes_received=state.bytes_received,
         workdir=str(staged.data_dir.root),
         slot_dir=str(staged.slot_dir),
         stderr_tail=stderr_tail,

@@ -207,6 +207,7 @@ class TaskIdentity:
     rsc_memory_bound: float = 6e8
     rsc_disk_bound: float = 1e9
     app_files: tuple[str, ...] = ()
+    daily_xfer_limit_mb: float = 0.0  # the volunteer's network preference (0 = none)
 
 
 def build_init_data(
@@ -249,6 +250,9 @@ def build_init_data(
         rsc_disk_bound=identity.rsc_disk_bound,
         computation_deadline=(time.time() if now is None else now) + 7 * 86400,
         host_info=host,
-        global_prefs=GlobalPrefs(disk_interval=identity.checkpoint_period),
+        global_prefs=GlobalPrefs(
+            disk_interval=identity.checkpoint_period,
+            daily_xfer_limit_mb=identity.daily_xfer_limit_mb,
+        ),
         app_files=identity.app_files,
     )

@@ -175,6 +175,9 @@ class ActiveTask:
         self.status = AppStatus(checkpoint_cpu_time=checkpoint_cpu_time)
         self.fraction_done = 0.0
         self.checkpoints = 0
+        #: network bytes the app reported for this episode (the client's bytes_*_episode)
+        self.bytes_sent = 0.0
+        self.bytes_received = 0.0
         self.web_graphics_url: str | None = None
         self.remote_desktop_addr: str | None = None
         self._segment: Segment | None = None
@@ -414,6 +417,10 @@ class ActiveTask:
             )
         if status.fraction_done is not None:
             self.fraction_done = status.fraction_done
+        # Episode totals, as the client keeps them: only growth counts (an absent field
+        # reads as 0 here, and the client ignores a missing one).
+        self.bytes_sent = max(self.bytes_sent, status.bytes_sent)
+        self.bytes_received = max(self.bytes_received, status.bytes_received)
         if status.other_pid is None and self.status.other_pid is not None:
             status = dataclasses.replace(status, other_pid=self.status.other_pid)
         if status.other_pid is not None and status.other_pid != self._other_pid[0]:

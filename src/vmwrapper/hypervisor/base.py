@@ -122,6 +122,18 @@ class VmConfig:
     rtc_utc: bool = True  # guest clock in UTC (False: host local time)
     hw_acceleration: bool = True  # False: host lacks/disabled VT-x; 32-bit guests only
     arch: str = "x86_64"
+    #: enable_screenshots_on_error: the VM gets a screen (QEMU: a VGA device even without VNC)
+    #: so that screenshot() has something to capture.
+    screen: bool = False
+
+
+@dataclass(frozen=True)
+class NetUsage:
+    """Bytes through the VM's NIC since its process started (this run), as the guest sees them:
+    ``sent`` left the guest, ``received`` reached it."""
+
+    sent: int = 0
+    received: int = 0
 
 
 @runtime_checkable
@@ -191,6 +203,27 @@ class Backend(Protocol):
 
     def set_bandwidth(self, bytes_per_sec: float) -> None:
         """Limit NIC throughput (0 = unlimited)."""
+        ...
+
+    def set_priority(self, nice: int) -> None:
+        """Renice every thread of the VM's hypervisor process to ``nice`` (vboxwrapper's
+        lower/reset_vm_process_priority). Best effort: a change the OS refuses (raising the
+        priority without privilege) is logged, never raised. No-op when the VM is not running."""
+        ...
+
+    def net_usage(self) -> NetUsage | None:
+        """Bytes through the NIC since start() (daily_xfer_limit_mb accounting); None when the
+        VM has no NIC, is not running, or the hypervisor cannot count."""
+        ...
+
+    def screenshot(self) -> Path | None:
+        """Save a PNG of the VM's screen as ``vbox_screenshot.png`` in the slot (error reports,
+        enable_screenshots_on_error); None when the VM is not running or has no screen."""
+        ...
+
+    def hypervisor_logs(self, limit: int = 8192) -> dict[str, str]:
+        """Tails (at most ``limit`` characters each, whole lines) of the hypervisor's logs for
+        an error report, by section title. Call it before cleanup(), which deletes them."""
         ...
 
     def guest_log(self) -> list[str]:

@@ -31,9 +31,12 @@ from vmwrapper.errors import (
     HostNotReady,
     VmStartError,
 )
-from vmwrapper.hypervisor.base import Diagnosis, VmConfig, VmState, VmStatus
+from vmwrapper.hypervisor.base import Diagnosis, NetUsage, VmConfig, VmState, VmStatus
 
 SCRIPT_FILE = "fake_vm_script.json"
+SCREENSHOT_FILE = "vbox_screenshot.png"
+#: What screenshot() writes: a PNG signature and a fixed body, enough for the error report.
+FAKE_PNG = b"\x89PNG\r\n\x1a\nfake screen of the fake VM"
 STATE_FILE = "fake_vm.json"
 
 
@@ -54,6 +57,7 @@ class FakeScript:
     refuse_checkpoints: int = 0
     diagnoses: tuple[str, ...] = ()  # Diagnosis values diagnose() reports
     exit_code: int | None = None  # reported with CRASHED
+    net_rate: tuple[float, float] = (0.0, 0.0)  # NIC bytes (sent, received) per guest second
 
     @classmethod
     def from_json(cls, text: str) -> FakeScript:
@@ -61,10 +65,12 @@ class FakeScript:
         steps = tuple(GuestStep(**s) for s in data.pop("steps", ()))
         boot = data.pop("boot_seconds", 0.0)
         diagnoses = tuple(data.pop("diagnoses", ()))
+        sent, received = data.pop("net_rate", (0.0, 0.0))
         return cls(
             steps=steps,
             boot_seconds=math.inf if boot is None else float(boot),
             diagnoses=diagnoses,
+            net_rate=(float(sent), float(received)),
             **data,
         )
 
@@ -106,7 +112,9 @@ class FakeBackend:
         self.cpu_cap = 100
         self.bandwidth = 0.0
         self.network = True
+        self.nice: int | None = None
         self.detail = ""
+        self._run_guest_start = 0.0  # guest_time when this run's VM process started
         self._started_at = 0.0
         self._last = 0.0
         self._console: list[str] = []
@@ -219,6 +227,8 @@ class FakeBackend:
         else:
             self.guest_time = 0.0  # a fresh boot: the guest starts over
         self.state, self.detail = VmState.STARTING, ""
+        self._run_guest_start = self.guest_time
+        self.nice = None
         self._started_at = self._last = self.clock()
         self._cpu = 0.0
         self._run += 1
@@ -303,6 +313,33 @@ class FakeBackend:
         self._call(f"set_bandwidth:{bytes_per_sec:g}")
         self.bandwidth = bytes_per_sec
         self._save()
+
+    def set_priority(self, nice: int) -> None:
+        if not self.state.online or nice == self.nice:
+            return
+        self.calls.append(f"set_priority:{nice}")
+        self.nice = nice
+        self._save()
+
+    def net_usage(self) -> NetUsage | None:
+        self._advance()
+        if not self.config.network.enabled or not self.state.online:
+            return None
+        seconds = max(self.guest_time - self._run_guest_start, 0.0)
+        sent, received = self.script.net_rate
+        return NetUsage(int(sent * seconds), int(received * seconds))
+
+    def screenshot(self) -> Path | None:
+        if not self.state.online:
+            return None
+        self.calls.append("screenshot")
+        path = self.config.slot_dir / SCREENSHOT_FILE
+        path.write_bytes(FAKE_PNG)
+        return path
+
+    def hypervisor_logs(self, limit: int = 8192) -> dict[str, str]:
+        text = "".join(f"fake call: {call}\n" for call in self.calls)
+        return {"Fake Hypervisor Log": text[-limit:]}
 
     def guest_log(self) -> list[str]:
         self._advance()

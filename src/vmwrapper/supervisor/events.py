@@ -56,6 +56,9 @@ HOST_PROBLEM: Final = "host_problem"
 OUTCOME: Final = "outcome"
 GC: Final = "gc"
 SHARED_SYMLINKS_REMOVED: Final = "shared_symlinks_removed"
+ERROR_REPORT: Final = "error_report"
+NET_USAGE: Final = "net_usage"
+VM_PRIORITY: Final = "vm_priority"
 
 #: LogRecord attributes that are not caller extras.
 _STANDARD_ATTRS: Final = frozenset(

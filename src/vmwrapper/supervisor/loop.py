@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from typing import Protocol, TypeVar
 from vmwrapper.boinc.app import ClientStatus
 from vmwrapper.boinc.init_data import AppInitData
 from vmwrapper.errors import CheckpointError, CheckpointRefused, InputError, VmWrapperError
-from vmwrapper.hypervisor.base import Backend, Diagnosis, VmState
+from vmwrapper.hypervisor.base import Backend, Diagnosis, NetUsage, VmState
 from vmwrapper.outcome import Finish, Outcome, PlainExit, TemporaryExit
 from vmwrapper.shared_dir.heartbeat import HeartbeatWatch
 from vmwrapper.shared_dir.triggers import (
@@ -41,7 +42,7 @@ from vmwrapper.shared_dir.triggers import (
 )
 from vmwrapper.shared_dir.watch import SharedDir, write_graphics_status
 from vmwrapper.spec.model import JobSpec
-from vmwrapper.supervisor import backoff, events
+from vmwrapper.supervisor import backoff, events, report
 from vmwrapper.supervisor import checkpoint as ckpt
 from vmwrapper.supervisor import machine as m
 
@@ -53,6 +54,9 @@ BOOT_TIMEOUT = 300.0  # vboxwrapper's bring-up wait
 #: An iteration longer than this (host suspended to RAM, say) adds only this much elapsed time.
 MAX_TICK = 60.0
 STATUS_REPORT_PERIOD = 6000.0
+#: How often (s of elapsed time) the NIC's byte counts are read when the volunteer set a daily
+#: transfer limit (vboxwrapper's 10 minutes; the client adds them to its transfer history).
+NET_USAGE_PERIOD = 600.0
 #: A tick whose status query fails keeps the last known state; this many in a row is a failure.
 MAX_STATUS_FAILURES = 60
 #: A final checkpoint (before a temporary exit) retries a refused snapshot for this long.
@@ -109,6 +113,7 @@ class Settings:
     seed: int | None = None  # first checkpoint offset; None = random
     poll_period: float = POLL_PERIOD
     boot_timeout: float = BOOT_TIMEOUT
+    net_usage_period: float = NET_USAGE_PERIOD
     #: Writes the contextualization media (floppy) before the VM is created or started: QEMU
     #: opens the image read-only at start, VirtualBox needs it at create. None = none.
     contextualize: Callable[[], None] | None = None
@@ -142,6 +147,9 @@ class _Runtime:
     consumed: dict[str, ConsumedTrigger] = dataclasses.field(default_factory=dict)
     trigger_texts: dict[str, str] = dataclasses.field(default_factory=dict)  # as observed
     retry: backoff.BackoffState = dataclasses.field(default_factory=backoff.BackoffState)
+    net: NetUsage = dataclasses.field(default_factory=NetUsage)  # this episode, never falling
+    net_polled_elapsed: float = 0.0
+    priority_lowered: bool = False
 
 
 class Supervisor:
@@ -193,7 +201,14 @@ class Supervisor:
         self.rt.retry = backoff.load(settings.slot_dir)
         self.rt.consumed = _load_consumed(settings.slot_dir)
         if self.job.heartbeat_filename:
-            self.rt.heartbeat = HeartbeatWatch(self.job.minimum_heartbeat_interval)
+            # The first check comes a third of the interval into this run, as vboxwrapper's:
+            # the guest has that long to write the file after it boots.
+            self.rt.heartbeat = HeartbeatWatch(
+                self.job.minimum_heartbeat_interval, last_check=record.elapsed_time
+            )
+        aid = client.init_data
+        self.own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+        self.vm_nice = report.vm_nice(aid.no_priority_change, aid.process_priority, self.own_nice)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -210,6 +225,8 @@ class Supervisor:
             obs = self._observe(state)
             step = m.step(state, obs, self.config)
             self._log_step(state, step)
+            if step.state is m.State.DONE and state is not m.State.STARTING:
+                self._last_net_report()
             failure = self._perform(step)
             if failure is not None:
                 step = m.step(step.state, self._failure_observation(obs, failure), self.config)
@@ -386,6 +403,8 @@ class Supervisor:
                 periodic_trickle=self._periodic_trickle(),
             )
             self._poll_uploads()
+            if rt.elapsed >= rt.net_polled_elapsed + self.settings.net_usage_period:
+                self._poll_net()
         return obs
 
     def _restore_snapshot(self) -> str:
@@ -628,6 +647,8 @@ class Supervisor:
 
     def _do_BringUp(self, action: m.BringUp) -> None:
         log.info("VM is online.", extra={"event": events.VM_ONLINE})
+        self._vm_priority(lowered=True)
+        self._poll_net()  # arms the counters (QEMU counts from the first call on)
         port = self.settings.webapi_port
         if port and not (self.settings.slot_dir / "graphics_app").exists():
             url = f"http://localhost:{port}"
@@ -669,18 +690,22 @@ class Supervisor:
         )
 
     def _do_PauseVm(self, action: m.PauseVm) -> None:
+        self._vm_priority(lowered=False)
         self.backend.pause()
         log.info("Suspended: VM paused.", extra={"event": events.SUSPEND})
 
     def _do_ResumeVm(self, action: m.ResumeVm) -> None:
         self.backend.resume()
         log.info("Resumed: VM running.", extra={"event": events.RESUME})
+        self._vm_priority(lowered=True)
 
     def _do_TakeCheckpoint(self, action: m.TakeCheckpoint) -> None:
         rt = self.rt
         if not rt.policy.automatic:
             self._commit_checkpoint("")  # disable_automatic_checkpoints: the record only
             return
+        if action.final:
+            self._vm_priority(lowered=False)  # the VM stops after it: let it save at full speed
         deadline = self.clock() + (FINAL_CHECKPOINT_PATIENCE if action.final else 0.0)
         name = ckpt.snapshot_name(rt.elapsed, self.backend.checkpoints())
         while True:
@@ -739,6 +764,7 @@ class Supervisor:
         self.rt.record = record
 
     def _do_SaveState(self, action: m.SaveState) -> None:
+        self._vm_priority(lowered=False)
         try:
             self._do_TakeCheckpoint(m.TakeCheckpoint(final=True))
         except VmWrapperError as exc:
@@ -746,10 +772,46 @@ class Supervisor:
         self.backend.save_state()
 
     def _do_PowerOff(self, action: m.PowerOff) -> None:
+        self._vm_priority(lowered=False)
         self.backend.poweroff(POWEROFF_GRACE)
 
     def _do_Cleanup(self, action: m.Cleanup) -> None:
+        self._vm_priority(lowered=False)
         self.backend.cleanup()
+
+    def _do_DumpLogs(self, action: m.DumpLogs) -> None:
+        """The error report, written before the VM and its logs are removed."""
+        png: bytes | None = None
+        if self.job.enable_screenshots_on_error:
+            shot = self.backend.screenshot()
+            if shot is not None:
+                with contextlib.suppress(OSError):
+                    png = shot.read_bytes()
+        sections = self.backend.hypervisor_logs()
+        text = report.error_report(png, sections, action.exit_code)
+        if not text:
+            return
+        log.info(
+            "Error report (%s):\n%s",
+            ", ".join(["screenshot", *sections] if png else sections),
+            text,
+            extra={
+                "event": events.ERROR_REPORT,
+                "screenshot": png is not None,
+                "sections": ", ".join(sections),
+            },
+        )
+
+    def _vm_priority(self, *, lowered: bool) -> None:
+        """vboxwrapper's lower/reset_vm_process_priority: the VM computes at the job's nice and
+        gets the wrapper's own back while it pauses, saves or stops."""
+        if self.vm_nice is None or lowered == self.rt.priority_lowered:
+            return
+        try:
+            self.backend.set_priority(self.vm_nice if lowered else self.own_nice)
+        except VmWrapperError as exc:
+            log.debug("VM priority not changed: %s", exc)
+        self.rt.priority_lowered = lowered
 
     def _do_SetNetwork(self, action: m.SetNetwork) -> None:
         self.backend.set_network(action.connected)
@@ -838,6 +900,47 @@ class Supervisor:
                 rt.fraction = value
         return rt.fraction
 
+    def _counting_net(self) -> bool:
+        """The volunteer set a daily transfer limit and the VM has a network (§4 step 11)."""
+        return (
+            self.job.enable_network and self.client.init_data.global_prefs.daily_xfer_limit_mb > 0
+        )
+
+    def _poll_net(self) -> None:
+        self.rt.net_polled_elapsed = self.rt.elapsed
+        if not self._counting_net():
+            return
+        try:
+            usage = self.backend.net_usage()
+        except VmWrapperError as exc:
+            log.debug("network usage not read: %s", exc)
+            return
+        if usage is None:
+            return
+        net = self.rt.net
+        if usage.sent > net.sent or usage.received > net.received:
+            self.rt.net = NetUsage(max(net.sent, usage.sent), max(net.received, usage.received))
+            log.info(
+                "Network usage: %d bytes sent, %d bytes received.",
+                self.rt.net.sent,
+                self.rt.net.received,
+                extra={
+                    "event": events.NET_USAGE,
+                    "sent": self.rt.net.sent,
+                    "received": self.rt.net.received,
+                },
+            )
+
+    def _last_net_report(self) -> None:
+        """The job ends: count the last bytes and tell the client, which reads the last status
+        message when the wrapper has exited."""
+        if not self._counting_net() or not self.rt.vm_state.online:
+            return
+        before = self.rt.net
+        self._poll_net()
+        if self.rt.net != before:
+            self._report(m.State.DONE)
+
     def _report(self, state: m.State, other_pid: int | None = None) -> None:
         rt = self.rt
         cpu = self._cpu_time()
@@ -848,6 +951,10 @@ class Supervisor:
             checkpoint_cpu_time=rt.checkpoint_cpu,
             fraction_done=fraction,
             other_pid=pid,
+            # episode totals in every message: the client counts what grew since the last one
+            # it read, and drops a message it has not read yet
+            bytes_sent=rt.net.sent,
+            bytes_received=rt.net.received,
         )
         if self.job.enable_graphics_support:
             cs = self.rt.client
@@ -875,6 +982,11 @@ class Supervisor:
             )
             log.info("Status Report: Elapsed Time: '%f'", rt.elapsed)
             log.info("Status Report: CPU Time: '%f'", cpu)
+            if self._counting_net():
+                log.info("Status Report: Network Bytes Sent (Total): '%f'", float(rt.net.sent))
+                log.info(
+                    "Status Report: Network Bytes Received (Total): '%f'", float(rt.net.received)
+                )
 
     def _pid(self) -> int | None:
         try:

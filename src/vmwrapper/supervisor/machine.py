@@ -169,6 +169,14 @@ class PowerOff:
 
 
 @dataclass(frozen=True)
+class DumpLogs:
+    """An error report into stderr before the VM goes: the screenshot (with
+    enable_screenshots_on_error, while the VM is still up) and the hypervisor's log tails."""
+
+    exit_code: int | None = None  # the hypervisor process's exit status, when known
+
+
+@dataclass(frozen=True)
 class Cleanup:
     """The job is over: power off and remove the VM and everything it made."""
 
@@ -225,6 +233,7 @@ Action = (
     | TakeCheckpoint
     | SaveState
     | PowerOff
+    | DumpLogs
     | Cleanup
     | SetNetwork
     | SendTrickle
@@ -352,6 +361,12 @@ def _host_problem(obs: Observation, fallback: str) -> Actions | None:
     return None
 
 
+def _fatal(obs: Observation, finish: Finish) -> Actions:
+    """A job that ends in error: report (screenshot, logs), then remove the VM (§6.1 rows 12,
+    14, 15, 19, 21 and the start failures)."""
+    return [DumpLogs(obs.vm_exit_code), Cleanup(), Exit(finish)]
+
+
 def _transient(obs: Observation, reason: str) -> Actions:
     return [
         PowerOff(),
@@ -365,17 +380,19 @@ def _on_failure(state: State, obs: Observation, config: MachineConfig) -> Action
     assert failure is not None
     if failure.error_class is ErrorClass.HOST_PROBLEM:
         if failure.final and not obs.diagnoses:
-            return [Cleanup(), Exit(Finish(failure.code, failure.message, notice=True))]
+            return _fatal(obs, Finish(failure.code, failure.message, notice=True))
         actions = _host_problem(obs, failure.message)
         assert actions is not None
         return actions
     if failure.error_class is ErrorClass.TRANSIENT:
         return _transient(obs, failure.message)
-    return [Cleanup(), Exit(Finish(failure.code, failure.message))]
+    return _fatal(obs, Finish(failure.code, failure.message))
 
 
 def _on_abort(state: State, obs: Observation, config: MachineConfig) -> Actions:
-    return [Cleanup(), Exit(Finish(EXIT_ABORTED_BY_CLIENT))]
+    if state is State.STARTING:
+        return [Cleanup(), Exit(Finish(EXIT_ABORTED_BY_CLIENT))]  # no VM of this run to report
+    return _fatal(obs, Finish(EXIT_ABORTED_BY_CLIENT))
 
 
 def _on_quit(state: State, obs: Observation, config: MachineConfig) -> Actions:
@@ -400,7 +417,7 @@ def _on_start(state: State, obs: Observation, config: MachineConfig) -> Actions:
 
 def _on_heartbeat_file(state: State, obs: Observation, config: MachineConfig) -> Actions:
     assert obs.heartbeat_failure is not None
-    return [Cleanup(), Exit(Finish(obs.heartbeat_failure, MSG_HEARTBEAT))]
+    return _fatal(obs, Finish(obs.heartbeat_failure, MSG_HEARTBEAT))
 
 
 def _on_completion(state: State, obs: Observation, config: MachineConfig) -> Actions:
@@ -428,7 +445,7 @@ def _on_vm_crashed(state: State, obs: Observation, config: MachineConfig) -> Act
     if host is not None:
         return host
     detail = f" ({obs.vm_detail})" if obs.vm_detail else ""
-    return [Cleanup(), Exit(Finish(EXIT_ABORTED_BY_CLIENT, MSG_PREMATURE + detail))]
+    return _fatal(obs, Finish(EXIT_ABORTED_BY_CLIENT, MSG_PREMATURE + detail))
 
 
 def _on_vm_stopped(state: State, obs: Observation, config: MachineConfig) -> Actions:
@@ -436,17 +453,18 @@ def _on_vm_stopped(state: State, obs: Observation, config: MachineConfig) -> Act
     if host is not None:
         return host
     if config.job_duration > 0 and obs.elapsed < config.job_duration:
-        return [Cleanup(), Exit(Finish(EXIT_ABORTED_BY_CLIENT, MSG_PREMATURE))]
+        return _fatal(obs, Finish(EXIT_ABORTED_BY_CLIENT, MSG_PREMATURE))
     return [Cleanup(), ResetBackoff(), Exit(Finish(0))]  # the guest shut itself down: success
 
 
 def _on_guest_oom(state: State, obs: Observation, config: MachineConfig) -> Actions:
-    return [Cleanup(), Exit(Finish(EXIT_OUT_OF_MEMORY, MSG_GUEST_OOM))]
+    return _fatal(obs, Finish(EXIT_OUT_OF_MEMORY, MSG_GUEST_OOM))
 
 
 def _on_boot_timeout(state: State, obs: Observation, config: MachineConfig) -> Actions:
     host = _host_problem(obs, "")
-    return host if host is not None else _transient(obs, MSG_BOOT_TIMEOUT)
+    # A VM that never came up is where its logs matter most (the failure is retried).
+    return host if host is not None else [DumpLogs(), *_transient(obs, MSG_BOOT_TIMEOUT)]
 
 
 def _on_duration(state: State, obs: Observation, config: MachineConfig) -> Actions:

@@ -9,6 +9,8 @@ Files in the slot (all removed by :meth:`QemuBackend.cleanup`)::
     qemu-console.log  the guest's first serial port (appended across restarts)
     qemu-stderr.log   QEMU's own messages (host out-of-memory, start errors)
     qemu.pid          QEMU's pidfile: a QEMU left by a killed wrapper is found and stopped
+    qemu-net-*.pcap   NIC byte counting (daily_xfer_limit_mb), only once net_usage() is asked
+    vbox_screenshot.png  the error screenshot (enable_screenshots_on_error)
 
 State comes from QMP ``query-status`` and from the process's exit status, never from logs.
 ``qemu.qmp`` is asyncio; the back end owns one event loop and runs each call to completion
@@ -42,8 +44,16 @@ import psutil
 from qemu.qmp import ExecuteError, QMPClient
 
 from vmwrapper.errors import BackendError, CheckpointError, VmStartError
-from vmwrapper.hypervisor.base import Diagnosis, PortRule, VmConfig, VmState, VmStatus
-from vmwrapper.hypervisor.qemu import monitor
+from vmwrapper.hypervisor.base import (
+    Diagnosis,
+    NetUsage,
+    PortRule,
+    VmConfig,
+    VmState,
+    VmStatus,
+)
+from vmwrapper.hypervisor.process import renice
+from vmwrapper.hypervisor.qemu import monitor, netcount
 from vmwrapper.hypervisor.qemu.accel import AccelChoice, AccelSetting, choose_accel
 from vmwrapper.hypervisor.qemu.cmdline import (
     CACHE_NODE,
@@ -57,6 +67,7 @@ from vmwrapper.hypervisor.qemu.cmdline import (
     qemu_binary,
 )
 from vmwrapper.hypervisor.qemu.console import GUEST_DONE_MARKER, ConsoleLines
+from vmwrapper.hypervisor.text import whole_lines_tail
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +81,12 @@ QMP_LOST_GRACE = 5.0
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 #: Image formats QEMU can snapshot over as a backing file (the others block migration).
 SNAPSHOT_SAFE_FORMATS = frozenset({"qcow2", "raw"})
+#: The netfilter queue that sees each direction: frames *to* the netdev (the "rx" queue) left
+#: the guest; frames the netdev sends ("tx") reach it.
+NET_QUEUES = {"sent": "rx", "received": "tx"}
+#: A counting pcap file this big is replaced by a new one (17 bytes a frame: ~60k frames).
+NET_ROTATE_BYTES = 1 << 20
+SCREENSHOT_FILE = "vbox_screenshot.png"  # vboxwrapper's name, so projects' tools find it
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,25 @@ class QemuPorts:
 
     forwards: tuple[PortRule, ...] = ()
     vnc: int | None = None
+
+
+@dataclass
+class _NetTap:
+    """One direction's filter-dump: the current pcap file and the bytes of the earlier ones."""
+
+    direction: str
+    generation: int
+    path: Path
+    progress: netcount.PcapProgress
+    earlier: int = 0
+
+    @property
+    def object_id(self) -> str:
+        return f"vmw-net-{self.direction}-{self.generation}"
+
+    @property
+    def total(self) -> int:
+        return self.earlier + self.progress.octets
 
 
 @dataclass(frozen=True)
@@ -391,6 +427,8 @@ class QemuBackend:
         self._cap_percent = 100
         self._cap: CpuCap | None = None
         self._bandwidth_warned = False
+        self._net_taps: dict[str, _NetTap] = {}
+        self._nice: int | None = None
 
     # --- context manager ---------------------------------------------------------------
 
@@ -555,6 +593,9 @@ class QemuBackend:
         self._exit = None
         self._stopped_by_us = False
         self._saved = False
+        self._net_taps = {}  # a new QEMU counts from zero (the client's "episode" total)
+        self._nice = None
+        self._remove_net_files()
         with self.files.stderr.open("ab") as err:
             try:
                 self._proc = subprocess.Popen(
@@ -864,8 +905,10 @@ class QemuBackend:
             self.files.console,
             self.files.stderr,
             self.files.pidfile,
+            self.config.slot_dir / SCREENSHOT_FILE,
         ):
             path.unlink(missing_ok=True)
+        self._remove_net_files()
         for image in (self.config.disk_image, self.config.cache_disk):
             if image is not None and image.parent == self.config.slot_dir:
                 for base in image.parent.glob(f"{glob.escape(image.name)}.*.qcow2"):
@@ -938,6 +981,105 @@ class QemuBackend:
                 bytes_per_sec,
                 extra={"event": "qemu_bandwidth_unsupported"},
             )
+
+    def set_priority(self, nice: int) -> None:
+        pid = self.pid()
+        if pid is None or nice == self._nice:
+            return
+        if renice(pid, nice):
+            log.info(
+                "VM process priority set to nice %d.", nice,
+                extra={"event": "vm_priority", "nice": nice, "pid": pid},
+            )  # fmt: skip
+        else:
+            log.debug("could not set all of QEMU's threads to nice %d", nice)
+        self._nice = nice  # refused once is refused again: do not retry every call
+
+    # --- network accounting --------------------------------------------------------------
+
+    def net_usage(self) -> NetUsage | None:
+        """Bytes through the NIC since start(), counted by filter-dump files armed on the
+        first call (the supervisor asks once when the VM comes online)."""
+        if not self.config.network.enabled or not self._alive():
+            return None
+        try:
+            if not self._net_taps:
+                for direction in NET_QUEUES:
+                    self._net_taps[direction] = self._add_tap(direction, 0, 0)
+            return NetUsage(sent=self._read_tap("sent"), received=self._read_tap("received"))
+        except (BackendError, OSError, ValueError) as exc:
+            log.debug("cannot count the VM's network bytes: %s", exc)
+            return None
+
+    def _add_tap(self, direction: str, generation: int, earlier: int) -> _NetTap:
+        path = self.config.slot_dir / f"qemu-net-{direction}.{generation}.pcap"
+        tap = _NetTap(direction, generation, path, netcount.PcapProgress(), earlier)
+        self._execute(
+            "object-add",
+            {
+                "qom-type": "filter-dump",
+                "id": tap.object_id,
+                "netdev": NETDEV_ID,
+                "queue": NET_QUEUES[direction],
+                "file": str(path),
+                "maxlen": 1,  # the record header keeps each frame's full length
+            },
+        )
+        return tap
+
+    def _read_tap(self, direction: str) -> int:
+        tap = self._net_taps[direction]
+        self._advance_tap(tap)
+        if tap.progress.offset >= NET_ROTATE_BYTES:
+            # Stop the old filter before the new one starts: a frame in between is missed,
+            # none is counted twice.
+            self._execute("object-del", {"id": tap.object_id})
+            self._advance_tap(tap)
+            tap.path.unlink(missing_ok=True)
+            tap = self._add_tap(direction, tap.generation + 1, tap.total)
+            self._net_taps[direction] = tap
+        return tap.total
+
+    @staticmethod
+    def _advance_tap(tap: _NetTap) -> None:
+        try:
+            with tap.path.open("rb") as fh:
+                fh.seek(tap.progress.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return  # QEMU creates it when the filter is added; nothing seen yet
+        tap.progress = netcount.advance(tap.progress, data)
+
+    def _remove_net_files(self) -> None:
+        for path in self.config.slot_dir.glob("qemu-net-*.pcap"):
+            path.unlink(missing_ok=True)
+
+    # --- error reports -------------------------------------------------------------------
+
+    def screenshot(self) -> Path | None:
+        """The VM's screen as PNG (QMP screendump), after a key press that wakes a blanked
+        console. None without a screen: QEMU VMs get one only with VNC or
+        enable_screenshots_on_error."""
+        if not self._alive():
+            return None
+        path = self.config.slot_dir / SCREENSHOT_FILE
+        try:
+            self._execute("send-key", {"keys": [{"type": "qcode", "data": "shift"}]})
+            time.sleep(1.0)  # as vboxwrapper: let the guest redraw
+            self._execute("screendump", {"filename": str(path), "format": "png"})
+        except BackendError as exc:
+            log.debug("no screenshot: %s", exc)
+            return None
+        return path if path.is_file() else None
+
+    def hypervisor_logs(self, limit: int = 8192) -> dict[str, str]:
+        """This run's QEMU messages and the guest's console, their last ``limit`` characters
+        cut to whole lines."""
+        sections = {
+            "Hypervisor Log (qemu-stderr.log)": self._stderr_text(),
+            "VM Console Log (qemu-console.log)": self._console_text(),
+        }
+        return {title: whole_lines_tail(text, limit) for title, text in sections.items() if text}
 
     # --- logs --------------------------------------------------------------------------
 

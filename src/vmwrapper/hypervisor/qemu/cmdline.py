@@ -163,7 +163,7 @@ def build_argv(config: VmConfig, options: QemuOptions, binary: str | None = None
         *_disk_args(config, options, arch),
         *_share_args(config),
         *_network_args(config, options, arch),
-        *_display_args(options, arch),
+        *_display_args(config, options, arch),
         *(["-loadvm", options.loadvm] if options.loadvm else []),
     ]
 
@@ -278,14 +278,16 @@ def _network_args(config: VmConfig, options: QemuOptions, arch: ArchProfile) -> 
     return ["-netdev", netdev, "-device", f"{model},netdev={NETDEV_ID}"]
 
 
-def _display_args(options: QemuOptions, arch: ArchProfile) -> list[str]:
+def _display_args(config: VmConfig, options: QemuOptions, arch: ArchProfile) -> list[str]:
     args = ["-display", "none"]
-    if options.vnc_port is not None:
-        display = options.vnc_port - VNC_BASE_PORT
-        if display < 0:
-            raise BackendError(
-                f"VNC port {options.vnc_port} is below {VNC_BASE_PORT}; QEMU serves display N on "
-                f"{VNC_BASE_PORT}+N, so pick a port >= {VNC_BASE_PORT} (or 0 for any free one)"
-            )
-        args += ["-device", arch.vga_device, "-vnc", f"127.0.0.1:{display},password=on"]
-    return args
+    if options.vnc_port is None:
+        # A screen only for error screenshots: it changes the device set (and so what a
+        # snapshot holds), so it is there from the first boot or never.
+        return [*args, "-device", arch.vga_device] if config.screen else args
+    display = options.vnc_port - VNC_BASE_PORT
+    if display < 0:
+        raise BackendError(
+            f"VNC port {options.vnc_port} is below {VNC_BASE_PORT}; QEMU serves display N on "
+            f"{VNC_BASE_PORT}+N, so pick a port >= {VNC_BASE_PORT} (or 0 for any free one)"
+        )
+    return [*args, "-device", arch.vga_device, "-vnc", f"127.0.0.1:{display},password=on"]
