@@ -79,6 +79,7 @@ def package_app(
     outputs: Sequence[str] = ("result",),
     inputs: Sequence[tuple[str, Path]] = (),
     name: str = "faults",
+    backend: str = "qemu",
 ) -> Path:
     """An APP_DIR made by `vmwrapper package` (as a project would) in ``tmp/app``."""
     src = tmp / "src"
@@ -90,7 +91,7 @@ def package_app(
     argv = [
         sys.executable, "-m", "vmwrapper", "package", "--app", name,
         "--job", str(src / "vbox_job.xml"), "--image", str(image),
-        "--boinc-app", str(src / "app.sh"), "--no-gzip", "--cmdline", "--backend qemu",
+        "--boinc-app", str(src / "app.sh"), "--no-gzip", "--cmdline", f"--backend {backend}",
         "--out", str(out),
     ]  # fmt: skip
     for output in outputs:

@@ -122,6 +122,26 @@ def test_sigkill_mid_save_at_quit_then_the_same_output(
     no_qemu_left(slot)
 
 
+def test_quit_saves_the_vm_state_and_the_restart_goes_on_from_it(
+    slow_counting_app: Path, tmp_path: Path
+) -> None:
+    """enable_vm_savestate_usage without a fault: the quit checkpoints and saves the VM (the
+    client's quit, e.g. its shutdown), the next start restores it: the guest does not boot
+    again, and the job ends with the output of an uninterrupted run."""
+    work = tmp_path / "client"
+    slot = work / "slots" / "0"
+    report = run(slow_counting_app, work, schedule=(ScheduledAction(25.0, Action.QUIT),))
+    assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
+    assert report.episodes == 2
+    assert output_text(report) == EXPECTED_OUTPUT
+    stderr = (slot / "stderr.txt").read_text()
+    assert stderr.count("VMWRAPPER_GUEST: booted") == 1, "the guest booted again"
+    assert events(slot, "quit")
+    started = events(slot, "vm_started")
+    assert len(started) == 2 and str(started[1].get("snapshot", "")).startswith("boinc_")
+    no_qemu_left(slot)
+
+
 def test_qemu_killed_under_a_running_job(counting_app: Path, tmp_path: Path) -> None:
     work = tmp_path / "client"
     slot = work / "slots" / "0"

@@ -11,14 +11,14 @@ docs/virtualbox-backend.md); these tests run only against the simulator.
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from helpers.fault_fixtures import package_app
 from helpers.vbox_fixtures import VBoxHost, vbox_sim_fixture  # noqa: F401
-from vmwrapper.harness.job import JobRequest, run_job
+from vmwrapper.harness.job import Action, JobOutcome, JobRequest, ScheduledAction, run_job
 from vmwrapper.harness.slot import host_info
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
@@ -51,42 +51,13 @@ sleep 60
 """
 
 
-def package(tmp: Path) -> Path:
-    src = tmp / "src"
-    src.mkdir()
-    (src / "vbox_job.xml").write_text(JOB)
-    (src / "app.sh").write_text(APP)
-    (src / "app.sh").chmod(0o755)
-    image = src / "vm_image.vdi"
+def package(tmp: Path, job: str = JOB, app: str = APP) -> Path:
+    """The app version a project would make (`vmwrapper package`) around a blank disk image:
+    the simulated guest runs ``shared/boinc_app`` without booting it."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    image = tmp / "vm_image.vdi"
     subprocess.run(["qemu-img", "create", "-q", "-f", "vdi", str(image), "32M"], check=True)
-    out = tmp / "app"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vmwrapper",
-            "package",
-            "--app",
-            "counting",
-            "--job",
-            str(src / "vbox_job.xml"),
-            "--image",
-            str(image),
-            "--boinc-app",
-            str(src / "app.sh"),
-            "--output",
-            "result",
-            "--no-gzip",
-            "--cmdline",
-            "--backend virtualbox",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return out
+    return package_app(tmp, image, app, job, name="counting", backend="virtualbox")
 
 
 def test_wrapper_runs_a_job_on_the_virtualbox_back_end(vbox_sim: VBoxHost, tmp_path: Path) -> None:
@@ -123,3 +94,33 @@ def test_wrapper_runs_a_job_on_the_virtualbox_back_end(vbox_sim: VBoxHost, tmp_p
     assert "VBoxManage -q startvm boinc_" in replay
     assert "unregistervm" in replay  # cleaned up after the completion
     assert vbox_sim.registry()["vms"] == {}
+
+
+def test_abort_reports_network_bytes_screenshot_and_logs(
+    vbox_sim: VBoxHost, tmp_path: Path
+) -> None:
+    """With a daily transfer limit the NIC counters (debugvm statistics) reach the client; an
+    abort writes vboxwrapper's screenshot block and log sections before the VM is deleted."""
+    vbox_sim.configure(guest=[{"run_shared_app": True}])
+    job = JOB.replace("<enable_network/>", "<enable_network/>\n  <enable_screenshots_on_error/>")
+    app = package(tmp_path, job, "#!/bin/sh\necho 'guest idles'\nsleep 120\n")
+    report = run_job(
+        JobRequest(
+            app_dir=app,
+            workdir=tmp_path / "client",
+            keep_slot=True,
+            schedule=(ScheduledAction(6.0, Action.ABORT),),
+            max_episodes=1,
+            daily_xfer_limit_mb=10.0,
+            extra_env=vbox_sim.env,
+        ),
+        host=replace(host_info(), p_features="fpu vme pae vmx sse2"),
+    )
+    assert report.outcome is JobOutcome.ABORTED, report.message + report.stderr_tail
+    stderr = (Path(report.slot_dir) / "stderr.txt").read_text()
+    assert "Screen Shot Information (Base64 Encoded PNG):" in stderr
+    assert "VM Execution Log:" in stderr and "VM Trace Log:" in stderr
+    # the simulated NIC moves bytes both ways while the VM runs (more in than out)
+    assert 0 < report.bytes_sent < report.bytes_received
+    replay = (Path(report.slot_dir) / "vbox_replay.txt").read_text()
+    assert replay.index("screenshotpng") < replay.index("unregistervm")

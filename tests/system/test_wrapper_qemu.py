@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
+from helpers.fault_fixtures import package_app
 from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from vmwrapper.harness.job import JobReport, JobRequest, Progress, run_job
 from vmwrapper.harness.task import TaskEvent
@@ -73,39 +72,7 @@ sleep 60
 
 
 def package(tmp: Path, image: Path, app_script: str) -> Path:
-    src = tmp / "src"
-    src.mkdir()
-    (src / "vbox_job.xml").write_text(JOB)
-    (src / "app.sh").write_text(app_script)
-    (src / "app.sh").chmod(0o755)
-    out = tmp / "app"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vmwrapper",
-            "package",
-            "--app",
-            "counting",
-            "--job",
-            str(src / "vbox_job.xml"),
-            "--image",
-            str(image),
-            "--boinc-app",
-            str(src / "app.sh"),
-            "--output",
-            "result",
-            "--no-gzip",
-            "--cmdline",
-            "--backend qemu",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return out
+    return package_app(tmp, image, app_script, JOB, name="counting")
 
 
 def run(

@@ -27,6 +27,7 @@ import psutil
 from vmwrapper.errors import BackendError, CheckpointError, HostNotReady, VmStartError
 from vmwrapper.hypervisor.base import Diagnosis, NetUsage, VmConfig, VmState, VmStatus
 from vmwrapper.hypervisor.process import renice
+from vmwrapper.hypervisor.text import whole_lines_tail
 from vmwrapper.hypervisor.virtualbox import commands as cmd
 from vmwrapper.hypervisor.virtualbox import logs, output
 from vmwrapper.hypervisor.virtualbox.commands import Capabilities, Step
@@ -653,7 +654,7 @@ class VirtualBoxBackend:
 
     def log_tail(self, limit: int = 8192) -> str:
         """The end of VBox.log cut to whole lines (for the hypervisor log dump)."""
-        return _tail(self._read_log(), limit)
+        return whole_lines_tail(self._read_log(), limit)
 
     def hypervisor_logs(self, limit: int = 8192) -> dict[str, str]:
         """vboxwrapper's hypervisor log dump (§7): the tails of VBoxSVC.log, VBox.log,
@@ -668,7 +669,9 @@ class VirtualBoxBackend:
         dump: dict[str, str] = {}
         for title, path in sources.items():
             try:
-                dump[title] = _tail(path.read_text(encoding="utf-8", errors="replace"), limit)
+                dump[title] = whole_lines_tail(
+                    path.read_text(encoding="utf-8", errors="replace"), limit
+                )
             except OSError:
                 continue
         return dump
@@ -695,14 +698,6 @@ class VirtualBoxBackend:
             return self.runner.run(step)
         self.runner.probe(step)
         return None
-
-
-def _tail(text: str, limit: int) -> str:
-    """The last ``limit`` characters, cut forward to a whole line."""
-    if len(text) > limit:
-        text = text[-limit:]
-        text = text[text.find("\n") + 1 :]
-    return text
 
 
 def _holds_session(info: output.VmInfo) -> bool:
