@@ -177,7 +177,15 @@ def run_job(
     uninstall = events.install(slot, stream=open(os.devnull, "w"))  # noqa: SIM115
     client = AppClient.attach(slot, clock=clock, sleep=clock.sleep)
     try:
-        base = Settings(job=job, slot_dir=slot, seed=1, argv=("vmwrapper", "--nthreads", "1"))
+        # trigger_poll 0: one sleep a tick, so the client side polls once a second as the
+        # client does (tests of the between-tick watch turn it on)
+        base = Settings(
+            job=job,
+            slot_dir=slot,
+            seed=1,
+            argv=("vmwrapper", "--nthreads", "1"),
+            trigger_poll=0.0,
+        )
         sup = Supervisor(
             fake, client, replace(base, **(settings or {})), clock=clock, sleep=clock.sleep
         )

@@ -75,6 +75,30 @@ def test_completion_trigger_finishes_with_code_notice_and_message(tmp_path: Path
     assert run.shared("done").exists()  # not deleted, as vboxwrapper
 
 
+def test_trigger_files_are_seen_between_ticks(tmp_path: Path) -> None:
+    """A completion trigger written mid-tick ends the job within the trigger poll (0.2 s), not
+    at the next 1 s tick."""
+    job = JobSpec(enable_shared_directory=True, completion_trigger_file="done")
+    script = FakeScript(steps=steps(done_at(10.3)))
+
+    def guest_runs(clock: FakeClock, backend: FakeBackend) -> None:
+        backend.status()  # the fake guest acts when asked; a real one writes at any time
+
+    ends = {}
+    for poll in (0.0, 0.2):
+        run = run_job(
+            tmp_path / str(poll),
+            job,
+            script,
+            settings={"trigger_poll": poll},
+            before_tick=guest_runs,
+        )
+        assert run.outcome == Finish(0)
+        ends[poll] = [e for e in run.events if e["event"] == "outcome"][-1]["elapsed"]
+    # the guest writes 0.3 s into a tick: seen 0.1 s later instead of 0.7 s later
+    assert ends[0.0] - ends[0.2] >= 0.5, ends
+
+
 def test_vm_pid_reported_to_the_client(tmp_path: Path) -> None:
     run = run_job(tmp_path, SHARED, FakeScript(steps=steps(done_at(5))))
     assert any("<other_pid>100001</other_pid>" in s for s in run.client.statuses)

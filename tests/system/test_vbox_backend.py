@@ -288,6 +288,7 @@ def test_set_priority_renices_every_thread_of_the_vm_process(
     try:
         backend.set_priority(10)  # not started: nothing to renice, no error
         pid = backend.start()
+        wait_for(lambda: backend.status().state is VmState.RUNNING)  # the EMTs are up
         before = thread_nices(pid)
         assert len(before) > 1  # VBoxHeadless (and the simulator) run EMT threads
         assert set(before.values()) != {10}

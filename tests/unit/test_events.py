@@ -66,3 +66,12 @@ def test_events_file_on_a_full_disk_never_stops_the_wrapper() -> None:
         handler.close()
     finally:
         logging.raiseExceptions = previous
+
+
+def test_uninstall_gives_the_logger_back_as_it_was(tmp_path: Path) -> None:
+    logger = logging.getLogger("vmwrapper")
+    before = (logger.level, logger.propagate, list(logger.handlers))
+    uninstall = events.install(tmp_path, stream=io.StringIO())
+    assert logger.propagate is False  # the wrapper's lines go to stderr once, not twice
+    uninstall()
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before

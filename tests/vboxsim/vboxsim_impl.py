@@ -1948,13 +1948,17 @@ def vm_process(vm_uuid: str) -> NoReturn:
             reg.save()
             return result
 
-    def boot(reg: Registry, vm: dict[str, Any]) -> int:
-        set_state(vm, "running")
+    def cpus(reg: Registry, vm: dict[str, Any]) -> int:
         return int(vm["settings"].get("cpus", 1))
 
-    # VBoxHeadless's threads: an EMT per vCPU and a worker (they idle; the loop below is the guest)
-    for name in [f"EMT-{i}" for i in range(update(boot) or 1)] + ["NAT"]:
+    def boot(reg: Registry, vm: dict[str, Any]) -> None:
+        set_state(vm, "running")
+
+    # VBoxHeadless's threads: an EMT per vCPU and a worker (they idle; the loop below is the
+    # guest). They exist before the machine state says running, as VirtualBox's do.
+    for name in [f"EMT-{i}" for i in range(update(cpus) or 1)] + ["NAT"]:
         threading.Thread(target=idle.wait, name=name, daemon=True).start()
+    update(boot)
     while True:
         time.sleep(0.1)  # the guest clock ticks at 10 Hz
         now = time.monotonic()

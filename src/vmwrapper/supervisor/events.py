@@ -138,6 +138,7 @@ def install(
         handlers.append(JsonLinesHandler(slot_dir / EVENTS_FILE))
     for handler in handlers:
         logger.addHandler(handler)
+    previous = (logger.level, logger.propagate)
     logger.setLevel(level)
     logger.propagate = False
 
@@ -145,6 +146,8 @@ def install(
         for handler in handlers:
             logger.removeHandler(handler)
             handler.close()
+        logger.setLevel(previous[0])  # as before: in-process callers (tests) log as they did
+        logger.propagate = previous[1]
 
     return uninstall
 

@@ -57,6 +57,9 @@ STATUS_REPORT_PERIOD = 6000.0
 #: How often (s of elapsed time) the NIC's byte counts are read when the volunteer set a daily
 #: transfer limit (vboxwrapper's 10 minutes; the client adds them to its transfer history).
 NET_USAGE_PERIOD = 600.0
+#: Between ticks the completion and temporary-exit trigger files are looked for this often, so
+#: a job's end is acted on within a fraction of the poll period (two stats: cheap).
+TRIGGER_POLL = 0.2
 #: A tick whose status query fails keeps the last known state; this many in a row is a failure.
 MAX_STATUS_FAILURES = 60
 #: A final checkpoint (before a temporary exit) retries a refused snapshot for this long.
@@ -114,6 +117,7 @@ class Settings:
     poll_period: float = POLL_PERIOD
     boot_timeout: float = BOOT_TIMEOUT
     net_usage_period: float = NET_USAGE_PERIOD
+    trigger_poll: float = TRIGGER_POLL  # 0: look for trigger files only once a tick
     #: Writes the contextualization media (floppy) before the VM is created or started: QEMU
     #: opens the image read-only at start, VirtualBox needs it at create. None = none.
     contextualize: Callable[[], None] | None = None
@@ -239,7 +243,21 @@ class Supervisor:
             self._report(state)
             self.client.tick()
             spent = self.clock() - tick_start
-            self.sleep(max(self.settings.poll_period - spent, 0.0))
+            self._sleep_until_next_tick(state, max(self.settings.poll_period - spent, 0.0))
+
+    def _sleep_until_next_tick(self, state: m.State, rest: float) -> None:
+        """Sleep the rest of the period; wake early when the completion or temporary-exit
+        trigger file appears (the next tick acts on it at once)."""
+        job, step = self.job, self.settings.trigger_poll
+        names = [n for n in (job.completion_trigger_file, job.temporary_exit_trigger_file) if n]
+        if step <= 0 or not names or state is not m.State.RUNNING:
+            self.sleep(rest)
+            return
+        deadline = self.clock() + rest
+        while (left := deadline - self.clock()) > 0:
+            self.sleep(min(step, left))
+            if self.shared.present(names):
+                return
 
     def _account_elapsed(self, now: float) -> None:
         """Elapsed time advances only while the VM runs (not suspended, not booting)."""
