@@ -99,6 +99,22 @@ def test_trigger_files_are_seen_between_ticks(tmp_path: Path) -> None:
     assert ends[0.0] - ends[0.2] >= 0.5, ends
 
 
+def test_a_guest_power_off_is_seen_between_ticks(tmp_path: Path) -> None:
+    script = FakeScript(steps=steps((10.3, "poweroff", "", "")))
+    ends = {}
+    for poll in (0.0, 0.2):
+        run = run_job(
+            tmp_path / str(poll),
+            JobSpec(),
+            script,
+            settings={"trigger_poll": poll},
+            before_tick=lambda clock, backend: backend.status(),
+        )
+        assert run.outcome == Finish(0)
+        ends[poll] = [e for e in run.events if e["event"] == "outcome"][-1]["elapsed"]
+    assert ends[0.0] - ends[0.2] >= 0.5, ends
+
+
 def test_vm_pid_reported_to_the_client(tmp_path: Path) -> None:
     run = run_job(tmp_path, SHARED, FakeScript(steps=steps(done_at(5))))
     assert any("<other_pid>100001</other_pid>" in s for s in run.client.statuses)

@@ -246,17 +246,19 @@ class Supervisor:
             self._sleep_until_next_tick(state, max(self.settings.poll_period - spent, 0.0))
 
     def _sleep_until_next_tick(self, state: m.State, rest: float) -> None:
-        """Sleep the rest of the period; wake early when the completion or temporary-exit
-        trigger file appears (the next tick acts on it at once)."""
+        """Sleep the rest of the period; wake early when the job ends: the completion or
+        temporary-exit trigger file appears, or the VM's process is gone (the guest powered
+        off). The next tick then acts at once."""
         job, step = self.job, self.settings.trigger_poll
         names = [n for n in (job.completion_trigger_file, job.temporary_exit_trigger_file) if n]
-        if step <= 0 or not names or state is not m.State.RUNNING:
+        if step <= 0 or state is not m.State.RUNNING:
             self.sleep(rest)
             return
         deadline = self.clock() + rest
+        vm_was_up = self._pid() is not None  # (a pid never known must not end every sleep)
         while (left := deadline - self.clock()) > 0:
             self.sleep(min(step, left))
-            if self.shared.present(names):
+            if self.shared.present(names) or (vm_was_up and self._pid() is None):
                 return
 
     def _account_elapsed(self, now: float) -> None:
