@@ -163,6 +163,19 @@ def test_success_copies_outputs_by_logical_name_and_cleans_the_slot(tmp_path: Pa
     assert "pyapp: start at step 0" in report.stderr_tail
 
 
+def test_the_apps_exit_is_seen_at_once_not_at_the_next_poll(tmp_path: Path) -> None:
+    """The harness waits on the process between polls: a 10 s poll period does not make a
+    short job take 10 s."""
+    app = make_pyapp_dir(
+        tmp_path, "--steps 1 --output shared/out", output="shared/out", output_copy=True
+    )
+    report, events = run(app, tmp_path / "work", poll_interval=10.0)
+    assert report.outcome is JobOutcome.SUCCESS
+    assert report.elapsed < 8.0, report.elapsed
+    (exit_event,) = exits(events)
+    assert "boinc_finish(0)" in exit_event.detail
+
+
 def test_missing_output_is_an_error(tmp_path: Path) -> None:
     app = make_pyapp_dir(tmp_path, "--steps 2 --output other", output="result")
     report, _ = run(app, tmp_path / "work")

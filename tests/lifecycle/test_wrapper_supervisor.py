@@ -101,6 +101,10 @@ def test_trigger_files_are_seen_between_ticks(tmp_path: Path) -> None:
 
 def test_a_guest_power_off_is_seen_between_ticks(tmp_path: Path) -> None:
     script = FakeScript(steps=steps((10.3, "poweroff", "", "")))
+
+    def guest_runs(clock: FakeClock, backend: FakeBackend) -> None:
+        backend.status()
+
     ends = {}
     for poll in (0.0, 0.2):
         run = run_job(
@@ -108,7 +112,7 @@ def test_a_guest_power_off_is_seen_between_ticks(tmp_path: Path) -> None:
             JobSpec(),
             script,
             settings={"trigger_poll": poll},
-            before_tick=lambda clock, backend: backend.status(),
+            before_tick=guest_runs,
         )
         assert run.outcome == Finish(0)
         ends[poll] = [e for e in run.events if e["event"] == "outcome"][-1]["elapsed"]

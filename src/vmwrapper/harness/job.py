@@ -399,12 +399,16 @@ def run_job(
     request: JobRequest,
     *,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_event: Callable[[TaskEvent], None] | None = None,
     host: HostInfo | None = None,
 ) -> JobReport:
-    """Run the job in ``request`` to its end; the report says how it ended."""
+    """Run the job in ``request`` to its end; the report says how it ended.
+
+    Between polls the harness waits for the app's exit (so a job's end is seen at once);
+    an injected ``sleep`` (tests with a fake clock) replaces that wait.
+    """
     staged = stage_job(request)
     state = _JobState(
         started=clock(),
@@ -481,7 +485,7 @@ def run_job(
             break
         if verdict.disposition is Disposition.POSTPONED:
             state.temporary_exits.append((verdict.delay, verdict.message))
-            if _wait_postponed(verdict.delay, state, request, clock, sleep):
+            if _wait_postponed(verdict.delay, state, request, clock, sleep or time.sleep):
                 verdict = ExitVerdict(
                     Disposition.ABORTED, "aborted while postponed", exit_status=EXIT_ABORTED_VIA_GUI
                 )
@@ -522,7 +526,7 @@ def _run_episode(
     state: _JobState,
     request: JobRequest,
     clock: Callable[[], float],
-    sleep: Callable[[float], None],
+    sleep: Callable[[float], None] | None,
     on_progress: Callable[[Progress], None] | None,
 ) -> ExitFacts:
     seen_checkpoints = 0
@@ -563,7 +567,10 @@ def _run_episode(
             )
         if facts is not None:
             return facts
-        sleep(request.poll_interval)
+        if sleep is None:
+            task.wait_exit(request.poll_interval)
+        else:
+            sleep(request.poll_interval)
 
 
 def _wait_postponed(

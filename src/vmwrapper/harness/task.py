@@ -545,6 +545,16 @@ class ActiveTask:
                     p.kill()
             log.info("killed other_pid %d", pid)
 
+    def wait_exit(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds, less if the app exits meanwhile (the next poll()
+        sees the exit): the harness notices a job's end at once, not at its next poll."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            time.sleep(timeout)
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+
     def close(self) -> None:
         """Kill a process still running (harness interrupted) and unmap the segment."""
         if self._proc is not None and self._proc.poll() is None:
