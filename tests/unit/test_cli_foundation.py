@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,23 @@ def test_run_dry_run_prints_configuration(slot: Path, capsys: pytest.CaptureFixt
 def test_run_unknown_option_is_exit_206(slot: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--frobnicate"]) == EXIT_INIT_FAILURE
     assert "Unrecognized option" in capsys.readouterr().err
+
+
+def test_a_subcommand_imports_only_its_own_module() -> None:
+    """`vmwrapper spec` must not pay for the harness, image tools and rich at start-up."""
+    code = (
+        "import sys\n"
+        "from vmwrapper.cli.main import main\n"
+        "try:\n"
+        "    main(['spec', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('vmwrapper.harness.job', 'vmwrapper.images.builder', 'rich')\n"
+        "         if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "usage: vmwrapper spec" in out
+    assert "HEAVY []" in out

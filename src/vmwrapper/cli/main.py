@@ -29,7 +29,9 @@ def _load(name: str) -> ModuleType | None:
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``only`` just that subcommand's: a command imports only
+    its own module (the harness and image tools are heavy; ``vmwrapper job`` starts faster)."""
     parser = argparse.ArgumentParser(
         prog="vmwrapper",
         description="Run BOINC jobs inside virtual machines (QEMU or VirtualBox), "
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vmwrapper {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    for name in SUBCOMMANDS if only is None else (only,):
         module = _load(name)
         if module is None:
             continue
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vmwrapper.cli.run import run_argv
 
         return run_argv(args_in[1:])
-    parser = build_parser()
+    parser = build_parser(args_in[0] if args_in[0] in SUBCOMMANDS else None)
     args = parser.parse_args(args_in)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
