@@ -39,6 +39,7 @@ from common import (
 )
 
 from vmwrapper.harness.task import NICE_HIGH_PRIORITY
+from vmwrapper.spec import parse_job
 
 GOAL_RATIO = 1.10
 HELLO = ROOT / "examples" / "hello"
@@ -80,11 +81,14 @@ def main() -> None:
     load = LoadWatch()
     image = guest_image()
     app_script = (HELLO / "hello_app_1.sh").read_text()
+    job_xml = (HELLO / "vbox_job_1.xml").read_text()
+    # the same RAM as the wrapper gives the job's VM (the guest's boot time grows with it)
+    memory_mb = int(parse_job(job_xml).spec.memory_size_mb)
     text_in = (HELLO / "inputs" / "in").read_text()
     tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     try:
         app = package_app(
-            tmp / "app", image, app_script, (HELLO / "vbox_job_1.xml").read_text(),
+            tmp / "app", image, app_script, job_xml,
             inputs={"in": text_in}, outputs=["out"],
         )  # fmt: skip
         times: dict[str, list[float]] = {"wrapper": [], "bare": []}
@@ -102,8 +106,9 @@ def main() -> None:
                     else:
                         files = {"boinc_app": (app_script, 0o755), "in": (text_in, 0o644)}
                         took, _ = bare_qemu_job(
-                            image, work, files, TIMEOUT, nice=NICE_HIGH_PRIORITY
-                        )
+                            image, work, files, TIMEOUT, nice=NICE_HIGH_PRIORITY,
+                            memory_mb=memory_mb,
+                        )  # fmt: skip
                         out = (work / "shared" / "out").read_text()
                     break
                 except RuntimeError as exc:  # a guest that failed to boot: say so, run again
@@ -122,7 +127,7 @@ def main() -> None:
             raise RuntimeError(f"the variants wrote different outputs: {outputs}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    write_result(build_result(times, phases, failures, load))
+    write_result(build_result(times, phases, failures, load, memory_mb))
 
 
 def first_cause(text: str) -> str:
@@ -137,6 +142,7 @@ def build_result(
     phases: list[dict[str, float]],
     failures: list[str],
     load: LoadWatch,
+    memory_mb: int,
 ) -> Result:
     wrapper, bare = Stats(tuple(times["wrapper"])), Stats(tuple(times["bare"]))
     ratio = paired_ratio(times["wrapper"], times["bare"])
@@ -151,8 +157,9 @@ def build_result(
         for i, (w, b) in enumerate(zip(times["wrapper"], times["bare"], strict=True))
     )
     body = f"""
-Job: `examples/hello` packaged by `vmwrapper package` (256 MB guest, boot from the shipped
-VDI, agent pulls `in`, `boinc_app` writes `out`, final push, ACPI power-off). Both variants
+Job: `examples/hello` packaged by `vmwrapper package` ({memory_mb} MB guest in both
+variants, the job's memory_size_mb; boot from the shipped VDI, agent pulls `in`, `boinc_app`
+writes `out`, final push, ACPI power-off). Both variants
 produce the same `out` (checked). One uncounted warm-up run of each variant first (page
 cache, byte code). Bare QEMU runs at nice {NICE_HIGH_PRIORITY}, like the
 wrapper's QEMU under the harness (and the client).

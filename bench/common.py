@@ -451,6 +451,7 @@ def bare_qemu_job(
     files: dict[str, tuple[str, int]],
     timeout: float = 300.0,
     nice: int = 0,
+    memory_mb: int = 256,
 ) -> tuple[float, str]:
     """Boot ``image`` with plain QEMU: overlay, shared dir holding ``files`` (name → text,
     mode), until the guest powers off. Returns (wall seconds, console text). ``nice``: run
@@ -469,7 +470,7 @@ def bare_qemu_job(
         check=True, timeout=60,
     )  # fmt: skip
     console = workdir / "console.log"
-    argv = ["nice", "-n", str(nice), *bare_qemu_argv(overlay, console, shared)]
+    argv = ["nice", "-n", str(nice), *bare_qemu_argv(overlay, console, shared, memory_mb)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _, err = proc.communicate(timeout=timeout)
