@@ -75,48 +75,38 @@ def test_completion_trigger_finishes_with_code_notice_and_message(tmp_path: Path
     assert run.shared("done").exists()  # not deleted, as vboxwrapper
 
 
-def test_trigger_files_are_seen_between_ticks(tmp_path: Path) -> None:
-    """A completion trigger written mid-tick ends the job within the trigger poll (0.2 s), not
-    at the next 1 s tick."""
-    job = JobSpec(enable_shared_directory=True, completion_trigger_file="done")
-    script = FakeScript(steps=steps(done_at(10.3)))
+def ended_at(tmp: Path, job: JobSpec, script: FakeScript, trigger_poll: float) -> float:
+    """The elapsed time at which a successful job ended, with this between-tick poll."""
 
     def guest_runs(clock: FakeClock, backend: FakeBackend) -> None:
         backend.status()  # the fake guest acts when asked; a real one writes at any time
 
-    ends = {}
-    for poll in (0.0, 0.2):
-        run = run_job(
-            tmp_path / str(poll),
-            job,
-            script,
-            settings={"trigger_poll": poll},
-            before_tick=guest_runs,
-        )
-        assert run.outcome == Finish(0)
-        ends[poll] = [e for e in run.events if e["event"] == "outcome"][-1]["elapsed"]
-    # the guest writes 0.3 s into a tick: seen 0.1 s later instead of 0.7 s later
-    assert ends[0.0] - ends[0.2] >= 0.5, ends
+    run = run_job(
+        tmp / str(trigger_poll),
+        job,
+        script,
+        settings={"trigger_poll": trigger_poll},
+        before_tick=guest_runs,
+    )
+    assert run.outcome == Finish(0)
+    return float([e for e in run.events if e["event"] == "outcome"][-1]["elapsed"])
 
 
-def test_a_guest_power_off_is_seen_between_ticks(tmp_path: Path) -> None:
-    script = FakeScript(steps=steps((10.3, "poweroff", "", "")))
-
-    def guest_runs(clock: FakeClock, backend: FakeBackend) -> None:
-        backend.status()
-
-    ends = {}
-    for poll in (0.0, 0.2):
-        run = run_job(
-            tmp_path / str(poll),
-            JobSpec(),
-            script,
-            settings={"trigger_poll": poll},
-            before_tick=guest_runs,
-        )
-        assert run.outcome == Finish(0)
-        ends[poll] = [e for e in run.events if e["event"] == "outcome"][-1]["elapsed"]
-    assert ends[0.0] - ends[0.2] >= 0.5, ends
+@pytest.mark.parametrize(
+    ("job", "ending"),
+    [
+        (SHARED, done_at(10.3)),  # a completion trigger written mid-tick
+        (JobSpec(), (10.3, "poweroff", "", "")),  # the guest powers off mid-tick
+    ],
+)
+def test_a_jobs_end_is_seen_between_ticks(
+    tmp_path: Path, job: JobSpec, ending: tuple[float, str, str, str]
+) -> None:
+    """Seen within the trigger poll (0.2 s), not at the next 1 s tick."""
+    script = FakeScript(steps=steps(ending))
+    once_a_tick = ended_at(tmp_path, job, script, 0.0)
+    # 0.3 s into a tick: seen 0.1 s later instead of 0.7 s later
+    assert once_a_tick - ended_at(tmp_path, job, script, 0.2) >= 0.5
 
 
 def test_vm_pid_reported_to_the_client(tmp_path: Path) -> None:
