@@ -9,6 +9,8 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from vmwrapper.supervisor import events
 
 
@@ -55,17 +57,30 @@ def test_event_codes_are_unique() -> None:
     assert len(codes) == len(set(codes))
 
 
-def test_events_file_on_a_full_disk_never_stops_the_wrapper() -> None:
+def test_events_file_on_a_full_disk_never_stops_the_wrapper(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # issue 9 (full slot disk): /dev/full fails every write with ENOSPC; neither logging
-    # nor closing the handler may raise, or the wrapper dies with a traceback's exit code 1
+    # nor closing the handler may raise, or the wrapper dies with a traceback's exit code 1;
+    # and no traceback goes to stderr, whose last bytes on that disk are for the outcome
     handler = events.JsonLinesHandler(Path("/dev/full"))
     record = logging.LogRecord("vmwrapper.x", logging.INFO, __file__, 1, "hello", None, None)
-    previous, logging.raiseExceptions = logging.raiseExceptions, False
-    try:
-        handler.emit(record)
-        handler.close()
-    finally:
-        logging.raiseExceptions = previous
+    assert logging.raiseExceptions  # as in the wrapper: logging would print its errors
+    handler.emit(record)
+    handler.emit(record)
+    handler.close()
+    assert handler.dropped == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_a_line_cut_by_a_full_disk_is_skipped_and_the_next_ones_read(tmp_path: Path) -> None:
+    path = tmp_path / events.EVENTS_FILE
+    path.write_text('{"event": "a", "ts": 1}\n{"event": "cut", "t')  # the disk filled up here
+    handler = events.JsonLinesHandler(path)
+    handler._cut = True  # as emit() leaves it after a short write
+    handler.emit(logging.LogRecord("vmwrapper.x", logging.INFO, __file__, 1, "b", None, None))
+    handler.close()
+    assert [e["event"] for e in events.read_events(tmp_path)] == ["a", "log"]
 
 
 def test_uninstall_gives_the_logger_back_as_it_was(tmp_path: Path) -> None:

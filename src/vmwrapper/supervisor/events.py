@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -95,26 +96,42 @@ def event_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonLinesHandler(logging.Handler):
-    """Appends one JSON line per record to ``path``; flushed per line so a kill loses nothing."""
+    """Appends one JSON line per record to ``path`` with one ``write`` each, so a kill loses
+    nothing and a full disk loses only the events it could not hold.
+
+    A write the disk refuses is dropped quietly: logging's own error report (a traceback on
+    stderr) would take the last bytes of the disk that the wrapper's stderr lines need. A
+    line cut short by the full disk is ended before the next one, so the file stays one JSON
+    object a line (``read_events`` skips the cut one).
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
-        self._stream: IO[str] = path.open("a", encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._cut = False  # the last line was written only in part
+        self.dropped = 0  # records the disk refused
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._stream.write(json.dumps(event_fields(record), sort_keys=False) + "\n")
-            self._stream.flush()
+            line = json.dumps(event_fields(record), sort_keys=False) + "\n"
         except Exception:  # logging must never take the wrapper down
             self.handleError(record)
+            return
+        data = (b"\n" if self._cut else b"") + line.encode("utf-8")
+        try:
+            written = os.write(self._fd, data)
+        except OSError:
+            self.dropped += 1
+            return
+        self._cut = written < len(data)
+        if self._cut:
+            self.dropped += 1
 
     def close(self) -> None:
         try:
-            # a full disk leaves unflushed lines that fail again here: the wrapper must still
-            # reach its exit status (issue 9), so the lines are given up
             with contextlib.suppress(OSError):
-                self._stream.close()
+                os.close(self._fd)
         finally:
             super().close()
 
@@ -158,7 +175,11 @@ def read_events(slot_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     out: list[dict[str, Any]] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
             out.append(json.loads(line))
+        except ValueError:
+            continue  # a line a full disk cut short
     return out
