@@ -388,8 +388,9 @@ class Supervisor:
         )
         if state is m.State.STARTING:
             return replace(base, restore_snapshot=self._restore_snapshot())
-        vm_state, detail, exit_code = self._vm_status()
+        # the guest's last lines before the state change they led to, as they happened
         guest_oom = self._forward_guest_log()
+        vm_state, detail, exit_code = self._vm_status()
         diagnoses: tuple[Diagnosis, ...] = ()
         boot_timed_out = (
             state is m.State.BOOTING and self.clock() - rt.boot_started > self.settings.boot_timeout
