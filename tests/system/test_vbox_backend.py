@@ -284,7 +284,7 @@ def test_set_priority_renices_every_thread_of_the_vm_process(
     config = make_config(tmp_path, remote_desktop=None)
     backend = fast_backend(config)
     backend.create()
-    caplog.set_level(logging.INFO, logger="vmwrapper.hypervisor.virtualbox.backend")
+    caplog.set_level(logging.INFO, logger="vmwrapper.hypervisor.process")
     try:
         backend.set_priority(10)  # not started: nothing to renice, no error
         pid = backend.start()

@@ -40,6 +40,26 @@ def renice(pid: int, nice: int) -> bool:
     return done
 
 
+#: What a back end last reported of set_priority: (pid, nice, whether every thread took it).
+PriorityNote = tuple[int, int, bool] | None
+
+
+def set_vm_priority(pid: int, nice: int, noted: PriorityNote) -> PriorityNote:
+    """The back ends' ``set_priority``: renice ``pid``'s threads and say so once per process,
+    value and result (``noted`` is the last of those; the returned one replaces it)."""
+    done = renice(pid, nice)
+    note = (pid, nice, done)
+    if note != noted:
+        if done:
+            log.info(
+                "VM process priority set to nice %d", nice,
+                extra={"event": "vm_priority", "nice": nice, "pid": pid},
+            )  # fmt: skip
+        else:  # e.g. back to 0 as an unprivileged user: expected, not a failure of the job
+            log.info("VM process priority not changed to nice %d: the OS refused", nice)
+    return note
+
+
 def thread_nices(pid: int) -> dict[int, int]:
     """Each thread's nice value (for tests and ``vmwrapper doctor``-style checks)."""
     out: dict[int, int] = {}
@@ -51,4 +71,4 @@ def thread_nices(pid: int) -> dict[int, int]:
     return out
 
 
-__all__ = ["renice", "thread_ids", "thread_nices"]
+__all__ = ["PriorityNote", "renice", "set_vm_priority", "thread_ids", "thread_nices"]

@@ -52,7 +52,7 @@ from vmwrapper.hypervisor.base import (
     VmState,
     VmStatus,
 )
-from vmwrapper.hypervisor.process import renice
+from vmwrapper.hypervisor.process import PriorityNote, set_vm_priority
 from vmwrapper.hypervisor.qemu import monitor, netcount
 from vmwrapper.hypervisor.qemu.accel import AccelChoice, AccelSetting, choose_accel
 from vmwrapper.hypervisor.qemu.cmdline import (
@@ -428,7 +428,7 @@ class QemuBackend:
         self._cap: CpuCap | None = None
         self._bandwidth_warned = False
         self._net_taps: dict[str, _NetTap] = {}
-        self._nice: int | None = None
+        self._priority_noted: PriorityNote = None
 
     # --- context manager ---------------------------------------------------------------
 
@@ -594,7 +594,6 @@ class QemuBackend:
         self._stopped_by_us = False
         self._saved = False
         self._net_taps = {}  # a new QEMU counts from zero (the client's "episode" total)
-        self._nice = None
         self._remove_net_files()
         with self.files.stderr.open("ab") as err:
             try:
@@ -984,16 +983,8 @@ class QemuBackend:
 
     def set_priority(self, nice: int) -> None:
         pid = self.pid()
-        if pid is None or nice == self._nice:
-            return
-        if renice(pid, nice):
-            log.info(
-                "VM process priority set to nice %d.", nice,
-                extra={"event": "vm_priority", "nice": nice, "pid": pid},
-            )  # fmt: skip
-        else:
-            log.debug("could not set all of QEMU's threads to nice %d", nice)
-        self._nice = nice  # refused once is refused again: do not retry every call
+        if pid is not None:
+            self._priority_noted = set_vm_priority(pid, nice, self._priority_noted)
 
     # --- network accounting --------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import psutil
 
 from vmwrapper.errors import BackendError, CheckpointError, HostNotReady, VmStartError
 from vmwrapper.hypervisor.base import Diagnosis, NetUsage, VmConfig, VmState, VmStatus
-from vmwrapper.hypervisor.process import renice
+from vmwrapper.hypervisor.process import PriorityNote, set_vm_priority
 from vmwrapper.hypervisor.text import whole_lines_tail
 from vmwrapper.hypervisor.virtualbox import commands as cmd
 from vmwrapper.hypervisor.virtualbox import logs, output
@@ -90,7 +90,7 @@ class VirtualBoxBackend:
         self._log_offset = 0
         self._bandwidth_limited = False
         self._host_checked = False
-        self._priority_noted: tuple[int, int, bool] | None = None  # (pid, nice, done) logged
+        self._priority_noted: PriorityNote = None
 
     # ---- probing -----------------------------------------------------------------------
 
@@ -593,16 +593,8 @@ class VirtualBoxBackend:
         reniced only the main thread, not the EMTs that run the guest). Best effort; logged once
         per process and value, so calling it every loop stays quiet."""
         pid = self.pid()
-        if pid is None:
-            return
-        done = renice(pid, nice)
-        if self._priority_noted == (pid, nice, done):
-            return
-        self._priority_noted = (pid, nice, done)
-        if done:
-            log.info("VM process priority set to nice %d", nice)
-        else:  # e.g. back to 0 as an unprivileged user: expected, not a failure of the job
-            log.info("VM process priority not changed to nice %d: the OS refused", nice)
+        if pid is not None:
+            self._priority_noted = set_vm_priority(pid, nice, self._priority_noted)
 
     def net_usage(self) -> NetUsage | None:
         """Bytes through the NICs since start(), from VirtualBox's device statistics (the
