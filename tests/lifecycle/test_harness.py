@@ -248,6 +248,19 @@ def test_quit_ignored_is_killed_after_60_s_and_restarted(tmp_path: Path) -> None
     assert report.outcome is JobOutcome.SUCCESS and report.episodes == 2, report.events
 
 
+def test_an_action_after_a_checkpoint_waits_for_that_checkpoint(tmp_path: Path) -> None:
+    # a quit tied to the second checkpoint, not to the clock: however slow the app's start,
+    # it comes after step 20's checkpoint, so the restart resumes from there
+    app = make_pyapp_dir(tmp_path, "--steps 40 --step-time 0.1 --checkpoint-every 10")
+    quit_after = ScheduledAction(0.0, Action.QUIT, after_checkpoint=2)
+    report, events = run(app, tmp_path / "work", quit_after)
+    assert report.outcome is JobOutcome.SUCCESS and report.episodes == 2, report.events
+    first, resumed = re.findall(r"pyapp: start at step (\d+)", report.stderr_tail)
+    assert first == "0" and 20 <= int(resumed) < 40, report.stderr_tail
+    quits = [e for e in events if e.kind == "control" and "quit" in e.detail]
+    assert len(quits) == 1
+
+
 def test_abort(tmp_path: Path) -> None:
     app = make_pyapp_dir(tmp_path, "--steps 400 --step-time 0.02")
     report, _ = run(app, tmp_path / "work", ScheduledAction(1.0, Action.ABORT))

@@ -36,6 +36,7 @@ from helpers.fault_fixtures import (
 )
 from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from vmwrapper.harness.job import JobReport, Progress
+from vmwrapper.hostports import free_port
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
 
@@ -51,13 +52,6 @@ PROBE_APP = PROBE + "sleep 12\nprintf '0\\n0\\n' > done\nsleep 600\n"
 # hangs: never writes the completion file, never exits (the job_duration must end it)
 HUNG_APP = PROBE + "while :; do sleep 1; done\n"
 JOB_DURATION = 60  # the guest must boot and write its probe within this
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def job(network: bool, job_duration: int = 0) -> str:

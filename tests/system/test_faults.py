@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import psutil
 import pytest
@@ -61,8 +62,8 @@ def counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: 
 
 @pytest.fixture(scope="module")
 def slow_counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: Path) -> Path:  # noqa: F811
-    """RESUMABLE_APP at 3 s a step: a job still running at a fixed moment, on a quiet host
-    (12 s boot) as on a busy one, for tests that act at a scheduled time."""
+    """RESUMABLE_APP at 3 s a step: a job still running a second after its first checkpoint,
+    on a quiet host as on a busy one, for tests that act then."""
     slow = RESUMABLE_APP.replace("  sleep 1\n", "  sleep 3\n")
     assert slow != RESUMABLE_APP
     return package_app(tmp_path_factory.mktemp("slowfaults"), default_guest_image, slow)
@@ -113,7 +114,7 @@ def test_sigkill_mid_save_at_quit_then_the_same_output(
         killed.append(f"QEMU wrote {qemu_written(slot) - start} bytes")
         kill_wrapper(slot)
 
-    quit_at = ScheduledAction(25.0, Action.QUIT)
+    quit_at = ScheduledAction(1.0, Action.QUIT, after_checkpoint=1)  # the job runs on
     report = run(slow_counting_app, work, on_event=on_event, schedule=(quit_at,))
     assert killed, "the quit never came"
     assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
@@ -130,7 +131,8 @@ def test_quit_saves_the_vm_state_and_the_restart_goes_on_from_it(
     again, and the job ends with the output of an uninterrupted run."""
     work = tmp_path / "client"
     slot = work / "slots" / "0"
-    report = run(slow_counting_app, work, schedule=(ScheduledAction(25.0, Action.QUIT),))
+    quit_at = ScheduledAction(1.0, Action.QUIT, after_checkpoint=1)  # the job runs on
+    report = run(slow_counting_app, work, schedule=(quit_at,))
     assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
     assert report.episodes == 2
     assert output_text(report) == EXPECTED_OUTPUT
@@ -197,7 +199,12 @@ def test_full_disk_fails_the_snapshot_cleanly_and_the_job_is_retried(
     seen: dict[str, object] = {}
 
     def on_progress(_: object) -> None:
-        if not filler and events(slot, "vm_online") and _read(slot / "shared" / "result"):
+        # Driven by the wrapper's own events: the disk is filled only once a checkpoint has
+        # been recorded, so the record the failed snapshot leaves must name a snapshot. (Before
+        # the first checkpoint the record holds the ports only, with no snapshot.)
+        taken = [str(e["snapshot"]) for e in events(slot, "checkpoint") if e.get("snapshot")]
+        if not filler and taken:
+            seen["checkpoints"] = taken
             filler.append(fill(work))
             os.truncate(filler[0], max(filler[0].stat().st_size - 2 * 1024 * 1024, 0))
 
@@ -207,6 +214,7 @@ def test_full_disk_fails_the_snapshot_cleanly_and_the_job_is_retried(
             seen["stderr"] = _read(slot / "stderr.txt")
             seen["record"] = _read(slot / "vbox_checkpoint.xml")  # none before a checkpoint
             seen["leftovers"] = [p.name for p in slot.glob(".vbox_checkpoint*")]
+            seen["committed"] = [str(e["snapshot"]) for e in events(slot, "checkpoint")]
             filler[0].unlink()
             resize_tmpfs(work, "600m")
 
@@ -220,9 +228,11 @@ def test_full_disk_fails_the_snapshot_cleanly_and_the_job_is_retried(
     )
     stderr = str(seen["stderr"])
     assert "No space left on device" in stderr, stderr[-3000:]
-    # the record the failed checkpoint left: the previous one, whole
-    if seen["record"]:
-        assert checkpoint.parse_record(str(seen["record"])).snapshot.startswith("boinc_"), seen
+    # the record the failed checkpoint left: the previous one, whole, naming a snapshot taken
+    # before the disk was filled (or a later one, if one more fit in the last 2 MB)
+    snapshot = checkpoint.parse_record(str(seen["record"])).snapshot
+    assert snapshot.startswith("boinc_"), seen
+    assert snapshot == cast(list[str], seen["committed"])[-1], seen  # the last one committed
     assert not seen["leftovers"], seen
     # transient class: a temporary exit, whose file cannot be written on the full disk, so the
     # wrapper exits 0 without it and the client restarts the task (not a traceback's exit 1)

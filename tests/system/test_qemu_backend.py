@@ -30,6 +30,7 @@ from helpers.qemu_fixtures import (
     vm_config,
 )
 from vmwrapper.errors import CheckpointError, VmStartError
+from vmwrapper.hostports import free_port
 from vmwrapper.hypervisor.base import (
     Diagnosis,
     NetworkConfig,
@@ -46,6 +47,7 @@ from vmwrapper.hypervisor.qemu.backend import (
     QemuBackend,
 )
 from vmwrapper.hypervisor.qemu.cmdline import Accel
+from vmwrapper.hypervisor.qemu.ports import VNC_PORTS
 
 pytestmark = pytest.mark.system
 
@@ -328,6 +330,65 @@ def test_port_forward_listens_on_loopback_only(tmp_path: Path) -> None:
         if other is not None:
             assert not tcp_connects(other, picked.host_port)
             assert tcp_connects(other, remote.host_port)
+
+
+class TakenFirst:
+    """The port picker, but its first offer for forwards and for VNC is a port another
+    program holds: the race between our pick and QEMU's bind, made certain."""
+
+    def __init__(self, *held: socket.socket) -> None:
+        self.offers: list[int] = [sock.getsockname()[1] for sock in held]
+
+    def __call__(self, bind: str, **options: Any) -> int:
+        candidates = options.get("candidates")
+        for port in self.offers:
+            if candidates is None or port in candidates:
+                self.offers.remove(port)
+                return port
+        return free_port(bind, **options)
+
+
+def _listening(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+def test_a_picked_port_taken_before_qemu_binds_it_is_picked_anew(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    slot, project = make_slot(tmp_path)
+    network = NetworkConfig(enabled=True, port_rules=(PortRule(0, 80),))
+    desktop = RemoteDesktop(port=0, password="task-secret")
+    config = vm_config(slot, project, network=network, remote_desktop=desktop)
+    with (
+        _listening(0) as fwd_taken,
+        _listening(free_port(candidates=VNC_PORTS)) as vnc_taken,
+        qemu_backend(config, port_picker=TakenFirst(fwd_taken, vnc_taken)) as vm,
+    ):
+        held = [fwd_taken.getsockname()[1], vnc_taken.getsockname()[1]]
+        pid = vm.start()  # QEMU refuses each held port once; the start still succeeds
+        ports = vm.ports()
+        (forward,) = ports.forwards
+        assert forward.host_port != held[0]
+        assert ports.vnc is not None and ports.vnc != held[1]
+        listening = listening_addresses(pid)
+        assert ("127.0.0.1", forward.host_port) in listening
+        assert ("127.0.0.1", ports.vnc) in listening
+    repicked = [r for r in caplog.records if getattr(r, "event", "") == "qemu_ports_repicked"]
+    assert [r.lost for r in repicked] == [[held[0]], [held[1]]]  # type: ignore[attr-defined]
+
+
+def test_a_fixed_port_taken_fails_the_start_unchanged(tmp_path: Path) -> None:
+    slot, project = make_slot(tmp_path)
+    with _listening(0) as taken:
+        fixed = taken.getsockname()[1]
+        network = NetworkConfig(enabled=True, port_rules=(PortRule(fixed, 80),))
+        with qemu_backend(vm_config(slot, project, network=network)) as vm:
+            with pytest.raises(VmStartError, match="Could not set up host forwarding rule"):
+                vm.start()
+            assert vm.ports().forwards == (PortRule(fixed, 80),)  # the job's port is kept
 
 
 def test_network_off_means_no_nic(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@
 * ``python -m vmwrapper.boincclient APP_DIR`` - run one job, for a project admin.
 """
 
-from vmwrapper.boincclient.client import BoincClient, StopReport, free_loopback_port
+from vmwrapper.boincclient.client import BoincClient, StopReport
 from vmwrapper.boincclient.datadir import DataDir, write_data_dir
 from vmwrapper.boincclient.plan import JobRequest, Naming
 from vmwrapper.boincclient.state import BoincClientError, ResultRecord, ResultState
@@ -26,7 +26,6 @@ __all__ = [
     "ResultState",
     "StopReport",
     "TaskInfo",
-    "free_loopback_port",
     "parse_get_tasks",
     "write_data_dir",
 ]

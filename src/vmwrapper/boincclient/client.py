@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +26,7 @@ import psutil
 from vmwrapper.boincclient.datadir import DataDir
 from vmwrapper.boincclient.state import BoincClientError
 from vmwrapper.boincclient.tasks import TaskInfo, parse_get_tasks
+from vmwrapper.hostports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,6 @@ RPC_TIMEOUT = 30.0
 START_TIMEOUT = 60.0
 #: How long ``--quit`` may take: the client asks each app to quit and waits for it.
 QUIT_TIMEOUT = 120.0
-
-
-def free_loopback_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the client binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -73,7 +65,7 @@ class BoincClient:
         poll_interval: float = 1.0,
     ) -> None:
         self.data = data
-        self.port = port or free_loopback_port()
+        self.port = port or free_port()
         self.boinc = boinc
         self.boinccmd = boinccmd
         self.extra_args = tuple(extra_args)

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmwrapper import WRAPPER_RELEASE, __version__
 from vmwrapper.boinc.files import LockfileBusy
@@ -34,6 +34,10 @@ from vmwrapper.outcome import (
 )
 from vmwrapper.runconfig import RunConfig, WrapperArgs, build_run_config, parse_wrapper_args
 from vmwrapper.spec import ParsedJob, parse_job
+
+if TYPE_CHECKING:
+    from vmwrapper.spec import JobSpec
+    from vmwrapper.supervisor.checkpoint import CheckpointRecord
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +166,20 @@ def run_argv(argv: Sequence[str]) -> int:
 # --- the VM part (supervisor) --------------------------------------------------------------
 
 
-def _free_port() -> int:
-    """A free loopback TCP port (vboxwrapper's boinc_get_port)."""
-    import socket
+def _wrapper_ports(spec: JobSpec, record: CheckpointRecord) -> tuple[int, int]:
+    """The web API and console host ports: those of the record (stable across restarts),
+    else picked now (vboxwrapper's boinc_get_port), never one of the job's fixed forwards."""
+    from vmwrapper.hostports import free_port
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    taken = {host for forward in spec.port_forward for host, _, _ in forward.rules() if host}
+    webapi = record.webapi_port
+    if not webapi and spec.enable_network and spec.pf_guest_port:
+        webapi = spec.pf_host_port or free_port(avoid=taken)
+    taken.add(webapi)
+    remote = record.remote_desktop_port
+    if not remote and spec.enable_remotedesktop:
+        remote = free_port(avoid=taken)
+    return webapi, remote
 
 
 def _floppy_writer(prepared: Prepared, path: Path) -> Callable[[], None]:
@@ -208,13 +218,7 @@ def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
         # what the BOINC API does when another process holds the slot: try again later
         return conclude(TemporaryExit(LOCK_BUSY_DELAY, LOCK_BUSY_REASON), slot_dir)
     try:
-        record = checkpoint.read_record(slot_dir)
-        webapi = record.webapi_port
-        if not webapi and spec.enable_network and spec.pf_guest_port:
-            webapi = spec.pf_host_port or _free_port()
-        remote = record.remote_desktop_port
-        if not remote and spec.enable_remotedesktop:
-            remote = _free_port()
+        webapi, remote = _wrapper_ports(spec, checkpoint.read_record(slot_dir))
         ports = RuntimePorts(webapi, remote, secrets.token_urlsafe(12))
         aid = client.init_data
         project_dir = (

@@ -78,8 +78,13 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class ScheduledAction:
-    at: float  # seconds since the job started
+    """``action`` ``at`` seconds after the job started or, with ``after_checkpoint`` N > 0,
+    after the task reported its Nth checkpoint: a moment tied to what the task did, not to
+    how fast this host runs it (a slow host's boot must not outlast a fixed time)."""
+
+    at: float
     action: Action
+    after_checkpoint: int = 0
 
 
 class JobOutcome(enum.Enum):
@@ -371,6 +376,7 @@ class _JobState:
     web_graphics_url: str | None = None
     remote_desktop_addr: str | None = None
     pending: list[ScheduledAction] = field(default_factory=list)
+    checkpoint_times: list[float] = field(default_factory=list)  # clock() of each one seen
     bytes_sent: float = 0.0  # earlier episodes' totals
     bytes_received: float = 0.0
     trickle_downs: list[tuple[float, str]] = field(default_factory=list)
@@ -516,9 +522,17 @@ def _write_init_data(staged: _Staged, state: _JobState, host: HostInfo) -> int:
 
 
 def _due_actions(state: _JobState, now: float) -> list[Action]:
-    due = [a.action for a in state.pending if a.at <= now - state.started]
-    state.pending = [a for a in state.pending if a.at > now - state.started]
-    return due
+    due = [a for a in state.pending if _is_due(a, state, now)]
+    state.pending = [a for a in state.pending if a not in due]
+    return [a.action for a in due]
+
+
+def _is_due(scheduled: ScheduledAction, state: _JobState, now: float) -> bool:
+    if scheduled.after_checkpoint == 0:
+        return scheduled.at <= now - state.started
+    if len(state.checkpoint_times) < scheduled.after_checkpoint:
+        return False
+    return scheduled.at <= now - state.checkpoint_times[scheduled.after_checkpoint - 1]
 
 
 def _run_episode(
@@ -546,6 +560,7 @@ def _run_episode(
             # a checkpoint resets the premature-exit count and is where a restart resumes
             seen_checkpoints = task.checkpoints
             state.checkpoints += 1
+            state.checkpoint_times.append(clock())
             state.premature_exits = 0
             state.checkpoint_cpu_time = task.status.checkpoint_cpu_time
             state.checkpoint_elapsed = task.elapsed

@@ -26,16 +26,14 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,10 +42,10 @@ import psutil
 from qemu.qmp import ExecuteError, QMPClient
 
 from vmwrapper.errors import BackendError, CheckpointError, VmStartError
+from vmwrapper.hostports import free_port
 from vmwrapper.hypervisor.base import (
     Diagnosis,
     NetUsage,
-    PortRule,
     VmConfig,
     VmState,
     VmStatus,
@@ -60,13 +58,13 @@ from vmwrapper.hypervisor.qemu.cmdline import (
     DISK_NODE,
     NETDEV_ID,
     STATE_NODE,
-    VNC_BASE_PORT,
     Accel,
     QemuOptions,
     build_argv,
     qemu_binary,
 )
 from vmwrapper.hypervisor.qemu.console import GUEST_DONE_MARKER, ConsoleLines
+from vmwrapper.hypervisor.qemu.ports import Picker, QemuPorts, pick_ports, unbound_picked_ports
 from vmwrapper.hypervisor.text import whole_lines_tail
 
 log = logging.getLogger(__name__)
@@ -116,14 +114,6 @@ class SlotFiles:
             stderr=slot / "qemu-stderr.log",
             pidfile=slot / "qemu.pid",
         )
-
-
-@dataclass(frozen=True)
-class QemuPorts:
-    """Host ports in use: the forwards in VmConfig order (0 replaced by the port picked), VNC."""
-
-    forwards: tuple[PortRule, ...] = ()
-    vnc: int | None = None
 
 
 @dataclass
@@ -358,22 +348,8 @@ def _move_back(pid: int, cap: CgroupCpuCap) -> None:
     cap.close()
 
 
-def free_port(bind: str = "127.0.0.1", candidates: range | None = None, rng: Any = None) -> int:
-    """A TCP port nobody listens on now (like boinc_get_port: bind, read, close)."""
-    if candidates is None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((bind, 0))
-            return int(sock.getsockname()[1])
-    ports = list(candidates)
-    (rng or random).shuffle(ports)
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((bind, port))
-            except OSError:
-                continue
-            return port
-    raise BackendError(f"no free TCP port in {candidates.start}-{candidates.stop - 1}")
+#: Starts tried when QEMU cannot bind a host port we picked (another program took it).
+PORT_CLASH_ATTEMPTS = 3
 
 
 class QemuBackend:
@@ -399,8 +375,10 @@ class QemuBackend:
         checkpoint_timeout: float = 120.0,
         cpu_cap_method: str = "auto",
         clock: Callable[[], float] = time.monotonic,
+        port_picker: Picker = free_port,
     ) -> None:
         self.config = config
+        self.port_picker = port_picker
         self.accel_setting = _accel_setting(accel)
         self.binary = qemu_binary or _binary_for(config.arch)
         self.qemu_img = qemu_img
@@ -553,6 +531,49 @@ class QemuBackend:
         if self.accel is None:
             setting = self.accel_setting if self.config.hw_acceleration else AccelSetting.TCG
             self.accel = choose_accel(setting, self.config.arch, self.binary)
+        self._launch_with_free_ports(loadvm)
+        try:
+            self._after_start()
+        except BackendError as exc:  # a half-started VM is not left running
+            self._kill()
+            raise VmStartError(f"VM started but could not be set up: {exc}") from exc
+        assert self._proc is not None
+        log.info(
+            "QEMU started (pid %d, %s%s)",
+            self._proc.pid,
+            self.accel.accel.value,
+            f", restored {loadvm}" if loadvm else "",
+            extra={"event": "qemu_started", "pid": self._proc.pid, "restore": loadvm},
+        )
+        return self._proc.pid
+
+    def _launch_with_free_ports(self, loadvm: str | None) -> None:
+        """Spawn QEMU and connect QMP; when another program took a port we picked before
+        QEMU could bind it, pick that one anew and start again (a few times at most)."""
+        for attempt in range(1, PORT_CLASH_ATTEMPTS + 1):
+            try:
+                self._launch(loadvm)
+                return
+            except (VmStartError, CheckpointError) as exc:
+                lost = unbound_picked_ports(exc.output, self.ports())
+                if not lost or attempt == PORT_CLASH_ATTEMPTS:
+                    raise
+                log.warning(
+                    "Host port(s) %s were taken before QEMU could bind them; "
+                    "picking new ones and starting again.",
+                    ", ".join(map(str, sorted(lost))),
+                    extra={"event": "qemu_ports_repicked", "lost": sorted(lost)},
+                )
+                self._ports = pick_ports(
+                    self.config.network.port_rules,
+                    self.config.remote_desktop,
+                    self.port_picker,
+                    keep=self._ports,
+                    lost=lost,
+                )
+
+    def _launch(self, loadvm: str | None) -> None:
+        assert self.accel is not None
         ports = self.ports()
         options = QemuOptions(
             accel=self.accel.accel,
@@ -569,20 +590,6 @@ class QemuBackend:
         self.argv = tuple(build_argv(self.config, options, self.binary))
         self._spawn()
         self._connect_qmp(loadvm)
-        try:
-            self._after_start()
-        except BackendError as exc:  # a half-started VM is not left running
-            self._kill()
-            raise VmStartError(f"VM started but could not be set up: {exc}") from exc
-        assert self._proc is not None
-        log.info(
-            "QEMU started (pid %d, %s%s)",
-            self._proc.pid,
-            self.accel.accel.value,
-            f", restored {loadvm}" if loadvm else "",
-            extra={"event": "qemu_started", "pid": self._proc.pid, "restore": loadvm},
-        )
-        return self._proc.pid
 
     def _spawn(self) -> None:
         self.files.qmp_socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -671,17 +678,12 @@ class QemuBackend:
             break
 
     def ports(self) -> QemuPorts:
-        """The host ports of this VM (chosen once per back end; stable across restarts)."""
+        """The host ports of this VM (chosen once per back end; stable across restarts,
+        unless another program took a picked one before QEMU could bind it)."""
         if self._ports is None:
-            forwards = tuple(
-                rule if rule.host_port else replace(rule, host_port=free_port(rule.bind or ""))
-                for rule in self.config.network.port_rules
+            self._ports = pick_ports(
+                self.config.network.port_rules, self.config.remote_desktop, self.port_picker
             )
-            vnc = None
-            rd = self.config.remote_desktop
-            if rd is not None:
-                vnc = rd.port or free_port("127.0.0.1", range(VNC_BASE_PORT, VNC_BASE_PORT + 1000))
-            self._ports = QemuPorts(forwards=forwards, vnc=vnc)
         return self._ports
 
     # --- process -----------------------------------------------------------------------
