@@ -89,9 +89,21 @@ class Recorder:
     def __init__(self) -> None:
         self.progress: list[Progress] = []
         self.events: list[TaskEvent] = []
+        self.sent: dict[str, float] = {}  # control message → elapsed when the harness sent it
 
     def run(self, request: JobRequest) -> JobReport:
-        return run_job(request, on_progress=self.progress.append, on_event=self.events.append)
+        return run_job(request, on_progress=self.progress.append, on_event=self.on_event)
+
+    def on_event(self, event: TaskEvent) -> None:
+        self.events.append(event)
+        if event.kind == "control":
+            self.sent.setdefault(event.detail, self.progress[-1].elapsed if self.progress else 0)
+
+    def suspended_window(self, settle: float = 1.5) -> list[Progress]:
+        """Progress seen from ``settle`` s after the suspend was sent (the API's 1 s tick
+        reads it, the next status reports it) until the resume was sent."""
+        start, end = self.sent["suspend"] + settle, self.sent["resume"] - 0.1
+        return [p for p in self.progress if start <= p.elapsed <= end]
 
     def exits(self) -> list[TaskEvent]:
         return [e for e in self.events if e.kind == "exit"]
@@ -117,8 +129,9 @@ def test_cpp_app_progress_checkpoints_suspend_resume_trickle_and_finish(
         request(
             app,
             tmp_path / "work",
-            ScheduledAction(1.5, Action.SUSPEND),
-            ScheduledAction(5.0, Action.RESUME),
+            # tied to the app's first checkpoint, not to the clock: a slow start moves both
+            ScheduledAction(0.5, Action.SUSPEND, after_checkpoint=1),
+            ScheduledAction(4.0, Action.RESUME, after_checkpoint=1),
         )
     )
     assert report.outcome is JobOutcome.SUCCESS, report.message
@@ -129,10 +142,10 @@ def test_cpp_app_progress_checkpoints_suspend_resume_trickle_and_finish(
     assert report.checkpoints >= 2 and report.checkpoint_cpu_time > 0
     # suspended (the app read <suspend/>): no progress between 1 s after the suspend and the
     # resume; progress again after the resume
-    frozen = [p for p in rec.progress if 3.0 <= p.elapsed <= 4.9]
+    frozen = rec.suspended_window()
     assert frozen and len({(p.fraction_done, p.cpu_time) for p in frozen}) == 1
     assert all(p.state == "suspended" for p in frozen)
-    after = [p.fraction_done for p in rec.progress if p.elapsed > 5.0]
+    after = [p.fraction_done for p in rec.progress if p.elapsed > rec.sent["resume"]]
     assert max(after) > frozen[0].fraction_done
     # the trickle-up arrived with variety and body byte for byte
     assert [(t.variety, t.body) for t in report.trickles] == [
@@ -211,14 +224,14 @@ def test_cpp_app_over_system_v_shared_memory(cpp_app: Path, tmp_path: Path) -> N
         request(
             app,
             tmp_path / "work",
-            ScheduledAction(2.0, Action.SUSPEND),  # after the API's first status (1 s tick)
-            ScheduledAction(4.5, Action.RESUME),
+            ScheduledAction(0.5, Action.SUSPEND, after_checkpoint=1),
+            ScheduledAction(3.5, Action.RESUME, after_checkpoint=1),
             keep_slot=True,
         )
     )
     assert report.outcome is JobOutcome.SUCCESS, report.message
     assert not (Path(report.slot_dir) / "boinc_mmap_file").exists()
-    frozen = [p for p in rec.progress if 3.2 <= p.elapsed <= 4.4]
+    frozen = rec.suspended_window()
     assert frozen and len({p.fraction_done for p in frozen}) == 1
     assert frozen[0].fraction_done < 1 and report.fraction_done == pytest.approx(1.0)
     assert [t.variety for t in report.trickles] == ["cpp_progress"]
