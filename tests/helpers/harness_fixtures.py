@@ -139,7 +139,7 @@ def make_golden_like_app_dir(root: Path) -> Path:
         ("vmwrapper_1.00_x86_64-pc-linux-gnu", "#!/bin/sh\nexit 0\n", 0o755),
         ("vm_image_1.vdi", "disk", 0o644),
         ("job_app_1.sh", "#!/bin/sh\necho hi\n", 0o755),
-        ("vbox_job_1.xml", "<vbox_job/>\n", 0o644),
+        ("vbox_job_1.xml", "<vbox_job></vbox_job>\n", 0o644),
     ]:
         (app / name).write_text(text)
         (app / name).chmod(mode)

@@ -29,7 +29,7 @@ time.sleep(60)
 @pytest.fixture
 def locked_slot(tmp_path: Path) -> Iterator[Path]:
     """A slot whose boinc_lockfile is held by another process (POSIX locks are per process)."""
-    (tmp_path / "vbox_job.xml").write_text("<vbox_job/>")
+    (tmp_path / "vbox_job.xml").write_text("<vbox_job></vbox_job>")
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
     )

@@ -136,7 +136,7 @@ def test_headless_unless_vbox_window_or_standalone() -> None:
 def test_backend_choice() -> None:
     assert config([]).backend == "qemu"
     assert config(["--backend", "virtualbox"]).backend == "virtualbox"
-    spec = parse_job("<vbox_job/>").spec
+    spec = parse_job("<vbox_job></vbox_job>").spec
     run = build_run_config(WrapperArgs(), spec, AID, standalone=False, backend_from_env="fake")
     assert run.backend == "fake"
 
@@ -186,7 +186,7 @@ def test_multiattach_parent_in_project_dir() -> None:
 
 
 def test_hw_acceleration_from_host_features() -> None:
-    spec = parse_job("<vbox_job/>").spec
+    spec = parse_job("<vbox_job></vbox_job>").spec
     with_vmx = AppInitData(result_name="r", host_info=HostInfo(p_features="fpu vmx sse"))
     no_vmx = AppInitData(result_name="r", host_info=HostInfo(p_features="fpu sse hypervisor"))
     disabled = AppInitData(

@@ -119,6 +119,25 @@ def test_symlinked_subdirectory_cannot_lead_out(tmp_path: Path) -> None:
     assert SharedDir(slot, "shared").read("sub/done") is None
 
 
+def test_file_names_may_be_paths_under_the_shared_dir(tmp_path: Path) -> None:
+    """<fraction_done_filename>results/progress</fraction_done_filename> is shared/results/
+    progress to vboxwrapper; so are trigger files, the heartbeat and intermediate uploads."""
+    slot = tmp_path / "slot"
+    (slot / "shared" / "results").mkdir(parents=True)
+    shared = SharedDir(slot, "shared")
+    (slot / "shared" / "results" / "progress").write_text("0.5\n")
+    (slot / "shared" / "results" / "done").write_text("0\n")
+    assert shared.fraction_done("results/progress") == 0.5
+    assert shared.exists("results/done") and shared.read("results/./done") == b"0\n"
+    assert shared.present(["results/done", "results/absent"]) == ["results/done"]
+    assert isinstance(shared.mtime("results/progress"), float)
+    assert shared.read("results/../results/done") == b"0\n"  # '..' that stays inside
+    for unsafe in ("results/../../escape", "../escape", "/etc/passwd"):
+        with pytest.raises(InputError):
+            shared.file(unsafe)
+        assert shared.read(unsafe) is None and not shared.exists(unsafe)
+
+
 def test_fraction_file_states(tmp_path: Path) -> None:
     slot = tmp_path
     (slot / "shared").mkdir()

@@ -61,7 +61,11 @@ def test_every_element_golden() -> None:
         pf_guest_port=80,
         port_forward=(PortForward(8022, 22), PortForward(9000, 9100, 3, True)),
     )
-    assert parsed.warnings == ()
+    # the strict view: the one element vboxwrapper skips, and a boolean written in hex
+    assert [w.split(">")[0] for w in parsed.warnings] == [
+        "every_element.xml: <vm_graphics_controller_type",
+        "every_element.xml: <enable_nat_dns_host_resolver",
+    ]
     # the golden covers every element we know
     text = (DATA / "every_element.xml").read_text()
     assert all(f"<{name}" in text for name in ELEMENTS)
@@ -83,7 +87,9 @@ def test_defaults_are_vboxwrappers() -> None:
     ("text", "expected"),
     [
         ("<T/>", True),
-        ("<T></T>", True),
+        ("<T />", True),
+        ("<T></T>", False),  # BOINC takes no value from an empty boolean: default kept
+        ("<T>  </T>", False),
         ("<T>1</T>", True),
         ("<T>0</T>", False),
         ("<T>0x1</T>", True),
@@ -99,7 +105,7 @@ def test_boolean_forms(text: str, expected: bool) -> None:
 def test_boolean_text_is_ignored_with_a_warning_like_vboxwrapper() -> None:
     parsed = parse_job("<vbox_job><enable_network>true</enable_network></vbox_job>", "j.xml")
     assert parsed.spec.enable_network is False
-    assert any("enable_network" in w and "not a BOINC boolean" in w for w in parsed.warnings)
+    assert any("<enable_network>" in w and "keeps its default" in w for w in parsed.warnings)
 
 
 @pytest.mark.parametrize(
@@ -143,22 +149,21 @@ def test_port_forward_nports_expansion() -> None:
 
 def test_all_problems_reported_at_once_with_element_and_fix() -> None:
     found = problems(
-        "<memory_size_mb>-1</memory_size_mb><vram_size_mb>lots</vram_size_mb>"
+        "<memory_size_mb>-1</memory_size_mb>"
         "<share_slot_dir/><enable_shared_directory/>"
         "<port_forward><guest_port>70000</guest_port></port_forward>"
         "<completion_trigger_file>../../etc/passwd</completion_trigger_file>"
-        "<trickle_trigger_file>a/b</trickle_trigger_file>"
+        "<trickle_trigger_file>/tmp/b</trickle_trigger_file>"
     )
     joined = "\n".join(found)
-    assert len(found) == 7, joined
+    assert len(found) == 6, joined
     for needle in [
         "<memory_size_mb>: error: -1 is negative",
-        "<vram_size_mb>: error: 'lots' is not a number",
         "<share_slot_dir>: error: cannot be combined with <enable_shared_directory>",
         "<port_forward>: error: has no <host_port>",
         "<port_forward/guest_port>: error: port 70000 is outside 1..65535",
-        "<completion_trigger_file>: error: '../../etc/passwd' is not a plain file name",
-        "<trickle_trigger_file>: error: 'a/b' is not a plain file name",
+        "<completion_trigger_file>: error: '../../etc/passwd' leads out of the shared directory",
+        "<trickle_trigger_file>: error: '/tmp/b' is an absolute path",
     ]:
         assert needle in joined
     assert all(line.startswith("job.xml: <") and "(fix: " in line for line in found)
@@ -179,7 +184,7 @@ def test_all_problems_reported_at_once_with_element_and_fix() -> None:
         ("<completion_trigger_file>done</completion_trigger_file>", "the job has none"),
         (
             "<port_forward><host_port>0</host_port><guest_port>1</guest_port></port_forward>",
-            "port 0 is outside 1..65535",
+            "has no <host_port> (or it is 0)",
         ),
         (
             "<port_forward><host_port>65535</host_port><guest_port>1</guest_port>"
@@ -192,8 +197,12 @@ def test_all_problems_reported_at_once_with_element_and_fix() -> None:
             "<minimum_heartbeat_interval>0</minimum_heartbeat_interval>",
             "must be above 0",
         ),
-        ("<multiattach_vdi_file>..</multiattach_vdi_file>", "not a plain file name"),
-        ("<fraction_done_filename/><enable_shared_directory/>", "is empty"),
+        ("<multiattach_vdi_file>..</multiattach_vdi_file>", "leads out of"),
+        (
+            "<enable_shared_directory/><heartbeat_filename>a/../../b</heartbeat_filename>",
+            "leads out",
+        ),
+        ("<memory_size_mb>nan</memory_size_mb>", "BOINC reads nan"),
     ],
 )
 def test_illegal_values_and_combinations(body: str, needle: str) -> None:
@@ -219,8 +228,10 @@ def test_clamps_are_documented_not_silent() -> None:
         "<vbox_job>",
         "<job></job>",
         "not xml",
-        "<vbox_job><a></vbox_job>",
+        "<vbox_job><os_name>x</os_name>",
+        "\ufeff<vbox_job></vbox_job>",
         '<!DOCTYPE x [<!ENTITY a "b">]><vbox_job>&a;</vbox_job>',
+        "<vbox_job><os_name>x</os_name>\0</vbox_job>",  # BOINC stops at a NUL byte
     ],
 )
 def test_unusable_files_raise_spec_error(text: str) -> None:
@@ -242,8 +253,12 @@ def test_xml_bomb_is_refused() -> None:
         '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
         "<vbox_job><os_name>&lol2;</os_name></vbox_job>"
     )
-    with pytest.raises(SpecError, match="unsafe XML"):
+    # BOINC's parser sees <!DOCTYPE> where <vbox_job> must be, so the job fails; nothing is
+    # ever expanded (BOINC's parser knows no entities but the five built-in ones).
+    with pytest.raises(SpecError, match="must start with <vbox_job>"):
         parse_job(bomb)
+    inside = bomb.replace("<vbox_job>", "").replace("<?xml", "<vbox_job><?xml")
+    assert parse_job(inside).spec.os_name == "&lol2;"
 
 
 def test_json_form_has_element_names_lists_and_objects() -> None:
@@ -282,3 +297,48 @@ def test_arbitrary_elements_give_a_model_or_our_error(items: list[tuple[str, str
         parse_job(f"<vbox_job>{body}</vbox_job>")
     except SpecError as exc:
         assert exc.problems
+
+
+def _warned(parsed_warnings: tuple[str, ...], element: str) -> bool:
+    return any(f"<{element}>" in w for w in parsed_warnings)
+
+
+def test_the_issues_cases_read_as_vboxwrapper_reads_them() -> None:
+    """Each form the issue lists: BOINC's value, and a warning naming the element."""
+    cases: list[tuple[str, str, object]] = [
+        ("<enable_network></enable_network>", "enable_network", False),
+        ("<enable_network>  </enable_network>", "enable_network", False),
+        ("<minimum_checkpoint_interval/>", "minimum_checkpoint_interval", 600.0),
+        ("<memory_size_mb>1_024</memory_size_mb>", "memory_size_mb", 0.0),
+        ("<group><enable_network/></group>", "enable_network", True),
+        ("<memory_size_mb>0x400</memory_size_mb>", "memory_size_mb", 1024.0),
+        ("<pf_guest_port>080</pf_guest_port>", "pf_guest_port", 0),
+        ("<pf_guest_port>010</pf_guest_port>", "pf_guest_port", 8),
+    ]
+    for body, element, expected in cases:
+        parsed = parse_job(f"<vbox_job>{body}</vbox_job>", "job.xml")
+        assert getattr(parsed.spec, element) == expected, body
+        assert _warned(parsed.warnings, element), body
+
+
+def test_what_xml_libraries_refuse_but_boinc_reads() -> None:
+    parsed = parse_job("<vbox_job><os_name>a & b</os_name></vbox_job>\ntrailing", "job.xml")
+    assert parsed.spec.os_name == "a & b"
+    assert any("not well-formed XML" in w for w in parsed.warnings)
+    assert any("after </vbox_job>" in w for w in parsed.warnings)
+
+
+def test_file_names_take_paths_under_the_shared_dir() -> None:
+    spec = job(
+        "<enable_shared_directory/><fraction_done_filename>results/progress"
+        "</fraction_done_filename><trickle_trigger_file>t/a</trickle_trigger_file>"
+        "<copy_to_shared>in/data.txt</copy_to_shared>"
+    )
+    assert spec.fraction_done_filename == "results/progress"
+    assert spec.trickle_trigger_file == ("t/a",) and spec.copy_to_shared == ("in/data.txt",)
+
+
+def test_a_byte_order_mark_fails_like_vboxwrapper() -> None:
+    with pytest.raises(SpecError, match="byte-order mark") as info:
+        parse_job(b"\xef\xbb\xbf<vbox_job><enable_network/></vbox_job>", "job.xml")
+    assert info.value.malformed

@@ -49,7 +49,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _never_fail_on_encoding() -> None:
+    """A job file may hold bytes that are not UTF-8 (kept as surrogates) or a terminal may be
+    ASCII-only: print them escaped rather than end with a UnicodeEncodeError traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _never_fail_on_encoding()
     args_in = list(sys.argv[1:] if argv is None else argv)
     if (
         args_in

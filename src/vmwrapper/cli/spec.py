@@ -1,7 +1,9 @@
 """`vmwrapper spec PATH [--json]`: validate a vbox_job.xml and print the normalized job.
 
-Exit 0 when the job is usable, 1 when it is not (every problem listed), 2 when the file
-cannot be read.
+The file is read exactly as vboxwrapper reads it (docs/compatibility.md#job-file). Exit 0
+when the job is usable (warnings name each element BOINC reads in a surprising way, what
+BOINC does, and the fix), 1 when vboxwrapper would fail it or it is unsafe (every problem
+listed), 2 when the file cannot be read.
 """
 
 from __future__ import annotations

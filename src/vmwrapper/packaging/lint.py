@@ -10,6 +10,7 @@ security warnings. ``docs/tutorial.md`` lists them all.
 from __future__ import annotations
 
 import enum
+import posixpath
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from vmwrapper.errors import InputError, SpecError
 from vmwrapper.packaging.ostypes import OsTypeVerdict, check_os_type, suggest_os_type
 from vmwrapper.packaging.templates import (
     SHARED_PREFIX,
+    InputFile,
     InputTemplate,
     OutputTemplate,
     parse_input_template,
@@ -123,7 +125,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "VMW010": (Severity.WARNING, "the VM image is not gzip-compressed for download"),
     "VMW011": (Severity.ERROR, "the multiattach parent image is not in the app version"),
     "VMW012": (Severity.ERROR, "the multiattach parent image has copy_file"),
-    "VMW013": (Severity.ERROR, "the multiattach parent image is not sticky"),
+    "VMW013": (Severity.WARNING, "the multiattach parent image is not sticky"),
     "VMW014": (Severity.WARNING, "an image name has no version number"),
     "VMW015": (Severity.WARNING, "the multiattach parent also has logical name vm_image.vdi"),
     "VMW016": (Severity.ERROR, "no boinc_app (the program run in the VM)"),
@@ -455,6 +457,19 @@ def _check_image(ctx: _Ctx, spec: JobSpec | None) -> None:
 def _check_multiattach(ctx: _Ctx, parent_name: str) -> None:
     out = ctx.out
     parent = ctx.version.by_physical(parent_name)
+    wu_files = ctx.wu.files if ctx.wu is not None else ()
+    wu_parent = [f for f in wu_files if _is_multiattach_input(f, ctx.job.spec)]
+    if parent is None and wu_parent and all(f.sticky for f in wu_parent):
+        return  # shipped as a sticky workunit file (one image per batch)
+    if parent is None and wu_parent:
+        out(
+            "VMW013",
+            ctx.facts.wu_template,
+            f"the multiattach parent {parent_name} comes with the workunit but is not "
+            "<sticky/>: the client deletes it when the task ends, under the VMs using it",
+            "add <sticky/> and <no_delete/> to its <file_info>",
+        )
+        return
     if parent is None:
         out(
             "VMW011",
@@ -476,7 +491,8 @@ def _check_multiattach(ctx: _Ctx, parent_name: str) -> None:
         out(
             "VMW013",
             parent_name,
-            "the multiattach parent is not <sticky/>: it must stay in the project directory",
+            "the multiattach parent is not <sticky/>; the VM-apps documentation asks for it "
+            "so the image stays in the project directory whatever the client cleans up",
             "add <sticky/> to its <file>",
         )
     if parent.logical_name == IMAGE_LOGICAL_NAME:
@@ -526,8 +542,21 @@ def _check_boinc_app(ctx: _Ctx) -> None:
     entry = ctx.version.by_logical(APP_LOGICAL_NAME)
     wu_files = ctx.wu.files if ctx.wu is not None else ()
     wu_entry = next((f for f in wu_files if f.open_name == APP_LOGICAL_NAME), None)
+    slot_shared = ctx.job.spec is not None and ctx.job.spec.share_slot_dir
     if entry is None:
         bare = ctx.version.by_logical("boinc_app")
+        if bare is not None and slot_shared:
+            # <share_slot_dir/>: the VM sees the whole slot (BOINC's samples/worker), but
+            # it cannot follow the client's link files
+            if not bare.copy_file:
+                ctx.out(
+                    "VMW018",
+                    bare.physical_name,
+                    "boinc_app lacks <copy_file/>: the client would put a link file in the "
+                    "slot, which the VM cannot follow",
+                    "add <copy_file/>",
+                )
+            return
         if bare is not None:
             ctx.out(
                 "VMW017",
@@ -583,7 +612,7 @@ def _check_job_files(ctx: _Ctx, spec: JobSpec | None) -> None:
     job_files = 0
     if ctx.wu is not None:
         for wf in ctx.wu.files:
-            if wf.open_name == JOB_LOGICAL_NAME:
+            if wf.open_name == JOB_LOGICAL_NAME or _is_multiattach_input(wf, spec):
                 continue
             job_files += 1
             _check_job_file(ctx, ctx.facts.wu_template, wf.open_name, wf.copy_file, "input")
@@ -608,8 +637,20 @@ def _check_job_files(ctx: _Ctx, spec: JobSpec | None) -> None:
         )
 
 
+def _is_multiattach_input(wf: InputFile, spec: JobSpec | None) -> bool:
+    """A workunit input that is the job's multiattach disk (the right way to ship one image
+    per batch): the wrapper opens it in the project directory, so it is neither copied nor
+    under shared/. VMW013 says if it is not sticky."""
+    return (
+        spec is not None
+        and bool(spec.multiattach_vdi_file)
+        and posixpath.basename(wf.open_name) == posixpath.basename(spec.multiattach_vdi_file)
+    )
+
+
 def _check_job_file(ctx: _Ctx, file: str, name: str, copy_file: bool, kind: str) -> None:
-    if not name.startswith(SHARED_PREFIX):
+    slot_shared = ctx.job.spec is not None and ctx.job.spec.share_slot_dir
+    if not name.startswith(SHARED_PREFIX) and not slot_shared:
         ctx.out(
             "VMW017",
             file,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import shutil
 import stat
 from collections.abc import Iterable, Sequence
@@ -48,10 +49,14 @@ class SharedDir:
         return path == self.slot_dir or self.slot_dir in path.parents
 
     def file(self, name: str) -> Path:
-        """The path of ``name`` in the shared dir; refuses names that leave it."""
-        if not name or name.startswith("/") or ".." in Path(name).parts:
-            raise InputError(f"file name {name!r} must be a plain name inside the shared dir")
-        path = self.path / name
+        """The path of ``name`` in the shared dir: a plain name or a relative path under it
+        (``results/progress``), as vboxwrapper takes it; refuses an absolute path, one whose
+        ``..`` leaves the shared dir, and one that resolves through a symlink out of the slot
+        (docs/compatibility.md#job-file)."""
+        normal = posixpath.normpath(name) if name else ""
+        if not name or name.startswith("/") or normal == ".." or normal.startswith("../"):
+            raise InputError(f"file name {name!r} must be a path inside the shared dir")
+        path = self.path / normal
         if not self._inside(path.parent.resolve()):
             raise InputError(f"{name!r} leads outside the slot")
         return path

@@ -1,4 +1,4 @@
-"""The job model: what `vbox_job.xml` says, as frozen values (reference §2).
+"""The job model: what `vbox_job.xml` says, as frozen values (docs/compatibility.md#job-file).
 
 Defaults are vboxwrapper's (`VBOX_JOB::clear`). Runtime state never lives here.
 """

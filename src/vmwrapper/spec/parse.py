@@ -1,32 +1,29 @@
-"""vbox_job.xml → :class:`JobSpec`, with BOINC's parsing rules and every problem at once.
+"""vbox_job.xml → :class:`JobSpec`, read as vboxwrapper reads it, with every problem at once.
 
-Pure: text in, :class:`ParsedJob` out, or :class:`SpecError` listing every error.
+Pure: bytes in, :class:`ParsedJob` out, or :class:`SpecError` listing every error.
 
-Compatibility with files projects deploy today (reference §2):
-- booleans are ``<x/>`` or integer text (``0``, ``1``, ``0x1``); other text (``true``) is what
-  vboxwrapper ignores, so it is a warning and the element keeps its default;
-- unknown elements are warnings, never fatal;
-- strings are trimmed and XML-unescaped; repeatable elements append.
-Values that cannot work are errors naming the file, the element, the value and the fix.
+The values are what BOINC's parser takes (:mod:`.boincxml`, docs/compatibility.md#job-file), so
+``vmwrapper run`` runs every file vboxwrapper runs. Everything BOINC reads in a surprising way
+(an ignored element, a number in hex, text after ``</vbox_job>``, a file that is not
+well-formed XML) is a warning naming the element, what BOINC does, and the fix. Errors are only
+what makes the job fail under vboxwrapper, or is unsafe (a path out of the shared directory).
 """
 
 from __future__ import annotations
 
 import enum
+import math
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as DefusedET
-from defusedxml import DefusedXmlException
 
-from vmwrapper.cnum import c_double, c_int
 from vmwrapper.errors import Problem, SpecError
+from vmwrapper.spec.boincxml import read_job
 from vmwrapper.spec.model import (
     MIN_MEMORY_SIZE_MB,
-    VRAM_MAX_MB,
-    VRAM_MIN_MB,
     JobSpec,
     ParsedJob,
     PortForward,
@@ -38,7 +35,7 @@ ROOT = "vbox_job"
 class Kind(enum.Enum):
     BOOL = "bool"
     STR = "string"
-    FILE_NAME = "file name"  # a plain name inside the shared dir / project dir
+    FILE_NAME = "file name"  # a path under the shared dir / project dir
     DOUBLE = "number"
     INT = "integer"
     PORT_FORWARD = "port_forward block"
@@ -99,8 +96,6 @@ PORT_FORWARD_CHILDREN: dict[str, Kind] = {
 #: Elements vboxwrapper no longer reads; named so the warning can say so.
 LEGACY = {"enable_gbac": "removed from vboxwrapper; it has no effect"}
 
-_NOT_A_NUMBER = object()
-
 
 @dataclass
 class _Report:
@@ -109,6 +104,7 @@ class _Report:
     path: str
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    malformed: bool = False  # vboxwrapper's parse fails (ERR_XML_PARSE)
 
     def error(self, element: str, message: str, fix: str) -> None:
         self.errors.append(Problem(self.path, element, message, fix))
@@ -117,74 +113,51 @@ class _Report:
         self.warnings.append(Problem(self.path, element, message, fix, severity="warning"))
 
 
-def _read_value(elem: Element, kind: Kind, name: str, report: _Report) -> Any:
-    """One element's value by BOINC's rules, or ``_NOT_A_NUMBER`` when it cannot be read."""
-    text = (elem.text or "").strip()
-    if kind is Kind.BOOL:
-        if not text:
-            return True  # <x/> means true
-        try:
-            return c_int(text) != 0
-        except ValueError:
-            report.warn(
-                name,
-                f"{text!r} is not a BOINC boolean; vboxwrapper ignores this element, "
-                "so it keeps its default (false)",
-                f"write <{name}/> or <{name}>1</{name}> for true, or remove the element",
-            )
-            return _NOT_A_NUMBER
-    if kind is Kind.INT:
-        try:
-            return c_int(text) if text else 0
-        except ValueError:
-            report.error(name, f"{text!r} is not an integer", f"write a whole number in <{name}>")
-            return _NOT_A_NUMBER
-    if kind is Kind.DOUBLE:
-        try:
-            return c_double(text)
-        except ValueError:
-            report.error(name, f"{text!r} is not a number", f"write a number in <{name}>")
-            return _NOT_A_NUMBER
-    if kind is Kind.FILE_NAME:
-        _check_file_name(name, text, report)
-    return text
+def _text(raw: object) -> str:
+    """A string BOINC read (bytes) as ours: UTF-8, undecodable bytes kept (surrogateescape)."""
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
 
 
 def _check_file_name(name: str, text: str, report: _Report) -> None:
-    if not text:
-        report.error(name, "is empty", f"name a file in <{name}>, or remove the element")
-    elif "/" in text or "\\" in text or text in (".", "..") or ".." in text.split("."):
+    """File-name elements may name a path under the shared directory (``results/progress``)
+    as vboxwrapper does; only a path that leaves it is refused (docs/compatibility.md#job-file)."""
+    if text.startswith("/"):
         report.error(
             name,
-            f"{text!r} is not a plain file name (no path separators or '..')",
-            "name a file directly inside the shared directory (or project dir)",
+            f"{text!r} is an absolute path; the guest's files are looked up under the shared "
+            "directory, and a host path outside the slot is unsafe",
+            "write a path relative to the shared directory (or project dir)",
+        )
+    elif posixpath.normpath(text).split("/")[0] == "..":
+        report.error(
+            name,
+            f"{text!r} leads out of the shared directory with '..' (unsafe)",
+            "write a path that stays inside the shared directory (or project dir)",
         )
 
 
-def _parse_port_forward(elem: Element, report: _Report) -> PortForward | None:
-    values: dict[str, Any] = {}
-    for child in elem:
-        kind = PORT_FORWARD_CHILDREN.get(child.tag)
-        if kind is None:
-            report.warn(f"port_forward/{child.tag}", "unknown element, ignored")
-            continue
-        value = _read_value(child, kind, f"port_forward/{child.tag}", report)
-        if value is not _NOT_A_NUMBER:
-            values[child.tag] = value
+def _port_forward(raw: dict[str, object], report: _Report) -> PortForward | None:
+    """A <port_forward> as BOINC read it (absent children are 0 / false)."""
+    forward = PortForward(
+        host_port=int(raw.get("host_port", 0)),  # type: ignore[call-overload]
+        guest_port=int(raw.get("guest_port", 0)),  # type: ignore[call-overload]
+        nports=int(raw.get("nports", 0)),  # type: ignore[call-overload]
+        is_remote=bool(raw.get("is_remote", False)),
+    )
     ok = True
     for required in ("host_port", "guest_port"):
-        if required in values:
-            ok = _check_port(f"port_forward/{required}", values[required], report) and ok
-        else:
+        if not getattr(forward, required):
             report.error(
                 "port_forward",
-                f"has no <{required}>",
+                f"has no <{required}> (or it is 0); vboxwrapper logs an error and sets up a "
+                "rule that cannot work",
                 f"add <{required}>N</{required}> (1..65535) to every <port_forward>",
             )
             ok = False
+        else:
+            ok = _check_port(f"port_forward/{required}", getattr(forward, required), report) and ok
     if not ok:
         return None
-    forward = PortForward(**values)
     return forward if _check_forward(forward, report) else None
 
 
@@ -198,7 +171,11 @@ def _check_port(element: str, port: int, report: _Report, allow_zero: bool = Fal
 
 def _check_forward(fw: PortForward, report: _Report) -> bool:
     if fw.nports < 0:
-        report.error("port_forward/nports", f"{fw.nports} is negative", "use 0 or more")
+        report.warn(
+            "port_forward/nports",
+            f"{fw.nports} is negative: vboxwrapper then sets up no rule at all for this block",
+            "write 0 (one port) or the number of ports",
+        )
         return False
     last = max(fw.nports, 1) - 1
     if fw.host_port + last > 65535 or fw.guest_port + last > 65535:
@@ -211,30 +188,63 @@ def _check_forward(fw: PortForward, report: _Report) -> bool:
     return True
 
 
-def _collect(root: Element, report: _Report) -> dict[str, Any]:
+#: What to tell the admin for each kind of finding, by the words BOINC's reading produced.
+_FINDING_FIX = {
+    "not read": "write the value in its plain form (see docs/compatibility.md#job-file)",
+    "inside <": "move the element directly under <vbox_job>",
+    "unknown element": "remove it, or check the spelling",
+    "text ": "remove the text, or put it in an element",
+    "content after": "remove everything after </vbox_job>",
+    "appears more than once": "keep one",
+    "an end tag": "remove it",
+}
+
+
+def _fix_for(what: str) -> str:
+    return next((fix for key, fix in _FINDING_FIX.items() if what.startswith(key)), "")
+
+
+def _collect(data: bytes, report: _Report, notes: list[str]) -> dict[str, Any]:
+    """The values vboxwrapper would take from ``data``, with every surprise reported."""
+    job = read_job(data)
+    if not job.started:
+        bom = "byte-order mark" in job.start_failure
+        fix = "save the file without a byte-order mark" if bom else f"start the file with <{ROOT}>"
+        report.error(ROOT, job.start_failure, fix)
+        raise SpecError(report.path, report.errors, malformed=True)
+    if not job.ended:
+        report.malformed = True
+        report.error(
+            ROOT,
+            f"BOINC's parser never reaches </{ROOT}> (the file ends early, has a NUL byte, or "
+            "a text or tag too long for BOINC's buffers), so vboxwrapper fails the job",
+            f"end the file with </{ROOT}>",
+        )
+    for finding in job.findings:
+        what = LEGACY.get(finding.element, finding.what)
+        report.warn(finding.element, what, _fix_for(finding.what))
+    for element, form in job.odd_forms:
+        report.warn(element, f"{form} (BOINC's number rules)", "write a plain decimal number")
     values: dict[str, Any] = {}
-    for elem in root:
-        name = elem.tag
-        kind = ELEMENTS.get(name)
-        if kind is None:
-            why = LEGACY.get(name, "unknown element, ignored (vboxwrapper ignores it too)")
-            report.warn(name, why, "remove it, or check the spelling")
-            continue
-        if kind is Kind.PORT_FORWARD:
-            forward = _parse_port_forward(elem, report)
-            if forward is not None:
-                values.setdefault(name, []).append(forward)
-            continue
-        value = _read_value(elem, kind, name, report)
-        if value is _NOT_A_NUMBER:
-            continue
-        if name in REPEATABLE:
-            values.setdefault(name, []).append(value)
+    notes.extend(job.notes)
+    for name, raw in {**job.values, **job.extensions}.items():
+        if isinstance(raw, list):
+            values[name] = tuple(_text(v) for v in raw)
+        elif isinstance(raw, bytes):
+            values[name] = _text(raw)
+        elif ELEMENTS.get(name) is Kind.DOUBLE:
+            values[name] = float(raw)  # type: ignore[arg-type]
         else:
-            if name in values:
-                report.warn(name, "appears more than once; the last one counts")
-            values[name] = value
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+            values[name] = raw
+    for name, kind in ELEMENTS.items():
+        if kind is not Kind.FILE_NAME or name not in values:
+            continue
+        names = values[name] if isinstance(values[name], tuple) else (values[name],)
+        for text in names:
+            _check_file_name(name, text, report)
+    forwards = (_port_forward(raw, report) for raw in job.port_forwards)
+    values["port_forward"] = tuple(f for f in forwards if f is not None)
+    return values
 
 
 _Check = Callable[[JobSpec], bool]
@@ -300,6 +310,7 @@ def _check_values(spec: JobSpec, report: _Report, notes: list[str]) -> JobSpec:
         value = getattr(spec, name)
         if value < 0:
             report.error(name, f"{value:g} is negative", f"write 0 or more in <{name}>")
+    spec = _finite(spec, report)
     if spec.heartbeat_filename and spec.minimum_heartbeat_interval <= 0:
         report.error(
             "minimum_heartbeat_interval",
@@ -317,15 +328,32 @@ def _check_values(spec: JobSpec, report: _Report, notes: list[str]) -> JobSpec:
     return _clamp(spec, notes)
 
 
+#: A time BOINC reads as infinite or NaN never comes: the same as this many seconds.
+NEVER_SECONDS = 1e9
+
+
+def _finite(spec: JobSpec, report: _Report) -> JobSpec:
+    """strtod takes ``inf`` and ``nan``. A VM size cannot be either (vboxwrapper's VM setup
+    fails); a time that is never reached becomes one we can count with."""
+    changes: dict[str, Any] = {}
+    for name in ("memory_size_mb", "vram_size_mb"):
+        if not math.isfinite(getattr(spec, name)):
+            report.error(name, f"BOINC reads {getattr(spec, name)}", "write a number of MB")
+    for name in ("job_duration", "minimum_checkpoint_interval", "minimum_heartbeat_interval"):
+        value = getattr(spec, name)
+        if not math.isfinite(value):
+            changes[name] = 0.0 if name == "job_duration" else NEVER_SECONDS
+            report.warn(
+                name,
+                f"BOINC reads {value}, a time vboxwrapper never reaches; "
+                f"vmwrapper uses {changes[name]:g}",
+                "write a number of seconds (0 for no job_duration limit)",
+            )
+    return replace(spec, **changes) if changes else spec
+
+
 def _clamp(spec: JobSpec, notes: list[str]) -> JobSpec:
     changes: dict[str, Any] = {}
-    if 0 <= spec.vram_size_mb < VRAM_MIN_MB or spec.vram_size_mb > VRAM_MAX_MB:
-        vram = min(max(spec.vram_size_mb, VRAM_MIN_MB), VRAM_MAX_MB)
-        notes.append(
-            f"vram_size_mb {spec.vram_size_mb:g} clamped to {vram:g} "
-            f"(allowed {VRAM_MIN_MB:g}..{VRAM_MAX_MB:g})"
-        )
-        changes["vram_size_mb"] = vram
     if 0 <= spec.memory_size_mb < MIN_MEMORY_SIZE_MB:
         notes.append(
             f"memory_size_mb {spec.memory_size_mb:g} is below the {MIN_MEMORY_SIZE_MB:g} MB "
@@ -339,25 +367,29 @@ def _clamp(spec: JobSpec, notes: list[str]) -> JobSpec:
     return replace(spec, **changes) if changes else spec
 
 
+def _well_formed(data: bytes, report: _Report) -> None:
+    """The strict view: a file an XML library refuses works with BOINC's parser, but other
+    tools (and the next person to edit it) will trip over it."""
+    try:
+        DefusedET.fromstring(data)
+    except Exception as exc:  # expat's ParseError, defusedxml's refusals, encoding errors
+        report.warn(
+            ROOT,
+            f"not well-formed XML ({exc}); BOINC's parser reads it anyway, as shown",
+            "fix the XML (escape & as &amp;, one root element, nothing after it)",
+        )
+
+
 def parse_job(data: str | bytes, path: str = "vbox_job.xml") -> ParsedJob:
     """Parse vbox_job.xml. Returns the job with warnings and notes, or raises SpecError."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
     report = _Report(path)
-    try:
-        root = DefusedET.fromstring(data)
-    except DefusedXmlException as exc:
-        report.error("", f"refused unsafe XML ({type(exc).__name__})", "remove DTDs and entities")
-        raise SpecError(path, report.errors, malformed=True) from exc
-    except Exception as exc:  # expat ParseError, encoding errors
-        report.error("", f"not well-formed XML: {exc}", "fix the XML syntax at that position")
-        raise SpecError(path, report.errors, malformed=True) from exc
-    if root.tag != ROOT:
-        report.error(root.tag, f"the root element must be <{ROOT}>", f"wrap the job in <{ROOT}>")
-        raise SpecError(path, report.errors, malformed=True)
-    values = _collect(root, report)
     notes: list[str] = []
+    values = _collect(raw, report, notes)
+    _well_formed(raw, report)
     spec = _check_values(JobSpec(**values), report, notes)
     if report.errors:
-        raise SpecError(path, report.errors)
+        raise SpecError(path, report.errors, malformed=report.malformed)
     return ParsedJob(
         spec=spec,
         warnings=tuple(str(w) for w in report.warnings),
