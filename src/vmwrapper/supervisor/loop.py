@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, assert_never
 
 from vmwrapper.boinc.app import ClientStatus
 from vmwrapper.boinc.init_data import AppInitData
@@ -622,8 +622,49 @@ class Supervisor:
         return None
 
     def _do(self, action: m.Action) -> None:
-        handler = getattr(self, f"_do_{type(action).__name__}")
-        handler(action)
+        """Perform one action. Every action type has its case: mypy's exhaustiveness check on
+        ``assert_never`` makes a missing handler a type error, not a job failure at run time."""
+        match action:
+            case m.PrepareVm():
+                self._do_PrepareVm(action)
+            case m.StartVm():
+                self._do_StartVm(action)
+            case m.BringUp():
+                self._do_BringUp(action)
+            case m.ApplyPreferences():
+                self._do_ApplyPreferences(action)
+            case m.PauseVm():
+                self._do_PauseVm(action)
+            case m.ResumeVm():
+                self._do_ResumeVm(action)
+            case m.TakeCheckpoint():
+                self._do_TakeCheckpoint(action)
+            case m.SaveState():
+                self._do_SaveState(action)
+            case m.PowerOff():
+                self._do_PowerOff(action)
+            case m.Cleanup():
+                self._do_Cleanup(action)
+            case m.DumpLogs():
+                self._do_DumpLogs(action)
+            case m.SetNetwork():
+                self._do_SetNetwork(action)
+            case m.SendTrickle():
+                self._do_SendTrickle(action)
+            case m.RequestUpload():
+                self._do_RequestUpload(action)
+            case m.RemoveTrigger():
+                self._do_RemoveTrigger(action)
+            case m.WriteCernOutput():
+                self._do_WriteCernOutput(action)
+            case m.RecordTransientFailure():
+                self._do_RecordTransientFailure(action)
+            case m.ResetBackoff():
+                self._do_ResetBackoff(action)
+            case m.Exit():
+                pass  # _perform stops at the Exit; the loop returns its outcome
+            case _:
+                assert_never(action)
 
     def _do_PrepareVm(self, action: m.PrepareVm) -> None:
         backend = self.backend
