@@ -58,6 +58,13 @@ class Diagnosis(enum.Enum):
     GURU_MEDITATION = "guru_meditation"
 
 
+#: What a guest prints (console, or VirtualBox's guest log) when it ran out of memory; the job
+#: then ends with EXIT_OUT_OF_MEMORY (docs/compatibility.md#guest-out-of-memory).
+GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
+#: The error screenshot's name in the slot: vboxwrapper's, so projects' tools find it.
+SCREENSHOT_FILE = "vbox_screenshot.png"
+
+
 @dataclass(frozen=True)
 class Share:
     """A host directory the guest mounts by tag/name: `shared`, `project` or `scratch`."""

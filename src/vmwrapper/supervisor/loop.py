@@ -26,10 +26,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, TypeVar, assert_never
 
+from vmwrapper.boinc import files
 from vmwrapper.boinc.app import ClientStatus
 from vmwrapper.boinc.init_data import AppInitData
+from vmwrapper.cputime import CpuTotal
 from vmwrapper.errors import CheckpointError, CheckpointRefused, InputError, VmWrapperError
-from vmwrapper.hypervisor.base import Backend, Diagnosis, NetUsage, VmState
+from vmwrapper.hypervisor.base import GUEST_OOM_MARKER, Backend, Diagnosis, NetUsage, VmState
 from vmwrapper.outcome import Finish, Outcome, PlainExit, TemporaryExit
 from vmwrapper.shared_dir.heartbeat import HeartbeatWatch
 from vmwrapper.shared_dir.triggers import (
@@ -64,7 +66,6 @@ TRIGGER_POLL = 0.2
 MAX_STATUS_FAILURES = 60
 #: A final checkpoint (before a temporary exit) retries a refused snapshot for this long.
 FINAL_CHECKPOINT_PATIENCE = 10.0
-GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
 #: PowerOff is a hard power-off, as vboxwrapper's `controlvm poweroff`: the VM's state is in the
 #: checkpoint (or the job is over), and an ACPI shutdown would let the guest run on meanwhile.
 POWEROFF_GRACE = 0.0
@@ -128,8 +129,7 @@ class _Runtime:
     """The loop's mutable bookkeeping (everything the pure machine must not hold)."""
 
     elapsed: float
-    base_cpu: float  # CPU seconds of earlier runs (from the checkpoint record)
-    cpu: float  # reported CPU time, never decreasing
+    cpu: CpuTotal  # reported CPU time: earlier runs (the checkpoint record) + this run's
     checkpoint_cpu: float
     record: ckpt.CheckpointRecord
     policy: ckpt.CheckpointPolicy
@@ -193,8 +193,7 @@ class Supervisor:
         )
         self.rt = _Runtime(
             elapsed=record.elapsed_time,
-            base_cpu=record.cpu_time,
-            cpu=record.cpu_time,
+            cpu=CpuTotal(ended=record.cpu_time),
             checkpoint_cpu=record.cpu_time,
             record=record,
             policy=policy,
@@ -522,7 +521,7 @@ class Supervisor:
             return
         self.rt.consumed[name] = ConsumedTrigger(content_digest(text), self.rt.elapsed)
         try:
-            ckpt.atomic_write(
+            files.write_atomic(
                 self.settings.slot_dir / CONSUMED_FILE,
                 json.dumps({k: dataclasses.asdict(v) for k, v in self.rt.consumed.items()}),
             )
@@ -587,7 +586,7 @@ class Supervisor:
             self.rt.last_trickle_elapsed / period
         ):
             return None
-        return f"<cpu_time>{self.rt.cpu:f}</cpu_time>"
+        return f"<cpu_time>{self.rt.cpu.total:f}</cpu_time>"
 
     def _failure_observation(self, obs: m.Observation, failure: backoff.Failure) -> m.Observation:
         diagnoses = obs.diagnoses
@@ -949,8 +948,7 @@ class Supervisor:
             run_cpu = self.backend.cpu_time()
         except VmWrapperError:
             run_cpu = 0.0
-        self.rt.cpu = max(self.rt.cpu, self.rt.base_cpu + run_cpu)  # monotonic across restarts
-        return self.rt.cpu
+        return self.rt.cpu.read(run_cpu)
 
     def _fraction_done(self) -> float:
         job, rt = self.job, self.rt

@@ -27,6 +27,7 @@ from vmwrapper.outcome import (
     EXIT_ABORTED_BY_CLIENT,
     EXIT_OUT_OF_MEMORY,
     MAX_TEMPORARY_EXIT_DELAY,
+    VM_EXTENSIONS_TOKEN,
     Finish,
     Outcome,
     PlainExit,
@@ -262,9 +263,6 @@ class Step:
 
 # -- messages (fixed texts projects and volunteers see) --------------------------------------
 
-#: The BOINC client greps a vbox task's stderr for this token and then tells the scheduler
-#: that this host's VM extensions are unusable (reference §6.2). Keep it verbatim.
-VM_EXTENSIONS_TOKEN = "ERR_CPU_VM_EXTENSIONS_DISABLED"
 MSG_EXTENSIONS_DISABLED = (
     "Hardware virtualization (VT-x/AMD-V) is disabled in this computer's BIOS/UEFI settings. "
     "Enable it there and restart the computer to run this VM job. "

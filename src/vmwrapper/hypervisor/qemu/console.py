@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from vmwrapper.hypervisor.base import GUEST_OOM_MARKER
+
 GUEST_ERROR_MARKER = "VMWRAPPER_GUEST_ERROR:"
 GUEST_PROGRESS_MARKER = "VMWRAPPER_GUEST:"
-GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
 GUEST_DONE_MARKER = "VMWRAPPER_GUEST_DONE"
 _DONE_RE = re.compile(r"VMWRAPPER_GUEST_DONE status=(-?\d+)")
 # Terminal escape sequences (colours, cursor moves) that a guest may print to its console.

@@ -24,8 +24,16 @@ from pathlib import Path
 
 import psutil
 
+from vmwrapper.cputime import CpuTotal
 from vmwrapper.errors import BackendError, CheckpointError, HostNotReady, VmStartError
-from vmwrapper.hypervisor.base import Diagnosis, NetUsage, VmConfig, VmState, VmStatus
+from vmwrapper.hypervisor.base import (
+    SCREENSHOT_FILE,
+    Diagnosis,
+    NetUsage,
+    VmConfig,
+    VmState,
+    VmStatus,
+)
 from vmwrapper.hypervisor.process import PriorityNote, set_vm_priority
 from vmwrapper.hypervisor.text import whole_lines_tail
 from vmwrapper.hypervisor.virtualbox import commands as cmd
@@ -40,12 +48,12 @@ from vmwrapper.hypervisor.virtualbox.runner import (
     is_multiattach_40_error,
     vbox_environment,
 )
+from vmwrapper.outcome import ERR_NOT_EXITED
 
 log = logging.getLogger(__name__)
 
 PID_TIMEOUT = 45.0  # vboxwrapper waits ~45 s for "Process ID:" in VBox.log
 STATE_TIMEOUT = 300.0  # poweroff / savestate wait (vboxwrapper's 300 s)
-ERR_NOT_EXITED = -149
 
 
 class VirtualBoxBackend:
@@ -84,8 +92,7 @@ class VirtualBoxBackend:
         self.runner = runner
         self._caps: Capabilities | None = None
         self._pid: int | None = None
-        self._cpu_base = 0.0  # CPU seconds of VM processes that ended in this run
-        self._cpu_seen = 0.0
+        self._cpu = CpuTotal()  # CPU seconds of this run's VM processes
         self._log_identity: tuple[int, int] | None = None
         self._log_offset = 0
         self._bandwidth_limited = False
@@ -374,7 +381,7 @@ class VirtualBoxBackend:
             ) from exc
         pid = self._wait_for_pid(before)
         self._pid = pid
-        self._cpu_seen = 0.0
+        self._cpu.process_ended()  # the earlier process's count stays; this one starts at 0
         log.debug("VM %s started, process %d", config.name, pid)
         return pid
 
@@ -432,8 +439,7 @@ class VirtualBoxBackend:
 
     def _note_process_end(self) -> None:
         if self._pid is not None:
-            self._cpu_base += self._cpu_seen
-            self._cpu_seen = 0.0
+            self._cpu.process_ended()
             self._pid = None
 
     def cpu_time(self) -> float:
@@ -447,10 +453,10 @@ class VirtualBoxBackend:
                         total += sum(child.cpu_times()[:2])
                     except psutil.Error:
                         continue
-                self._cpu_seen = max(self._cpu_seen, total)
+                self._cpu.read(total)
             except psutil.Error:
                 pass
-        return self._cpu_base + self._cpu_seen
+        return self._cpu.total
 
     # ---- run-time control ---------------------------------------------------------------
 
@@ -671,7 +677,7 @@ class VirtualBoxBackend:
     def screenshot(self) -> Path | None:
         """vboxwrapper's error screenshot: wake the screen (scancode 39), wait 1 s, save
         ``vbox_screenshot.png`` in the slot. None when the VM is not running or it failed."""
-        path = self.config.slot_dir / "vbox_screenshot.png"
+        path = self.config.slot_dir / SCREENSHOT_FILE
         wake = self.runner.probe(
             cmd.controlvm(self.config, "keyboardputscancode", "39", retry=False)
         )

@@ -22,6 +22,7 @@ from vmwrapper.errors import HostNotReady
 from vmwrapper.hypervisor.base import VmConfig
 from vmwrapper.hypervisor.virtualbox import output
 from vmwrapper.hypervisor.virtualbox.output import Version
+from vmwrapper.outcome import VM_EXTENSIONS_TOKEN
 
 HDD_CONTROLLER = "Hard Disk Controller"
 FLOPPY_CONTROLLER = "Floppy Controller"
@@ -29,8 +30,6 @@ FLOPPY_CONTROLLER = "Floppy Controller"
 VRDE_USER = "boinc"
 #: vboxwrapper's "no limit" for the NIC bandwidth group (1 TiB/s), also used to lift a limit.
 UNLIMITED = "1024G"
-#: Token the BOINC client greps stderr for (client/app_control.cpp); keep it verbatim.
-ERR_CPU_VM_EXTENSIONS_DISABLED = "ERR_CPU_VM_EXTENSIONS_DISABLED"
 
 
 class Syntax(enum.Enum):
@@ -339,7 +338,7 @@ def acceleration_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
             else "this VirtualBox version (no --hwvirtex)"
         )
         raise HostNotReady(
-            f"{ERR_CPU_VM_EXTENSIONS_DISABLED}: hardware acceleration (VT-x/AMD-V) is missing or "
+            f"{VM_EXTENSIONS_TOKEN}: hardware acceleration (VT-x/AMD-V) is missing or "
             f"disabled on this host, and {reason} needs it; fix: enable VT-x/AMD-V in the BIOS",
             code=-148,
         )

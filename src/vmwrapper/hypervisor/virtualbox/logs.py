@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from vmwrapper.hypervisor.base import Diagnosis
+from vmwrapper.hypervisor.base import GUEST_OOM_MARKER, Diagnosis
 
 GUEST_LOG_MARK = "Guest Log:"
 
@@ -32,7 +32,7 @@ _PATTERNS: tuple[tuple[Diagnosis, tuple[str, ...]], ...] = (
     (Diagnosis.NO_VM_EXTENSIONS, ("VERR_VMX_NO_VMX", "VERR_SVM_NO_SVM")),
     (Diagnosis.FOREIGN_HYPERVISOR, ("VERR_VMX_IN_VMX_ROOT_MODE", "VERR_SVM_IN_USE")),
     (Diagnosis.HOST_OUT_OF_MEMORY, ("VERR_EM_NO_MEMORY", "VERR_NO_MEMORY")),
-    (Diagnosis.GUEST_OUT_OF_MEMORY, ("EXIT_OUT_OF_MEMORY",)),
+    (Diagnosis.GUEST_OUT_OF_MEMORY, (GUEST_OOM_MARKER,)),
     (Diagnosis.GURU_MEDITATION, ("Guru Meditation",)),
 )
 
