@@ -15,14 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.supervisor_fixtures import (
-    ClientSide,
-    FakeClock,
-    make_slot,
-    run_job,
-    vm_config,
-    write_init_data,
-)
+from helpers.common import FakeClock, make_slot, vm_config
+from helpers.supervisor_fixtures import ClientSide, run_job, write_init_data
 from vmwrapper.boinc import files
 from vmwrapper.boinc.app import AppClient
 from vmwrapper.boinc.init_data import GlobalPrefs
@@ -549,7 +543,7 @@ def test_killed_mid_checkpoint_restarts_from_the_last_good_one(tmp_path: Path) -
     assert record.snapshot
     # simulate the kill: a newer snapshot exists, the record still names the older one
     backend = FakeBackend(
-        vm_config(first.slot, job),
+        vm_config(first.slot, job=job),
         script,
         clock=FakeClock(),
         state_file=first.slot / "fake_vm.json",
@@ -669,7 +663,9 @@ def test_contextualization_runs_before_the_vm_is_created(tmp_path: Path) -> None
     clock = FakeClock()
     slot = tmp_path / "slots" / "0"
     slot.mkdir(parents=True)
-    backend = FakeBackend(vm_config(slot, SHARED), FakeScript(steps=steps(done_at(3))), clock=clock)
+    backend = FakeBackend(
+        vm_config(slot, job=SHARED), FakeScript(steps=steps(done_at(3))), clock=clock
+    )
     holder["b"] = backend
     run_job(
         tmp_path, SHARED, clock=clock, backend=backend, settings={"contextualize": contextualize}
@@ -748,15 +744,16 @@ def test_old_snapshot_is_deleted_only_after_the_record_names_the_new_one(tmp_pat
 
     clock = FakeClock()
     job = JobSpec(job_duration=500.0, minimum_checkpoint_interval=100)
-    backend = Watching(vm_config(slot, job), FakeScript(), clock=clock)
+    backend = Watching(vm_config(slot, job=job), FakeScript(), clock=clock)
     run = run_job(tmp_path, job, clock=clock, backend=backend)
     assert run.outcome == Finish(0) and len(seen) >= 2
 
 
 def test_sigterm_when_run_by_hand_stops_like_a_quit(tmp_path: Path) -> None:
     clock = FakeClock()
-    slot = make_slot(tmp_path)
-    backend = FakeBackend(vm_config(slot, JobSpec()), FakeScript(), clock=clock)
+    slot, _ = make_slot(tmp_path, with_blank_disk=False)
+    write_init_data(slot)
+    backend = FakeBackend(vm_config(slot, job=JobSpec()), FakeScript(), clock=clock)
 
     def terminate_once() -> None:
         if clock.now > 1030 and not sent:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.common import FakeClock
 from vmwrapper.errors import BackendError
 from vmwrapper.hypervisor.virtualbox import output
 from vmwrapper.hypervisor.virtualbox.commands import Step
@@ -178,20 +179,14 @@ def test_environment_prefers_vboxmanage_already_on_path(tmp_path: Path) -> None:
 
 def test_lock_excludes_a_second_holder(tmp_path: Path) -> None:
     parent = Path("/projects/x/parent.vdi")
-    clock = [0.0]
-
-    def sleep(seconds: float) -> None:
-        clock[0] += seconds
-
+    clock = FakeClock(start=0.0)
     first = MultiattachLock(parent, lock_dir=tmp_path)
-    second = MultiattachLock(
-        parent, lock_dir=tmp_path, timeout=10, clock=lambda: clock[0], sleep=sleep
-    )
+    second = MultiattachLock(parent, lock_dir=tmp_path, timeout=10, clock=clock, sleep=clock.sleep)
     with first:
         with pytest.raises(BackendError) as info:
             second.acquire()
         assert info.value.code == -182
-        assert clock[0] >= 10
+        assert clock.now >= 10
     second.acquire()  # free again
     assert second.held
     second.release()
