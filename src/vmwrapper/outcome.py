@@ -58,7 +58,8 @@ class TemporaryExit:
     """Stop now, restart later: ``boinc_temporary_exit`` with delay and reason, then exit(0).
 
     The reason is never empty: the client ignores a temporary-exit file without a reason line
-    (vboxwrapper's bug, reference §12.12), and a multi-line reason breaks notice detection.
+    (vboxwrapper's bug, docs/compatibility.md#exit-codes-and-temporary-exits), and a multi-line
+    reason breaks notice detection.
     """
 
     delay: float

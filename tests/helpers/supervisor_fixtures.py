@@ -197,8 +197,8 @@ def make_vm_app_dir(
     cmdline: str = "--backend fake",
     with_output: bool = True,
 ) -> Path:
-    """An APP_DIR (contract §1) whose main program is the vmwrapper launcher, with the fake
-    guest's script staged into the slot (``fake_vm_script.json``)."""
+    """An APP_DIR (docs/compatibility.md#app-version-directory) whose main program is the vmwrapper
+    launcher, with the fake guest's script staged into the slot (``fake_vm_script.json``)."""
     from vmwrapper.hypervisor.fake import SCRIPT_FILE
 
     app = root / "vmapp"

@@ -1,6 +1,6 @@
 """The wrapper's reports to the client and to the project, in-process on FakeBackend:
 
-* network bytes for the volunteer's daily transfer limit (vboxwrapper §4 step 11);
+* network bytes for the volunteer's daily transfer limit (docs/compatibility.md#network);
 * the VM process's priority: lowered once online, the wrapper's own while paused or stopping
   (vboxwrapper's lower/reset_vm_process_priority), honouring cc_config's settings;
 * the error report on fatal exits: screenshot (enable_screenshots_on_error) and log dump.

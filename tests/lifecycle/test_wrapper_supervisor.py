@@ -2,7 +2,8 @@
 AppClient on a real shared segment (the client side in helpers.supervisor_fixtures), the
 FakeBackend as the VM, and an injected clock (hours of job time in milliseconds).
 
-Each test names the row of the exit table (reference §6.1) or the behaviour it covers.
+Each test names the row of the exit table (docs/supervisor.md#exit-table-as-adapted) or the
+behaviour it covers.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def last_status(run_client: ClientSide) -> dict[str, float]:
     return out
 
 
-# -- §6.1 row 16: completion trigger ----
+# -- exit table row 16: completion trigger ----
 
 
 def test_completion_trigger_finishes_with_code_notice_and_message(tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ def test_vm_pid_reported_to_the_client(tmp_path: Path) -> None:
     assert any("<other_pid>100001</other_pid>" in s for s in run.client.statuses)
 
 
-# -- §6.1 row 17: temporary-exit trigger, then restart from the checkpoint ----
+# -- exit table row 17: temporary-exit trigger, then restart from the checkpoint ----
 
 
 def test_temporary_exit_trigger_checkpoints_and_restart_continues(tmp_path: Path) -> None:
@@ -127,7 +128,8 @@ def test_temporary_exit_trigger_checkpoints_and_restart_continues(tmp_path: Path
     )
     first = run_job(tmp_path, job, script)
     assert isinstance(first.outcome, TemporaryExit)
-    assert first.outcome.delay == 120 and first.outcome.reason  # a reason, always (§12.12)
+    # a reason, always (docs/compatibility.md#exit-codes-and-temporary-exits)
+    assert first.outcome.delay == 120 and first.outcome.reason
     request = files.read_temporary_exit_file(first.slot)
     assert request is not None and request.delay == 120
     assert not first.shared("later").exists()  # deleted
@@ -215,7 +217,8 @@ def test_periodic_trickle_reports_cpu_time_and_does_not_refire_after_restart(
     cpu = [t for t in run.client.trickles if t.variety == "cpu_time"]
     assert len(cpu) == 2  # at 100 s and 200 s of elapsed time
     value = float(cpu[0].body.split("<cpu_time>")[1].split("<")[0])
-    assert 45 <= value <= 55  # CPU time (half of elapsed here), not elapsed (§12.15)
+    # CPU time (half of elapsed here), not elapsed (docs/compatibility.md#trickles)
+    assert 45 <= value <= 55
 
 
 # -- intermediate uploads ----
@@ -240,7 +243,8 @@ def test_intermediate_upload_uploads_the_shared_dir_file(tmp_path: Path) -> None
 
     script = FakeScript(steps=steps((10, "write", "partial.dat", "partial result"), done_at(40)))
     run = run_job(tmp_path, job, script, control=[(0, link), (20, client_uploaded)])
-    assert physical.read_text() == "partial result"  # the guest's file, not the slot's (§12.14)
+    # the guest's file, not the slot's (docs/compatibility.md#intermediate-uploads)
+    assert physical.read_text() == "partial result"
     assert (run.slot / "boinc_ufr_partial.dat").exists()
     assert "upload_requested" in run.codes() and "upload_done" in run.codes()
 
@@ -283,11 +287,12 @@ def test_restored_past_job_duration_finishes_cleanly(tmp_path: Path) -> None:
     slot.mkdir(parents=True)
     checkpoint.write_record(slot, checkpoint.CheckpointRecord(elapsed_time=500.0, cpu_time=400.0))
     run = run_job(tmp_path, JobSpec(job_duration=100.0), FakeScript())
-    assert run.outcome == Finish(0)  # vboxwrapper: bare exit 197, no finish file (§12.23)
+    # vboxwrapper: bare exit 197, no finish file (docs/compatibility.md#start-up)
+    assert run.outcome == Finish(0)
     assert files.read_finish_file(run.slot) == Finish(0)
 
 
-# -- §6.1 row 15: heartbeat file ----
+# -- exit table row 15: heartbeat file ----
 
 
 def test_heartbeat_file_that_stops_advancing_fails_with_timeout(tmp_path: Path) -> None:
@@ -411,7 +416,7 @@ def test_quit_while_booting(tmp_path: Path) -> None:
     assert run.outcome == PlainExit(0) and run.backend.state is VmState.POWERED_OFF
 
 
-# -- §6.1 rows 19-21: the VM goes away -------------------------------------------------------------
+# -- exit table rows 19-21: the VM goes away -------------------------------------------------------
 
 
 def test_guest_shut_itself_down_is_success(tmp_path: Path) -> None:
@@ -439,7 +444,7 @@ def test_guest_out_of_memory_marker_finishes_205(tmp_path: Path) -> None:
     assert any(e["message"] == "Guest Log: app: EXIT_OUT_OF_MEMORY" for e in run.events)
 
 
-# -- §6.2: start failures, host problems, back-off ----
+# -- start failures (docs/compatibility.md#start-failures), host problems, back-off ----
 
 
 def test_boot_timeout_is_transient_with_growing_persisted_backoff(tmp_path: Path) -> None:
@@ -713,7 +718,8 @@ def test_status_query_failing_for_a_minute_is_a_crash(tmp_path: Path) -> None:
 def test_abort_is_honoured_while_status_queries_fail(tmp_path: Path) -> None:
     script = FakeScript(fail={"status": "transient"})
     run = run_job(tmp_path, JobSpec(), script, control=[(5, "<abort/>")])
-    assert run.outcome == Finish(EXIT_ABORTED_BY_CLIENT)  # vboxwrapper ignores it (§12.3)
+    # vboxwrapper ignores it (docs/compatibility.md#main-loop)
+    assert run.outcome == Finish(EXIT_ABORTED_BY_CLIENT)
     assert run.backend.calls[-1] == "cleanup"
 
 

@@ -1,8 +1,8 @@
-"""Boot the built guest image with plain QEMU (TCG) and check the guest contract (§6):
-the app reads `in` and writes `out` through the 9p share, its output reaches the console,
-the guest powers off after `VMWRAPPER_GUEST_DONE`; a missing share is a
-`VMWRAPPER_GUEST_ERROR` and a non-zero QEMU exit; snapshots succeed while the sync-window
-agent runs (retrying the refusals), and a restored snapshot finishes the job."""
+"""Boot the built guest image with plain QEMU (TCG) and check the guest contract
+(docs/guest-image.md#what-the-guest-does): the app reads `in` and writes `out` through the 9p share,
+its output reaches the console, the guest powers off after `VMWRAPPER_GUEST_DONE`; a missing share
+is a `VMWRAPPER_GUEST_ERROR` and a non-zero QEMU exit; snapshots succeed while the sync-window agent
+runs (retrying the refusals), and a restored snapshot finishes the job."""
 
 from __future__ import annotations
 

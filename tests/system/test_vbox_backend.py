@@ -122,7 +122,8 @@ def test_create_defines_the_vm_as_the_job_says(vbox_host: VBoxHost, tmp_path: Pa
         assert info["graphicscontroller"] == "vboxvga"
         assert info["nic1"] == "nat"
         assert info["cableconnected1"] == "on"
-        # §12.11: the group is really attached (only the human-readable form shows it)
+        # docs/compatibility.md#network: the group is really attached (only the human-readable form
+        # shows it)
         human = vbox_host.vboxmanage("showvminfo", config.name).stdout
         nic1 = next(line for line in human.splitlines() if line.startswith("NIC 1:"))
         assert f"Bandwidth group: {config.name}_net" in nic1
@@ -471,7 +472,8 @@ def test_persistent_lock_error_keeps_its_code(vbox_sim: VBoxHost, tmp_path: Path
     vbox_sim.inject(lock_contention={"commands": ["controlvm"], "times": 50})
     with pytest.raises(VBoxManageError) as info:
         backend.pause()
-    assert info.value.hresult == output.VBOX_E_INVALID_OBJECT_STATE  # not ERR_TIMEOUT (§12.4)
+    # not ERR_TIMEOUT (docs/compatibility.md#vboxmanage-runner)
+    assert info.value.hresult == output.VBOX_E_INVALID_OBJECT_STATE
     assert info.value.code == -2135228409
     assert info.value.result.attempts == 6
     assert "Another VirtualBox management application" in info.value.output

@@ -1,5 +1,6 @@
 """The protocol's files in the slot: exact contents as the API writes them and as the client
-reads them (reference §5); link files against the real client's golden slot."""
+reads them (docs/compatibility.md#files-in-the-slot); link files against the real client's golden
+slot."""
 
 from __future__ import annotations
 

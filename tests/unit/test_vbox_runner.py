@@ -143,7 +143,8 @@ def test_environment_keeps_path_and_uses_home(tmp_path: Path) -> None:
         is_file=lambda p: p == "/usr/bin/VBoxManage",
         is_dir=lambda p: p == "/home/alice/.config",
     )
-    assert env.env["PATH"] == "/opt/x:/usr/bin"  # extended, never replaced (§12.6)
+    # extended, never replaced (docs/compatibility.md#start-up)
+    assert env.env["PATH"] == "/opt/x:/usr/bin"
     assert env.executable == "/usr/bin/VBoxManage"
     assert env.profile_dir == Path("/home/alice/.config/VirtualBox")
     assert env.env["VBOX_USER_HOME"] == "/home/alice/.config/VirtualBox"

@@ -1,4 +1,5 @@
-"""The files of the BOINC client/app protocol in the slot directory (reference §5).
+"""The files of the BOINC client/app protocol in the slot directory
+(docs/compatibility.md#files-in-the-slot).
 
 Each file has a pure ``format_*`` / ``parse_*`` pair (text in, value out, byte-exact with the
 7.20.5 API and client) and small writers / readers that do the I/O. Both sides use this module:

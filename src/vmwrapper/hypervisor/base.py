@@ -48,7 +48,7 @@ class VmStatus:
 
 
 class Diagnosis(enum.Enum):
-    """Host or guest problems a back end can recognise (reference §6.2, §6.3)."""
+    """Host or guest problems a back end can recognise (docs/compatibility.md#vm-extensions)."""
 
     VM_EXTENSIONS_DISABLED = "vm_extensions_disabled"  # VT-x/AMD-V off in the BIOS
     NO_VM_EXTENSIONS = "no_vm_extensions"  # CPU has none; a 64-bit guest cannot run

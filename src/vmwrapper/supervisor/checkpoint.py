@@ -1,7 +1,7 @@
 """Checkpoint record, its crash-safe write, and when to take the next checkpoint.
 
 The record is ``vbox_checkpoint.xml`` in the slot, readable by anything that reads
-vboxwrapper's (reference §5), plus our own elements::
+vboxwrapper's (docs/compatibility.md#checkpoints), plus our own elements::
 
     <vbox_checkpoint>
         <elapsed_time>%f</elapsed_time>

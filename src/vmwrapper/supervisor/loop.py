@@ -303,7 +303,7 @@ class Supervisor:
     # -- start-up -------------------------------------------------------------------------
 
     def _start_up_files(self) -> Outcome | None:
-        """Shared dir, copy_to_shared, cmdline, --sporadic (reference §3.3 steps 11-12)."""
+        """Shared dir, copy_to_shared, cmdline, --sporadic (docs/compatibility.md#start-up)."""
         job = self.job
         if job.enable_shared_directory:
             try:
@@ -581,7 +581,8 @@ class Supervisor:
         period = self.settings.trickle_period
         if period <= 0:
             return None
-        # Fires at each multiple of the period; a restart does not fire again at once (§12.15).
+        # Fires at each multiple of the period; a restart does not fire again at once
+        # (docs/compatibility.md#trickles).
         if math.floor(self.rt.elapsed / period) <= math.floor(
             self.rt.last_trickle_elapsed / period
         ):
@@ -668,7 +669,8 @@ class Supervisor:
     def _do_PrepareVm(self, action: m.PrepareVm) -> None:
         backend = self.backend
         if self.settings.contextualize is not None:
-            # Every run, not only when the VM is created (vboxwrapper's §12.17).
+            # Every run, not only when the VM is created
+            # (docs/compatibility.md#floppy-contextualization).
             self.settings.contextualize()
         if not backend.exists():
             log.info("Create VM. (%s)", backend.name, extra={"event": events.VM_CREATED})
@@ -876,7 +878,8 @@ class Supervisor:
 
     def _do_SetNetwork(self, action: m.SetNetwork) -> None:
         self.backend.set_network(action.connected)
-        self.rt.network_connected = action.connected  # only after it worked (§12.11)
+        # only after it worked (docs/compatibility.md#network)
+        self.rt.network_connected = action.connected
         log.info(
             "Network %s.",
             "resumed" if action.connected else "suspended",
@@ -961,7 +964,8 @@ class Supervisor:
         return rt.fraction
 
     def _counting_net(self) -> bool:
-        """The volunteer set a daily transfer limit and the VM has a network (§4 step 11)."""
+        """The volunteer set a daily transfer limit and the VM has a network
+        (docs/compatibility.md#network)."""
         return (
             self.job.enable_network and self.client.init_data.global_prefs.daily_xfer_limit_mb > 0
         )
