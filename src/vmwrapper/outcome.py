@@ -32,6 +32,11 @@ ERR_TIMEOUT = -182
 ERR_STAT = -240
 VBOXWRAPPER_ERR_RECOVERABLE = -1000
 
+#: The BOINC client looks for this token in a VM task's stderr and then tells the scheduler
+#: that the host's VM extensions are unusable; keep it verbatim
+#: (docs/compatibility.md#vm-extensions).
+VM_EXTENSIONS_TOKEN = "ERR_CPU_VM_EXTENSIONS_DISABLED"
+
 #: The client clamps a temporary-exit delay outside [0, 86400] to 300 s.
 MAX_TEMPORARY_EXIT_DELAY = 86400
 
@@ -53,7 +58,8 @@ class TemporaryExit:
     """Stop now, restart later: ``boinc_temporary_exit`` with delay and reason, then exit(0).
 
     The reason is never empty: the client ignores a temporary-exit file without a reason line
-    (vboxwrapper's bug, reference §12.12), and a multi-line reason breaks notice detection.
+    (vboxwrapper's bug, docs/compatibility.md#exit-codes-and-temporary-exits), and a multi-line
+    reason breaks notice detection.
     """
 
     delay: float

@@ -1,8 +1,8 @@
 """The wrapper's command line and the run configuration computed from it (pure).
 
-``vmwrapper run`` accepts vboxwrapper's command line exactly (reference §1): options are
-scanned left to right, an option with a value takes the next argument. Unlike the original, a
-missing or malformed value is a clear error (exit 206) instead of a crash or a silent 0.
+``vmwrapper run`` accepts vboxwrapper's command line exactly (docs/compatibility.md#command-line):
+options are scanned left to right, an option with a value takes the next argument. Unlike the
+original, a missing or malformed value is a clear error (exit 206) instead of a crash or a silent 0.
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ def build_run_config(
         trickle_period=args.trickle,
         register_only=args.register_only,
         sporadic=args.sporadic,
-        # vbox_window shows the console; standalone too (vboxwrapper §3.3); never in a sandbox
+        # vbox_window shows the console; standalone too (docs/compatibility.md#start-up); never in a
+        # sandbox
         headless=not ((aid.vbox_window and not aid.using_sandbox) or standalone),
         backend=backend,
         notes=tuple(notes),

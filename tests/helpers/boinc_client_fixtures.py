@@ -2,8 +2,8 @@
 
 * :func:`require_boinc_client` - fail (not skip) with the fix when the client is missing:
   ``make test`` installs it through scripts/install-deps.sh;
-* :func:`write_probe_app_dir` - an APP_DIR (contract §1) whose main program is a launcher
-  running ``tests/helpers/boinc_probe_app.py`` on our Python app side;
+* :func:`write_probe_app_dir` - an APP_DIR (docs/compatibility.md#app-version-directory) whose main
+  program is a launcher running ``tests/helpers/boinc_probe_app.py`` on our Python app side;
 * :class:`ClientSession` - one data directory and the client on it, restartable, always
   stopped by :meth:`ClientSession.close`.
 """

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import psutil
 
+from helpers.common import GUEST_MEMORY_MB, wait_for
 from vmwrapper.harness.job import JobReport, JobRequest, Progress, ScheduledAction, run_job
 from vmwrapper.harness.task import TaskEvent
 from vmwrapper.supervisor.events import read_events
 
-GUEST_MEMORY_MB = 256
 STEPS = 10
 
 #: A counting job: a checkpoint every 4 s, 10 steps of 1 s, then the completion trigger.
@@ -194,15 +194,6 @@ def no_qemu_left(slot: Path) -> None:
     if left:
         _kill(left)
         raise AssertionError(f"QEMU {[p.pid for p in left]} still ran for {slot}")
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 # -- killing the wrapper at a phase ----------------------------------------------------------

@@ -1,8 +1,6 @@
 """The guest image for tests, and a way to boot it with plain QEMU (no back end involved).
 
-Use from a test module (pytest's pythonpath has ``tests``)::
-
-    from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
+``tests/conftest.py`` registers the fixture, so a test only names it::
 
     def test_x(default_guest_image: Path) -> None: ...
 
@@ -22,7 +20,6 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers.common import GUEST_MEMORY_MB
 from vmwrapper.errors import ImageError
 from vmwrapper.images import DEFAULT_RECIPE, ImageRecipe, ensure_image
 
-GUEST_MEMORY_MB = 256
 BOOT_DEADLINE_S = 240.0  # a boot takes ~10-15 s under TCG; much more means a hang
 
 
@@ -142,14 +139,3 @@ def boot_guest(
         except subprocess.TimeoutExpired:
             code = -9
     return GuestRun(code, console.read_text(errors="replace") if console.exists() else "")
-
-
-def wait_for(predicate: object, timeout: float, interval: float = 0.1) -> bool:
-    """Poll ``predicate()`` until it is true or ``timeout`` seconds pass."""
-    assert callable(predicate)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

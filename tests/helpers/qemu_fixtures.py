@@ -11,27 +11,17 @@ import hashlib
 import re
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from helpers.common import make_slot, vm_config
 from vmwrapper.hypervisor.base import Share, VmConfig, VmStatus
 from vmwrapper.hypervisor.qemu.backend import QemuBackend
-
-GUEST_MEMORY_MB = 256
-
-
-def make_image(path: Path, fmt: str = "vdi", size: str = "16M") -> Path:
-    """A blank disk image made by qemu-img (VDI: what a project ships)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), size], check=True)
-    return path
 
 
 def sha256(path: Path) -> str:
@@ -40,31 +30,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def make_slot(root: Path, with_blank_disk: bool = True) -> tuple[Path, Path]:
-    """(slot dir, project dir) under ``root``; the slot gets a blank vm_image.vdi."""
-    slot = root / "slots" / "0"
-    project = root / "projects" / "example.org"
-    slot.mkdir(parents=True)
-    project.mkdir(parents=True)
-    if with_blank_disk:
-        make_image(slot / "vm_image.vdi")
-    return slot, project
-
-
-def vm_config(slot: Path, project: Path, **changes: Any) -> VmConfig:
-    """A small VM for ``slot`` (256 MB, 1 CPU, the slot's vm_image.vdi), with ``changes``."""
-    base = VmConfig(
-        name="boinc_0123456789abcdef",
-        description="test_result_0",
-        slot_dir=slot,
-        project_dir=project,
-        memory_mb=GUEST_MEMORY_MB,
-        cpus=1,
-        disk_image=slot / "vm_image.vdi",
-    )
-    return replace(base, **changes)
 
 
 @contextmanager

@@ -14,33 +14,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from helpers.common import FakeClock, make_slot, vm_config
 from vmwrapper.boinc import files
 from vmwrapper.boinc.app import AppClient
 from vmwrapper.boinc.init_data import AppInitData, GlobalPrefs, format_init_data
 from vmwrapper.boinc.messages import Channel
 from vmwrapper.boinc.shmem import Segment
-from vmwrapper.hypervisor.base import Share, VmConfig
 from vmwrapper.hypervisor.fake import FakeBackend, FakeScript
 from vmwrapper.outcome import Outcome
 from vmwrapper.spec.model import JobSpec
 from vmwrapper.supervisor import events
 from vmwrapper.supervisor.loop import Settings, Supervisor
-
-
-class FakeClock:
-    """Monotonic time that only moves when the code under test sleeps."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.on_sleep: list[Callable[[], None]] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
-        for callback in list(self.on_sleep):
-            callback()
 
 
 @dataclass
@@ -119,27 +103,6 @@ def write_init_data(
     (slot / "init_data.xml").write_text(format_init_data(aid))
 
 
-def make_slot(
-    tmp: Path, *, prefs: GlobalPrefs | None = None, checkpoint_period: float = 60.0, **more: Any
-) -> Path:
-    slot = tmp / "slots" / "0"
-    slot.mkdir(parents=True, exist_ok=True)
-    (tmp / "projects" / "example.org").mkdir(parents=True, exist_ok=True)
-    write_init_data(slot, prefs=prefs, checkpoint_period=checkpoint_period, **more)
-    return slot
-
-
-def vm_config(slot: Path, job: JobSpec) -> VmConfig:
-    shares = (Share("shared", slot / "shared"),) if job.enable_shared_directory else ()
-    return VmConfig(
-        name="boinc_test",
-        description="job_1_0",
-        slot_dir=slot,
-        project_dir=slot.parent.parent / "projects" / "example.org",
-        shares=shares,
-    )
-
-
 def run_job(
     tmp: Path,
     job: JobSpec,
@@ -157,11 +120,14 @@ def run_job(
 ) -> Run:
     """One wrapper episode in ``tmp``'s slot; returns its outcome (and leaves the slot)."""
     clock = clock or FakeClock()
-    slot = make_slot(tmp, prefs=prefs, **(init_data or {}))
+    slot, _ = make_slot(tmp, with_blank_disk=False)
+    write_init_data(slot, prefs=prefs, **(init_data or {}))
     if job.enable_shared_directory:
         (slot / "shared").mkdir(exist_ok=True)
     state_file = slot / "fake_vm.json"
-    fake = backend or FakeBackend(vm_config(slot, job), script, clock=clock, state_file=state_file)
+    fake = backend or FakeBackend(
+        vm_config(slot, job=job), script, clock=clock, state_file=state_file
+    )
     segment = Segment.create(slot)
     side = ClientSide(slot, clock, segment, list(control or []), heartbeat, start=clock.now)
     clock.on_sleep = [side.poll]
@@ -231,8 +197,8 @@ def make_vm_app_dir(
     cmdline: str = "--backend fake",
     with_output: bool = True,
 ) -> Path:
-    """An APP_DIR (contract §1) whose main program is the vmwrapper launcher, with the fake
-    guest's script staged into the slot (``fake_vm_script.json``)."""
+    """An APP_DIR (docs/compatibility.md#app-version-directory) whose main program is the vmwrapper
+    launcher, with the fake guest's script staged into the slot (``fake_vm_script.json``)."""
     from vmwrapper.hypervisor.fake import SCRIPT_FILE
 
     app = root / "vmapp"

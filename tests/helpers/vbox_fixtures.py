@@ -1,10 +1,7 @@
 """Fixtures for the VirtualBox back end: the VBoxManage simulator on PATH, or real VirtualBox.
 
-Use from a test module (pytest's pythonpath has ``tests``)::
-
-    from helpers.vbox_fixtures import VBoxHost, vbox_host_fixture, vbox_sim_fixture  # noqa: F401
-
-(the fixtures are named ``vbox_host`` and ``vbox_sim``; importing registers them).
+The fixtures are named ``vbox_host`` and ``vbox_sim``; ``tests/conftest.py`` registers them,
+so a test names them and imports only :class:`VBoxHost` for its annotations.
 
 * ``vbox_sim`` — always the simulator (a ``VBoxManage`` launcher for ``tests/vboxsim`` first on
   PATH, its state in a fresh directory named by ``VBOXSIM_STATE``); faults and guest scripts

@@ -1,5 +1,6 @@
-"""The client's per-task rules, pure: the control queue (reference §3.1) and the exit
-classification (§6.3)."""
+"""The client's per-task rules, pure: the control queue
+(docs/compatibility.md#how-the-client-runs-a-task) and the exit classification
+(docs/compatibility.md#how-the-client-runs-a-task)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The wrapper's reports to the client and to the project, in-process on FakeBackend:
 
-* network bytes for the volunteer's daily transfer limit (vboxwrapper §4 step 11);
+* network bytes for the volunteer's daily transfer limit (docs/compatibility.md#network);
 * the VM process's priority: lowered once online, the wrapper's own while paused or stopping
   (vboxwrapper's lower/reset_vm_process_priority), honouring cc_config's settings;
 * the error report on fatal exits: screenshot (enable_screenshots_on_error) and log dump.
@@ -14,7 +14,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from helpers.supervisor_fixtures import FakeClock, Run, run_job, vm_config
+from helpers.common import FakeClock, vm_config
+from helpers.supervisor_fixtures import Run, run_job
 from vmwrapper.boinc.init_data import GlobalPrefs
 from vmwrapper.boinc.messages import parse_app_status
 from vmwrapper.hypervisor.base import NetworkConfig
@@ -34,7 +35,7 @@ def networked_run(tmp_path: Path, prefs: GlobalPrefs, period: float = 600.0) -> 
     clock = FakeClock()
     slot = tmp_path / "slots" / "0"
     slot.mkdir(parents=True)
-    config = replace(vm_config(slot, NETWORKED), network=NetworkConfig(enabled=True))
+    config = replace(vm_config(slot, job=NETWORKED), network=NetworkConfig(enabled=True))
     script = FakeScript(
         net_rate=(SENT_PER_S, RECEIVED_PER_S),
         steps=(GuestStep(DONE_AT, "write", "done", "0\n0\n"),),

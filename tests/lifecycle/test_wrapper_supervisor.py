@@ -2,7 +2,8 @@
 AppClient on a real shared segment (the client side in helpers.supervisor_fixtures), the
 FakeBackend as the VM, and an injected clock (hours of job time in milliseconds).
 
-Each test names the row of the exit table (reference §6.1) or the behaviour it covers.
+Each test names the row of the exit table (docs/supervisor.md#exit-table-as-adapted) or the
+behaviour it covers.
 """
 
 from __future__ import annotations
@@ -15,14 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.supervisor_fixtures import (
-    ClientSide,
-    FakeClock,
-    make_slot,
-    run_job,
-    vm_config,
-    write_init_data,
-)
+from helpers.common import FakeClock, make_slot, vm_config
+from helpers.supervisor_fixtures import ClientSide, run_job, write_init_data
 from vmwrapper.boinc import files
 from vmwrapper.boinc.app import AppClient
 from vmwrapper.boinc.init_data import GlobalPrefs
@@ -62,7 +57,7 @@ def last_status(run_client: ClientSide) -> dict[str, float]:
     return out
 
 
-# -- §6.1 row 16: completion trigger ----
+# -- exit table row 16: completion trigger ----
 
 
 def test_completion_trigger_finishes_with_code_notice_and_message(tmp_path: Path) -> None:
@@ -114,7 +109,7 @@ def test_vm_pid_reported_to_the_client(tmp_path: Path) -> None:
     assert any("<other_pid>100001</other_pid>" in s for s in run.client.statuses)
 
 
-# -- §6.1 row 17: temporary-exit trigger, then restart from the checkpoint ----
+# -- exit table row 17: temporary-exit trigger, then restart from the checkpoint ----
 
 
 def test_temporary_exit_trigger_checkpoints_and_restart_continues(tmp_path: Path) -> None:
@@ -133,7 +128,8 @@ def test_temporary_exit_trigger_checkpoints_and_restart_continues(tmp_path: Path
     )
     first = run_job(tmp_path, job, script)
     assert isinstance(first.outcome, TemporaryExit)
-    assert first.outcome.delay == 120 and first.outcome.reason  # a reason, always (§12.12)
+    # a reason, always (docs/compatibility.md#exit-codes-and-temporary-exits)
+    assert first.outcome.delay == 120 and first.outcome.reason
     request = files.read_temporary_exit_file(first.slot)
     assert request is not None and request.delay == 120
     assert not first.shared("later").exists()  # deleted
@@ -221,7 +217,8 @@ def test_periodic_trickle_reports_cpu_time_and_does_not_refire_after_restart(
     cpu = [t for t in run.client.trickles if t.variety == "cpu_time"]
     assert len(cpu) == 2  # at 100 s and 200 s of elapsed time
     value = float(cpu[0].body.split("<cpu_time>")[1].split("<")[0])
-    assert 45 <= value <= 55  # CPU time (half of elapsed here), not elapsed (§12.15)
+    # CPU time (half of elapsed here), not elapsed (docs/compatibility.md#trickles)
+    assert 45 <= value <= 55
 
 
 # -- intermediate uploads ----
@@ -246,7 +243,8 @@ def test_intermediate_upload_uploads_the_shared_dir_file(tmp_path: Path) -> None
 
     script = FakeScript(steps=steps((10, "write", "partial.dat", "partial result"), done_at(40)))
     run = run_job(tmp_path, job, script, control=[(0, link), (20, client_uploaded)])
-    assert physical.read_text() == "partial result"  # the guest's file, not the slot's (§12.14)
+    # the guest's file, not the slot's (docs/compatibility.md#intermediate-uploads)
+    assert physical.read_text() == "partial result"
     assert (run.slot / "boinc_ufr_partial.dat").exists()
     assert "upload_requested" in run.codes() and "upload_done" in run.codes()
 
@@ -289,11 +287,12 @@ def test_restored_past_job_duration_finishes_cleanly(tmp_path: Path) -> None:
     slot.mkdir(parents=True)
     checkpoint.write_record(slot, checkpoint.CheckpointRecord(elapsed_time=500.0, cpu_time=400.0))
     run = run_job(tmp_path, JobSpec(job_duration=100.0), FakeScript())
-    assert run.outcome == Finish(0)  # vboxwrapper: bare exit 197, no finish file (§12.23)
+    # vboxwrapper: bare exit 197, no finish file (docs/compatibility.md#start-up)
+    assert run.outcome == Finish(0)
     assert files.read_finish_file(run.slot) == Finish(0)
 
 
-# -- §6.1 row 15: heartbeat file ----
+# -- exit table row 15: heartbeat file ----
 
 
 def test_heartbeat_file_that_stops_advancing_fails_with_timeout(tmp_path: Path) -> None:
@@ -417,7 +416,7 @@ def test_quit_while_booting(tmp_path: Path) -> None:
     assert run.outcome == PlainExit(0) and run.backend.state is VmState.POWERED_OFF
 
 
-# -- §6.1 rows 19-21: the VM goes away -------------------------------------------------------------
+# -- exit table rows 19-21: the VM goes away -------------------------------------------------------
 
 
 def test_guest_shut_itself_down_is_success(tmp_path: Path) -> None:
@@ -445,7 +444,7 @@ def test_guest_out_of_memory_marker_finishes_205(tmp_path: Path) -> None:
     assert any(e["message"] == "Guest Log: app: EXIT_OUT_OF_MEMORY" for e in run.events)
 
 
-# -- §6.2: start failures, host problems, back-off ----
+# -- start failures (docs/compatibility.md#start-failures), host problems, back-off ----
 
 
 def test_boot_timeout_is_transient_with_growing_persisted_backoff(tmp_path: Path) -> None:
@@ -549,7 +548,7 @@ def test_killed_mid_checkpoint_restarts_from_the_last_good_one(tmp_path: Path) -
     assert record.snapshot
     # simulate the kill: a newer snapshot exists, the record still names the older one
     backend = FakeBackend(
-        vm_config(first.slot, job),
+        vm_config(first.slot, job=job),
         script,
         clock=FakeClock(),
         state_file=first.slot / "fake_vm.json",
@@ -669,7 +668,9 @@ def test_contextualization_runs_before_the_vm_is_created(tmp_path: Path) -> None
     clock = FakeClock()
     slot = tmp_path / "slots" / "0"
     slot.mkdir(parents=True)
-    backend = FakeBackend(vm_config(slot, SHARED), FakeScript(steps=steps(done_at(3))), clock=clock)
+    backend = FakeBackend(
+        vm_config(slot, job=SHARED), FakeScript(steps=steps(done_at(3))), clock=clock
+    )
     holder["b"] = backend
     run_job(
         tmp_path, SHARED, clock=clock, backend=backend, settings={"contextualize": contextualize}
@@ -717,7 +718,8 @@ def test_status_query_failing_for_a_minute_is_a_crash(tmp_path: Path) -> None:
 def test_abort_is_honoured_while_status_queries_fail(tmp_path: Path) -> None:
     script = FakeScript(fail={"status": "transient"})
     run = run_job(tmp_path, JobSpec(), script, control=[(5, "<abort/>")])
-    assert run.outcome == Finish(EXIT_ABORTED_BY_CLIENT)  # vboxwrapper ignores it (§12.3)
+    # vboxwrapper ignores it (docs/compatibility.md#main-loop)
+    assert run.outcome == Finish(EXIT_ABORTED_BY_CLIENT)
     assert run.backend.calls[-1] == "cleanup"
 
 
@@ -748,15 +750,16 @@ def test_old_snapshot_is_deleted_only_after_the_record_names_the_new_one(tmp_pat
 
     clock = FakeClock()
     job = JobSpec(job_duration=500.0, minimum_checkpoint_interval=100)
-    backend = Watching(vm_config(slot, job), FakeScript(), clock=clock)
+    backend = Watching(vm_config(slot, job=job), FakeScript(), clock=clock)
     run = run_job(tmp_path, job, clock=clock, backend=backend)
     assert run.outcome == Finish(0) and len(seen) >= 2
 
 
 def test_sigterm_when_run_by_hand_stops_like_a_quit(tmp_path: Path) -> None:
     clock = FakeClock()
-    slot = make_slot(tmp_path)
-    backend = FakeBackend(vm_config(slot, JobSpec()), FakeScript(), clock=clock)
+    slot, _ = make_slot(tmp_path, with_blank_disk=False)
+    write_init_data(slot)
+    backend = FakeBackend(vm_config(slot, job=JobSpec()), FakeScript(), clock=clock)
 
     def terminate_once() -> None:
         if clock.now > 1030 and not sent:

@@ -25,8 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from helpers.common import GUEST_MEMORY_MB
 from helpers.fault_fixtures import (
-    GUEST_MEMORY_MB,
     events,
     no_qemu_left,
     output_text,
@@ -34,7 +34,6 @@ from helpers.fault_fixtures import (
     qemu_procs,
     run,
 )
-from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from vmwrapper.harness.job import JobReport, Progress
 from vmwrapper.hostports import free_port
 
@@ -146,7 +145,7 @@ def run_and_probe(app: Path, work: Path) -> Probed:
 @pytest.fixture(scope="module")
 def network_off(
     tmp_path_factory: pytest.TempPathFactory,
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
 ) -> Probed:
     tmp = tmp_path_factory.mktemp("net-off")
     app = package_app(tmp, default_guest_image, HUNG_APP, job(False, JOB_DURATION))
@@ -156,7 +155,7 @@ def network_off(
 @pytest.fixture(scope="module")
 def network_on(
     tmp_path_factory: pytest.TempPathFactory,
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
 ) -> Probed:
     tmp = tmp_path_factory.mktemp("net-on")
     app = package_app(tmp, default_guest_image, PROBE_APP, job(network=True))

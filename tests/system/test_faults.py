@@ -25,6 +25,7 @@ from typing import cast
 import psutil
 import pytest
 
+from helpers.common import make_slot, vm_config, wait_for
 from helpers.fault_fixtures import (
     EXPECTED_OUTPUT,
     RESUMABLE_APP,
@@ -43,11 +44,9 @@ from helpers.fault_fixtures import (
     resize_tmpfs,
     run,
     tmpfs,
-    wait_for,
     wrapper_procs,
 )
-from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
-from helpers.qemu_fixtures import make_slot, qemu_backend, vm_config
+from helpers.qemu_fixtures import qemu_backend
 from vmwrapper.harness.job import Action, JobOutcome, ScheduledAction
 from vmwrapper.harness.task import TaskEvent
 from vmwrapper.supervisor import checkpoint
@@ -56,12 +55,12 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: Path) -> Path:  # noqa: F811
+def counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: Path) -> Path:
     return package_app(tmp_path_factory.mktemp("faults"), default_guest_image, RESUMABLE_APP)
 
 
 @pytest.fixture(scope="module")
-def slow_counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: Path) -> Path:  # noqa: F811
+def slow_counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: Path) -> Path:
     """RESUMABLE_APP at 3 s a step: a job still running a second after its first checkpoint,
     on a quiet host as on a busy one, for tests that act then."""
     slow = RESUMABLE_APP.replace("  sleep 1\n", "  sleep 3\n")

@@ -27,15 +27,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+from helpers.common import GUEST_MEMORY_MB
 from helpers.fault_fixtures import (
-    GUEST_MEMORY_MB,
     events,
     no_qemu_left,
     package_app,
     run,
     wrapper_procs,
 )
-from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from vmwrapper.shared_dir.triggers import MAX_TRIGGER_BYTES
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
@@ -102,7 +101,7 @@ def walk(top: Path) -> list[Path]:
 
 
 def test_a_hostile_guest_cannot_reach_outside_the_slot(
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
     tmp_path: Path,
 ) -> None:
     outside = tmp_path / "outside"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from vmwrapper.cli.main import main as cli_main
 from vmwrapper.images import convert, info
 from vmwrapper.images.disk import MTOOLS_ENV
@@ -26,13 +25,13 @@ def _mtools(*argv: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def raw_copy(default_guest_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def raw_copy(default_guest_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = tmp_path_factory.mktemp("raw") / "disk.img"
     convert(default_guest_image, raw, "raw")
     return raw
 
 
-def test_default_image_is_a_small_vdi(default_guest_image: Path) -> None:  # noqa: F811
+def test_default_image_is_a_small_vdi(default_guest_image: Path) -> None:
     details = info(default_guest_image)
     assert details.fmt == "vdi"
     assert details.virtual_size <= 64 * 1024 * 1024
@@ -99,7 +98,7 @@ def test_compact_drops_deleted_data_from_the_free_space(raw_copy: Path, tmp_path
     assert info(compacted).fmt == "vdi"
 
 
-def test_cli_convert_and_info(default_guest_image: Path, tmp_path: Path,  # noqa: F811
+def test_cli_convert_and_info(default_guest_image: Path, tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     out = tmp_path / "guest.qcow2"
     assert cli_main(["image", "convert", str(default_guest_image), str(out)]) == 0

@@ -1,8 +1,8 @@
-"""Boot the built guest image with plain QEMU (TCG) and check the guest contract (§6):
-the app reads `in` and writes `out` through the 9p share, its output reaches the console,
-the guest powers off after `VMWRAPPER_GUEST_DONE`; a missing share is a
-`VMWRAPPER_GUEST_ERROR` and a non-zero QEMU exit; snapshots succeed while the sync-window
-agent runs (retrying the refusals), and a restored snapshot finishes the job."""
+"""Boot the built guest image with plain QEMU (TCG) and check the guest contract
+(docs/guest-image.md#what-the-guest-does): the app reads `in` and writes `out` through the 9p share,
+its output reaches the console, the guest powers off after `VMWRAPPER_GUEST_DONE`; a missing share
+is a `VMWRAPPER_GUEST_ERROR` and a non-zero QEMU exit; snapshots succeed while the sync-window agent
+runs (retrying the refusals), and a restored snapshot finishes the job."""
 
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from helpers.image_fixtures import (  # noqa: F401 (fixture)
+from helpers.common import wait_for
+from helpers.image_fixtures import (
     GuestRun,
     boot_guest,
-    default_guest_image,
     guest_image,
     make_overlay,
     qemu_argv,
     running_guest,
-    wait_for,
 )
 from vmwrapper.images import ExtraFile, ImageRecipe, convert
 from vmwrapper.images.recipe import DEFAULT_CMDLINE
@@ -58,7 +57,7 @@ def floppyio_image(path: Path, text: bytes) -> Path:
 
 
 def test_app_reads_in_writes_out_and_guest_powers_off(
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
     tmp_path: Path,
 ) -> None:
     app = UPPERCASE_APP.replace(
@@ -90,7 +89,7 @@ def test_app_reads_in_writes_out_and_guest_powers_off(
 
 
 def test_missing_share_is_an_error_marker_and_a_failed_qemu(
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
     tmp_path: Path,
 ) -> None:
     run: GuestRun = boot_guest(default_guest_image, tmp_path / "vm", shared=None)
@@ -137,7 +136,7 @@ def _savevm(qmp: QEMUMonitorProtocol, tag: str) -> str:
 
 
 def test_snapshot_while_the_agent_runs_and_restore_finishes_the_job(
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
     tmp_path: Path,
 ) -> None:
     shared = make_shared(tmp_path, COUNTER_APP, {})
@@ -245,7 +244,7 @@ def test_added_files_and_debs_are_in_the_image(tmp_path: Path) -> None:
 
 
 def test_power_button_powers_the_guest_off_at_once(
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
     tmp_path: Path,
 ) -> None:
     # The wrapper's graceful power-off is an ACPI power button press (QMP system_powerdown).

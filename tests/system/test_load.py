@@ -28,7 +28,6 @@ from helpers.fault_fixtures import (
     qemu_procs,
     run,
 )
-from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from vmwrapper.harness.job import JobReport
 from vmwrapper.supervisor import checkpoint
 
@@ -43,7 +42,7 @@ LOAD_JOB = COUNTING_JOB.replace(
 
 
 def test_four_jobs_at_once_all_finish_without_clashes(
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
     tmp_path: Path,
 ) -> None:
     app = package_app(tmp_path / "pkg", default_guest_image, RESUMABLE_APP, LOAD_JOB)

@@ -19,15 +19,13 @@ from typing import Any
 import psutil
 import pytest
 
+from helpers.common import make_image, make_slot, vm_config, wait_for
 from helpers.qemu_fixtures import (
     listening_addresses,
-    make_image,
-    make_slot,
     non_loopback_ipv4,
     qemu_backend,
     sha256,
     tcp_connects,
-    vm_config,
 )
 from vmwrapper.errors import CheckpointError, VmStartError
 from vmwrapper.hostports import free_port
@@ -50,15 +48,6 @@ from vmwrapper.hypervisor.qemu.cmdline import Accel
 from vmwrapper.hypervisor.qemu.ports import VNC_PORTS
 
 pytestmark = pytest.mark.system
-
-
-def wait_for(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_lifecycle_pause_checkpoint_kill_restore(tmp_path: Path) -> None:
@@ -88,7 +77,7 @@ def test_lifecycle_pause_checkpoint_kill_restore(tmp_path: Path) -> None:
         assert vm.cpu_time() > 0
 
         os.kill(pid, signal.SIGKILL)  # QEMU dies without a word
-        assert wait_for(lambda: vm.status().state is VmState.CRASHED)
+        assert wait_for(lambda: vm.status().state is VmState.CRASHED, 10, 0.05)
         status = vm.status()
         assert status.exit_code == -9 and "signal 9" in status.detail
         assert vm.pid() is None

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from helpers.image_fixtures import default_guest_image  # noqa: F401 (session fixture)
 from helpers.qemu_fixtures import (
     GuestWatch,
     counts,
@@ -34,7 +33,7 @@ pytestmark = pytest.mark.system
 
 
 @pytest.fixture
-def guest_image(default_guest_image: Path) -> Path:  # noqa: F811
+def guest_image(default_guest_image: Path) -> Path:
     """The default guest image (built once per session through the image cache)."""
     return default_guest_image
 

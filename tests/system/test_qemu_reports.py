@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from helpers.image_fixtures import default_guest_image  # noqa: F401 (session fixture)
 from helpers.qemu_fixtures import GuestWatch, make_guest_slot, qemu_backend
 from vmwrapper.hypervisor.base import NetworkConfig, PortRule
 from vmwrapper.hypervisor.process import thread_nices
@@ -38,7 +37,7 @@ while true; do sleep 1; done
 @pytest.fixture(scope="module")
 def running_vm(
     tmp_path_factory: pytest.TempPathFactory,
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
 ) -> Iterator[tuple[QemuBackend, GuestWatch]]:
     root = tmp_path_factory.mktemp("reports")
     _slot, _project, config = make_guest_slot(root, default_guest_image, EXCHANGE_APP, {})

@@ -21,7 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers.vbox_fixtures import VBoxHost, vbox_host_fixture, vbox_sim_fixture  # noqa: F401
+from helpers.common import wait_for
+from helpers.vbox_fixtures import VBoxHost
 from vmwrapper.errors import CheckpointError, HostNotReady, VmStartError
 from vmwrapper.hypervisor.base import (
     Backend,
@@ -94,15 +95,6 @@ def vminfo(host: VBoxHost, name: str) -> dict[str, str]:
     return output.parse_machinereadable(result.stdout)
 
 
-def wait_for(predicate: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 def usage_of(backend: VirtualBoxBackend) -> tuple[int, int] | None:
     usage = backend.net_usage()
     return None if usage is None else (usage.sent, usage.received)
@@ -130,7 +122,8 @@ def test_create_defines_the_vm_as_the_job_says(vbox_host: VBoxHost, tmp_path: Pa
         assert info["graphicscontroller"] == "vboxvga"
         assert info["nic1"] == "nat"
         assert info["cableconnected1"] == "on"
-        # §12.11: the group is really attached (only the human-readable form shows it)
+        # docs/compatibility.md#network: the group is really attached (only the human-readable form
+        # shows it)
         human = vbox_host.vboxmanage("showvminfo", config.name).stdout
         nic1 = next(line for line in human.splitlines() if line.startswith("NIC 1:"))
         assert f"Bandwidth group: {config.name}_net" in nic1
@@ -256,7 +249,7 @@ def test_net_usage_counts_while_the_vm_runs(vbox_host: VBoxHost, tmp_path: Path)
         assert isinstance(first.sent, int) and isinstance(first.received, int)
         assert first.sent >= 0 and first.received >= 0
         if vbox_host.simulated:  # a real guest without an OS may send nothing at all
-            wait_for(lambda: grew(backend.net_usage(), first))
+            assert wait_for(lambda: grew(backend.net_usage(), first), 20)
         later = backend.net_usage()
         assert later is not None
         assert later.sent >= first.sent and later.received >= first.received  # never go back
@@ -288,7 +281,7 @@ def test_set_priority_renices_every_thread_of_the_vm_process(
     try:
         backend.set_priority(10)  # not started: nothing to renice, no error
         pid = backend.start()
-        wait_for(lambda: backend.status().state is VmState.RUNNING)  # the EMTs are up
+        assert wait_for(lambda: backend.status().state is VmState.RUNNING, 20)  # the EMTs are up
         before = thread_nices(pid)
         assert len(before) > 1  # VBoxHeadless (and the simulator) run EMT threads
         assert set(before.values()) != {10}
@@ -327,8 +320,11 @@ def test_nic_counters_are_exact_per_vm_process(vbox_sim: VBoxHost, tmp_path: Pat
     backend.create()
     try:
         backend.start()
-        wait_for(lambda: usage_of(backend) == (1000, 5000) or usage_of(backend) == (3000, 15000))
-        wait_for(lambda: usage_of(backend) == (3000, 15000))  # sent = what left the guest
+        assert wait_for(
+            lambda: usage_of(backend) == (1000, 5000) or usage_of(backend) == (3000, 15000), 20
+        )
+        # sent = what left the guest
+        assert wait_for(lambda: usage_of(backend) == (3000, 15000), 20)
         backend.poweroff(timeout=0)
         assert backend.net_usage() is None
         backend.start()  # a new VM process: its counters begin at 0 (the bursts are past)
@@ -346,7 +342,7 @@ def test_nic_counters_stop_while_paused_or_unplugged(vbox_sim: VBoxHost, tmp_pat
         backend.start()
         start = backend.net_usage()
         assert start is not None
-        wait_for(lambda: grew(backend.net_usage(), start))
+        assert wait_for(lambda: grew(backend.net_usage(), start), 20)
         backend.pause()  # guest time stands still, so does the traffic
         paused = usage_of(backend)
         time.sleep(0.5)
@@ -359,7 +355,7 @@ def test_nic_counters_stop_while_paused_or_unplugged(vbox_sim: VBoxHost, tmp_pat
         backend.set_network(True)
         plugged = backend.net_usage()
         assert plugged is not None
-        wait_for(lambda: grew(backend.net_usage(), plugged))
+        assert wait_for(lambda: grew(backend.net_usage(), plugged), 20)
     finally:
         backend.cleanup()
 
@@ -395,7 +391,7 @@ def test_guest_log_lines_and_guest_poweroff(vbox_sim: VBoxHost, tmp_path: Path) 
     backend = fast_backend(config)
     backend.create()
     backend.start()
-    wait_for(lambda: backend.status().state is VmState.POWERED_OFF)
+    assert wait_for(lambda: backend.status().state is VmState.POWERED_OFF, 20)
     assert backend.guest_log() == ["hello from the guest", "50% done"]
     assert backend.guest_log() == []
     assert backend.diagnose() == ()
@@ -408,7 +404,7 @@ def test_guru_meditation_is_a_crash_with_a_diagnosis(vbox_sim: VBoxHost, tmp_pat
     backend = fast_backend(config)
     backend.create()
     backend.start()
-    wait_for(lambda: backend.status().state is VmState.CRASHED)
+    assert wait_for(lambda: backend.status().state is VmState.CRASHED, 20)
     assert backend.status().detail == "gurumeditation"
     assert Diagnosis.GURU_MEDITATION in backend.diagnose()
     dump = backend.hypervisor_logs()
@@ -426,7 +422,7 @@ def test_killed_vm_process_is_aborted(vbox_sim: VBoxHost, tmp_path: Path) -> Non
     backend.create()
     pid = backend.start()
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: backend.status().state is VmState.CRASHED)
+    assert wait_for(lambda: backend.status().state is VmState.CRASHED, 20)
     assert backend.status().detail == "aborted"
     pid2 = backend.start()  # VirtualBox starts an aborted VM again
     assert pid2 != pid
@@ -476,7 +472,8 @@ def test_persistent_lock_error_keeps_its_code(vbox_sim: VBoxHost, tmp_path: Path
     vbox_sim.inject(lock_contention={"commands": ["controlvm"], "times": 50})
     with pytest.raises(VBoxManageError) as info:
         backend.pause()
-    assert info.value.hresult == output.VBOX_E_INVALID_OBJECT_STATE  # not ERR_TIMEOUT (§12.4)
+    # not ERR_TIMEOUT (docs/compatibility.md#vboxmanage-runner)
+    assert info.value.hresult == output.VBOX_E_INVALID_OBJECT_STATE
     assert info.value.code == -2135228409
     assert info.value.result.attempts == 6
     assert "Another VirtualBox management application" in info.value.output
@@ -654,7 +651,9 @@ def test_a_vm_left_running_is_powered_off_before_start(vbox_sim: VBoxHost, tmp_p
     second.create()
     new_pid = second.start()
     assert new_pid != old_pid
-    wait_for(lambda: not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == "zombie")
+    assert wait_for(
+        lambda: not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == "zombie", 20
+    )
     second.cleanup()
 
 

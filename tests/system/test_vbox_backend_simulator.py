@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.vbox_fixtures import VBoxHost, vbox_sim_fixture  # noqa: F401
+from helpers.vbox_fixtures import VBoxHost
 from vmwrapper.hypervisor.base import NetUsage
 from vmwrapper.hypervisor.virtualbox import output
 

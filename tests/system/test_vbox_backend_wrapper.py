@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers.fault_fixtures import package_app
-from helpers.vbox_fixtures import VBoxHost, vbox_sim_fixture  # noqa: F401
+from helpers.vbox_fixtures import VBoxHost
 from vmwrapper.harness.job import Action, JobOutcome, JobRequest, ScheduledAction, run_job
 from vmwrapper.harness.slot import host_info
 

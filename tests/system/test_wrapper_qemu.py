@@ -17,7 +17,6 @@ import psutil
 import pytest
 
 from helpers.fault_fixtures import package_app
-from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from vmwrapper.harness.job import JobReport, JobRequest, Progress, run_job
 from vmwrapper.harness.task import TaskEvent
 from vmwrapper.supervisor.events import read_events
@@ -106,7 +105,7 @@ def no_qemu_left(slot: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: Path) -> Path:  # noqa: F811
+def counting_app(tmp_path_factory: pytest.TempPathFactory, default_guest_image: Path) -> Path:
     return package(tmp_path_factory.mktemp("counting"), default_guest_image, COUNTING_APP)
 
 
@@ -170,7 +169,7 @@ def test_kill_9_after_a_checkpoint_then_restart_gives_the_same_output(
 
 
 def test_temporary_exit_trigger_then_restart_from_the_checkpoint(
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
     tmp_path: Path,
 ) -> None:
     app = package(tmp_path, default_guest_image, TEMPORARY_EXIT_APP)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from helpers.fault_fixtures import package_app
-from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from vmwrapper.harness.job import JobOutcome, JobRequest, run_job
 from vmwrapper.outcome import EXIT_OUT_OF_MEMORY
 
@@ -80,7 +79,7 @@ def sink() -> Iterator[Sink]:
 
 def test_network_bytes_and_the_error_screenshot(
     tmp_path: Path,
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
     sink: Sink,
 ) -> None:
     port_file = tmp_path / "sink_port"

@@ -9,25 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers.common import FakeClock
 from vmwrapper.boinc import files
 from vmwrapper.boinc.app import AppClient, ClientStatus
 from vmwrapper.boinc.init_data import AppInitData, format_init_data
 from vmwrapper.boinc.messages import Channel
 from vmwrapper.boinc.shmem import Segment, sysv_key
 from vmwrapper.outcome import Finish, PlainExit, TemporaryExit
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 class Probe:
@@ -47,7 +35,7 @@ class Slot:
         self.dir = root
         self.write_init_data(AppInitData(shm_key=shm_key, client_pid=client_pid, slot=0))
         self.seg = Segment.create(root)
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.probe = Probe()
 
     def write_init_data(self, aid: AppInitData) -> None:

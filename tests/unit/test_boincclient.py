@@ -3,7 +3,8 @@
 Golden data in ``tests/data/boincclient/``: ``boinccmd --get_tasks`` output and a
 ``client_state.xml`` written by Debian's boinc-client 7.20.5 after running the probe app, and
 ``reference_client_state.xml``, the hand-made state the real client laid out the reference slot
-from (a copy of /work/shared/reference/real-client-slot/client_state.xml).
+from (a copy of the ``client_state.xml`` of the real client's slot we keep in
+``tests/data/protocol/real-client-slot/``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def test_account_file_is_named_after_the_project_dir() -> None:
 
 
 def _reference_like_state(**result_changes: object) -> ClientState:
-    """The job of /work/shared/reference/real-client-slot/client_state.xml."""
+    """The job of the reference ``client_state.xml`` (``reference_client_state.xml``)."""
     files = (
         FileInfo("vmwrapper_1.00_x86_64-pc-linux-gnu", executable=True),
         FileInfo("vm_image_1.vdi"),

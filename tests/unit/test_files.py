@@ -1,5 +1,6 @@
 """The protocol's files in the slot: exact contents as the API writes them and as the client
-reads them (reference §5); link files against the real client's golden slot."""
+reads them (docs/compatibility.md#files-in-the-slot); link files against the real client's golden
+slot."""
 
 from __future__ import annotations
 
@@ -49,6 +50,40 @@ def test_finish_file_round_trip(tmp_path: Path) -> None:
     assert (tmp_path / "boinc_finish_called").read_bytes() == b"7\ndone\n\n"
     assert files.read_finish_file(tmp_path) == Finish(7, "done")
     assert files.read_finish_file(tmp_path / "nowhere") is None
+
+
+# -- the one atomic write ----------------------------------------------------------------
+
+
+def test_write_atomic_replaces_the_file_and_syncs_it_and_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = tmp_path / "vbox_checkpoint.xml"
+    target.write_text("old")
+    files.write_atomic(target, "new text \u00e9")
+    assert target.read_bytes() == "new text \u00e9".encode()
+    files.write_atomic(target, b"\xffraw")
+    assert target.read_bytes() == b"\xffraw"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary file left
+    # each write: the data before the rename (under its temporary name), the directory after
+    assert len(synced) == 4
+    assert all(Path(p).name.startswith(".vbox_checkpoint.xml.tmp") for p in synced[0::2])
+    assert synced[1::2] == [str(tmp_path)] * 2
+    assert oct(target.stat().st_mode & 0o777) == oct(0o644 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # -- boinc_temporary_exit ------------------------------------------------------------------

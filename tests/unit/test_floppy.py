@@ -1,4 +1,5 @@
-"""floppyio image: vboxwrapper's byte layout (reference §8), CERN payload, the guest reader."""
+"""floppyio image: vboxwrapper's byte layout (docs/compatibility.md#floppy-contextualization), CERN
+payload, the guest reader."""
 
 from __future__ import annotations
 

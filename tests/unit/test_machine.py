@@ -81,7 +81,7 @@ def test_extensions_messages_keep_the_client_token() -> None:
 
 
 def test_no_vm_extensions_is_never_success() -> None:
-    # vboxwrapper finishes with 0 here (§12.8)
+    # vboxwrapper finishes with 0 here (docs/compatibility.md#vm-extensions)
     obs = m.Observation(vm=VmState.CRASHED, diagnoses=(Diagnosis.NO_VM_EXTENSIONS,))
     outcome = m.step(S.BOOTING, obs, CFG).outcome
     assert isinstance(outcome, Finish) and outcome.status == ERR_EXEC
@@ -155,7 +155,8 @@ def test_temporary_exit_trigger_removes_checkpoints_powers_off() -> None:
     )
     outcome = step.outcome
     assert isinstance(outcome, TemporaryExit)
-    assert outcome.delay == 120 and outcome.reason  # always a reason (§12.12)
+    # always a reason (docs/compatibility.md#exit-codes-and-temporary-exits)
+    assert outcome.delay == 120 and outcome.reason
 
 
 def test_guest_powered_off_is_success_unless_job_duration_not_reached() -> None:
@@ -191,7 +192,7 @@ def test_job_duration_reached_is_success_with_cern_output() -> None:
 
 
 def test_restored_past_job_duration_finishes_cleanly_at_start() -> None:
-    # vboxwrapper returns 197 without a finish file or clean-up (§12.23)
+    # vboxwrapper returns 197 without a finish file or clean-up (docs/compatibility.md#start-up)
     step = m.step(S.STARTING, m.Observation(elapsed=500.0), m.MachineConfig(job_duration=100.0))
     assert step.outcome == Finish(0)
     assert m.Cleanup() in step.actions

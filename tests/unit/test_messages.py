@@ -1,4 +1,5 @@
-"""The message codecs, byte for byte against the 7.20.5 client and API (reference §2, §3)."""
+"""The message codecs, byte for byte against the 7.20.5 client and API
+(docs/compatibility.md#messages)."""
 
 from __future__ import annotations
 

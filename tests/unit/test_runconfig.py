@@ -1,4 +1,5 @@
-"""vboxwrapper's command line and the run configuration rules (reference §1, §3.4)."""
+"""vboxwrapper's command line and the run configuration rules
+(docs/compatibility.md#command-line)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The mapped segment: creation and zeroing by the client, attachment by the app, channel
-semantics at the byte level (reference §2)."""
+semantics at the byte level (docs/compatibility.md#shared-memory)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.common import FakeClock
 from vmwrapper.errors import BackendError
 from vmwrapper.hypervisor.virtualbox import output
 from vmwrapper.hypervisor.virtualbox.commands import Step
@@ -142,7 +143,8 @@ def test_environment_keeps_path_and_uses_home(tmp_path: Path) -> None:
         is_file=lambda p: p == "/usr/bin/VBoxManage",
         is_dir=lambda p: p == "/home/alice/.config",
     )
-    assert env.env["PATH"] == "/opt/x:/usr/bin"  # extended, never replaced (§12.6)
+    # extended, never replaced (docs/compatibility.md#start-up)
+    assert env.env["PATH"] == "/opt/x:/usr/bin"
     assert env.executable == "/usr/bin/VBoxManage"
     assert env.profile_dir == Path("/home/alice/.config/VirtualBox")
     assert env.env["VBOX_USER_HOME"] == "/home/alice/.config/VirtualBox"
@@ -178,20 +180,14 @@ def test_environment_prefers_vboxmanage_already_on_path(tmp_path: Path) -> None:
 
 def test_lock_excludes_a_second_holder(tmp_path: Path) -> None:
     parent = Path("/projects/x/parent.vdi")
-    clock = [0.0]
-
-    def sleep(seconds: float) -> None:
-        clock[0] += seconds
-
+    clock = FakeClock(start=0.0)
     first = MultiattachLock(parent, lock_dir=tmp_path)
-    second = MultiattachLock(
-        parent, lock_dir=tmp_path, timeout=10, clock=lambda: clock[0], sleep=sleep
-    )
+    second = MultiattachLock(parent, lock_dir=tmp_path, timeout=10, clock=clock, sleep=clock.sleep)
     with first:
         with pytest.raises(BackendError) as info:
             second.acquire()
         assert info.value.code == -182
-        assert clock[0] >= 10
+        assert clock.now >= 10
     second.acquire()  # free again
     assert second.held
     second.release()

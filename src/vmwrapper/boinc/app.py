@@ -1,8 +1,9 @@
-"""The app side of the BOINC protocol, as the wrapper uses it: :class:`AppClient` (contract §5).
+"""The app side of the BOINC protocol, as the wrapper uses it: :class:`AppClient`
+(docs/compatibility.md#client-protocol).
 
 It does what the BOINC API's timer thread does for a wrapper (``direct_process_action`` off:
-requests become flags the caller polls, reference §3.1, §3.7), minus the threads: the caller
-calls :meth:`AppClient.poll` and :meth:`AppClient.tick` about once a second (more often is
+requests become flags the caller polls, docs/compatibility.md#api-timers), minus the threads: the
+caller calls :meth:`AppClient.poll` and :meth:`AppClient.tick` about once a second (more often is
 fine) and acts on the returned :class:`ClientStatus`.
 
 Differences from the C++ API, on purpose:

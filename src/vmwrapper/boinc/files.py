@@ -1,4 +1,5 @@
-"""The files of the BOINC client/app protocol in the slot directory (reference §5).
+"""The files of the BOINC client/app protocol in the slot directory
+(docs/compatibility.md#files-in-the-slot).
 
 Each file has a pure ``format_*`` / ``parse_*`` pair (text in, value out, byte-exact with the
 7.20.5 API and client) and small writers / readers that do the I/O. Both sides use this module:
@@ -6,9 +7,10 @@ the app (:class:`vmwrapper.boinc.app.AppClient`) writes finish, temporary-exit, 
 upload-request files and reads soft links, trickle-down and upload-status files; the harness
 writes and reads the other half.
 
-Writers replace a file atomically (temporary name, then rename) so the other side never reads a
-half-written file. Text is written as UTF-8; undecodable bytes that a caller read with
-``surrogateescape`` (e.g. a trickle file from the guest) go back out unchanged.
+Writers replace a file atomically and durably (:func:`write_atomic`: temporary name, fsync,
+rename, fsync of the directory) so the other side never reads a half-written file and a crash
+leaves the old file or the new one. Text is written as UTF-8; undecodable bytes that a caller
+read with ``surrogateescape`` (e.g. a trickle file from the guest) go back out unchanged.
 """
 
 from __future__ import annotations
@@ -47,15 +49,27 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so no reader ever sees part of it."""
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` (text as UTF-8) so that no reader ever sees part of it
+    and a crash, even of the host, leaves either the old file or the new one: the data is
+    synced before the rename and the directory after it. The one atomic write of the package
+    (protocol files, checkpoint record, back-off state, consumed triggers)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _read_text(path: Path) -> str | None:

@@ -1,7 +1,7 @@
 """init_data.xml (APP_INIT_DATA): read it as the BOINC API does, write it as the client does.
 
 Pure: text in, values out, and back. The writer follows the 7.20.5 client's element order,
-number formats (``%d``, ``%f``) and escapes byte for byte (reference: boinc-app-protocol.md §4),
+number formats (``%d``, ``%f``) and escapes byte for byte (docs/compatibility.md#init-data),
 so a file we write is accepted by the real BOINC API and a golden file from the real client
 round-trips unchanged.
 

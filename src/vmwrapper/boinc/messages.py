@@ -1,4 +1,5 @@
-"""Codecs for the messages of the BOINC shared-memory segment (reference §2.2, §2.3, §3). Pure.
+"""Codecs for the messages of the BOINC shared-memory segment (docs/compatibility.md#messages).
+Pure.
 
 The segment (``boinc_mmap_file``) holds eight 1024-byte channels. A channel is a flag byte (1 =
 unread) followed by NUL-terminated text of at most 1022 bytes. This module knows the layout,
@@ -247,7 +248,7 @@ def parse_str(text: str, tag: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# process_control_request (client -> app), §3.1
+# process_control_request (client -> app), docs/compatibility.md#messages
 
 
 class ControlMessage(enum.Enum):
@@ -267,7 +268,7 @@ def decode_control(text: str) -> frozenset[ControlMessage]:
 
 
 # ---------------------------------------------------------------------------------------------
-# heartbeat (client -> app), §3.2
+# heartbeat (client -> app), docs/compatibility.md#messages
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ def parse_heartbeat(text: str) -> Heartbeat:
 
 
 # ---------------------------------------------------------------------------------------------
-# app_status (app -> client), §3.3
+# app_status (app -> client), docs/compatibility.md#messages
 
 
 @dataclass(frozen=True)
@@ -373,7 +374,7 @@ def parse_app_status(text: str) -> AppStatus:
 
 
 # ---------------------------------------------------------------------------------------------
-# trickle_up (app -> client) §3.4, trickle_down (client -> app) §3.5
+# trickle_up (app -> client), trickle_down (client -> app), docs/compatibility.md#messages
 
 HAVE_NEW_TRICKLE_UP = "<have_new_trickle_up/>\n"
 HAVE_NEW_UPLOAD_FILE = "<have_new_upload_file/>\n"
@@ -429,7 +430,7 @@ def parse_trickle_down_notice(text: str) -> TrickleDownNotice:
 
 
 # ---------------------------------------------------------------------------------------------
-# graphics_reply (app -> client), §3.6
+# graphics_reply (app -> client), docs/compatibility.md#messages
 
 #: The client keeps at most this many characters of a graphics reply value.
 MAX_GRAPHICS_VALUE = 255

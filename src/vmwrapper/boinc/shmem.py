@@ -1,4 +1,4 @@
-"""The shared-memory segment: the only module that maps it (reference §2).
+"""The shared-memory segment: the only module that maps it (docs/compatibility.md#shared-memory).
 
 Both sides use :class:`Segment`: the client (our harness) creates and zeroes it before each
 start (:meth:`Segment.create`), the app attaches to what the client made

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Environment variables the real client would not pass to the app (contract §2).
+#: Environment variables the real client would not pass to the app
+#: (docs/compatibility.md#app-version-directory).
 _STRIPPED_ENV = ("VMWRAPPER_PYTHON",)
 #: How long boinccmd may take for one RPC.
 RPC_TIMEOUT = 30.0

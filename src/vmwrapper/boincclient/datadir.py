@@ -1,9 +1,9 @@
 """Write a BOINC data directory that runs jobs of an APP_DIR under the real client (I/O).
 
-Reads the APP_DIR (contract §1: ``version.xml``, the files, optional templates and default
-inputs), copies the files into ``projects/<dir>/`` under their physical names, and writes the
-hand-made ``client_state.xml`` plus the account, config, preference and password files
-(:mod:`vmwrapper.boincclient.state`). Run it before the client's first start: a running client
+Reads the APP_DIR (docs/compatibility.md#app-version-directory: ``version.xml``, the files, optional
+templates and default inputs), copies the files into ``projects/<dir>/`` under their physical names,
+and writes the hand-made ``client_state.xml`` plus the account, config, preference and password
+files (:mod:`vmwrapper.boincclient.state`). Run it before the client's first start: a running client
 owns ``client_state.xml``.
 """
 

@@ -1,4 +1,5 @@
-"""From an APP_DIR (contract §1) and a list of jobs to a hand-made client state (pure).
+"""From an APP_DIR (docs/compatibility.md#app-version-directory) and a list of jobs to a hand-made
+client state (pure).
 
 The app version's files keep their physical names; each job gets a workunit ``<job>`` whose
 inputs are ``<job>_<basename of open_name>`` and a result ``<job>_0`` whose outputs are
@@ -231,7 +232,8 @@ def plan_client_state(
 
 
 def bake_interpreter(script: bytes, python: str) -> bytes:
-    """A launcher script with ``VMWRAPPER_PYTHON`` fixed to ``python`` (contract §2).
+    """A launcher script with ``VMWRAPPER_PYTHON`` fixed to ``python``
+    (docs/compatibility.md#app-version-directory).
 
     The real client sets no environment variables, so the development launcher
     (``exec "${VMWRAPPER_PYTHON:-python3}" -m vmwrapper``) would find whatever ``python3`` is

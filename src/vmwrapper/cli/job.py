@@ -1,11 +1,11 @@
 """`vmwrapper job APP_DIR`: run one job the way the BOINC client would, locally.
 
-The harness stages APP_DIR (contract §1) into a BOINC data directory, starts the app version's
-main program in a slot, speaks the client's side of the protocol and restarts the job when the
-client would. A live bar shows fraction done, elapsed and CPU time; the summary says how the
-job ended. Exit status: 0 success; the job's exit status for an error or abort (8 bits, e.g.
-203 aborted, or the app's own exit code; 1 for BOINC's negative errors such as a missing
-output, 193 for a signal); 75 when the job stopped in a temporary exit; 2 when the job could
+The harness stages APP_DIR (docs/compatibility.md#app-version-directory) into a BOINC data
+directory, starts the app version's main program in a slot, speaks the client's side of the protocol
+and restarts the job when the client would. A live bar shows fraction done, elapsed and CPU time;
+the summary says how the job ended. Exit status: 0 success; the job's exit status for an error or
+abort (8 bits, e.g. 203 aborted, or the app's own exit code; 1 for BOINC's negative errors such as a
+missing output, 193 for a signal); 75 when the job stopped in a temporary exit; 2 when the job could
 not be run at all.
 """
 

@@ -1,4 +1,5 @@
-"""`vmwrapper package`: write a BOINC app version directory for a VM app (contract §1).
+"""`vmwrapper package`: write a BOINC app version directory for a VM app
+(docs/compatibility.md#app-version-directory).
 
 From the wrapper executable, ``vbox_job.xml``, the VM image and the app run in the VM, write
 ``version.xml`` (file entries with their attributes), copy the files under versioned physical
@@ -46,7 +47,8 @@ NAME = "package"
 HELP = "write a BOINC app version (version.xml, files, templates) for a VM app"
 
 MIB = 1024 * 1024
-#: Where the development launcher lives in a source checkout (contract §2).
+#: Where the development launcher lives in a source checkout
+#: (docs/compatibility.md#app-version-directory).
 _LAUNCHER = Path(__file__).resolve().parents[3] / "examples" / "common" / "vmwrapper-launcher"
 
 

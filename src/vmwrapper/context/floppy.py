@@ -1,4 +1,5 @@
-"""The floppyio contextualization image: vboxwrapper's exact byte layout (reference §8).
+"""The floppyio contextualization image: vboxwrapper's exact byte layout
+(docs/compatibility.md#floppy-contextualization).
 
 vboxwrapper gives the guest a 28672-byte floppy image whose first half carries a message from
 the host (the slot's ``init_data.xml``, or with ``enable_cern_dataformat`` six ``NAME=value``
@@ -10,8 +11,8 @@ lines) and whose last two bytes are "data waiting" flags::
     offset 28671 (0x6FFF)   data for the host (the host clears it to 0x00)
 
 Everything here is pure byte arithmetic; :func:`write_floppy` is the one small writer.
-vboxwrapper truncates a long payload silently (rough edge §12.17); we truncate the same way so
-guests see the same bytes, but say so in :attr:`FloppyImage.notes`.
+vboxwrapper truncates a long payload silently (docs/compatibility.md#floppy-contextualization); we
+truncate the same way so guests see the same bytes, but say so in :attr:`FloppyImage.notes`.
 """
 
 from __future__ import annotations

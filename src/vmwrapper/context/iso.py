@@ -1,8 +1,8 @@
 """The ISO contextualization image (``vm_isocontext.iso``), built and read with pycdlib.
 
 With ``enable_isocontextualization`` vboxwrapper attaches ``vm_isocontext.iso`` as the VM's
-DVD instead of a VDI (reference §2). A project builds that ISO once per app version (CernVM
-style: a context file for the guest's boot scripts) and ships it in the app version.
+DVD instead of a VDI (docs/compatibility.md#creating-the-vm). A project builds that ISO once per app
+version (CernVM style: a context file for the guest's boot scripts) and ships it in the app version.
 
 Names: the ISO carries three name sets so every guest sees the real names: ISO 9660 level 3
 (upper-case 8.3-ish, what a bare driver shows), Joliet (Windows) and Rock Ridge 1.09 (Linux

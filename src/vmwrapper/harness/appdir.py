@@ -1,4 +1,5 @@
-"""An APP_DIR as the harness reads it (contract §1): app version, templates, default inputs.
+"""An APP_DIR as the harness reads it (docs/compatibility.md#app-version-directory): app version,
+templates, default inputs.
 
 The files are parsed by the packaging models (:mod:`vmwrapper.packaging.version`,
 :mod:`vmwrapper.packaging.templates`), the same ones ``vmwrapper package``, ``lint`` and the

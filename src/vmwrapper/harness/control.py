@@ -1,9 +1,10 @@
 """The client's rules for one task, as pure logic: control queue and exit classification.
 
-:class:`ControlQueue` is ``MSG_QUEUE`` (``client/app.cpp``, reference §3.1): a message goes
-straight into the channel if nothing is queued and the channel is free, else it waits; each
-poll retries the head; a message blocked longer than 180 s means the app is hung.
-:func:`classify_exit` is ``handle_exited_app`` (reference §6.3).
+:class:`ControlQueue` is ``MSG_QUEUE`` (``client/app.cpp``,
+docs/compatibility.md#how-the-client-runs-a-task): a message goes straight into the channel if
+nothing is queued and the channel is free, else it waits; each poll retries the head; a message
+blocked longer than 180 s means the app is hung.
+:func:`classify_exit` is ``handle_exited_app`` (docs/compatibility.md#how-the-client-runs-a-task).
 """
 
 from __future__ import annotations

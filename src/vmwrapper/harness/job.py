@@ -24,6 +24,7 @@ from typing import Any
 from vmwrapper.boinc import files
 from vmwrapper.boinc.init_data import HostInfo, format_init_data
 from vmwrapper.boinc.shmem import sysv_key
+from vmwrapper.cputime import CpuTotal
 from vmwrapper.errors import HarnessError
 from vmwrapper.harness.appdir import DEFAULT_MAX_NBYTES, AppDir, load_app_dir
 from vmwrapper.harness.control import (
@@ -365,7 +366,7 @@ class _JobState:
     episodes: int = 0
     premature_exits: int = 0
     checkpoints: int = 0
-    cpu_time: float = 0.0
+    cpu: CpuTotal = field(default_factory=CpuTotal)  # the task's reports: never decreasing
     checkpoint_cpu_time: float = 0.0
     checkpoint_elapsed: float = 0.0
     fraction_done: float = 0.0
@@ -564,7 +565,7 @@ def _run_episode(
             state.premature_exits = 0
             state.checkpoint_cpu_time = task.status.checkpoint_cpu_time
             state.checkpoint_elapsed = task.elapsed
-        state.cpu_time = max(state.cpu_time, task.status.current_cpu_time)
+        state.cpu.read(task.status.current_cpu_time)
         if task.fraction_done:
             state.fraction_done = task.fraction_done
         state.web_graphics_url = task.web_graphics_url or state.web_graphics_url
@@ -576,7 +577,7 @@ def _run_episode(
                     episode=state.episodes,
                     state=task.state.value,
                     fraction_done=state.fraction_done,
-                    cpu_time=state.cpu_time,
+                    cpu_time=state.cpu.total,
                     checkpoint_cpu_time=state.checkpoint_cpu_time,
                 )
             )
@@ -639,7 +640,7 @@ def _finish_job(
         finish_message=finish.message if finish is not None else "",
         episodes=state.episodes,
         elapsed=clock() - state.started,
-        cpu_time=state.cpu_time,
+        cpu_time=state.cpu.total,
         checkpoint_cpu_time=state.checkpoint_cpu_time,
         fraction_done=state.fraction_done,
         checkpoints=state.checkpoints,

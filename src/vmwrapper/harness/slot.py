@@ -1,10 +1,11 @@
 """The client's data directory for one job: project dir, slot dir, staged files, init_data.
 
-What ``ACTIVE_TASK::start`` and ``setup_file`` do before the fork (reference §1, §5, §6.1):
-app-version files and inputs live in ``projects/<dir>/`` under their physical names; the slot
-gets, for each logical (open) name, a copy (``copy_file``) or a link file
-``<soft_link>../../projects/<dir>/<physical></soft_link>``; ``shared/...`` names land in
-``slots/N/shared/``. The layout is checked against a slot made by the real 7.20.5 client.
+What ``ACTIVE_TASK::start`` and ``setup_file`` do before the fork
+(docs/compatibility.md#how-the-client-runs-a-task): app-version files and inputs live in
+``projects/<dir>/`` under their physical names; the slot gets, for each logical (open) name, a copy
+(``copy_file``) or a link file ``<soft_link>../../projects/<dir>/<physical></soft_link>``;
+``shared/...`` names land in ``slots/N/shared/``. The layout is checked against a slot made by the
+real 7.20.5 client.
 """
 
 from __future__ import annotations

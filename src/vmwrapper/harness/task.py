@@ -1,12 +1,14 @@
 """One run (episode) of a job's main program: the client's ``ACTIVE_TASK`` in a slot.
 
-:meth:`ActiveTask.start` does the end of ``ACTIVE_TASK::start`` (reference §6.1): delete the
-temporary-exit file, create and zero the segment, fork the main program with the client's cwd,
-argv, environment (``LD_LIBRARY_PATH`` prefix), stdout to /dev/null, stderr appended to
-``stderr.txt`` and its priority. :meth:`ActiveTask.poll` is one pass of the client's 1 s poll
-(§6.2): exit check, heartbeat, trickle-down notices, control queue with the 180 s rule,
-quit/abort timeouts, finish-file watch, then status, trickle-up and graphics channels. When the
-process is gone it returns the :class:`~vmwrapper.harness.control.ExitFacts`.
+:meth:`ActiveTask.start` does the end of ``ACTIVE_TASK::start``
+(docs/compatibility.md#how-the-client-runs-a-task): delete the temporary-exit file, create and zero
+the segment, fork the main program with the client's cwd, argv, environment (``LD_LIBRARY_PATH``
+prefix), stdout to /dev/null, stderr appended to ``stderr.txt`` and its priority.
+:meth:`ActiveTask.poll` is one pass of the client's 1 s poll
+(docs/compatibility.md#how-the-client-runs-a-task): exit check, heartbeat, trickle-down notices,
+control queue with the 180 s rule, quit/abort timeouts, finish-file watch, then status, trickle-up
+and graphics channels. When the process is gone it returns the
+:class:`~vmwrapper.harness.control.ExitFacts`.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class UploadTarget:
 
 @dataclass(frozen=True)
 class Limits:
-    """The client's resource limits for a task (``check_rsc_limits_exceeded``, §6.4)."""
+    """The client's resource limits for a task (``check_rsc_limits_exceeded``,
+    docs/compatibility.md#how-the-client-runs-a-task)."""
 
     max_elapsed: float = float("inf")  # s of run time (suspended time does not count)
     max_disk: float = float("inf")  # bytes: slot dir + output files

@@ -48,7 +48,7 @@ class VmStatus:
 
 
 class Diagnosis(enum.Enum):
-    """Host or guest problems a back end can recognise (reference §6.2, §6.3)."""
+    """Host or guest problems a back end can recognise (docs/compatibility.md#vm-extensions)."""
 
     VM_EXTENSIONS_DISABLED = "vm_extensions_disabled"  # VT-x/AMD-V off in the BIOS
     NO_VM_EXTENSIONS = "no_vm_extensions"  # CPU has none; a 64-bit guest cannot run
@@ -56,6 +56,13 @@ class Diagnosis(enum.Enum):
     HOST_OUT_OF_MEMORY = "host_out_of_memory"
     GUEST_OUT_OF_MEMORY = "guest_out_of_memory"  # the guest printed EXIT_OUT_OF_MEMORY
     GURU_MEDITATION = "guru_meditation"
+
+
+#: What a guest prints (console, or VirtualBox's guest log) when it ran out of memory; the job
+#: then ends with EXIT_OUT_OF_MEMORY (docs/compatibility.md#guest-out-of-memory).
+GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
+#: The error screenshot's name in the slot: vboxwrapper's, so projects' tools find it.
+SCREENSHOT_FILE = "vbox_screenshot.png"
 
 
 @dataclass(frozen=True)

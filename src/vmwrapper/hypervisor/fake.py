@@ -31,10 +31,16 @@ from vmwrapper.errors import (
     HostNotReady,
     VmStartError,
 )
-from vmwrapper.hypervisor.base import Diagnosis, NetUsage, VmConfig, VmState, VmStatus
+from vmwrapper.hypervisor.base import (
+    SCREENSHOT_FILE,
+    Diagnosis,
+    NetUsage,
+    VmConfig,
+    VmState,
+    VmStatus,
+)
 
 SCRIPT_FILE = "fake_vm_script.json"
-SCREENSHOT_FILE = "vbox_screenshot.png"
 #: What screenshot() writes: a PNG signature and a fixed body, enough for the error report.
 FAKE_PNG = b"\x89PNG\r\n\x1a\nfake screen of the fake VM"
 STATE_FILE = "fake_vm.json"

@@ -1,6 +1,6 @@
 """Guest images: build (from Debian packages), cache, and qemu-img's info/convert/compact.
 
-Public API (contract §6)::
+Public API (docs/guest-image.md#code)::
 
     ensure_image(recipe: ImageRecipe = ImageRecipe()) -> Path   # cached build
     ImageRecipe(extra_files=(), debs=(), fmt="vdi")              # ExtraFile.parse("SRC:DEST")

@@ -1,9 +1,9 @@
 """A BOINC app version of a VM app: the model, ``version.xml`` written and read (pure).
 
 ``version.xml`` is what BOINC's ``update_versions`` reads from
-``apps/<app>/<version>/<platform>__<plan_class>/`` (contract §1 "APP_DIR"). Each ``<file>``
-names a physical file in the directory, optionally the logical name the app opens it by, and
-its attributes (``copy_file``, ``gzip``, ``sticky``, ``executable``, ``main_program``).
+``apps/<app>/<version>/<platform>__<plan_class>/`` (docs/compatibility.md#app-version-directory).
+Each ``<file>`` names a physical file in the directory, optionally the logical name the app opens it
+by, and its attributes (``copy_file``, ``gzip``, ``sticky``, ``executable``, ``main_program``).
 
 The VM-app rules (vm-apps documentation) that shape what :func:`plan_files` produces:
 
@@ -133,7 +133,8 @@ class AppVersion:
 
     @property
     def uses_mmap(self) -> bool:
-        """api_version >= 6.0 gets the mmap segment; older or none gets System V (§2.1)."""
+        """api_version >= 6.0 gets the mmap segment; older or none gets System V
+        (docs/compatibility.md#shared-memory)."""
         match = _API_MAJOR.match(self.api_version)
         return match is not None and int(match.group(1)) >= 6
 

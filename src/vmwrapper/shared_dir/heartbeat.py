@@ -1,7 +1,7 @@
 """The guest heartbeat file (``heartbeat_filename``): its mtime must keep advancing (pure).
 
-vboxwrapper's rule (reference §4 step 5): checked whenever elapsed time passed another third of
-``minimum_heartbeat_interval``; the first check always passes; a missing file fails with
+vboxwrapper's rule (docs/compatibility.md#heartbeat): checked whenever elapsed time passed another
+third of ``minimum_heartbeat_interval``; the first check always passes; a missing file fails with
 ERR_FILE_MISSING, an unreadable one with ERR_STAT, and the third stale check in a row (mtime not
 newer than at the previous check) with ERR_TIMEOUT.
 """

@@ -1,6 +1,6 @@
 """What the guest's files in the shared directory mean (pure: text in, values out).
 
-File formats are vboxwrapper's (reference §6.1, §4):
+File formats are vboxwrapper's (docs/compatibility.md#trigger-files):
 
 * completion trigger: line 1 exit code, line 2 notice flag (non-zero = show to the volunteer),
   the remaining lines the message;
@@ -73,7 +73,8 @@ class TemporaryExitTrigger:
 
     @property
     def reason(self) -> str:
-        """Never empty: the client ignores a temporary exit without a reason (§12.12)."""
+        """Never empty: the client ignores a temporary exit without a reason
+        (docs/compatibility.md#exit-codes-and-temporary-exits)."""
         return self.message or DEFAULT_TEMPORARY_EXIT_REASON
 
 

@@ -36,7 +36,8 @@ MAX_SWEEP_ENTRIES = 100_000
 
 class SharedDir:
     """``slot/<shared_dir>``: ``shared`` with enable_shared_directory, the slot with
-    share_slot_dir, else the slot itself (vboxwrapper would use ``/<name>``, §12.13)."""
+    share_slot_dir, else the slot itself (vboxwrapper would use ``/<name>``,
+    docs/compatibility.md#shared-directory)."""
 
     def __init__(self, slot_dir: Path, shared_rel: str) -> None:
         self.slot_dir = slot_dir.resolve()

@@ -38,7 +38,8 @@ class JobSpec:
     vram_size_mb: float = VRAM_MIN_MB
     vm_disk_controller_type: str = "sata"
     vm_disk_controller_model: str = "IntelAHCI"
-    # Not configurable in vboxwrapper (hard-coded VBoxVGA, reference §12.10); we accept it.
+    # Not configurable in vboxwrapper (hard-coded VBoxVGA, docs/compatibility.md#creating-the-vm);
+    # we accept it.
     vm_graphics_controller_type: str = "VBoxVGA"
     vm_network_driver: str = ""
     enable_network: bool = False
@@ -85,7 +86,8 @@ class JobSpec:
 
     @property
     def requires_hw_acceleration(self) -> bool:
-        """A 64-bit guest (`_64` in os_name) cannot run without VT-x/AMD-V (reference §3.7)."""
+        """A 64-bit guest (`_64` in os_name) cannot run without VT-x/AMD-V
+        (docs/compatibility.md#creating-the-vm)."""
         return "_64" in self.os_name
 
 

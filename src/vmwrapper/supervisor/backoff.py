@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import enum
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from vmwrapper.boinc.files import write_atomic
 from vmwrapper.errors import (
     BackendError,
     CheckpointError,
@@ -111,15 +111,9 @@ def load(slot_dir: Path) -> BackoffState:
 
 
 def save(slot_dir: Path, state: BackoffState) -> None:
-    """Persist atomically (temporary file + fsync + rename)."""
-    path = slot_dir / BACKOFF_FILE
-    tmp = path.with_name(path.name + ".tmp")
+    """Persist atomically and durably."""
     payload = json.dumps({"failures": state.failures, "last_reason": state.last_reason})
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(slot_dir / BACKOFF_FILE, payload)
 
 
 def reset(slot_dir: Path) -> None:

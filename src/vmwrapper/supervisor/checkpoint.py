@@ -1,7 +1,7 @@
 """Checkpoint record, its crash-safe write, and when to take the next checkpoint.
 
 The record is ``vbox_checkpoint.xml`` in the slot, readable by anything that reads
-vboxwrapper's (reference §5), plus our own elements::
+vboxwrapper's (docs/compatibility.md#checkpoints), plus our own elements::
 
     <vbox_checkpoint>
         <elapsed_time>%f</elapsed_time>
@@ -20,7 +20,6 @@ snapshot; snapshots no record names are orphans and are deleted at the next star
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import Final
 from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as SafeET
+
+from vmwrapper.boinc.files import write_atomic
 
 CHECKPOINT_FILE: Final = "vbox_checkpoint.xml"
 WEBAPI_FILE: Final = "vbox_webapi.xml"
@@ -100,32 +101,17 @@ def read_record(slot_dir: Path) -> CheckpointRecord:
         return CheckpointRecord()
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def write_record(slot_dir: Path, record: CheckpointRecord) -> None:
     """Write the record atomically; also the two port files, only if absent (as vboxwrapper)."""
-    atomic_write(slot_dir / CHECKPOINT_FILE, format_record(record))
+    write_atomic(slot_dir / CHECKPOINT_FILE, format_record(record))
     webapi = slot_dir / WEBAPI_FILE
     if not webapi.exists():
-        atomic_write(
+        write_atomic(
             webapi, f"<webapi>\n  <host_port>{record.webapi_port:d}</host_port>\n</webapi>\n"
         )
     remote = slot_dir / REMOTE_DESKTOP_FILE
     if not remote.exists():
-        atomic_write(
+        write_atomic(
             remote,
             "<remote_desktop>\n"
             f"  <host_port>{record.remote_desktop_port:d}</host_port>\n"

@@ -5,7 +5,7 @@ Modules log with ``logging.getLogger(__name__)`` and pass a stable event code as
 
 * stderr (the client redirects it to the slot's ``stderr.txt`` and uploads its tail):
   ``YYYY-MM-DD HH:MM:SS (pid): message`` in local time, the format projects grep
-  (reference §7);
+  (docs/compatibility.md#logging-and-error-reports);
 * ``<slot>/events.jsonl``: one JSON object per record with ``ts``, ``time``, ``pid``,
   ``level``, ``event`` (``"log"`` when the caller gave none), ``message`` and every extra field.
 

@@ -24,12 +24,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, assert_never
 
+from vmwrapper.boinc import files
 from vmwrapper.boinc.app import ClientStatus
 from vmwrapper.boinc.init_data import AppInitData
+from vmwrapper.cputime import CpuTotal
 from vmwrapper.errors import CheckpointError, CheckpointRefused, InputError, VmWrapperError
-from vmwrapper.hypervisor.base import Backend, Diagnosis, NetUsage, VmState
+from vmwrapper.hypervisor.base import GUEST_OOM_MARKER, Backend, Diagnosis, NetUsage, VmState
 from vmwrapper.outcome import Finish, Outcome, PlainExit, TemporaryExit
 from vmwrapper.shared_dir.heartbeat import HeartbeatWatch
 from vmwrapper.shared_dir.triggers import (
@@ -64,7 +66,6 @@ TRIGGER_POLL = 0.2
 MAX_STATUS_FAILURES = 60
 #: A final checkpoint (before a temporary exit) retries a refused snapshot for this long.
 FINAL_CHECKPOINT_PATIENCE = 10.0
-GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
 #: PowerOff is a hard power-off, as vboxwrapper's `controlvm poweroff`: the VM's state is in the
 #: checkpoint (or the job is over), and an ACPI shutdown would let the guest run on meanwhile.
 POWEROFF_GRACE = 0.0
@@ -128,8 +129,7 @@ class _Runtime:
     """The loop's mutable bookkeeping (everything the pure machine must not hold)."""
 
     elapsed: float
-    base_cpu: float  # CPU seconds of earlier runs (from the checkpoint record)
-    cpu: float  # reported CPU time, never decreasing
+    cpu: CpuTotal  # reported CPU time: earlier runs (the checkpoint record) + this run's
     checkpoint_cpu: float
     record: ckpt.CheckpointRecord
     policy: ckpt.CheckpointPolicy
@@ -193,8 +193,7 @@ class Supervisor:
         )
         self.rt = _Runtime(
             elapsed=record.elapsed_time,
-            base_cpu=record.cpu_time,
-            cpu=record.cpu_time,
+            cpu=CpuTotal(ended=record.cpu_time),
             checkpoint_cpu=record.cpu_time,
             record=record,
             policy=policy,
@@ -304,7 +303,7 @@ class Supervisor:
     # -- start-up -------------------------------------------------------------------------
 
     def _start_up_files(self) -> Outcome | None:
-        """Shared dir, copy_to_shared, cmdline, --sporadic (reference §3.3 steps 11-12)."""
+        """Shared dir, copy_to_shared, cmdline, --sporadic (docs/compatibility.md#start-up)."""
         job = self.job
         if job.enable_shared_directory:
             try:
@@ -522,7 +521,7 @@ class Supervisor:
             return
         self.rt.consumed[name] = ConsumedTrigger(content_digest(text), self.rt.elapsed)
         try:
-            ckpt.atomic_write(
+            files.write_atomic(
                 self.settings.slot_dir / CONSUMED_FILE,
                 json.dumps({k: dataclasses.asdict(v) for k, v in self.rt.consumed.items()}),
             )
@@ -582,12 +581,13 @@ class Supervisor:
         period = self.settings.trickle_period
         if period <= 0:
             return None
-        # Fires at each multiple of the period; a restart does not fire again at once (§12.15).
+        # Fires at each multiple of the period; a restart does not fire again at once
+        # (docs/compatibility.md#trickles).
         if math.floor(self.rt.elapsed / period) <= math.floor(
             self.rt.last_trickle_elapsed / period
         ):
             return None
-        return f"<cpu_time>{self.rt.cpu:f}</cpu_time>"
+        return f"<cpu_time>{self.rt.cpu.total:f}</cpu_time>"
 
     def _failure_observation(self, obs: m.Observation, failure: backoff.Failure) -> m.Observation:
         diagnoses = obs.diagnoses
@@ -622,13 +622,55 @@ class Supervisor:
         return None
 
     def _do(self, action: m.Action) -> None:
-        handler = getattr(self, f"_do_{type(action).__name__}")
-        handler(action)
+        """Perform one action. Every action type has its case: mypy's exhaustiveness check on
+        ``assert_never`` makes a missing handler a type error, not a job failure at run time."""
+        match action:
+            case m.PrepareVm():
+                self._do_PrepareVm(action)
+            case m.StartVm():
+                self._do_StartVm(action)
+            case m.BringUp():
+                self._do_BringUp(action)
+            case m.ApplyPreferences():
+                self._do_ApplyPreferences(action)
+            case m.PauseVm():
+                self._do_PauseVm(action)
+            case m.ResumeVm():
+                self._do_ResumeVm(action)
+            case m.TakeCheckpoint():
+                self._do_TakeCheckpoint(action)
+            case m.SaveState():
+                self._do_SaveState(action)
+            case m.PowerOff():
+                self._do_PowerOff(action)
+            case m.Cleanup():
+                self._do_Cleanup(action)
+            case m.DumpLogs():
+                self._do_DumpLogs(action)
+            case m.SetNetwork():
+                self._do_SetNetwork(action)
+            case m.SendTrickle():
+                self._do_SendTrickle(action)
+            case m.RequestUpload():
+                self._do_RequestUpload(action)
+            case m.RemoveTrigger():
+                self._do_RemoveTrigger(action)
+            case m.WriteCernOutput():
+                self._do_WriteCernOutput(action)
+            case m.RecordTransientFailure():
+                self._do_RecordTransientFailure(action)
+            case m.ResetBackoff():
+                self._do_ResetBackoff(action)
+            case m.Exit():
+                pass  # _perform stops at the Exit; the loop returns its outcome
+            case _:
+                assert_never(action)
 
     def _do_PrepareVm(self, action: m.PrepareVm) -> None:
         backend = self.backend
         if self.settings.contextualize is not None:
-            # Every run, not only when the VM is created (vboxwrapper's §12.17).
+            # Every run, not only when the VM is created
+            # (docs/compatibility.md#floppy-contextualization).
             self.settings.contextualize()
         if not backend.exists():
             log.info("Create VM. (%s)", backend.name, extra={"event": events.VM_CREATED})
@@ -836,7 +878,8 @@ class Supervisor:
 
     def _do_SetNetwork(self, action: m.SetNetwork) -> None:
         self.backend.set_network(action.connected)
-        self.rt.network_connected = action.connected  # only after it worked (§12.11)
+        # only after it worked (docs/compatibility.md#network)
+        self.rt.network_connected = action.connected
         log.info(
             "Network %s.",
             "resumed" if action.connected else "suspended",
@@ -908,8 +951,7 @@ class Supervisor:
             run_cpu = self.backend.cpu_time()
         except VmWrapperError:
             run_cpu = 0.0
-        self.rt.cpu = max(self.rt.cpu, self.rt.base_cpu + run_cpu)  # monotonic across restarts
-        return self.rt.cpu
+        return self.rt.cpu.read(run_cpu)
 
     def _fraction_done(self) -> float:
         job, rt = self.job, self.rt
@@ -922,7 +964,8 @@ class Supervisor:
         return rt.fraction
 
     def _counting_net(self) -> bool:
-        """The volunteer set a daily transfer limit and the VM has a network (§4 step 11)."""
+        """The volunteer set a daily transfer limit and the VM has a network
+        (docs/compatibility.md#network)."""
         return (
             self.job.enable_network and self.client.init_data.global_prefs.daily_xfer_limit_mb > 0
         )

@@ -2,8 +2,8 @@
 :class:`Action` list out. Pure — no clock, no files, no back end (those live in ``loop.py``).
 
 Shape after h11's ``_state.py``: an event is derived from the observation by a fixed priority
-order (:func:`classify`, the order of vboxwrapper's main loop, reference §4), and the
-transition table :data:`TRANSITIONS` maps ``(state, event)`` to the next state and a function
+order (:func:`classify`, the order of vboxwrapper's main loop, docs/compatibility.md#main-loop), and
+the transition table :data:`TRANSITIONS` maps ``(state, event)`` to the next state and a function
 that builds the actions. Terminal transitions end with :class:`Exit` carrying the
 :data:`~vmwrapper.outcome.Outcome`; the loop performs the actions in order and returns it.
 
@@ -27,6 +27,7 @@ from vmwrapper.outcome import (
     EXIT_ABORTED_BY_CLIENT,
     EXIT_OUT_OF_MEMORY,
     MAX_TEMPORARY_EXIT_DELAY,
+    VM_EXTENSIONS_TOKEN,
     Finish,
     Outcome,
     PlainExit,
@@ -262,9 +263,6 @@ class Step:
 
 # -- messages (fixed texts projects and volunteers see) --------------------------------------
 
-#: The BOINC client greps a vbox task's stderr for this token and then tells the scheduler
-#: that this host's VM extensions are unusable (reference §6.2). Keep it verbatim.
-VM_EXTENSIONS_TOKEN = "ERR_CPU_VM_EXTENSIONS_DISABLED"
 MSG_EXTENSIONS_DISABLED = (
     "Hardware virtualization (VT-x/AMD-V) is disabled in this computer's BIOS/UEFI settings. "
     "Enable it there and restart the computer to run this VM job. "
@@ -307,7 +305,8 @@ def classify(state: State, obs: Observation, config: MachineConfig) -> Event:
         return Event.NO_HEARTBEAT
     if state is State.STARTING:
         if config.job_duration > 0 and obs.elapsed >= config.job_duration:
-            return Event.DURATION_REACHED  # restored past the end (vboxwrapper: bare 197, §12.23)
+            # restored past the end (vboxwrapper: bare 197, docs/compatibility.md#start-up)
+            return Event.DURATION_REACHED
         return Event.REGISTER_ONLY if config.register_only else Event.START
     if obs.heartbeat_failure is not None:
         return Event.HEARTBEAT_FILE_FAILED
@@ -347,7 +346,8 @@ def _host_problem(obs: Observation, fallback: str) -> Actions | None:
     found = set(obs.diagnoses)
     if Diagnosis.VM_EXTENSIONS_DISABLED in found:
         return [Cleanup(), Exit(Finish(ERR_EXEC, MSG_EXTENSIONS_DISABLED, notice=True))]
-    if Diagnosis.NO_VM_EXTENSIONS in found:  # vboxwrapper finishes with 0 here (§12.8)
+    # vboxwrapper finishes with 0 here (docs/compatibility.md#vm-extensions)
+    if Diagnosis.NO_VM_EXTENSIONS in found:
         return [Cleanup(), Exit(Finish(ERR_EXEC, MSG_NO_EXTENSIONS, notice=True))]
     if Diagnosis.FOREIGN_HYPERVISOR in found:
         return [
@@ -362,8 +362,8 @@ def _host_problem(obs: Observation, fallback: str) -> Actions | None:
 
 
 def _fatal(obs: Observation, finish: Finish) -> Actions:
-    """A job that ends in error: report (screenshot, logs), then remove the VM (§6.1 rows 12,
-    14, 15, 19, 21 and the start failures)."""
+    """A job that ends in error: report (screenshot, logs), then remove the VM
+    (docs/compatibility.md#exit-codes-and-temporary-exits)."""
     return [DumpLogs(obs.vm_exit_code), Cleanup(), Exit(finish)]
 
 
@@ -397,8 +397,9 @@ def _on_abort(state: State, obs: Observation, config: MachineConfig) -> Actions:
 
 def _on_quit(state: State, obs: Observation, config: MachineConfig) -> Actions:
     # The client restarts the task by itself after a quit (and ignores the exit status), so we
-    # leave no temporary-exit file: vboxwrapper's reasonless 86400 s file is ignored (§12.12),
-    # and one with a reason would postpone the task by a day.
+    # leave no temporary-exit file: vboxwrapper's reasonless 86400 s file is ignored
+    # (docs/compatibility.md#exit-codes-and-temporary-exits), and one with a reason would postpone
+    # the task by a day.
     if state is State.STARTING:
         return [Exit(PlainExit(0))]
     stop: Action = (
@@ -535,7 +536,8 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State, Builder]] = {
 def _housekeeping(
     state: State, next_state: State, obs: Observation, config: MachineConfig
 ) -> Actions:
-    """Per-tick chores: trickles, uploads, preferences, network (reference §4 9b, 9f-g, 10)."""
+    """Per-tick chores: trickles, uploads, preferences, network
+    (docs/compatibility.md#main-loop)."""
     # Trickle files are always forwarded, even on the way out: a guest that writes a trickle and
     # powers off must not lose it.
     actions: Actions = [SendTrickle(name, text, trigger_file=name) for name, text in obs.trickles]

@@ -1,5 +1,6 @@
 """Pure pieces of the wrapper's reporting: the VM process's nice value and the error report
-that goes into stderr (vboxwrapper's screenshot block and hypervisor log dump, reference §7)."""
+that goes into stderr (vboxwrapper's screenshot block and hypervisor log dump,
+docs/compatibility.md#logging-and-error-reports)."""
 
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ from qemu.qmp import ExecuteError, QMPClient
 from vmwrapper.errors import BackendError, CheckpointError, VmStartError
 from vmwrapper.hostports import free_port
 from vmwrapper.hypervisor.base import (
+    SCREENSHOT_FILE,
     Diagnosis,
     NetUsage,
     VmConfig,
@@ -84,7 +85,6 @@ SNAPSHOT_SAFE_FORMATS = frozenset({"qcow2", "raw"})
 NET_QUEUES = {"sent": "rx", "received": "tx"}
 #: A counting pcap file this big is replaced by a new one (17 bytes a frame: ~60k frames).
 NET_ROTATE_BYTES = 1 << 20
-SCREENSHOT_FILE = "vbox_screenshot.png"  # vboxwrapper's name, so projects' tools find it
 
 
 @dataclass(frozen=True)

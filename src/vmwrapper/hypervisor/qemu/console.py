@@ -2,9 +2,9 @@
 
 The back end reads the console file in the slot and feeds the new bytes here; this module
 splits them into lines (a partial last line waits for its newline) and notes the markers of
-the guest contract (contracts §6): ``VMWRAPPER_GUEST_ERROR: <text>`` (fatal guest error),
-``VMWRAPPER_GUEST_DONE status=<N>`` (the job finished and the final push is done) and
-vboxwrapper's ``EXIT_OUT_OF_MEMORY`` (the guest ran out of memory).
+the guest contract (docs/guest-image.md#what-the-guest-does): ``VMWRAPPER_GUEST_ERROR: <text>``
+(fatal guest error), ``VMWRAPPER_GUEST_DONE status=<N>`` (the job finished and the final push is
+done) and vboxwrapper's ``EXIT_OUT_OF_MEMORY`` (the guest ran out of memory).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from vmwrapper.hypervisor.base import GUEST_OOM_MARKER
+
 GUEST_ERROR_MARKER = "VMWRAPPER_GUEST_ERROR:"
 GUEST_PROGRESS_MARKER = "VMWRAPPER_GUEST:"
-GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
 GUEST_DONE_MARKER = "VMWRAPPER_GUEST_DONE"
 _DONE_RE = re.compile(r"VMWRAPPER_GUEST_DONE status=(-?\d+)")
 # Terminal escape sequences (colours, cursor moves) that a guest may print to its console.

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vmwrapper.errors import CheckpointError, CheckpointRefused
-from vmwrapper.hypervisor.base import Diagnosis, VmState
+from vmwrapper.hypervisor.base import GUEST_OOM_MARKER, Diagnosis, VmState
 
 #: QMP RunState → our VmState (QEMU's qapi/run-state.json).
 RUN_STATES: dict[str, VmState] = {
@@ -80,7 +80,7 @@ def diagnose(stderr_text: str, console_text: str) -> tuple[Diagnosis, ...]:
         found.append(Diagnosis.HOST_OUT_OF_MEMORY)
     if "could not access kvm kernel module" in lowered:
         found.append(Diagnosis.NO_VM_EXTENSIONS)
-    if "EXIT_OUT_OF_MEMORY" in console_text:
+    if GUEST_OOM_MARKER in console_text:
         found.append(Diagnosis.GUEST_OUT_OF_MEMORY)
     return tuple(found)
 

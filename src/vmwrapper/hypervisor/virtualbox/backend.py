@@ -1,4 +1,5 @@
-"""The VirtualBox back end: drives one VM through VBoxManage (reference §3.6-§6).
+"""The VirtualBox back end: drives one VM through VBoxManage
+(docs/compatibility.md#creating-the-vm).
 
 ``VirtualBoxBackend(config, runner=None, ...)`` implements :class:`vmwrapper.hypervisor.base.
 Backend`. Commands come from :mod:`.commands` (pure tables), output is parsed by :mod:`.output`,
@@ -6,9 +7,10 @@ the VM's ``VBox.log`` by :mod:`.logs`; this module does the I/O: it runs the ste
 injected :class:`.runner.VBoxManage`, probes the installed VirtualBox once, reads the log, takes
 the multiattach lock, measures the VM process's CPU time with psutil and renices its threads.
 
-State comes from ``showvminfo --machinereadable`` (never from the log, §12.2). vboxwrapper's
-visible log lines are kept ("Create VM. (name, slot#n)"; the supervisor writes the ones every
-back end shares, such as "VM state change detected." and "Successfully started VM.").
+State comes from ``showvminfo --machinereadable`` (never from the log,
+docs/compatibility.md#virtualbox-state-and-logs). vboxwrapper's visible log lines are kept ("Create
+VM. (name, slot#n)"; the supervisor writes the ones every back end shares, such as "VM state change
+detected." and "Successfully started VM.").
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ from pathlib import Path
 
 import psutil
 
+from vmwrapper.cputime import CpuTotal
 from vmwrapper.errors import BackendError, CheckpointError, HostNotReady, VmStartError
-from vmwrapper.hypervisor.base import Diagnosis, NetUsage, VmConfig, VmState, VmStatus
+from vmwrapper.hypervisor.base import (
+    SCREENSHOT_FILE,
+    Diagnosis,
+    NetUsage,
+    VmConfig,
+    VmState,
+    VmStatus,
+)
 from vmwrapper.hypervisor.process import PriorityNote, set_vm_priority
 from vmwrapper.hypervisor.text import whole_lines_tail
 from vmwrapper.hypervisor.virtualbox import commands as cmd
@@ -40,12 +50,12 @@ from vmwrapper.hypervisor.virtualbox.runner import (
     is_multiattach_40_error,
     vbox_environment,
 )
+from vmwrapper.outcome import ERR_NOT_EXITED
 
 log = logging.getLogger(__name__)
 
 PID_TIMEOUT = 45.0  # vboxwrapper waits ~45 s for "Process ID:" in VBox.log
 STATE_TIMEOUT = 300.0  # poweroff / savestate wait (vboxwrapper's 300 s)
-ERR_NOT_EXITED = -149
 
 
 class VirtualBoxBackend:
@@ -84,8 +94,7 @@ class VirtualBoxBackend:
         self.runner = runner
         self._caps: Capabilities | None = None
         self._pid: int | None = None
-        self._cpu_base = 0.0  # CPU seconds of VM processes that ended in this run
-        self._cpu_seen = 0.0
+        self._cpu = CpuTotal()  # CPU seconds of this run's VM processes
         self._log_identity: tuple[int, int] | None = None
         self._log_offset = 0
         self._bandwidth_limited = False
@@ -235,8 +244,9 @@ class VirtualBoxBackend:
         return cmd.remote_desktop_steps(self.config, caps)
 
     def _remove_stale_vm(self) -> None:
-        """A VM of an earlier run may still hold this slot's disk (§3.6 deregister_stale_vm):
-        unregister it when `showhdinfo` names it, else forget the slot's media."""
+        """A VM of an earlier run may still hold this slot's disk
+        (docs/compatibility.md#creating-the-vm): unregister it when `showhdinfo` names it, else
+        forget the slot's media."""
         config = self.config
         disk = config.cache_disk if config.iso_image is not None else config.disk_image
         if disk is None or config.multiattach_parent is not None or not disk.is_file():
@@ -252,8 +262,9 @@ class VirtualBoxBackend:
             self.runner.probe(step)
 
     def _attach_multiattach_parent(self, parent: Path) -> None:
-        """Attach the project's shared parent image in multiattach mode (§3.7 step 16), under
-        the per-parent lock; orphaned children left by crashed runs are removed once."""
+        """Attach the project's shared parent image in multiattach mode
+        (docs/compatibility.md#creating-the-vm), under the per-parent lock; orphaned children left
+        by crashed runs are removed once."""
         config = self.config
         with MultiattachLock(parent, lock_dir=self._lock_dir, clock=self._clock, sleep=self._sleep):
             for attempt in (1, 2):
@@ -309,7 +320,7 @@ class VirtualBoxBackend:
     def _remove_disk_orphans(self, parent: Path, *, close_parent: bool = True) -> None:
         """Delete every differencing child of ``parent`` that no VM (or snapshot) uses, children
         first; with ``close_parent`` also close the parent itself, so VirtualBox forgets a broken
-        registry entry (remove_vbox_disk_orphans, §3.7 16d). Runs under the parent's lock."""
+        registry entry (docs/compatibility.md#creating-the-vm). Runs under the parent's lock."""
         info = output.parse_hdinfo(self.runner.probe(cmd.showhdinfo(str(parent))).output)
         for child in info.child_uuids:
             self._remove_orphan_tree(child, parent)
@@ -374,7 +385,7 @@ class VirtualBoxBackend:
             ) from exc
         pid = self._wait_for_pid(before)
         self._pid = pid
-        self._cpu_seen = 0.0
+        self._cpu.process_ended()  # the earlier process's count stays; this one starts at 0
         log.debug("VM %s started, process %d", config.name, pid)
         return pid
 
@@ -389,7 +400,8 @@ class VirtualBoxBackend:
         return (st.st_ino, int(st.st_ctime_ns))
 
     def _wait_for_pid(self, before: tuple[int, int] | None) -> int:
-        """The VM process id from the *new* VBox.log (VirtualBox rotates it at start, §12.24)."""
+        """The VM process id from the *new* VBox.log (VirtualBox rotates it at start,
+        docs/compatibility.md#virtualbox-state-and-logs)."""
         deadline = self._clock() + PID_TIMEOUT
         while True:
             identity = self._log_file_identity()
@@ -432,8 +444,7 @@ class VirtualBoxBackend:
 
     def _note_process_end(self) -> None:
         if self._pid is not None:
-            self._cpu_base += self._cpu_seen
-            self._cpu_seen = 0.0
+            self._cpu.process_ended()
             self._pid = None
 
     def cpu_time(self) -> float:
@@ -447,10 +458,10 @@ class VirtualBoxBackend:
                         total += sum(child.cpu_times()[:2])
                     except psutil.Error:
                         continue
-                self._cpu_seen = max(self._cpu_seen, total)
+                self._cpu.read(total)
             except psutil.Error:
                 pass
-        return self._cpu_base + self._cpu_seen
+        return self._cpu.total
 
     # ---- run-time control ---------------------------------------------------------------
 
@@ -536,7 +547,8 @@ class VirtualBoxBackend:
             self._sleep(self._poll_interval)
 
     def cleanup(self) -> None:
-        """Power off, delete snapshots, unregister with --delete, forget the media (§6)."""
+        """Power off, delete snapshots, unregister with --delete, forget the media
+        (docs/compatibility.md#creating-the-vm)."""
         if self._vminfo() is None:
             for step in cmd.close_media_steps(self.config):
                 self.runner.probe(step)
@@ -582,7 +594,8 @@ class VirtualBoxBackend:
         self._run(cmd.link_state(self.config, connected))
 
     def set_bandwidth(self, bytes_per_sec: float) -> None:
-        """Limit the NIC's bandwidth group; 0 lifts an earlier limit (§12.11)."""
+        """Limit the NIC's bandwidth group; 0 lifts an earlier limit
+        (docs/compatibility.md#network)."""
         if bytes_per_sec <= 0 and not self._bandwidth_limited:
             return
         self._run(cmd.set_bandwidth(self.config, bytes_per_sec))
@@ -641,7 +654,8 @@ class VirtualBoxBackend:
         return logs.guest_lines(chunk.lines)
 
     def diagnose(self) -> tuple[Diagnosis, ...]:
-        """Re-read the whole current log each call (vboxwrapper's cached log was stale, §12.1)."""
+        """Re-read the whole current log each call (vboxwrapper's cached log was stale,
+        docs/compatibility.md#virtualbox-state-and-logs)."""
         return logs.diagnose(self._read_log())
 
     def log_tail(self, limit: int = 8192) -> str:
@@ -649,9 +663,10 @@ class VirtualBoxBackend:
         return whole_lines_tail(self._read_log(), limit)
 
     def hypervisor_logs(self, limit: int = 8192) -> dict[str, str]:
-        """vboxwrapper's hypervisor log dump (§7): the tails of VBoxSVC.log, VBox.log,
-        vbox_trace.txt and VBoxStartup.log under its section titles. Call it *before*
-        cleanup(), which deletes the VM's Logs folder (§12.19)."""
+        """vboxwrapper's hypervisor log dump (docs/compatibility.md#logging-and-error-reports): the
+        tails of VBoxSVC.log, VBox.log, vbox_trace.txt and VBoxStartup.log under its section titles.
+        Call it *before* cleanup(), which deletes the VM's Logs folder
+        (docs/compatibility.md#logging-and-error-reports)."""
         sources = {
             "Hypervisor System Log": self.profile_dir / "VBoxSVC.log",
             "VM Execution Log": self._log_path(),
@@ -671,7 +686,7 @@ class VirtualBoxBackend:
     def screenshot(self) -> Path | None:
         """vboxwrapper's error screenshot: wake the screen (scancode 39), wait 1 s, save
         ``vbox_screenshot.png`` in the slot. None when the VM is not running or it failed."""
-        path = self.config.slot_dir / "vbox_screenshot.png"
+        path = self.config.slot_dir / SCREENSHOT_FILE
         wake = self.runner.probe(
             cmd.controlvm(self.config, "keyboardputscancode", "39", retry=False)
         )
@@ -704,7 +719,8 @@ def _renamed(config: VmConfig, vm: str) -> VmConfig:
 
 
 def _boinc_dir_of(project_dir: Path) -> Path:
-    """``<boinc>/projects/<url>`` → ``<boinc>`` (the profile-dir fallback of §3.2)."""
+    """``<boinc>/projects/<url>`` → ``<boinc>`` (the profile-dir fallback,
+    docs/compatibility.md#start-up)."""
     if project_dir.parent.name == "projects":
         return project_dir.parent.parent
     return project_dir.parent

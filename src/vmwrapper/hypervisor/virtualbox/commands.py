@@ -1,9 +1,10 @@
 """VmConfig + probed VirtualBox capabilities → VBoxManage argv lists (pure, built from tables).
 
-The sequence and the options are vboxwrapper's (reference §3.7, §4, §5, §6), with its rough edges
-fixed (§12): argv lists instead of shell strings (§12.5), the graphics controller from the job
-(§12.10), the bandwidth group attached to the NIC (§12.11), VRDE bound to loopback with a per-task
-password (§12.26), port forwards bound to 127.0.0.1 unless the job says ``is_remote``.
+The sequence and the options are vboxwrapper's (docs/compatibility.md#creating-the-vm), with
+its rough edges fixed: argv lists instead of shell strings, the graphics controller from the
+job, the bandwidth group attached to the NIC (docs/compatibility.md#network), VRDE bound to
+loopback with a per-task password (docs/compatibility.md#remote-desktop), port forwards bound
+to 127.0.0.1 unless the job says ``is_remote``.
 
 Option spellings differ between VirtualBox 6 (``--nictype1``) and 7 (``--nic-type1``); which one a
 host takes is decided by probing ``VBoxManage help modifyvm`` (see :func:`capabilities`), not by
@@ -22,6 +23,7 @@ from vmwrapper.errors import HostNotReady
 from vmwrapper.hypervisor.base import VmConfig
 from vmwrapper.hypervisor.virtualbox import output
 from vmwrapper.hypervisor.virtualbox.output import Version
+from vmwrapper.outcome import VM_EXTENSIONS_TOKEN
 
 HDD_CONTROLLER = "Hard Disk Controller"
 FLOPPY_CONTROLLER = "Floppy Controller"
@@ -29,8 +31,6 @@ FLOPPY_CONTROLLER = "Floppy Controller"
 VRDE_USER = "boinc"
 #: vboxwrapper's "no limit" for the NIC bandwidth group (1 TiB/s), also used to lift a limit.
 UNLIMITED = "1024G"
-#: Token the BOINC client greps stderr for (client/app_control.cpp); keep it verbatim.
-ERR_CPU_VM_EXTENSIONS_DISABLED = "ERR_CPU_VM_EXTENSIONS_DISABLED"
 
 
 class Syntax(enum.Enum):
@@ -169,7 +169,7 @@ def is_64bit_guest(config: VmConfig) -> bool:
     return "_64" in config.os_name
 
 
-# ---- creation (§3.7) ------------------------------------------------------------------
+# ---- creation (docs/compatibility.md#creating-the-vm) ------------------------------------
 
 
 def _createvm_args(config: VmConfig) -> list[str]:
@@ -180,7 +180,7 @@ def _createvm_args(config: VmConfig) -> list[str]:
 
 
 def define_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
-    """createvm and the basic machine settings (§3.7 steps 2-8)."""
+    """createvm and the basic machine settings (docs/compatibility.md#creating-the-vm)."""
     vm = config.name
     boot = ("dvd", "disk") if config.boot_iso else ("disk", "dvd")
     return [
@@ -241,7 +241,8 @@ def default_nic_type(nic_type1: str, paravirt_provider: str) -> str:
 def network_steps(
     config: VmConfig, caps: Capabilities, nic_type: str, bridge_interface: str = ""
 ) -> list[Step]:
-    """NIC 1: NAT or bridged, model, DNS, then the cable state (§3.7 steps 10-11)."""
+    """NIC 1: NAT or bridged, model, DNS, then the cable state
+    (docs/compatibility.md#creating-the-vm)."""
     vm = config.name
     net = config.network
     args = ["modifyvm", vm, "--nic1", "bridged" if net.bridged else "nat"]
@@ -274,7 +275,8 @@ def network_steps(
 
 
 def devices_off_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
-    """USB, serial, parallel, audio, clipboard, drag and drop off (§3.7 step 12, best effort)."""
+    """USB, serial, parallel, audio, clipboard, drag and drop off (best effort,
+    docs/compatibility.md#creating-the-vm)."""
     vm = config.name
     steps = [
         _step("modifyusb", "modifyvm", vm, "--usb", "off", fatal=False, retry=False),
@@ -324,11 +326,11 @@ def devices_off_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
 
 
 def acceleration_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
-    """Hardware acceleration off when the host lacks it (§3.7 step 13).
+    """Hardware acceleration off when the host lacks it (docs/compatibility.md#creating-the-vm).
 
     A 64-bit guest cannot run without it, and VirtualBox 6.1+ has no `--hwvirtex` any more
-    (§12.25): both are reported as HostNotReady carrying BOINC's ERR_CPU_VM_EXTENSIONS_DISABLED
-    token instead of failing later at start.
+    (docs/compatibility.md#vm-extensions): both are reported as HostNotReady carrying BOINC's
+    ERR_CPU_VM_EXTENSIONS_DISABLED token instead of failing later at start.
     """
     if config.hw_acceleration:
         return []
@@ -339,7 +341,7 @@ def acceleration_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
             else "this VirtualBox version (no --hwvirtex)"
         )
         raise HostNotReady(
-            f"{ERR_CPU_VM_EXTENSIONS_DISABLED}: hardware acceleration (VT-x/AMD-V) is missing or "
+            f"{VM_EXTENSIONS_TOKEN}: hardware acceleration (VT-x/AMD-V) is missing or "
             f"disabled on this host, and {reason} needs it; fix: enable VT-x/AMD-V in the BIOS",
             code=-148,
         )
@@ -347,7 +349,8 @@ def acceleration_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
 
 
 def controller_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
-    """storagectl for the disk controller and, with floppyio, the floppy controller (§3.7 14-15)."""
+    """storagectl for the disk controller and, with floppyio, the floppy controller
+    (docs/compatibility.md#creating-the-vm)."""
     vm = config.name
     ctl_type, model = config.disk_controller_type, config.disk_controller_model
     if config.iso_image is not None and model == "PIIX4":
@@ -496,7 +499,8 @@ def floppy_steps(config: VmConfig) -> list[Step]:
 
 
 def bandwidth_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
-    """A network bandwidth group, attached to NIC 1 so that limits really apply (§12.11)."""
+    """A network bandwidth group, attached to NIC 1 so that limits really apply
+    (docs/compatibility.md#network)."""
     group = bandwidth_group(config)
     return [
         _step(
@@ -544,7 +548,8 @@ def password_hash(password: str) -> str:
 
 
 def remote_desktop_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
-    """VRDE on loopback with a per-task password checked by VBoxAuthSimple (§12.26).
+    """VRDE on loopback with a per-task password checked by VBoxAuthSimple
+    (docs/compatibility.md#remote-desktop).
 
     VirtualBox's own way to give a VM a password: auth type `external`, auth library
     `VBoxAuthSimple`, and the SHA-256 of the password in the VM's extradata key
@@ -621,13 +626,15 @@ def controlvm(config: VmConfig, *action: str, retry: bool = True) -> Step:
 
 
 def cpu_cap(config: VmConfig, percent: float) -> Step:
-    """cpuexecutioncap from the client's cpu_usage_limit: 0 → 100, below 1 → 1 (§4)."""
+    """cpuexecutioncap from the client's cpu_usage_limit: 0 → 100, below 1 → 1
+    (docs/compatibility.md#main-loop)."""
     value = 100 if percent <= 0 else max(1, min(100, int(percent)))
     return controlvm(config, "cpuexecutioncap", str(value))
 
 
 def link_state(config: VmConfig, connected: bool) -> Step:
-    """Plug or unplug the cable of a running VM (not modifyvm on a locked VM, §12.11)."""
+    """Plug or unplug the cable of a running VM (not modifyvm on a locked VM,
+    docs/compatibility.md#network)."""
     return controlvm(config, "setlinkstate1", "on" if connected else "off")
 
 
@@ -702,10 +709,12 @@ def closemedium(kind: str, path: str, *, delete: bool = False) -> Step:
 
 
 def teardown_steps(config: VmConfig, *, delete: bool = True) -> list[Step]:
-    """Deregistration (§6 deregister_vm), best effort. Snapshots are deleted before these.
+    """Deregistration (docs/compatibility.md#creating-the-vm), best effort. Snapshots are deleted
+    before these.
 
     ``delete`` adds ``unregistervm --delete`` (the VM's folder, logs, differencing disks and
-    its own disk go); without it only the registration goes (a stale VM, §3.6)."""
+    its own disk go); without it only the registration goes (a stale VM,
+    docs/compatibility.md#creating-the-vm)."""
     vm = config.name
     # No `bandwidthctl remove` (vboxwrapper's): the group is attached to the NIC now, VirtualBox
     # refuses to remove a group in use, and unregistervm drops it with the VM anyway.

@@ -1,9 +1,11 @@
-"""The multiattach race lock: one per parent image, so concurrent wrappers don't race (§6.5).
+"""The multiattach race lock: one per parent image, so concurrent wrappers don't race
+(docs/compatibility.md#multiattach-lock).
 
 vboxwrapper uses a POSIX shared-memory object created with O_EXCL, which outlives a crashed
-wrapper and then blocks every other task for 90 s before failing (§12.20). An ``fcntl.flock`` on
-a lock file is released by the kernel when its holder dies, so a crash cannot wedge the parent.
-The file name keeps vboxwrapper's ``boinc_lock_`` + 16 hex of MD5(parent path).
+wrapper and then blocks every other task for 90 s before failing
+(docs/compatibility.md#multiattach-lock). An ``fcntl.flock`` on a lock file is released by the
+kernel when its holder dies, so a crash cannot wedge the parent. The file name keeps vboxwrapper's
+``boinc_lock_`` + 16 hex of MD5(parent path).
 """
 
 from __future__ import annotations

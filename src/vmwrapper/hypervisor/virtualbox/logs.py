@@ -1,9 +1,10 @@
 """What a VM's ``VBox.log`` says (pure): guest lines, the VM process id, and diagnoses.
 
-The VM's state comes from ``showvminfo`` (reference §12.2); the log is read only for
-``Guest Log:`` lines (written by VMMDev for text the guest sends to port 0x504, e.g. through
-vboxmonitor), for the ``Process ID:`` header line, and for error diagnoses (§6.2, §6.3), which
-are made from a fresh read each time (§12.1).
+The VM's state comes from ``showvminfo`` (docs/compatibility.md#virtualbox-state-and-logs); the log
+is read only for ``Guest Log:`` lines (written by VMMDev for text the guest sends to port 0x504,
+e.g. through vboxmonitor), for the ``Process ID:`` header line, and for error diagnoses
+(docs/compatibility.md#vm-extensions), which are made from a fresh read each time
+(docs/compatibility.md#virtualbox-state-and-logs).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from vmwrapper.hypervisor.base import Diagnosis
+from vmwrapper.hypervisor.base import GUEST_OOM_MARKER, Diagnosis
 
 GUEST_LOG_MARK = "Guest Log:"
 
@@ -32,7 +33,7 @@ _PATTERNS: tuple[tuple[Diagnosis, tuple[str, ...]], ...] = (
     (Diagnosis.NO_VM_EXTENSIONS, ("VERR_VMX_NO_VMX", "VERR_SVM_NO_SVM")),
     (Diagnosis.FOREIGN_HYPERVISOR, ("VERR_VMX_IN_VMX_ROOT_MODE", "VERR_SVM_IN_USE")),
     (Diagnosis.HOST_OUT_OF_MEMORY, ("VERR_EM_NO_MEMORY", "VERR_NO_MEMORY")),
-    (Diagnosis.GUEST_OUT_OF_MEMORY, ("EXIT_OUT_OF_MEMORY",)),
+    (Diagnosis.GUEST_OUT_OF_MEMORY, (GUEST_OOM_MARKER,)),
     (Diagnosis.GURU_MEDITATION, ("Guru Meditation",)),
 )
 
@@ -73,7 +74,8 @@ class LogChunk:
 
 def split_new(data: bytes, offset: int) -> LogChunk:
     """Complete lines in ``data`` (the log from ``offset`` on). A partial last line stays unread,
-    so the next read starts at its beginning (vboxwrapper's tellg() = -1 bug, §12.2)."""
+    so the next read starts at its beginning (vboxwrapper's tellg() = -1 bug,
+    docs/compatibility.md#virtualbox-state-and-logs)."""
     end = data.rfind(b"\n")
     if end < 0:
         return LogChunk(lines=(), offset=offset)

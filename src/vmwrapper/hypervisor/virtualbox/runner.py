@@ -1,7 +1,8 @@
 """Runs VBoxManage: exit status and output, a timeout, retries with back-off, and the trace files.
 
-vboxwrapper's runner (reference §6.4) ignores the exit status on Unix, has no timeout there, and
-replaces the real error code with ERR_TIMEOUT after retrying (§12.4). This one:
+vboxwrapper's runner (docs/compatibility.md#vboxmanage-runner) ignores the exit status on Unix, has
+no timeout there, and replaces the real error code with ERR_TIMEOUT after retrying
+(docs/compatibility.md#vboxmanage-runner). This one:
 
 * takes the exit status *and* the first ``(0x...)`` HRESULT of the output;
 * kills a command that runs longer than its timeout (45 s by default, as on Windows);
@@ -9,10 +10,12 @@ replaces the real error code with ERR_TIMEOUT after retrying (§12.4). This one:
   CO_E_SERVER_EXEC_FAILURE (VBoxSVC not reachable) with doubling sleeps 1, 2, 4, 8, 16 s, other
   failures 1 s apart when the step allows it, never the MultiAttach "VirtualBox 4.0" error;
 * keeps the last attempt's original code in the raised :class:`VBoxManageError`;
-* appends every attempt to ``vbox_trace.txt`` and ``vbox_replay.txt`` in the slot (§9).
+* appends every attempt to ``vbox_trace.txt`` and ``vbox_replay.txt`` in the slot
+  (docs/compatibility.md#vboxmanage-runner).
 
-:func:`vbox_environment` sets up PATH and VBOX_USER_HOME as vboxwrapper does (§3.2) without
-its bugs (§12.6): PATH is only ever extended, ``$HOME`` is used, nothing unset is dereferenced.
+:func:`vbox_environment` sets up PATH and VBOX_USER_HOME as vboxwrapper does without
+its bugs (docs/compatibility.md#start-up): PATH is only ever extended, ``$HOME`` is used, nothing
+unset is dereferenced.
 """
 
 from __future__ import annotations
@@ -282,7 +285,7 @@ def vbox_environment(
     is_file: Callable[[str], bool] = os.path.isfile,
     is_dir: Callable[[str], bool] = os.path.isdir,
 ) -> VBoxEnvironment:
-    """PATH and VBOX_USER_HOME for VBoxManage's children (§3.2, minus §12.6).
+    """PATH and VBOX_USER_HOME for VBoxManage's children (docs/compatibility.md#start-up).
 
     VBoxManage is looked up on the existing PATH first (so a test's simulator or a user's
     install wins); only if it is not there are /usr/local/bin and /usr/bin appended when they
