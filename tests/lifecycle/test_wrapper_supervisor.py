@@ -33,6 +33,7 @@ from vmwrapper.outcome import (
     ERR_FILE_MISSING,
     ERR_TIMEOUT,
     EXIT_ABORTED_BY_CLIENT,
+    EXIT_CHILD_FAILED,
     EXIT_OUT_OF_MEMORY,
     Finish,
     PlainExit,
@@ -423,6 +424,37 @@ def test_quit_while_booting(tmp_path: Path) -> None:
 def test_guest_shut_itself_down_is_success(tmp_path: Path) -> None:
     run = run_job(tmp_path, JobSpec(), FakeScript(steps=steps((30, "poweroff", "", ""))))
     assert run.outcome == Finish(0) and run.backend.state is VmState.ABSENT
+
+
+@pytest.mark.parametrize("status", [1, 3, 255])
+def test_guest_app_failure_finishes_child_failed_with_its_status(
+    tmp_path: Path, status: int
+) -> None:
+    done = f"VMWRAPPER_GUEST_DONE status={status}"
+    script = FakeScript(steps=steps((30, "log", "", done), (30, "poweroff", "", "")))
+    run = run_job(tmp_path, JobSpec(), script)
+    assert run.outcome == Finish(EXIT_CHILD_FAILED, machine.msg_guest_failed(status))
+    assert run.backend.state is VmState.ABSENT  # the failed job's VM is removed
+
+
+def test_guest_app_success_status_zero_is_success(tmp_path: Path) -> None:
+    done = "VMWRAPPER_GUEST_DONE status=0"
+    script = FakeScript(steps=steps((30, "log", "", done), (31, "poweroff", "", "")))
+    run = run_job(tmp_path, JobSpec(), script)
+    assert run.outcome == Finish(0)
+
+
+def test_completion_trigger_wins_over_the_guest_done_status(tmp_path: Path) -> None:
+    # an image that uses vboxwrapper's contract: its trigger file's code is the job's status
+    script = FakeScript(
+        steps=steps(
+            done_at(30, "0\n"),
+            (30, "log", "", "VMWRAPPER_GUEST_DONE status=2"),
+            (30, "poweroff", "", ""),
+        )
+    )
+    run = run_job(tmp_path, SHARED, script)
+    assert run.outcome == Finish(0)
 
 
 def test_early_poweroff_with_job_duration_is_premature(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from vmwrapper.boinc.app import ClientStatus
 from vmwrapper.boinc.init_data import AppInitData
 from vmwrapper.errors import CheckpointError, CheckpointRefused, InputError, VmWrapperError
 from vmwrapper.hypervisor.base import Backend, Diagnosis, NetUsage, VmState
+from vmwrapper.hypervisor.qemu.console import done_status
 from vmwrapper.outcome import Finish, Outcome, PlainExit, TemporaryExit
 from vmwrapper.shared_dir.heartbeat import HeartbeatWatch
 from vmwrapper.shared_dir.triggers import (
@@ -154,6 +155,8 @@ class _Runtime:
     net: NetUsage = dataclasses.field(default_factory=NetUsage)  # this episode, never falling
     net_polled_elapsed: float = 0.0
     priority_lowered: bool = False
+    guest_oom: bool = False  # the guest printed EXIT_OUT_OF_MEMORY
+    guest_status: int | None = None  # N of the guest's VMWRAPPER_GUEST_DONE status=N line
 
 
 class Supervisor:
@@ -389,7 +392,7 @@ class Supervisor:
         if state is m.State.STARTING:
             return replace(base, restore_snapshot=self._restore_snapshot())
         # the guest's last lines before the state change they led to, as they happened
-        guest_oom = self._forward_guest_log()
+        self._forward_guest_log()
         vm_state, detail, exit_code = self._vm_status()
         diagnoses: tuple[Diagnosis, ...] = ()
         boot_timed_out = (
@@ -404,7 +407,8 @@ class Supervisor:
             vm_detail=detail,
             vm_exit_code=exit_code,
             diagnoses=diagnoses,
-            guest_oom=guest_oom,
+            guest_oom=rt.guest_oom,
+            guest_status=rt.guest_status,
             boot_timed_out=boot_timed_out,
             completion=self._trigger(job.completion_trigger_file, parse_completion),
             temporary_exit=self._consumable(job.temporary_exit_trigger_file, parse_temporary_exit),
@@ -459,6 +463,8 @@ class Supervisor:
             return rt.vm_state, "", None
         rt.status_failures = 0
         if status.state is not rt.vm_state:
+            # lines the status query read as the VM went down (its done line, say) come first
+            self._forward_guest_log()
             log.info(
                 "VM state change detected. (old = '%s', new = '%s')",
                 rt.vm_state.value,
@@ -472,16 +478,18 @@ class Supervisor:
             rt.vm_state = status.state
         return status.state, status.detail, status.exit_code
 
-    def _forward_guest_log(self) -> bool:
+    def _forward_guest_log(self) -> None:
+        """Log the guest's new console lines and note its markers (OOM, exit status)."""
         try:
             lines = self.backend.guest_log()
         except VmWrapperError:
-            return False
-        oom = False
+            return
         for line in lines:
             log.info("Guest Log: %s", line, extra={"event": events.GUEST_LOG})
-            oom = oom or GUEST_OOM_MARKER in line
-        return oom
+            self.rt.guest_oom = self.rt.guest_oom or GUEST_OOM_MARKER in line
+            status = done_status(line)
+            if status is not None:
+                self.rt.guest_status = status
 
     def _diagnose(self) -> tuple[Diagnosis, ...]:
         try:

@@ -23,6 +23,12 @@ _ANSI_RE = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
 MAX_LINE = 4096
 
 
+def done_status(line: str) -> int | None:
+    """N of a ``VMWRAPPER_GUEST_DONE status=N`` line (any back end's guest log), else None."""
+    match = _DONE_RE.search(line)
+    return int(match.group(1)) if match else None
+
+
 def clean_line(raw: bytes) -> str:
     text = raw.decode("utf-8", errors="replace")
     text = _ANSI_RE.sub("", text).replace("\r", "").replace("\x00", "")
@@ -58,7 +64,7 @@ class ConsoleLines:
                 self.guest_error = line.split(GUEST_ERROR_MARKER, 1)[1].strip()
             if GUEST_OOM_MARKER in line:
                 self.out_of_memory = True
-            match = _DONE_RE.search(line)
-            if match:
-                self.done_status = int(match.group(1))
+            status = done_status(line)
+            if status is not None:
+                self.done_status = status
         return kept
