@@ -28,11 +28,14 @@ MAX_CLI_THREADS = 32
 BACKENDS = ("qemu", "virtualbox", "fake")
 DEFAULT_BACKEND = "qemu"
 STANDALONE_VM_NAME = "boinc_standalone"
+#: Bytes of guest console lines stderr.txt and events.jsonl may each take over the task's life
+#: (--guest_log_limit; docs/compatibility.md#runtime).
+GUEST_LOG_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
 class WrapperArgs:
-    """vboxwrapper's options, plus our own `--dry-run` and `--backend`."""
+    """vboxwrapper's options, plus our own `--dry-run`, `--backend` and `--guest_log_limit`."""
 
     trickle: float = 0.0
     nthreads: float = 0.0
@@ -42,6 +45,7 @@ class WrapperArgs:
     sporadic: bool = False
     dry_run: bool = False
     backend: str = ""
+    guest_log_limit: int = GUEST_LOG_LIMIT
 
 
 def _number(option: str, text: str, convert: Callable[[str], float]) -> float:
@@ -59,6 +63,7 @@ _VALUE_OPTIONS: dict[str, tuple[str, Callable[[str], float]]] = {
     "--nthreads": ("nthreads", float),
     "--memory_size_mb": ("memory_size_mb", float),
     "--vmimage": ("vmimage", int),
+    "--guest_log_limit": ("guest_log_limit", int),
 }
 _FLAG_OPTIONS = {
     "--register_only": "register_only",
@@ -69,7 +74,7 @@ _FLAG_OPTIONS = {
 USAGE = """\
 usage: vmwrapper [run] [--trickle SECONDS] [--nthreads N] [--memory_size_mb MB]
                  [--vmimage N] [--register_only] [--sporadic]
-                 [--backend qemu|virtualbox|fake] [--dry-run]"""
+                 [--backend qemu|virtualbox|fake] [--guest_log_limit BYTES] [--dry-run]"""
 
 
 def parse_wrapper_args(argv: Sequence[str]) -> WrapperArgs:
@@ -92,7 +97,7 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperArgs:
             else:
                 name, convert = _VALUE_OPTIONS[arg]
                 number = _number(arg, args[i], convert)
-                values[name] = int(number) if name == "vmimage" else number
+                values[name] = int(number) if convert is int else number
         else:
             raise CommandLineError(f"Unrecognized option: {arg!r}\n{USAGE}")
         i += 1

@@ -178,3 +178,32 @@ def test_abort_puts_the_screenshot_and_logs_into_stderr(tmp_path: Path) -> None:
     assert report.outcome is JobOutcome.ABORTED
     assert "Screen Shot Information (Base64 Encoded PNG):" in report.stderr_tail
     assert "Fake Hypervisor Log:" in report.stderr_tail
+
+
+def test_a_chatty_guest_is_capped_in_stderr_and_events(tmp_path: Path) -> None:
+    # ~1 MB of console output against a 64 KiB limit (--guest_log_limit, from the app
+    # version's command line): both files keep the first and the last lines and a note, and
+    # the wrapper's last lines stay at the end of stderr.txt, in the tail the client reports.
+    chatter = tuple(
+        GuestStep(0.5, "log", "", f"chatter {i:05d} " + "x" * 80) for i in range(10_000)
+    )
+    script = FakeScript(steps=(*chatter, GuestStep(1.0, "poweroff")))
+    job = JOB.format(extra="")
+    app = make_vm_app_dir(tmp_path, job, script, cmdline="--backend fake --guest_log_limit 65536")
+    report = run_job(request(app, tmp_path / "work"))
+    assert report.finish_status == 0, report.message + report.stderr_tail
+    slot = Path(report.slot_dir)
+    stderr = (slot / "stderr.txt").read_text().splitlines()
+    guest = [line for line in stderr if "Guest Log: chatter" in line]
+    assert sum(len(line) + 1 for line in guest) <= 65536
+    assert guest[0].endswith("chatter 00000 " + "x" * 80)
+    assert guest[-1].endswith("chatter 09999 " + "x" * 80)
+    note = next(line for line in stderr if "Guest log limit reached" in line)
+    assert f"{10_000 - len(guest)} guest lines" in note
+    assert "VM state change detected." in report.stderr_tail
+    assert "Outcome: Finish (status 0)" in stderr[-1]
+    recorded = read_events(slot)
+    guest_events = [e for e in recorded if e["event"] == "guest_log"]
+    assert sum(len(json.dumps(e)) + 1 for e in guest_events) <= 65536
+    assert guest_events[-1]["message"].startswith("Guest Log: chatter 09999")
+    assert [e["event"] for e in recorded].count("guest_log_dropped") == 1

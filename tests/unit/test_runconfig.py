@@ -52,6 +52,11 @@ def test_every_vboxwrapper_option() -> None:
     )
 
 
+def test_guest_log_limit_option() -> None:
+    assert parse_wrapper_args([]).guest_log_limit == 1 << 20
+    assert parse_wrapper_args(["--guest_log_limit", "65536"]).guest_log_limit == 65536
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
@@ -59,6 +64,7 @@ def test_every_vboxwrapper_option() -> None:
         (["--nthreads"], "--nthreads needs a value"),
         (["--nthreads", "two"], "needs a number"),
         (["--vmimage", "1.5"], "needs a number"),
+        (["--guest_log_limit", "1M"], "needs a number"),
         (["--memory_size_mb", "-5"], "0 or more"),
         (["--backend", "xen"], "must be one of"),
         (["--nthreads=2"], "Unrecognized option"),

@@ -32,7 +32,13 @@ from vmwrapper.outcome import (
     Outcome,
     TemporaryExit,
 )
-from vmwrapper.runconfig import RunConfig, WrapperArgs, build_run_config, parse_wrapper_args
+from vmwrapper.runconfig import (
+    GUEST_LOG_LIMIT,
+    RunConfig,
+    WrapperArgs,
+    build_run_config,
+    parse_wrapper_args,
+)
 from vmwrapper.spec import ParsedJob, parse_job
 
 log = logging.getLogger(__name__)
@@ -149,7 +155,8 @@ def run_argv(argv: Sequence[str]) -> int:
         return 0
     from vmwrapper.supervisor import events
 
-    uninstall = events.install(slot_dir)
+    limit = prepared.args.guest_log_limit if isinstance(prepared, Prepared) else GUEST_LOG_LIMIT
+    uninstall = events.install(slot_dir, guest_log_limit=limit)
     try:
         if not isinstance(prepared, Prepared):
             print(getattr(prepared, "message", ""), file=sys.stderr)
