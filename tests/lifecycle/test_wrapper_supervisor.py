@@ -179,7 +179,8 @@ def test_trickle_files_each_become_a_trickle_none_lost(tmp_path: Path) -> None:
 
 
 def test_sync_echo_of_a_consumed_trickle_is_not_sent_twice(tmp_path: Path) -> None:
-    """The QEMU guest agent pushes a new file twice and never sees the host delete it."""
+    """The QEMU guest agent pushes a version twice and never sees the host delete it; a new
+    write of the same text, even two seconds later, is a new trickle."""
     job = JobSpec(
         enable_shared_directory=True,
         completion_trigger_file="done",
@@ -188,13 +189,16 @@ def test_sync_echo_of_a_consumed_trickle_is_not_sent_twice(tmp_path: Path) -> No
     script = FakeScript(
         steps=steps(
             (10, "write", "trickle_a", "<n>1</n>"),
-            (12, "write", "trickle_a", "<n>1</n>"),  # the echo
-            (30, "write", "trickle_a", "<n>1</n>"),  # the same text, much later: a new one
+            (11, "echo", "trickle_a", ""),  # the agent pushes that version again
+            (13, "write", "trickle_a", "<n>1</n>"),  # the guest sends the same text again
+            (15, "echo", "trickle_a", ""),
+            (30, "write", "trickle_a", "<n>1</n>"),  # and once more, much later
+            (39, "echo", "trickle_a", ""),  # the final push
             done_at(40),
         )
     )
     run = run_job(tmp_path, job, script)
-    assert [t.body for t in run.client.trickles] == ["<n>1</n>", "<n>1</n>"]
+    assert [t.body for t in run.client.trickles] == ["<n>1</n>"] * 3
 
 
 def test_temporary_exit_echo_after_restore_does_not_loop(tmp_path: Path) -> None:
@@ -203,9 +207,9 @@ def test_temporary_exit_echo_after_restore_does_not_loop(tmp_path: Path) -> None
         completion_trigger_file="done",
         temporary_exit_trigger_file="later",
     )
-    # the guest pushes "later" again right after the restored snapshot resumes
+    # the agent pushes "later" again right after the restored snapshot resumes
     script = FakeScript(
-        steps=steps((30, "write", "later", "5\n0\n"), (32, "write", "later", "5\n0\n"), done_at(40))
+        steps=steps((30, "write", "later", "5\n0\n"), (32, "echo", "later", ""), done_at(40))
     )
     first = run_job(tmp_path, job, script)
     assert isinstance(first.outcome, TemporaryExit)

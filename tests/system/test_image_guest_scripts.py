@@ -101,6 +101,20 @@ def test_a_same_size_rewrite_is_pushed_again(agent: Agent) -> None:
     assert (agent.host / "progress").read_text() == "2\n"
 
 
+def test_a_pushed_file_keeps_the_guests_modification_time(agent: Agent) -> None:
+    # the wrapper tells an echo (one version pushed again) from a new write of the same text
+    # by this time (docs/compatibility.md#runtime)
+    agent.sh("share_pull")
+    trickle = agent.work / "trickle_a"
+    trickle.write_text("<ping/>\n")
+    os.utime(trickle, ns=(1_800_000_000_123_456_789,) * 2)
+    agent.sh("share_push_changed")
+    assert (agent.host / "trickle_a").stat().st_mtime_ns == 1_800_000_000_123_456_789
+    (agent.host / "trickle_a").unlink()  # the wrapper consumed it
+    agent.sh("share_final_push")  # the echo: same text, same time
+    assert (agent.host / "trickle_a").stat().st_mtime_ns == 1_800_000_000_123_456_789
+
+
 def test_files_go_out_oldest_first(agent: Agent) -> None:
     agent.sh("share_pull")
     for name in ("zz_result", "aa_trigger"):  # the trigger is written last

@@ -218,3 +218,26 @@ def test_a_guest_app_that_fails_fails_the_task(
     assert "Guest Log: VMWRAPPER_GUEST_DONE status=3" in report.stderr_tail
     assert "exited with status 3" in report.stderr_tail
     no_qemu_left(Path(report.slot_dir))
+
+
+# The same trickle text twice, far enough apart for the host to take the first one; the sync
+# agent pushes each version again at the end (the final push): two trickles, not one or four.
+REPEATING_TRICKLE_APP = """#!/bin/sh
+echo "<ping/>" > trickle_a
+echo ok > result
+sleep 4
+echo "<ping/>" > trickle_a
+sleep 4
+printf '0\\n0\\n' > done
+sleep 60
+"""
+
+
+def test_the_same_trickle_text_twice_is_two_trickles(
+    tmp_path: Path,
+    default_guest_image: Path,  # noqa: F811
+) -> None:
+    app = package_app(tmp_path, default_guest_image, REPEATING_TRICKLE_APP, JOB, name="pings")
+    report = run(app, tmp_path / "work")
+    assert report.finish_status == 0, report.message + report.stderr_tail
+    assert [(t.variety, t.body) for t in report.trickles] == [("trickle_a", "<ping/>\n")] * 2

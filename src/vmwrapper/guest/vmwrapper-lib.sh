@@ -4,7 +4,9 @@
 # disk (inside every snapshot) and mounts the host share only in short "sync windows":
 #   pull      once at start: host -> /root/shared
 #   push      about once a second, only when something changed: new or changed regular files
-#             go to the host as a temp name, then a rename (the host never sees half a file)
+#             go to the host as a temp name, then a rename (the host never sees half a file),
+#             with the guest's modification time: the wrapper tells a second push of one
+#             version of a trigger file (an echo) from a new write of the same text by it
 #   final     after boinc_app exits: every file created or changed since the pull, again, so
 #             the host's copy is right even after a restore from an older snapshot
 # Symlinks are never copied to the host, deletions are not propagated, and files the host
@@ -150,6 +152,7 @@ share_push_files() {
         base=${path##*/}
         mkdir -p "$HOSTMNT/$dir" &&
             cp "$WORK/$path" "$HOSTMNT/$dir/$TMP_PREFIX$base" &&
+            touch -r "$WORK/$path" "$HOSTMNT/$dir/$TMP_PREFIX$base" &&
             mv -f "$HOSTMNT/$dir/$TMP_PREFIX$base" "$HOSTMNT/$path" || rc=1
     done < "$1"
     umount "$HOSTMNT" || rc=1

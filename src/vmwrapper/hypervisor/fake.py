@@ -35,6 +35,8 @@ from vmwrapper.hypervisor.base import Diagnosis, NetUsage, VmConfig, VmState, Vm
 
 SCRIPT_FILE = "fake_vm_script.json"
 SCREENSHOT_FILE = "vbox_screenshot.png"
+#: The guest clock at guest second 0 (files the fake guest writes get times from it).
+GUEST_EPOCH_NS = 1_800_000_000 * 10**9
 #: What screenshot() writes: a PNG signature and a fixed body, enough for the error report.
 FAKE_PNG = b"\x89PNG\r\n\x1a\nfake screen of the fake VM"
 STATE_FILE = "fake_vm.json"
@@ -43,7 +45,7 @@ STATE_FILE = "fake_vm.json"
 @dataclass(frozen=True)
 class GuestStep:
     at: float  # guest seconds
-    action: str  # write | append | remove | log | poweroff | crash
+    action: str  # write | append | remove | echo | log | poweroff | crash
     name: str = ""  # shared-dir file for write/append/remove
     text: str = ""  # content, console line, or crash detail
 
@@ -191,9 +193,18 @@ class FakeBackend:
     def _do(self, s: GuestStep) -> None:
         path = self._shared() / s.name if s.name else None
         if s.action == "write" and path is not None:
-            tmp = path.with_name(f".{path.name}.fake")
-            tmp.write_text(s.text)
-            os.replace(tmp, path)
+            self._push(path, s.text, s.at)
+        elif s.action == "echo" and path is not None:
+            # the sync agent pushes the file's last version again, with its time
+            last = max(
+                (
+                    w
+                    for w in self.script.steps
+                    if w.action == "write" and w.name == s.name and w.at <= s.at
+                ),
+                key=lambda w: w.at,
+            )
+            self._push(path, last.text, last.at)
         elif s.action == "append" and path is not None:
             with path.open("a") as fh:
                 fh.write(s.text)
@@ -205,6 +216,16 @@ class FakeBackend:
             self.state = VmState.POWERED_OFF
         elif s.action == "crash":
             self.state, self.detail = VmState.CRASHED, s.text
+
+    @staticmethod
+    def _push(path: Path, text: str, at: float) -> None:
+        """The file as the guest wrote it at guest second ``at`` (its time included, as the
+        QEMU sync agent and a live VirtualBox shared folder both keep it)."""
+        tmp = path.with_name(f".{path.name}.fake")
+        tmp.write_text(text)
+        stamp = GUEST_EPOCH_NS + int(at * 1e9)
+        os.utime(tmp, ns=(stamp, stamp))
+        os.replace(tmp, path)
 
     # -- Backend ------------------------------------------------------------------------------
     def exists(self) -> bool:

@@ -81,6 +81,13 @@ class SharedDir:
         except (OSError, InputError):
             return False
 
+    def mtime_ns(self, name: str) -> int | None:
+        """The file's modification time (ns), never following a symlink; None if absent."""
+        try:
+            return os.lstat(self.file(name)).st_mtime_ns
+        except (OSError, InputError):
+            return None
+
     def remove(self, name: str) -> None:
         with contextlib.suppress(OSError, InputError):
             os.unlink(self.file(name))

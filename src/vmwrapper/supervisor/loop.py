@@ -151,6 +151,7 @@ class _Runtime:
     client: m.ClientView = dataclasses.field(default_factory=m.ClientView)
     consumed: dict[str, ConsumedTrigger] = dataclasses.field(default_factory=dict)
     trigger_texts: dict[str, str] = dataclasses.field(default_factory=dict)  # as observed
+    trigger_mtimes: dict[str, int | None] = dataclasses.field(default_factory=dict)
     retry: backoff.BackoffState = dataclasses.field(default_factory=backoff.BackoffState)
     net: NetUsage = dataclasses.field(default_factory=NetUsage)  # this episode, never falling
     net_polled_elapsed: float = 0.0
@@ -508,14 +509,16 @@ class Supervisor:
         """A trigger file that is consumed (removed) when acted on; echoes are dropped."""
         if not name:
             return None
+        mtime = self.shared.mtime_ns(name)
         text = self.shared.read_text(name)
         if text is None:
             return None
-        if is_echo(self.rt.consumed.get(name), text, self.rt.elapsed):
+        if is_echo(self.rt.consumed.get(name), text, self.rt.elapsed, mtime):
             log.debug("%s came back unchanged (sync echo); removed", name)
             self.shared.remove(name)
             return None
         self.rt.trigger_texts[name] = text
+        self.rt.trigger_mtimes[name] = mtime
         return text
 
     def _consumable(self, name: str, parse: Callable[[str], _T]) -> _T | None:
@@ -525,10 +528,11 @@ class Supervisor:
     def _consumed(self, name: str) -> None:
         """Remove a trigger file we acted on and remember it (persisted) to spot its echoes."""
         text = self.rt.trigger_texts.pop(name, None)
+        mtime = self.rt.trigger_mtimes.pop(name, None)
         self.shared.remove(name)
         if text is None:
             return
-        self.rt.consumed[name] = ConsumedTrigger(content_digest(text), self.rt.elapsed)
+        self.rt.consumed[name] = ConsumedTrigger(content_digest(text), self.rt.elapsed, mtime)
         try:
             ckpt.atomic_write(
                 self.settings.slot_dir / CONSUMED_FILE,
@@ -1062,7 +1066,11 @@ def _load_consumed(slot_dir: Path) -> dict[str, ConsumedTrigger]:
     try:
         data = json.loads((slot_dir / CONSUMED_FILE).read_text(encoding="utf-8"))
         return {
-            str(name): ConsumedTrigger(str(v["digest"]), float(v["elapsed"]))
+            str(name): ConsumedTrigger(
+                str(v["digest"]),
+                float(v["elapsed"]),
+                None if v.get("mtime_ns") is None else int(v["mtime_ns"]),
+            )
             for name, v in data.items()
         }
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
