@@ -202,6 +202,57 @@ class RuntimePorts:
     console_password: str = ""
 
 
+# -- the remote console's credential (docs/compatibility.md#runtime) --------------------------
+
+#: The slot file that tells the volunteer how to open the VM console. Never uploaded, readable
+#: by the client's account and group only (the wrapper writes it with mode 0640).
+CONSOLE_FILE = "vm_console.txt"
+_PASSWORD_LINE = "password: "
+
+
+def console_password_bytes(backend: str) -> int:
+    """Random bytes for a new password: VNC authentication (QEMU) checks only the first 8
+    characters, so it gets exactly 8 (6 bytes in URL-safe base64); VRDE takes longer ones."""
+    return 6 if backend != "virtualbox" else 12
+
+
+def format_console_file(backend: str, port: int, password: str, result_name: str) -> str:
+    """What ``vm_console.txt`` says: where the console is, how to log in, with what."""
+    from vmwrapper.hypervisor.virtualbox.commands import VRDE_USER
+
+    if backend == "virtualbox":
+        how = [
+            "protocol: RDP (VirtualBox VRDE)",
+            f"user: {VRDE_USER}",
+            "BOINC Manager: Tasks > Show VM Console opens an RDP client on this address;",
+            "give it the user and the password below when it asks.",
+        ]
+    else:
+        how = [
+            "protocol: VNC (QEMU), VNC authentication, no user name",
+            "BOINC Manager's Show VM Console starts an RDP client, which cannot speak VNC:",
+            f"open a VNC viewer on 127.0.0.1:{port} instead (e.g. `vncviewer 127.0.0.1::{port}`)",
+            "and give it the password below.",
+        ]
+    return "\n".join(
+        [
+            f"VM console of task {result_name or 'standalone'}",
+            f"address: 127.0.0.1:{port}",
+            *how,
+            f"{_PASSWORD_LINE}{password}",
+            "",
+        ]
+    )
+
+
+def parse_console_password(text: str) -> str | None:
+    """The password an earlier run of this task wrote (kept across restarts), if any."""
+    for line in text.splitlines():
+        if line.startswith(_PASSWORD_LINE) and line[len(_PASSWORD_LINE) :].strip():
+            return line[len(_PASSWORD_LINE) :].strip()
+    return None
+
+
 def _shares(spec: JobSpec, slot_dir: Path, project_dir: Path) -> tuple[Share, ...]:
     shares: list[Share] = []
     if spec.enable_shared_directory:

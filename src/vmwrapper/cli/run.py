@@ -198,10 +198,41 @@ def _floppy_writer(prepared: Prepared, path: Path) -> Callable[[], None]:
     return write
 
 
-def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
-    """Attach to the client, build the back end and run the supervisor to its outcome."""
+def _console_credential(slot_dir: Path, run: RunConfig, port: int) -> str:
+    """The task's console password, kept in ``vm_console.txt`` for the volunteer: the same
+    across restarts (a VirtualBox VM keeps its hash), mode 0640 (the client's account and
+    group: who may read gui_rpc_auth.cfg), never in stderr.txt (docs/compatibility.md#runtime).
+    """
     import secrets
 
+    from vmwrapper.runconfig import (
+        CONSOLE_FILE,
+        console_password_bytes,
+        format_console_file,
+        parse_console_password,
+    )
+
+    path = slot_dir / CONSOLE_FILE
+    try:
+        password = parse_console_password(path.read_text(encoding="utf-8"))
+    except OSError:
+        password = None
+    password = password or secrets.token_urlsafe(console_password_bytes(run.backend))
+    text = format_console_file(run.backend, port, password, run.result_name)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o640)  # an older file may have had a wider mode
+            fh.write(text)
+    except OSError as exc:
+        log.warning("Could not write %s: %s (the console is unusable)", CONSOLE_FILE, exc)
+    else:
+        log.info("Remote console: 127.0.0.1:%d; how to log in: %s in the slot", port, path.name)
+    return password
+
+
+def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
+    """Attach to the client, build the back end and run the supervisor to its outcome."""
     from vmwrapper.boinc.app import AppClient
     from vmwrapper.runconfig import RuntimePorts, build_vm_config
     from vmwrapper.supervisor import checkpoint
@@ -222,7 +253,8 @@ def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
         remote = record.remote_desktop_port
         if not remote and spec.enable_remotedesktop:
             remote = _free_port()
-        ports = RuntimePorts(webapi, remote, secrets.token_urlsafe(12))
+        password = _console_credential(slot_dir, run, remote) if remote else ""
+        ports = RuntimePorts(webapi, remote, password)
         aid = client.init_data
         project_dir = (
             slot_dir / "project"
