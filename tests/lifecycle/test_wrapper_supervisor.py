@@ -564,6 +564,28 @@ def test_refused_checkpoint_is_retried_shortly(tmp_path: Path) -> None:
     assert "checkpoint_refused" in run.codes()
 
 
+def test_a_share_kept_mounted_warns_once_backs_off_then_checkpoints_the_disks(
+    tmp_path: Path,
+) -> None:
+    # QEMU refuses every snapshot while the guest keeps the 9p share mounted
+    job = JobSpec(job_duration=1000.0, minimum_checkpoint_interval=100)
+    run = run_job(tmp_path, job, FakeScript(refuse_checkpoints=10**6))
+    calls = run.backend.calls
+    refused = [c for c in calls if c.startswith("checkpoint-refused")]
+    disks = [c for c in calls if c.startswith("checkpoint_disks:")]
+    # a fixed 2 s retry would have tried ~400 times in 900 s; backing off it is a few dozen
+    assert checkpoint.REFUSED_LIMIT <= len(refused) <= 40, len(refused)
+    assert disks and calls.index(disks[0]) > calls.index(refused[checkpoint.REFUSED_LIMIT - 1])
+    refusal_events = [e for e in run.events if e["event"] == "checkpoint_refused"]
+    assert [e["level"] for e in refusal_events].count("warning") == 1  # one warning a run
+    assert next(e["level"] for e in run.events if e["event"] == "checkpoint_disks") == "warning"
+    # the disk checkpoints are real checkpoints: recorded, reported, the older one dropped
+    record = checkpoint.read_record(run.slot)
+    assert record.snapshot == disks[-1].split(":", 1)[1] and record.elapsed_time >= 100
+    assert len(disks) >= 2 and f"delete_checkpoint:{disks[0].split(':', 1)[1]}" in calls
+    assert run.outcome == Finish(0)
+
+
 def test_failed_checkpoint_is_a_transient_exit(tmp_path: Path) -> None:
     job = JobSpec(minimum_checkpoint_interval=100)
     run = run_job(tmp_path, job, FakeScript(fail={"checkpoint": "checkpoint"}))

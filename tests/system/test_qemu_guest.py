@@ -221,3 +221,40 @@ def test_guest_error_makes_a_crash_with_the_guests_words(tmp_path: Path, guest_i
         assert status.state is VmState.CRASHED
         assert status.exit_code not in (0, None)
         assert status.detail.startswith("guest error: ") and "shared" in status.detail
+
+
+# A guest that mounts the 9p share itself and keeps it (as an image without our sync agent
+# may): QEMU refuses every savevm while it is mounted. It writes to the host share directly.
+KEEP_MOUNTED_APP = """#!/bin/sh
+mkdir -p /mnt/keep
+mount -t 9p -o trans=virtio,version=9p2000.L,cache=none shared /mnt/keep || exit 1
+echo boot >> /mnt/keep/boots
+echo "share kept mounted"
+i=0
+while [ $i -lt 1200 ]; do i=$((i+1)); echo "tick $i"; sleep 0.5; done
+"""
+
+
+def test_a_share_kept_mounted_refuses_snapshots_but_not_a_disk_checkpoint(
+    tmp_path: Path, guest_image: Path
+) -> None:
+    slot, _project, config = make_guest_slot(tmp_path, guest_image, KEEP_MOUNTED_APP, {})
+    with qemu_backend(config) as vm:
+        vm.start()
+        watch = GuestWatch(vm)
+        watch.wait_line(lambda line: line == "share kept mounted")
+        with pytest.raises(CheckpointRefused):
+            vm.checkpoint("full")
+        vm.checkpoint_disks("disks1")
+        assert "disks1" in vm.checkpoints()
+        assert vm.status().state is VmState.RUNNING  # paused only while the disks were saved
+        ticks = max(int(x.split()[1]) for x in watch.poll() + watch.lines if x.startswith("tick"))
+        watch.wait_line(lambda line: line == f"tick {ticks + 2}")  # and the guest goes on
+        vm.poweroff(0.0)
+        # the restore boots afresh from the saved disks (no VM state to load)
+        vm.start(restore="disks1")
+        watch = GuestWatch(vm)
+        watch.wait_line(lambda line: line == "share kept mounted")
+        assert (slot / "shared" / "boots").read_text() == "boot\nboot\n"
+        assert "disks1" in vm.checkpoints()  # still there for the next restore
+        vm.poweroff(0.0)

@@ -137,6 +137,15 @@ class NetUsage:
 
 
 @runtime_checkable
+class DiskCheckpoints(Protocol):
+    """A back end that can checkpoint the disks alone when a full snapshot is refused (QEMU
+    while the guest keeps a 9p share mounted). Restoring one boots the VM afresh from the
+    saved disks; ``start(restore=name)`` does that for such a checkpoint by itself."""
+
+    def checkpoint_disks(self, name: str) -> None: ...
+
+
+@runtime_checkable
 class Backend(Protocol):
     """One VM's hypervisor. Every call is synchronous and bounded in time."""
 

@@ -288,6 +288,13 @@ class FakeBackend:
         self.snapshots[name] = self.guest_time
         self._save()
 
+    def checkpoint_disks(self, name: str) -> None:
+        """The disks alone: a restore boots afresh (guest time 0), the shared files stay."""
+        self._advance()
+        self._call(f"checkpoint_disks:{name}")
+        self.snapshots[name] = 0.0
+        self._save()
+
     def checkpoints(self) -> tuple[str, ...]:
         return tuple(self.snapshots)
 

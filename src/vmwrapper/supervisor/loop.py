@@ -29,7 +29,7 @@ from typing import Protocol, TypeVar
 from vmwrapper.boinc.app import ClientStatus
 from vmwrapper.boinc.init_data import AppInitData
 from vmwrapper.errors import CheckpointError, CheckpointRefused, InputError, VmWrapperError
-from vmwrapper.hypervisor.base import Backend, Diagnosis, NetUsage, VmState
+from vmwrapper.hypervisor.base import Backend, Diagnosis, DiskCheckpoints, NetUsage, VmState
 from vmwrapper.hypervisor.qemu.console import done_status
 from vmwrapper.outcome import Finish, Outcome, PlainExit, TemporaryExit
 from vmwrapper.shared_dir.heartbeat import HeartbeatWatch
@@ -137,6 +137,9 @@ class _Runtime:
     last_checkpoint_elapsed: float
     checkpoints_this_run: int = 0
     checkpoint_retry_at: float = 0.0
+    checkpoint_refusals: int = 0  # refused snapshots since the last full one
+    refusal_warned: bool = False
+    disks_warned: bool = False
     boot_started: float = 0.0
     vm_state: VmState = VmState.ABSENT
     status_failures: int = 0
@@ -743,16 +746,24 @@ class Supervisor:
         name = ckpt.snapshot_name(rt.elapsed, self.backend.checkpoints())
         while True:
             try:
-                self.backend.checkpoint(name)
+                if not action.final and rt.checkpoint_refusals >= ckpt.REFUSED_LIMIT:
+                    try:  # a full snapshot once more: the guest may have let go of the share
+                        self.backend.checkpoint(name)
+                    except CheckpointRefused:
+                        rt.checkpoint_refusals += 1
+                        self._checkpoint_disks(name)
+                    else:
+                        rt.checkpoint_refusals = 0
+                else:
+                    self.backend.checkpoint(name)
+                    rt.checkpoint_refusals = 0
                 break
             except CheckpointRefused as exc:
-                log.info(
-                    "Checkpoint refused for now (%s); retrying shortly.",
-                    exc,
-                    extra={"event": events.CHECKPOINT_REFUSED},
-                )
+                self._note_refusal(exc)
                 if self.clock() >= deadline:
-                    rt.checkpoint_retry_at = self.clock() + ckpt.REFUSED_RETRY_DELAY
+                    rt.checkpoint_retry_at = self.clock() + ckpt.refused_retry_delay(
+                        rt.checkpoint_refusals
+                    )
                     if action.final:
                         raise CheckpointError("snapshot refused until the deadline") from exc
                     return
@@ -760,6 +771,36 @@ class Supervisor:
         if name not in self.backend.checkpoints():
             raise CheckpointError(f"snapshot {name} was taken but the hypervisor does not list it")
         self._commit_checkpoint(name)
+
+    def _note_refusal(self, exc: CheckpointRefused) -> None:
+        """One warning a run, debug lines after it (the retries back off)."""
+        self.rt.checkpoint_refusals += 1
+        first, self.rt.refusal_warned = not self.rt.refusal_warned, True
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "Checkpoint refused (%s): the guest has the shared directory mounted. Retrying "
+            "with a growing delay; after %d refusals in a row the disks alone are saved.",
+            exc,
+            ckpt.REFUSED_LIMIT,
+            extra={"event": events.CHECKPOINT_REFUSED, "refusals": self.rt.checkpoint_refusals},
+        )
+
+    def _checkpoint_disks(self, name: str) -> None:
+        """The guest keeps the share mounted, so QEMU refuses every snapshot: save the disks
+        alone (a restore then boots afresh from them), so a long job is never left without
+        checkpoints. docs/compatibility.md#runtime"""
+        if not isinstance(self.backend, DiskCheckpoints):
+            raise CheckpointRefused(f"{self.backend.name} cannot save the disks alone")
+        first, self.rt.disks_warned = not self.rt.disks_warned, True
+        log.log(
+            logging.WARNING if first else logging.INFO,
+            "Snapshots refused %d times: the guest keeps the shared directory mounted. "
+            "Saving the disks alone (%s); a restart boots the VM afresh from them.",
+            self.rt.checkpoint_refusals,
+            name,
+            extra={"event": events.CHECKPOINT_DISKS, "snapshot": name},
+        )
+        self.backend.checkpoint_disks(name)
 
     def _commit_checkpoint(self, snapshot: str) -> None:
         """Record the verified snapshot, then drop the one it replaces (that order)."""

@@ -550,6 +550,8 @@ class QemuBackend:
                 f"cannot restore checkpoint {loadvm!r}: {self._qcow2_files[0][1]} has only "
                 f"{list(existing)}"
             )
+        if loadvm is not None and self._revert_disks(loadvm):
+            loadvm = None  # the disks alone were saved: boot afresh from them
         if self.accel is None:
             setting = self.accel_setting if self.config.hw_acceleration else AccelSetting.TCG
             self.accel = choose_accel(setting, self.config.arch, self.binary)
@@ -827,6 +829,44 @@ class QemuBackend:
             "checkpoint %s taken in %.2f s", name, time.monotonic() - started,
             extra={"event": "qemu_checkpoint", "checkpoint": name},
         )  # fmt: skip
+
+    def checkpoint_disks(self, name: str) -> None:
+        """The disks alone, the VM paused meanwhile: what still works while the guest keeps
+        a 9p share mounted (QEMU then refuses every savevm). start(restore=name) boots afresh
+        from them. docs/compatibility.md#runtime"""
+        _check_tag(name)
+        if not self._alive():
+            raise CheckpointError(f"cannot take checkpoint {name!r}: the VM is not running")
+        nodes = [node for node, _ in self._qcow2_files if node != STATE_NODE]
+        if not nodes:
+            raise CheckpointError(f"cannot save the disks alone for {name!r}: the VM has none")
+        running = self._execute("query-status")["status"] == "running"
+        if running:
+            self._execute("stop")
+        try:
+            for node in nodes:
+                self._execute("blockdev-snapshot-internal-sync", {"device": node, "name": name})
+        except BackendError as exc:
+            raise CheckpointError(f"disk checkpoint {name!r} failed: {exc}") from exc
+        finally:
+            if running:
+                with contextlib.suppress(BackendError):
+                    self._execute("cont")
+
+    def _revert_disks(self, name: str) -> bool:
+        """If ``name`` holds the disks alone, put them back (QEMU not running); else False.
+        The first qcow2 decides: a full snapshot keeps the VM state there (the others have
+        none in any snapshot)."""
+        infos = [
+            (path, json.loads(self._qemu_img("info", "-U", "--output=json", str(path))))
+            for _node, path in self._qcow2_files
+        ]
+        if name not in monitor.disk_only_snapshot_names(infos[0][1]):
+            return False
+        for path, info in infos:
+            if name in monitor.snapshot_names(info):
+                self._qemu_img("snapshot", "-a", name, str(path))
+        return True
 
     def checkpoints(self) -> tuple[str, ...]:
         node, path = self._qcow2_files[0]
