@@ -191,3 +191,34 @@ def test_share_mount_gives_up_with_the_error(tmp_path: Path, applets: Path) -> N
     assert proc.returncode != 0
     assert "Device or resource busy" in proc.stderr
     assert (tmp_path / "attempts").read_text().strip() == "4"  # 3 quiet tries + the last, loud
+
+
+def test_with_the_whole_slot_shared_the_hosts_own_files_stay_out(agent: Agent) -> None:
+    # share_slot_dir: the host export is the slot, with the wrapper's exclusion list
+    from vmwrapper.shared_dir.watch import EXCLUDE_FILE, write_slot_exclusions
+
+    write_slot_exclusions(agent.host)
+    private = [
+        "vm_image.vdi",
+        "vm_disk.qcow2",
+        "qemu-console.log",
+        "stderr.txt",
+        "vbox_checkpoint.xml",
+        "events.jsonl",
+        "boinc_mmap_file",
+        "vm_console.txt",
+    ]
+    for name in private:
+        (agent.host / name).write_text("host only\n")
+    (agent.host / "in").write_text("input\n")
+    (agent.host / "boinc_app").write_text("#!/bin/sh\n")
+    (agent.host / "init_data.xml").write_text("<app_init_data/>\n")
+    agent.sh("share_pull")
+    assert sorted(p.name for p in agent.work.iterdir()) == ["boinc_app", "in", "init_data.xml"]
+    # a guest file named like one of the host's is not pushed over it
+    (agent.work / "stderr.txt").write_text("from the guest\n")
+    (agent.work / "out").write_text("result\n")
+    agent.sh("share_final_push")
+    assert (agent.host / "stderr.txt").read_text() == "host only\n"
+    assert (agent.host / "out").read_text() == "result\n"
+    assert (agent.host / EXCLUDE_FILE).exists()

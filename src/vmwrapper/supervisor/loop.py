@@ -41,7 +41,7 @@ from vmwrapper.shared_dir.triggers import (
     parse_completion,
     parse_temporary_exit,
 )
-from vmwrapper.shared_dir.watch import SharedDir, write_graphics_status
+from vmwrapper.shared_dir.watch import SharedDir, write_graphics_status, write_slot_exclusions
 from vmwrapper.spec.model import JobSpec
 from vmwrapper.supervisor import backoff, events, report
 from vmwrapper.supervisor import checkpoint as ckpt
@@ -318,6 +318,11 @@ class Supervisor:
                 self.shared.ensure()
             except OSError as exc:
                 log.error("Could not create the shared directory: %s", exc)
+        elif job.share_slot_dir:
+            try:
+                write_slot_exclusions(self.settings.slot_dir)
+            except OSError as exc:
+                log.error("Could not write the guest's exclusion list: %s", exc)
         if job.enable_scratch_directory:
             try:
                 Path(self.client.init_data.project_dir or "project", "scratch").mkdir(
