@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -144,19 +145,34 @@ def test_a_start_from_a_checkpoint_supersedes_the_saved_state(tmp_path: Path) ->
 
 
 def test_a_snapshot_qemu_cannot_load_is_a_checkpoint_error(tmp_path: Path) -> None:
-    """QEMU dies loading it (here: a disk-only snapshot made by qemu-img, no VM state); the
+    """QEMU dies loading it (here: taken with 256 MB of RAM, loaded into 512); the
     supervisor then boots afresh, so this must be CheckpointError, not VmStartError."""
+    slot, project = make_slot(tmp_path)
+    config = vm_config(slot, project)
+    with qemu_backend(config) as first:
+        first.start()
+        first.checkpoint("small")
+        first.poweroff(timeout=0)
+        with qemu_backend(replace(config, memory_mb=2 * config.memory_mb)) as vm:
+            with pytest.raises(CheckpointError, match="small") as info:
+                vm.start(restore="small")
+            assert info.value.exit_code not in (0, None)
+            assert vm.pid() is None
+            vm.start()
+            assert vm.status().state is VmState.RUNNING
+
+
+def test_a_disk_only_snapshot_is_restored_by_booting_from_its_disks(tmp_path: Path) -> None:
+    """One made without VM state (checkpoint_disks, or qemu-img here): start(restore=...)
+    puts the disks back and boots without -loadvm."""
     slot, project = make_slot(tmp_path)
     with qemu_backend(vm_config(slot, project)) as vm:
         vm.create()
         subprocess.run(
             ["qemu-img", "snapshot", "-c", "disk_only", str(vm.files.disk_overlay)], check=True
         )
-        with pytest.raises(CheckpointError, match="disk_only") as info:
-            vm.start(restore="disk_only")
-        assert info.value.exit_code not in (0, None)
-        assert vm.pid() is None
-        vm.start()
+        vm.start(restore="disk_only")
+        assert "-loadvm" not in vm.argv
         assert vm.status().state is VmState.RUNNING
 
 

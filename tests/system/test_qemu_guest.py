@@ -8,6 +8,7 @@ lines come back through ``guest_log()``.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from helpers.qemu_fixtures import (
     sha256,
 )
 from vmwrapper.errors import CheckpointRefused
-from vmwrapper.hypervisor.base import NetworkConfig, PortRule, VmState
+from vmwrapper.hypervisor.base import NetworkConfig, PortRule, Share, VmState
 from vmwrapper.hypervisor.qemu.backend import QemuBackend
 
 pytestmark = pytest.mark.system
@@ -258,3 +259,50 @@ def test_a_share_kept_mounted_refuses_snapshots_but_not_a_disk_checkpoint(
         assert (slot / "shared" / "boots").read_text() == "boot\nboot\n"
         assert "disks1" in vm.checkpoints()  # still there for the next restore
         vm.poweroff(0.0)
+
+
+ECHO_APP = """#!/bin/sh
+read -r line < in
+echo "got $line" >> out
+"""
+
+
+def test_a_slots_vdi_is_converted_once_per_image_in_the_project_dir(
+    tmp_path: Path, guest_image: Path
+) -> None:
+    """A task's disk is its overlay and snapshots: the slot's VDI copy (the client's
+    copy_file) is converted once into the project dir and replaced by a link to it."""
+    slot, project, config = make_guest_slot(tmp_path, guest_image, ECHO_APP, {"in": "one\n"})
+    with qemu_backend(config) as vm:
+        vm.create()
+        converted = list(project.glob("vm_image.vdi.*.qcow2"))
+        assert len(converted) == 1
+        link = (slot / "vm_image.vdi").read_text()
+        assert link == f"<soft_link>../../projects/example.org/{converted[0].name}</soft_link>\n"
+        assert not list(slot.glob("*.qcow2.*")) and not list(slot.glob("vm_image.vdi.*"))
+        assert sum(p.stat().st_size for p in slot.iterdir() if p.is_file()) < 1 << 20
+        vm.start()
+        status = GuestWatch(vm).wait_stopped()
+        assert status.state is VmState.POWERED_OFF and status.exit_code == 0, status
+        assert (slot / "shared" / "out").read_text() == "got one\n"
+        vm.start()  # a restart: the slot's link leads to the same conversion
+        assert GuestWatch(vm).wait_stopped().state is VmState.POWERED_OFF
+        assert (slot / "shared" / "out").read_text() == "got one\ngot one\n"
+    # a second task of the same app version: its copy is not converted again
+    other = tmp_path / "slots" / "1"
+    (other / "shared").mkdir(parents=True)
+    (other / "shared" / "boinc_app").write_text(ECHO_APP)
+    (other / "shared" / "in").write_text("two\n")
+    shutil.copyfile(guest_image, other / "vm_image.vdi")
+    mtime = converted[0].stat().st_mtime_ns
+    second = replace(
+        config,
+        slot_dir=other,
+        disk_image=other / "vm_image.vdi",
+        shares=(Share("shared", other / "shared"),),
+    )
+    with qemu_backend(second) as vm:
+        vm.create()
+        assert list(project.glob("vm_image.vdi.*.qcow2")) == converted
+        assert converted[0].stat().st_mtime_ns == mtime
+        assert (other / "vm_image.vdi").read_text().startswith("<soft_link>")

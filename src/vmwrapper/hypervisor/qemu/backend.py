@@ -43,6 +43,7 @@ from typing import Any
 import psutil
 from qemu.qmp import ExecuteError, QMPClient
 
+from vmwrapper.boinc import files
 from vmwrapper.errors import BackendError, CheckpointError, VmStartError
 from vmwrapper.hypervisor.base import (
     Diagnosis,
@@ -494,13 +495,30 @@ class QemuBackend:
         (the slot's own image) or, for a multiattach parent, in the project dir where all
         slots share it; the parent itself is only read.
         """
+        in_slot = parent.parent.resolve() == self.config.slot_dir.resolve()
+        if in_slot:
+            linked = files.resolve_filename(parent.parent, parent.name)
+            if linked != parent:  # an earlier run of this task put the conversion in its place
+                if not linked.is_file():
+                    raise VmStartError(
+                        f"{parent.name} links to {linked}, which is gone; the task cannot "
+                        "start (abort it: the client will fetch the image for a new one)"
+                    )
+                return linked, "qcow2"
         info = json.loads(self._qemu_img("info", "-U", "--output=json", str(parent)))
         fmt = str(info["format"])
         if fmt in SNAPSHOT_SAFE_FORMATS:
             return parent, fmt
-        stat = parent.stat()
-        key = f"{parent.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-        base = parent.with_name(f"{parent.name}.{hashlib.sha256(key).hexdigest()[:12]}.qcow2")
+        shared_by_tasks = in_slot and self.config.project_dir.is_dir()
+        if shared_by_tasks:
+            # one conversion per image content (so per app version), in the project dir
+            with parent.open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            base = self.config.project_dir / f"{parent.name}.{digest[:16]}.qcow2"
+        else:
+            stat = parent.stat()
+            key = f"{parent.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+            base = parent.with_name(f"{parent.name}.{hashlib.sha256(key).hexdigest()[:12]}.qcow2")
         if not base.exists():
             _remove_dead_converters_files(base)
             tmp = base.with_name(f"{base.name}.{os.getpid()}.tmp")
@@ -516,6 +534,8 @@ class QemuBackend:
                 "%s converted to %s (QEMU cannot snapshot over %s)", parent.name, base.name, fmt,
                 extra={"event": "qemu_base_converted"},
             )  # fmt: skip
+        if shared_by_tasks:
+            _link_in_place(parent, base)
         return base, "qcow2"
 
     def _qemu_img(self, *args: str, timeout: float = 120.0) -> str:
@@ -1180,6 +1200,20 @@ def _tail(path: Path, start: int, limit: int = 1 << 20) -> str:
             return fh.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def _link_in_place(copy: Path, target: Path) -> None:
+    """Replace the slot's copy of an image with a BOINC link file to its shared conversion:
+    the task's disk is then its overlay and snapshots, and the client, which copies an input
+    only when its name is missing from the slot, does not copy it again at a restart
+    (docs/compatibility.md#runtime)."""
+    tmp = copy.with_name(f"{copy.name}.link.tmp")
+    tmp.write_text(files.format_soft_link(os.path.relpath(target, copy.parent)))
+    tmp.replace(copy)
+    log.info(
+        "%s now links to %s (converted once for every task)", copy.name, target.name,
+        extra={"event": "qemu_image_linked"},
+    )  # fmt: skip
 
 
 def _remove_dead_converters_files(base: Path) -> None:
