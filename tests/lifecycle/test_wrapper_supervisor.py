@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -414,6 +415,43 @@ def test_abort_cleans_up_and_finishes_194(tmp_path: Path) -> None:
     run = run_job(tmp_path, JobSpec(), FakeScript(), control=[(20, "<abort/>")])
     assert run.outcome == Finish(EXIT_ABORTED_BY_CLIENT)
     assert run.backend.state is VmState.ABSENT
+
+
+# -- long back-end calls: the client is served meanwhile (docs/supervisor.md) ----
+
+
+@pytest.mark.parametrize(
+    ("message", "outcome"),
+    [("<quit/>", PlainExit(0)), ("<abort/>", Finish(EXIT_ABORTED_BY_CLIENT))],
+)
+def test_a_quit_or_an_abort_during_a_long_conversion_is_acted_on_at_once(
+    tmp_path: Path, message: str, outcome: object
+) -> None:
+    # create() converts the image: here it would block for 30 s of real time unless cut short
+    started = time.monotonic()
+    run = run_job(tmp_path, JobSpec(), FakeScript(hang=("create",)), control=[(3, message)])
+    assert run.outcome == outcome
+    assert run.backend.calls[:2] == ["create", "cancel"]
+    assert not [c for c in run.backend.calls if c.startswith("start")]  # the step stopped
+    assert time.monotonic() - started < 20  # far from the 30 s the conversion would take
+    # the client kept getting status messages while the conversion ran
+    assert len(run.client.statuses) >= 4
+
+
+def test_a_long_call_that_finishes_by_itself_goes_on_with_the_step(tmp_path: Path) -> None:
+    class SlowCreate(FakeBackend):
+        def create(self) -> None:
+            time.sleep(1.2)  # over SERVE_PERIOD: served, not interrupted
+            super().create()
+
+    slot = make_slot(tmp_path)
+    clock = FakeClock()
+    backend = SlowCreate(
+        vm_config(slot, JobSpec()), FakeScript(steps=steps((30, "poweroff", "", ""))), clock=clock
+    )
+    run = run_job(tmp_path, JobSpec(), backend=backend, clock=clock)
+    assert run.outcome == Finish(0)
+    assert run.backend.calls[:2] == ["create", "start:"]
 
 
 def test_quit_while_booting(tmp_path: Path) -> None:

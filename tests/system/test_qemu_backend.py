@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from helpers.qemu_fixtures import (
     tcp_connects,
     vm_config,
 )
-from vmwrapper.errors import CheckpointError, VmStartError
+from vmwrapper.errors import CheckpointError, VmStartError, VmWrapperError
 from vmwrapper.hypervisor.base import (
     Diagnosis,
     NetworkConfig,
@@ -512,3 +513,34 @@ def test_aarch64_guest_runs_from_the_same_table(tmp_path: Path) -> None:
         assert vm.checkpoints() == ("ckpt_1",)
         vm.poweroff(timeout=0)
         assert any("UEFI" in line for line in vm.guest_log())  # the firmware's console
+
+
+def test_cancel_cuts_a_long_conversion_short(tmp_path: Path) -> None:
+    """The supervisor calls cancel() from its own thread when the client asks for a quit or
+    an abort while create() converts the image (up to an hour for a big one): the running
+    qemu-img is killed, create() raises at once and leaves no temporary file."""
+    slot, project = make_slot(tmp_path)
+    slow = tmp_path / "slow-qemu-img"  # qemu-img, but its conversion never ends
+    slow.write_text('#!/bin/sh\n[ "$1" = convert ] && exec sleep 600\nexec qemu-img "$@"\n')
+    slow.chmod(0o755)
+    errors: list[Exception] = []
+
+    def create(vm: QemuBackend) -> None:
+        try:
+            vm.create()
+        except VmWrapperError as exc:
+            errors.append(exc)
+
+    with qemu_backend(vm_config(slot, project), qemu_img=str(slow)) as vm:
+        worker = threading.Thread(target=create, args=(vm,))
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not [p for p in psutil.Process().children(recursive=True) if p.name() == "sleep"]:
+            assert time.monotonic() < deadline, "the conversion never started"
+            time.sleep(0.05)
+        cancelled = time.monotonic()
+        vm.cancel()
+        worker.join(30)
+        assert not worker.is_alive() and time.monotonic() - cancelled < 10
+        assert errors and "qemu-img failed" in str(errors[0])
+        assert not list(project.glob("*.tmp")) and not list(slot.glob("*.tmp"))

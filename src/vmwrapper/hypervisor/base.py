@@ -137,6 +137,15 @@ class NetUsage:
 
 
 @runtime_checkable
+class Cancellable(Protocol):
+    """A back end whose long calls (an image conversion) can be cut short from another
+    thread: the call then raises BackendError. The supervisor calls it when the client asks
+    for a quit or an abort meanwhile."""
+
+    def cancel(self) -> None: ...
+
+
+@runtime_checkable
 class DiskCheckpoints(Protocol):
     """A back end that can checkpoint the disks alone when a full snapshot is refused (QEMU
     while the guest keeps a 9p share mounted). Restoring one boots the VM afresh from the

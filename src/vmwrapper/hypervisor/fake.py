@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,8 @@ class FakeScript:
     diagnoses: tuple[str, ...] = ()  # Diagnosis values diagnose() reports
     exit_code: int | None = None  # reported with CRASHED
     net_rate: tuple[float, float] = (0.0, 0.0)  # NIC bytes (sent, received) per guest second
+    #: methods that block (real time, up to 30 s) until cancel(), as a long conversion does
+    hang: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, text: str) -> FakeScript:
@@ -69,6 +72,7 @@ class FakeScript:
         diagnoses = tuple(data.pop("diagnoses", ()))
         sent, received = data.pop("net_rate", (0.0, 0.0))
         return cls(
+            hang=tuple(data.pop("hang", ())),
             steps=steps,
             boot_seconds=math.inf if boot is None else float(boot),
             diagnoses=diagnoses,
@@ -120,6 +124,7 @@ class FakeBackend:
         self._started_at = 0.0
         self._last = 0.0
         self._console: list[str] = []
+        self._cancel = threading.Event()
         self._refused = 0
         self._cpu = 0.0
         self._run = 0  # start() calls: the pid
@@ -157,6 +162,11 @@ class FakeBackend:
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
+        if name.split(":")[0] in self.script.hang:
+            cancelled = self._cancel.wait(30.0)
+            self._cancel.clear()
+            if cancelled:
+                raise BackendError(f"fake {name} cancelled")
         kind = self.script.fail.get(name.split(":")[0])
         if kind:
             self._save()
@@ -230,6 +240,10 @@ class FakeBackend:
     # -- Backend ------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.state is not VmState.ABSENT
+
+    def cancel(self) -> None:
+        self.calls.append("cancel")
+        self._cancel.set()
 
     def create(self) -> None:
         self._call("create")

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -29,7 +30,14 @@ from typing import Protocol, TypeVar
 from vmwrapper.boinc.app import ClientStatus
 from vmwrapper.boinc.init_data import AppInitData
 from vmwrapper.errors import CheckpointError, CheckpointRefused, InputError, VmWrapperError
-from vmwrapper.hypervisor.base import Backend, Diagnosis, DiskCheckpoints, NetUsage, VmState
+from vmwrapper.hypervisor.base import (
+    Backend,
+    Cancellable,
+    Diagnosis,
+    DiskCheckpoints,
+    NetUsage,
+    VmState,
+)
 from vmwrapper.hypervisor.qemu.console import done_status
 from vmwrapper.outcome import Finish, Outcome, PlainExit, TemporaryExit
 from vmwrapper.shared_dir.heartbeat import HeartbeatWatch
@@ -70,6 +78,9 @@ GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
 #: checkpoint (or the job is over), and an ACPI shutdown would let the guest run on meanwhile.
 POWEROFF_GRACE = 0.0
 CERN_OUTPUT_FILE = "output"
+#: A back-end call still running after this long (a conversion, a snapshot) is waited for
+#: while the client is served: its messages read, status sent (docs/supervisor.md).
+SERVE_PERIOD = 0.5
 #: Trigger files already acted on, kept across restarts (see triggers.is_echo).
 CONSUMED_FILE = "vmwrapper_triggers.json"
 
@@ -161,6 +172,11 @@ class _Runtime:
     priority_lowered: bool = False
     guest_oom: bool = False  # the guest printed EXIT_OUT_OF_MEMORY
     guest_status: int | None = None  # N of the guest's VMWRAPPER_GUEST_DONE status=N line
+
+
+class _Interrupted(Exception):
+    """The client asked for a quit or an abort while a long back-end call ran: the step's
+    other actions are skipped, and the next tick acts on the request."""
 
 
 class Supervisor:
@@ -625,6 +641,11 @@ class Supervisor:
                 return None
             try:
                 self._do(action)
+            except _Interrupted as exc:
+                log.info("%s cut short: %s", type(action).__name__, exc)
+                if ending:
+                    continue  # on the way out every action is still tried
+                return None
             except Exception as exc:  # classified below; the machine decides what it means
                 failure = backoff.classify(exc)
                 log.error(
@@ -645,6 +666,59 @@ class Supervisor:
         handler = getattr(self, f"_do_{type(action).__name__}")
         handler(action)
 
+    def _serving(self, what: str, call: Callable[[], _T]) -> _T:
+        """Run a back-end call that may take long (an image conversion, a snapshot) in a
+        worker thread and keep serving the client meanwhile: its messages read, a status
+        message (with the CPU time last known) every SERVE_PERIOD, trickles handed over. A
+        quit, an abort or a lost client cuts the call short where the back end can
+        (:class:`Cancellable`) and interrupts the step."""
+        done: list[_T] = []
+        failed: list[Exception] = []
+
+        def work() -> None:
+            try:
+                done.append(call())
+            except Exception as exc:  # re-raised in the loop's thread
+                failed.append(exc)
+
+        worker = threading.Thread(target=work, name=f"vmwrapper-{what}", daemon=True)
+        worker.start()
+        worker.join(SERVE_PERIOD)
+        stop = ""
+        while worker.is_alive():
+            self.sleep(SERVE_PERIOD)
+            worker.join(0.05)
+            cs = self.client.poll()
+            self._report_held()
+            self.client.tick()
+            wanted = (
+                "abort" if cs.abort_request else
+                "quit" if cs.quit_request or self.quit_requested else
+                "stop (client gone)" if cs.no_heartbeat else ""
+            )  # fmt: skip
+            if wanted and not stop:
+                stop = wanted
+                log.info("The client asked to %s during %s; stopping it.", stop, what)
+                if isinstance(self.backend, Cancellable):
+                    self.backend.cancel()
+        if stop:
+            raise _Interrupted(f"{what} stopped: the client asked to {stop}")
+        if failed:
+            raise failed[0]
+        return done[0]
+
+    def _report_held(self) -> None:
+        """A status message while a long call runs: nothing is asked of the back end."""
+        rt = self.rt
+        self.client.report_status(
+            cpu_time=rt.cpu,
+            checkpoint_cpu_time=rt.checkpoint_cpu,
+            fraction_done=rt.fraction,
+            other_pid=None,
+            bytes_sent=rt.net.sent,
+            bytes_received=rt.net.received,
+        )
+
     def _do_PrepareVm(self, action: m.PrepareVm) -> None:
         backend = self.backend
         if self.settings.contextualize is not None:
@@ -652,7 +726,7 @@ class Supervisor:
             self.settings.contextualize()
         if not backend.exists():
             log.info("Create VM. (%s)", backend.name, extra={"event": events.VM_CREATED})
-            backend.create()
+            self._serving("create", backend.create)  # may convert the image: long
             return
         status = backend.status()
         if status.state.online:
@@ -668,7 +742,7 @@ class Supervisor:
 
     def _do_StartVm(self, action: m.StartVm) -> None:
         try:
-            pid = self.backend.start(action.restore or None)
+            pid = self._serving("start", lambda: self.backend.start(action.restore or None))
         except CheckpointError as exc:
             if not action.restore:
                 raise
@@ -753,14 +827,14 @@ class Supervisor:
             try:
                 if not action.final and rt.checkpoint_refusals >= ckpt.REFUSED_LIMIT:
                     try:  # a full snapshot once more: the guest may have let go of the share
-                        self.backend.checkpoint(name)
+                        self._serving("checkpoint", lambda: self.backend.checkpoint(name))
                     except CheckpointRefused:
                         rt.checkpoint_refusals += 1
                         self._checkpoint_disks(name)
                     else:
                         rt.checkpoint_refusals = 0
                 else:
-                    self.backend.checkpoint(name)
+                    self._serving("checkpoint", lambda: self.backend.checkpoint(name))
                     rt.checkpoint_refusals = 0
                 break
             except CheckpointRefused as exc:
@@ -805,7 +879,8 @@ class Supervisor:
             name,
             extra={"event": events.CHECKPOINT_DISKS, "snapshot": name},
         )
-        self.backend.checkpoint_disks(name)
+        backend = self.backend
+        self._serving("checkpoint", lambda: backend.checkpoint_disks(name))
 
     def _commit_checkpoint(self, snapshot: str) -> None:
         """Record the verified snapshot, then drop the one it replaces (that order)."""

@@ -423,6 +423,7 @@ class QemuBackend:
         self._console = ConsoleLines()
         self._console_offset = 0
         self._run_console_start = 0
+        self._tool: subprocess.Popen[str] | None = None  # the qemu-img running now, if any
         self._run_stderr_start = 0
         self._pending: list[str] = []
         self._cap_percent = 100
@@ -541,16 +542,31 @@ class QemuBackend:
     def _qemu_img(self, *args: str, timeout: float = 120.0) -> str:
         argv = [self.qemu_img, *args]
         try:
-            done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, check=False
-            )
+            with subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ) as proc:
+                self._tool = proc
+                try:
+                    out, err = proc.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    raise
+                finally:
+                    self._tool = None
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise BackendError(f"qemu-img failed: {exc}", argv=argv) from exc
-        if done.returncode != 0:
-            raise BackendError(
-                "qemu-img failed", argv=argv, exit_code=done.returncode, output=done.stderr
-            )
-        return done.stdout
+        if proc.returncode != 0:
+            raise BackendError("qemu-img failed", argv=argv, exit_code=proc.returncode, output=err)
+        return out
+
+    def cancel(self) -> None:
+        """Cut a running qemu-img short (a conversion can take an hour): called from another
+        thread when the client asks for a quit or an abort; the call then raises."""
+        tool = self._tool
+        if tool is not None:
+            with contextlib.suppress(OSError):
+                tool.kill()
 
     # --- start -------------------------------------------------------------------------
 
