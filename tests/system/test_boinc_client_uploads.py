@@ -25,6 +25,7 @@ from vmwrapper.boincclient import JobRequest, Naming, ResultState
 from vmwrapper.cli.lint import gather
 from vmwrapper.hypervisor.fake import FakeScript, GuestStep
 from vmwrapper.packaging.lint import lint_app_dir
+from vmwrapper.packaging.templates import OutputFile, OutputTemplate, format_output_template
 from vmwrapper.supervisor.events import read_events
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
@@ -38,34 +39,16 @@ JOB_XML = """<vbox_job>
 </vbox_job>
 """
 
-OUTPUT_TEMPLATE = """<output_template>
-<file_info>
-    <name><OUTFILE_0/></name>
-    <generated_locally/>
-    <upload_when_present/>
-    <max_nbytes>100000</max_nbytes>
-    <url><UPLOAD_URL/></url>
-</file_info>
-<file_info>
-    <name><OUTFILE_1/></name>
-    <generated_locally/>
-    <upload_when_present/>
-    <max_nbytes>100000</max_nbytes>
-    <url><UPLOAD_URL/></url>
-</file_info>
-<result>
-    <file_ref>
-        <file_name><OUTFILE_0/></file_name>
-        <open_name>shared/result</open_name>
-        <copy_file/>
-    </file_ref>
-    <file_ref>
-        <file_name><OUTFILE_1/></file_name>
-        <open_name>partial.dat</open_name>
-    </file_ref>
-</result>
-</output_template>
-"""
+# the final output in shared/ as usual; the intermediate upload: its shared-dir name as the
+# open name, no <copy_file/> (docs/compatibility.md#runtime)
+OUTPUT_TEMPLATE = format_output_template(
+    OutputTemplate(
+        (
+            OutputFile("shared/result", max_nbytes=100000),
+            OutputFile("partial.dat", max_nbytes=100000, copy_file=False),
+        )
+    )
+)
 
 JOB = JobRequest(name="up1")
 RESULT = JOB.result_name

@@ -19,6 +19,15 @@ import pytest
 from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from helpers.supervisor_fixtures import LAUNCHER
 from vmwrapper.harness.job import JobRequest, run_job
+from vmwrapper.packaging.templates import (
+    InputFile,
+    InputTemplate,
+    OutputFile,
+    OutputTemplate,
+    format_input_template,
+    format_output_template,
+)
+from vmwrapper.packaging.version import AppVersion, VersionFile, format_version_xml
 from vmwrapper.shared_dir.watch import SLOT_PRIVATE_PATTERNS
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
@@ -60,32 +69,22 @@ def worker_app_dir(root: Path, image: Path, app: str, extra: str) -> Path:
     (d / "boinc_app_1.sh").write_text(app)
     (d / "worker_data_1.txt").write_text("forty-two\n")
     (d / "inputs" / "in").write_text("7\n")
-    (d / "version.xml").write_text(
-        "<version>\n"
-        "  <file><physical_name>vmwrapper_1.sh</physical_name><main_program/></file>\n"
-        "  <file><physical_name>vbox_job_1.xml</physical_name>"
-        "<logical_name>vbox_job.xml</logical_name></file>\n"
-        "  <file><physical_name>vm_image_1.vdi</physical_name>"
-        "<logical_name>vm_image.vdi</logical_name><copy_file/></file>\n"
-        "  <file><physical_name>boinc_app_1.sh</physical_name>"
-        "<logical_name>boinc_app</logical_name><copy_file/></file>\n"
-        "  <file><physical_name>worker_data_1.txt</physical_name></file>\n"
-        "  <is_wrapper/>\n"
-        "  <api_version>7.20.5</api_version>\n"
-        "  <cmdline>--backend qemu</cmdline>\n"
-        "</version>\n"
+    version = AppVersion(
+        (
+            VersionFile("vmwrapper_1.sh", main_program=True, executable=True),
+            VersionFile("vbox_job_1.xml", "vbox_job.xml"),
+            VersionFile("vm_image_1.vdi", "vm_image.vdi", copy_file=True),
+            VersionFile("boinc_app_1.sh", "boinc_app", copy_file=True),
+            VersionFile("worker_data_1.txt"),  # read through the project share
+        ),
+        cmdline="--backend qemu",
     )
-    (d / "templates" / "input_template.xml").write_text(
-        "<input_template>\n<file_info><number>0</number></file_info>\n<workunit>\n"
-        "<file_ref><file_number>0</file_number><open_name>in</open_name><copy_file/>"
-        "</file_ref>\n</workunit>\n</input_template>\n"
-    )
-    (d / "templates" / "output_template.xml").write_text(
-        "<output_template>\n<file_info><name><OUTFILE_0/></name><generated_locally/>"
-        "<upload_when_present/><max_nbytes>100000</max_nbytes><url><UPLOAD_URL/></url>"
-        "</file_info>\n<result>\n<file_ref><file_name><OUTFILE_0/></file_name>"
-        "<open_name>out</open_name><copy_file/></file_ref>\n</result>\n</output_template>\n"
-    )
+    (d / "version.xml").write_text(format_version_xml(version))
+    # the job's files in the slot itself, not under shared/
+    inputs = InputTemplate((InputFile("in"),))
+    outputs = OutputTemplate((OutputFile("out", max_nbytes=100000),))
+    (d / "templates" / "input_template.xml").write_text(format_input_template(inputs))
+    (d / "templates" / "output_template.xml").write_text(format_output_template(outputs))
     return d
 
 

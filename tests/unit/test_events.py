@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -132,22 +133,32 @@ def test_a_held_line_is_never_overtaken() -> None:
     assert cap.admit("c\n") is False  # would fit, but must not come before the held line
 
 
-def test_stderr_and_events_keep_head_and_tail_around_a_note(tmp_path: Path) -> None:
+def logged_guest_lines(
+    tmp_path: Path, limit: int, count: int, then: Callable[[logging.Logger], None]
+) -> list[str]:
+    """stderr's lines after ``count`` guest lines and ``then``, with the handlers closed."""
     stream = io.StringIO()
-    uninstall = events.install(tmp_path, stream=stream, guest_log_limit=4096)
+    uninstall = events.install(tmp_path, stream=stream, guest_log_limit=limit)
     log = logging.getLogger("vmwrapper.test")
     try:
-        for i in range(400):
+        for i in range(count):
             guest(log, f"line {i:04d}")
+        then(log)
+    finally:
+        uninstall()
+    return stream.getvalue().splitlines()
+
+
+def test_stderr_and_events_keep_head_and_tail_around_a_note(tmp_path: Path) -> None:
+    def wrapper_lines(log: logging.Logger) -> None:
         log.info("Checkpoint completed.", extra={"event": events.CHECKPOINT})
         log.info(
             "VM state change detected.",
             extra={"event": events.VM_STATE, "old": "running", "new": "poweredoff"},
         )
         log.info("Outcome: Finish (status 0)", extra={"event": events.OUTCOME})
-    finally:
-        uninstall()
-    lines = stream.getvalue().splitlines()
+
+    lines = logged_guest_lines(tmp_path, 4096, 400, wrapper_lines)
     guest_lines = [line for line in lines if "Guest Log:" in line]
     assert sum(len(line) + 1 for line in guest_lines) <= 4096
     assert guest_lines[0].endswith("line 0000") and guest_lines[-1].endswith("line 0399")
@@ -168,13 +179,7 @@ def test_stderr_and_events_keep_head_and_tail_around_a_note(tmp_path: Path) -> N
 
 
 def test_held_lines_are_written_when_the_handlers_close(tmp_path: Path) -> None:
-    stream = io.StringIO()
-    uninstall = events.install(tmp_path, stream=stream, guest_log_limit=1000)
-    log = logging.getLogger("vmwrapper.test")
-    try:
-        for i in range(50):
-            guest(log, f"line {i:04d}")
-    finally:
-        uninstall()  # a run that ends without the VM going down (killed wrapper aside)
-    assert stream.getvalue().splitlines()[-1].endswith("line 0049")
+    # a run that ends without the VM going down (killed wrapper aside)
+    lines = logged_guest_lines(tmp_path, 1000, 50, lambda log: None)
+    assert lines[-1].endswith("line 0049")
     assert events.read_events(tmp_path)[-1]["message"].endswith("line 0049")
