@@ -6,7 +6,9 @@ VDI), a slot set up as the client would (copy mode: the VDI copied into the slot
 QEMU back end creates the VM, boots the guest image, and takes one checkpoint (a 256 MB guest
 with 64 MiB of its RAM written by the app). The slot's files are summed (allocated blocks, and
 apparent sizes) after `create()` and after the checkpoint, and so is what the project dir
-gained (a multiattach parent is converted to qcow2 once per project, next to the parent).
+gained (a multiattach parent is converted to qcow2 once per project, next to the parent; a
+slot's VDI copy is converted once per image content into the project dir too, and the copy is
+replaced by a link to that conversion).
 
     .venv/bin/python bench/bench_disk_multiattach.py [--reps N]
 """
@@ -152,6 +154,11 @@ def main() -> None:
     write_result(build_result(usage, image, load))
 
 
+#: The per-slot copy before the conversion moved to the project dir (2026-11-27 run).
+BEFORE_COPY_CREATED = 22.8
+BEFORE_COPY_CHECKPOINTED = 170.3
+
+
 def build_result(usage: dict[str, list[Usage]], image: Path, load: LoadWatch) -> Result:
     def stat(variant: str, pick: str) -> Stats:
         return Stats(tuple(getattr(u, pick).allocated / 2**20 for u in usage[variant]))
@@ -184,12 +191,15 @@ The image: the default guest image, {vdi:.1f} MiB as VDI. "Allocated" = blocks o
 | after boot + one checkpoint | {m_k.show("", 1)} | {c_k.show("", 1)} | {ratio_ckpt.show("", 3)} |
 | once per project (project dir gained) | {m_p.show("", 1)} | {c_p.show("", 1)} | |
 
-Per slot, the copy costs the VDI copy plus its qcow2 conversion (QEMU cannot snapshot with a
-VDI open, so the back end converts the slot's VDI to `vm_image.vdi.<hash>.qcow2`); with
-multiattach the slot holds only its overlay (`vm_disk.qcow2`), and the parent's conversion is
-made once in the project dir and shared. A checkpoint puts the VM's state (here a 256 MB guest
-with 64 MiB written) into the slot's overlay in both modes, so the ratio moves towards 1 as the
-snapshot dominates.
+QEMU cannot snapshot with a VDI open, so a VDI is converted to qcow2 once. With multiattach
+the parent's conversion is made once in the project dir and the slot holds only its overlay
+(`vm_disk.qcow2`). With a per-slot copy (`<copy_file/>`) the slot's VDI is now converted once
+per image content into the project dir too (`vm_image.vdi.<sha256>.qcow2`, shared by every
+task of the app version) and the copy is replaced by a BOINC link file to it, so the slot
+again holds only its overlay; before this change it held the VDI copy plus its own
+conversion: {BEFORE_COPY_CREATED} MiB before boot, {BEFORE_COPY_CHECKPOINTED} MiB after a
+checkpoint (2026-11-27, same host and image). A checkpoint puts the VM's state (here a 256 MB
+guest with 64 MiB written) into the slot's overlay in both modes.
 
 Host total (project VDI + conversions + N tasks after one checkpoint each), MiB:
 

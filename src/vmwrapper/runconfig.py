@@ -28,11 +28,14 @@ MAX_CLI_THREADS = 32
 BACKENDS = ("qemu", "virtualbox", "fake")
 DEFAULT_BACKEND = "qemu"
 STANDALONE_VM_NAME = "boinc_standalone"
+#: Bytes of guest console lines stderr.txt and events.jsonl may each take over the task's life
+#: (--guest_log_limit; docs/compatibility.md#runtime).
+GUEST_LOG_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
 class WrapperArgs:
-    """vboxwrapper's options, plus our own `--dry-run` and `--backend`."""
+    """vboxwrapper's options, plus our own `--dry-run`, `--backend` and `--guest_log_limit`."""
 
     trickle: float = 0.0
     nthreads: float = 0.0
@@ -42,6 +45,7 @@ class WrapperArgs:
     sporadic: bool = False
     dry_run: bool = False
     backend: str = ""
+    guest_log_limit: int = GUEST_LOG_LIMIT
 
 
 def _number(option: str, text: str, convert: Callable[[str], float]) -> float:
@@ -59,6 +63,7 @@ _VALUE_OPTIONS: dict[str, tuple[str, Callable[[str], float]]] = {
     "--nthreads": ("nthreads", float),
     "--memory_size_mb": ("memory_size_mb", float),
     "--vmimage": ("vmimage", int),
+    "--guest_log_limit": ("guest_log_limit", int),
 }
 _FLAG_OPTIONS = {
     "--register_only": "register_only",
@@ -69,7 +74,7 @@ _FLAG_OPTIONS = {
 USAGE = """\
 usage: vmwrapper [run] [--trickle SECONDS] [--nthreads N] [--memory_size_mb MB]
                  [--vmimage N] [--register_only] [--sporadic]
-                 [--backend qemu|virtualbox|fake] [--dry-run]"""
+                 [--backend qemu|virtualbox|fake] [--guest_log_limit BYTES] [--dry-run]"""
 
 
 def parse_wrapper_args(argv: Sequence[str]) -> WrapperArgs:
@@ -92,7 +97,7 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperArgs:
             else:
                 name, convert = _VALUE_OPTIONS[arg]
                 number = _number(arg, args[i], convert)
-                values[name] = int(number) if name == "vmimage" else number
+                values[name] = int(number) if convert is int else number
         else:
             raise CommandLineError(f"Unrecognized option: {arg!r}\n{USAGE}")
         i += 1
@@ -196,6 +201,57 @@ class RuntimePorts:
     webapi_port: int = 0  # host side of pf_guest_port; 0 = choose a free one
     remote_desktop_port: int = 0
     console_password: str = ""
+
+
+# -- the remote console's credential (docs/compatibility.md#runtime) --------------------------
+
+#: The slot file that tells the volunteer how to open the VM console. Never uploaded, readable
+#: by the client's account and group only (the wrapper writes it with mode 0640).
+CONSOLE_FILE = "vm_console.txt"
+_PASSWORD_LINE = "password: "
+
+
+def console_password_bytes(backend: str) -> int:
+    """Random bytes for a new password: VNC authentication (QEMU) checks only the first 8
+    characters, so it gets exactly 8 (6 bytes in URL-safe base64); VRDE takes longer ones."""
+    return 6 if backend != "virtualbox" else 12
+
+
+def format_console_file(backend: str, port: int, password: str, result_name: str) -> str:
+    """What ``vm_console.txt`` says: where the console is, how to log in, with what."""
+    from vmwrapper.hypervisor.virtualbox.commands import VRDE_USER
+
+    if backend == "virtualbox":
+        how = [
+            "protocol: RDP (VirtualBox VRDE)",
+            f"user: {VRDE_USER}",
+            "BOINC Manager: Tasks > Show VM Console opens an RDP client on this address;",
+            "give it the user and the password below when it asks.",
+        ]
+    else:
+        how = [
+            "protocol: VNC (QEMU), VNC authentication, no user name",
+            "BOINC Manager's Show VM Console starts an RDP client, which cannot speak VNC:",
+            f"open a VNC viewer on 127.0.0.1:{port} instead (e.g. `vncviewer 127.0.0.1::{port}`)",
+            "and give it the password below.",
+        ]
+    return "\n".join(
+        [
+            f"VM console of task {result_name or 'standalone'}",
+            f"address: 127.0.0.1:{port}",
+            *how,
+            f"{_PASSWORD_LINE}{password}",
+            "",
+        ]
+    )
+
+
+def parse_console_password(text: str) -> str | None:
+    """The password an earlier run of this task wrote (kept across restarts), if any."""
+    for line in text.splitlines():
+        if line.startswith(_PASSWORD_LINE) and line[len(_PASSWORD_LINE) :].strip():
+            return line[len(_PASSWORD_LINE) :].strip()
+    return None
 
 
 def _shares(spec: JobSpec, slot_dir: Path, project_dir: Path) -> tuple[Share, ...]:

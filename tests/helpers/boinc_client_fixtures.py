@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -104,6 +107,56 @@ def write_probe_app_dir(app_dir: Path, input_text: str = "hello-probe") -> Path:
     (app_dir / "templates" / "output_template.xml").write_text(PROBE_OUTPUT_TEMPLATE)
     (app_dir / "inputs" / "in").write_text(input_text + "\n")
     return app_dir
+
+
+class UploadServer:
+    """A project's file upload handler, as far as the client speaks to it: the size query
+    (``<get_file_size>``) and the upload (``<file_upload>`` header, then ``<data>`` and the
+    bytes), answered with ``<data_server_reply><status>0</status>``. Files land in
+    :attr:`received` by name; the URL holds ``file_upload_handler`` as real ones do."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                head, _, data = body.partition(b"<data>\n")
+                name = re.search(rb"<(?:name|get_file_size)>([^<]+)<", head)
+                reply = "<data_server_reply>\n    <status>0</status>\n"
+                if b"<get_file_size>" in head:
+                    reply += "    <file_size>0</file_size>\n"
+                elif name is not None:
+                    with server.lock:
+                        server.received[name.group(1).decode()] = data
+                payload = (reply + "</data_server_reply>\n").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{port}/vmwrapper_cgi/file_upload_handler"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> UploadServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def files(self) -> dict[str, bytes]:
+        with self.lock:
+            return dict(self.received)
 
 
 class ClientSession:

@@ -34,7 +34,9 @@ def test_json_summary_of_a_successful_job(
         }
     ]
     assert [t["variety"] for t in summary["trickles"]] == ["pyapp"]
-    assert [(u["logical_name"], u["status"]) for u in summary["uploads"]] == [("out", 0)]
+    assert [(u["logical_name"], u["status"]) for u in summary["uploads"]] == [
+        ("out", 1)
+    ]  # FILE_PRESENT, as the real client
     assert summary["fraction_done"] == pytest.approx(1.0)
     assert summary["workdir"] == str(tmp_path / "w")
 

@@ -11,8 +11,16 @@ from pathlib import Path
 
 from helpers.supervisor_fixtures import make_vm_app_dir
 from vmwrapper.context import floppy
-from vmwrapper.harness.job import Action, JobOutcome, JobRequest, ScheduledAction, run_job
+from vmwrapper.harness.job import (
+    Action,
+    JobOutcome,
+    JobRequest,
+    Progress,
+    ScheduledAction,
+    run_job,
+)
 from vmwrapper.hypervisor.fake import STATE_FILE, FakeScript, GuestStep
+from vmwrapper.runconfig import CONSOLE_FILE, parse_console_password
 from vmwrapper.supervisor.events import read_events
 
 JOB = """<vbox_job>
@@ -178,3 +186,67 @@ def test_abort_puts_the_screenshot_and_logs_into_stderr(tmp_path: Path) -> None:
     assert report.outcome is JobOutcome.ABORTED
     assert "Screen Shot Information (Base64 Encoded PNG):" in report.stderr_tail
     assert "Fake Hypervisor Log:" in report.stderr_tail
+
+
+def test_a_chatty_guest_is_capped_in_stderr_and_events(tmp_path: Path) -> None:
+    # ~1 MB of console output against a 64 KiB limit (--guest_log_limit, from the app
+    # version's command line): both files keep the first and the last lines and a note, and
+    # the wrapper's last lines stay at the end of stderr.txt, in the tail the client reports.
+    chatter = tuple(
+        GuestStep(0.5, "log", "", f"chatter {i:05d} " + "x" * 80) for i in range(10_000)
+    )
+    script = FakeScript(steps=(*chatter, GuestStep(1.0, "poweroff")))
+    job = JOB.format(extra="")
+    app = make_vm_app_dir(tmp_path, job, script, cmdline="--backend fake --guest_log_limit 65536")
+    report = run_job(request(app, tmp_path / "work"))
+    assert report.finish_status == 0, report.message + report.stderr_tail
+    slot = Path(report.slot_dir)
+    stderr = (slot / "stderr.txt").read_text().splitlines()
+    guest = [line for line in stderr if "Guest Log: chatter" in line]
+    assert sum(len(line) + 1 for line in guest) <= 65536
+    assert guest[0].endswith("chatter 00000 " + "x" * 80)
+    assert guest[-1].endswith("chatter 09999 " + "x" * 80)
+    note = next(line for line in stderr if "Guest log limit reached" in line)
+    assert f"{10_000 - len(guest)} guest lines" in note
+    assert "VM state change detected." in report.stderr_tail
+    assert "Outcome: Finish (status 0)" in stderr[-1]
+    recorded = read_events(slot)
+    guest_events = [e for e in recorded if e["event"] == "guest_log"]
+    assert sum(len(json.dumps(e)) + 1 for e in guest_events) <= 65536
+    assert guest_events[-1]["message"].startswith("Guest Log: chatter 09999")
+    assert [e["event"] for e in recorded].count("guest_log_dropped") == 1
+
+
+def test_console_credential_is_in_the_slot_only_and_kept_across_restarts(tmp_path: Path) -> None:
+    script = FakeScript(
+        steps=(
+            GuestStep(2.0, "write", "later", "1\n0\n"),
+            GuestStep(3.0, "write", "result", "ok\n"),
+            GuestStep(4.0, "write", "done", "0\n0\n"),
+        )
+    )
+    app = make_vm_app_dir(tmp_path, JOB.format(extra="<enable_remotedesktop/>"), script)
+    work = tmp_path / "work"
+    seen: dict[int, set[str]] = {}
+
+    def on_progress(progress: Progress) -> None:
+        path = work / "slots" / "0" / CONSOLE_FILE
+        if path.exists():
+            password = parse_console_password(path.read_text())
+            if password:
+                seen.setdefault(progress.episode, set()).add(password)
+
+    report = run_job(request(app, work), on_progress=on_progress)
+    assert report.outcome is JobOutcome.SUCCESS, report.message + report.stderr_tail
+    assert report.episodes == 2 and len(seen) == 2, seen
+    passwords = set().union(*seen.values())
+    assert len(passwords) == 1  # the same password in both runs (a VirtualBox VM keeps it)
+    (password,) = passwords
+    slot = Path(report.slot_dir)
+    assert (slot / CONSOLE_FILE).stat().st_mode & 0o777 == 0o640
+    assert report.remote_desktop_addr and report.remote_desktop_addr.startswith("localhost:")
+    port = report.remote_desktop_addr.split(":")[1]
+    assert f"address: 127.0.0.1:{port}" in (slot / CONSOLE_FILE).read_text()
+    assert password not in (slot / "stderr.txt").read_text()
+    assert password not in (slot / "events.jsonl").read_text()
+    assert f"{CONSOLE_FILE} in the slot" in (slot / "stderr.txt").read_text()

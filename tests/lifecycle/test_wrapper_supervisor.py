@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from vmwrapper.outcome import (
     ERR_FILE_MISSING,
     ERR_TIMEOUT,
     EXIT_ABORTED_BY_CLIENT,
+    EXIT_CHILD_FAILED,
     EXIT_OUT_OF_MEMORY,
     Finish,
     PlainExit,
@@ -174,7 +176,8 @@ def test_trickle_files_each_become_a_trickle_none_lost(tmp_path: Path) -> None:
 
 
 def test_sync_echo_of_a_consumed_trickle_is_not_sent_twice(tmp_path: Path) -> None:
-    """The QEMU guest agent pushes a new file twice and never sees the host delete it."""
+    """The QEMU guest agent pushes a version twice and never sees the host delete it; a new
+    write of the same text, even two seconds later, is a new trickle."""
     job = JobSpec(
         enable_shared_directory=True,
         completion_trigger_file="done",
@@ -183,13 +186,16 @@ def test_sync_echo_of_a_consumed_trickle_is_not_sent_twice(tmp_path: Path) -> No
     script = FakeScript(
         steps=steps(
             (10, "write", "trickle_a", "<n>1</n>"),
-            (12, "write", "trickle_a", "<n>1</n>"),  # the echo
-            (30, "write", "trickle_a", "<n>1</n>"),  # the same text, much later: a new one
+            (11, "echo", "trickle_a", ""),  # the agent pushes that version again
+            (13, "write", "trickle_a", "<n>1</n>"),  # the guest sends the same text again
+            (15, "echo", "trickle_a", ""),
+            (30, "write", "trickle_a", "<n>1</n>"),  # and once more, much later
+            (39, "echo", "trickle_a", ""),  # the final push
             done_at(40),
         )
     )
     run = run_job(tmp_path, job, script)
-    assert [t.body for t in run.client.trickles] == ["<n>1</n>", "<n>1</n>"]
+    assert [t.body for t in run.client.trickles] == ["<n>1</n>"] * 3
 
 
 def test_temporary_exit_echo_after_restore_does_not_loop(tmp_path: Path) -> None:
@@ -198,9 +204,9 @@ def test_temporary_exit_echo_after_restore_does_not_loop(tmp_path: Path) -> None
         completion_trigger_file="done",
         temporary_exit_trigger_file="later",
     )
-    # the guest pushes "later" again right after the restored snapshot resumes
+    # the agent pushes "later" again right after the restored snapshot resumes
     script = FakeScript(
-        steps=steps((30, "write", "later", "5\n0\n"), (32, "write", "later", "5\n0\n"), done_at(40))
+        steps=steps((30, "write", "later", "5\n0\n"), (32, "echo", "later", ""), done_at(40))
     )
     first = run_job(tmp_path, job, script)
     assert isinstance(first.outcome, TemporaryExit)
@@ -410,6 +416,45 @@ def test_abort_cleans_up_and_finishes_194(tmp_path: Path) -> None:
     assert run.backend.state is VmState.ABSENT
 
 
+# -- long back-end calls: the client is served meanwhile (docs/supervisor.md) ----
+
+
+@pytest.mark.parametrize(
+    ("message", "outcome"),
+    [("<quit/>", PlainExit(0)), ("<abort/>", Finish(EXIT_ABORTED_BY_CLIENT))],
+)
+def test_a_quit_or_an_abort_during_a_long_conversion_is_acted_on_at_once(
+    tmp_path: Path, message: str, outcome: object
+) -> None:
+    # create() converts the image: here it would block for 30 s of real time unless cut short
+    started = time.monotonic()
+    run = run_job(tmp_path, JobSpec(), FakeScript(hang=("create",)), control=[(3, message)])
+    assert run.outcome == outcome
+    assert run.backend.calls[:2] == ["create", "cancel"]
+    assert not [c for c in run.backend.calls if c.startswith("start")]  # the step stopped
+    assert time.monotonic() - started < 20  # far from the 30 s the conversion would take
+    # the client kept getting status messages while the conversion ran
+    assert len(run.client.statuses) >= 4
+
+
+def test_a_long_call_that_finishes_by_itself_goes_on_with_the_step(tmp_path: Path) -> None:
+    class SlowCreate(FakeBackend):
+        def create(self) -> None:
+            time.sleep(1.2)  # over SERVE_PERIOD: served, not interrupted
+            super().create()
+
+    slot, _ = make_slot(tmp_path)
+    clock = FakeClock()
+    backend = SlowCreate(
+        vm_config(slot, job=JobSpec()),
+        FakeScript(steps=steps((30, "poweroff", "", ""))),
+        clock=clock,
+    )
+    run = run_job(tmp_path, JobSpec(), backend=backend, clock=clock)
+    assert run.outcome == Finish(0)
+    assert run.backend.calls[:2] == ["create", "start:"]
+
+
 def test_quit_while_booting(tmp_path: Path) -> None:
     script = FakeScript(boot_seconds=1000)
     run = run_job(tmp_path, JobSpec(), script, control=[(5, "<quit/>")])
@@ -422,6 +467,37 @@ def test_quit_while_booting(tmp_path: Path) -> None:
 def test_guest_shut_itself_down_is_success(tmp_path: Path) -> None:
     run = run_job(tmp_path, JobSpec(), FakeScript(steps=steps((30, "poweroff", "", ""))))
     assert run.outcome == Finish(0) and run.backend.state is VmState.ABSENT
+
+
+@pytest.mark.parametrize("status", [1, 3, 255])
+def test_guest_app_failure_finishes_child_failed_with_its_status(
+    tmp_path: Path, status: int
+) -> None:
+    done = f"VMWRAPPER_GUEST_DONE status={status}"
+    script = FakeScript(steps=steps((30, "log", "", done), (30, "poweroff", "", "")))
+    run = run_job(tmp_path, JobSpec(), script)
+    assert run.outcome == Finish(EXIT_CHILD_FAILED, machine.msg_guest_failed(status))
+    assert run.backend.state is VmState.ABSENT  # the failed job's VM is removed
+
+
+def test_guest_app_success_status_zero_is_success(tmp_path: Path) -> None:
+    done = "VMWRAPPER_GUEST_DONE status=0"
+    script = FakeScript(steps=steps((30, "log", "", done), (31, "poweroff", "", "")))
+    run = run_job(tmp_path, JobSpec(), script)
+    assert run.outcome == Finish(0)
+
+
+def test_completion_trigger_wins_over_the_guest_done_status(tmp_path: Path) -> None:
+    # an image that uses vboxwrapper's contract: its trigger file's code is the job's status
+    script = FakeScript(
+        steps=steps(
+            done_at(30, "0\n"),
+            (30, "log", "", "VMWRAPPER_GUEST_DONE status=2"),
+            (30, "poweroff", "", ""),
+        )
+    )
+    run = run_job(tmp_path, SHARED, script)
+    assert run.outcome == Finish(0)
 
 
 def test_early_poweroff_with_job_duration_is_premature(tmp_path: Path) -> None:
@@ -525,6 +601,28 @@ def test_refused_checkpoint_is_retried_shortly(tmp_path: Path) -> None:
     taken = [i for i, c in enumerate(calls) if c.startswith("checkpoint:")]
     assert len(refused) == 2 and taken and taken[0] > refused[-1]
     assert "checkpoint_refused" in run.codes()
+
+
+def test_a_share_kept_mounted_warns_once_backs_off_then_checkpoints_the_disks(
+    tmp_path: Path,
+) -> None:
+    # QEMU refuses every snapshot while the guest keeps the 9p share mounted
+    job = JobSpec(job_duration=1000.0, minimum_checkpoint_interval=100)
+    run = run_job(tmp_path, job, FakeScript(refuse_checkpoints=10**6))
+    calls = run.backend.calls
+    refused = [c for c in calls if c.startswith("checkpoint-refused")]
+    disks = [c for c in calls if c.startswith("checkpoint_disks:")]
+    # a fixed 2 s retry would have tried ~400 times in 900 s; backing off it is a few dozen
+    assert checkpoint.REFUSED_LIMIT <= len(refused) <= 40, len(refused)
+    assert disks and calls.index(disks[0]) > calls.index(refused[checkpoint.REFUSED_LIMIT - 1])
+    refusal_events = [e for e in run.events if e["event"] == "checkpoint_refused"]
+    assert [e["level"] for e in refusal_events].count("warning") == 1  # one warning a run
+    assert next(e["level"] for e in run.events if e["event"] == "checkpoint_disks") == "warning"
+    # the disk checkpoints are real checkpoints: recorded, reported, the older one dropped
+    record = checkpoint.read_record(run.slot)
+    assert record.snapshot == disks[-1].split(":", 1)[1] and record.elapsed_time >= 100
+    assert len(disks) >= 2 and f"delete_checkpoint:{disks[0].split(':', 1)[1]}" in calls
+    assert run.outcome == Finish(0)
 
 
 def test_failed_checkpoint_is_a_transient_exit(tmp_path: Path) -> None:

@@ -8,10 +8,11 @@
 * Port forwards and the console (VNC) listen on 127.0.0.1 only, by default.
 * The console refuses a client without the per-task password: a minimal RFB 3.8 client sees
   VNC authentication as the only security type offered (never "None"), and a response that
-  is not the DES encryption of the challenge under the password is refused. (No DES library
-  is installed, so the test does not compute a right response; that the password is per
-  task and set over QMP is in docs/qemu-backend.md.) An RFB 3.3 client, which cannot choose,
-  is told VNC authentication too.
+  is not the DES encryption of the challenge under the password is refused. An RFB 3.3
+  client, which cannot choose, is told VNC authentication too.
+* The volunteer can log in: the password in the slot's ``vm_console.txt`` (mode 0640, not
+  world-readable) passes VNC authentication (DES of the challenge, as a VNC viewer computes
+  it), and it is in neither stderr.txt (uploaded) nor events.jsonl.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from helpers.fault_fixtures import (
 )
 from vmwrapper.harness.job import JobReport, Progress
 from vmwrapper.hostports import free_port
+from vmwrapper.runconfig import CONSOLE_FILE, parse_console_password
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
 
@@ -105,6 +107,35 @@ def rfb_probe(port: int) -> dict[str, object]:
     return found
 
 
+def vnc_des_response(password: str, challenge: bytes) -> bytes:
+    """What a VNC viewer answers: the challenge DES-encrypted under the password's first 8
+    bytes (zero-padded), each key byte bit-reversed (RFB's quirk)."""
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+    raw = password.encode("latin-1")[:8].ljust(8, b"\0")
+    key = bytes(int(f"{b:08b}"[::-1], 2) for b in raw)
+    encryptor = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()  # K1=K2=K3: single DES
+    return encryptor.update(challenge) + encryptor.finalize()
+
+
+def vnc_login(port: int, password: str) -> tuple[int, bytes]:
+    """RFB 3.8 with VNC authentication: (SecurityResult, first bytes of ServerInit)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        _recv_exact(sock, 12)
+        sock.sendall(b"RFB 003.008\n")
+        count = _recv_exact(sock, 1)[0]
+        assert 2 in _recv_exact(sock, count)
+        sock.sendall(bytes([2]))
+        challenge = _recv_exact(sock, 16)
+        sock.sendall(vnc_des_response(password, challenge))
+        (result,) = struct.unpack(">I", _recv_exact(sock, 4))
+        if result != 0:
+            return result, b""
+        sock.sendall(bytes([1]))  # ClientInit: shared
+        return result, _recv_exact(sock, 4)  # ServerInit: framebuffer width and height
+
+
 def listeners(pid: int) -> list[tuple[str, int]]:
     found = []
     for conn in psutil.net_connections(kind="inet"):
@@ -135,6 +166,13 @@ def run_and_probe(app: Path, work: Path) -> Probed:
         bound.extend(listeners(procs[0].pid))
         seen.update(rfb_probe(vnc[0]))
         seen["port"] = vnc[0]
+        # the volunteer's way in: the credential file in the slot
+        console = slot / CONSOLE_FILE
+        seen["console_mode"] = console.stat().st_mode & 0o777
+        password = parse_console_password(console.read_text())
+        assert password is not None
+        seen["password"] = password
+        seen["login"], seen["server_init"] = vnc_login(vnc[0], password)
 
     report = run(app, work, on_progress=on_progress, max_episodes=1)
     assert report.success, report.message + report.stderr_tail
@@ -206,3 +244,19 @@ def test_console_refuses_a_client_without_the_password(
     assert seen["types"] == [2], seen  # VNC authentication only: no type 1 ("None")
     assert seen["result"] == 1, seen  # a wrong DES response is refused
     assert seen["type_3_3"] == 2, seen  # an RFB 3.3 client is told VNC auth too
+
+
+@pytest.mark.parametrize("which", ["network_off", "network_on"])
+def test_the_volunteer_logs_in_with_the_password_from_the_slot(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    seen, report = request.getfixturevalue(which)[1], request.getfixturevalue(which)[3]
+    assert seen.get("login") == 0, seen  # VNC authentication passed
+    width, height = struct.unpack(">HH", seen["server_init"])
+    assert width > 0 and height > 0  # and the server sent the screen's size
+    assert seen["console_mode"] & 0o007 == 0, seen["console_mode"]
+    password = str(seen["password"])
+    assert len(password) == 8  # VNC authentication checks 8 characters: no more are given
+    slot = Path(report.slot_dir)
+    assert password not in (slot / "stderr.txt").read_text()
+    assert password not in (slot / "events.jsonl").read_text()

@@ -290,11 +290,14 @@ def test_a_conversion_left_by_a_killed_wrapper_is_removed_by_the_next(tmp_path: 
     # the next run's back end removes it (only when that pid is gone: another slot may be
     # converting a shared multiattach parent right now).
     slot, project = make_slot(tmp_path)
+    vdi = (slot / "vm_image.vdi").read_bytes()
     with qemu_backend(vm_config(slot, project)) as backend:
         backend.create()
-        (base,) = slot.glob("vm_image.vdi.*.qcow2")
+        # converted once for every task, in the project dir (the slot's copy now links there)
+        (base,) = project.glob("vm_image.vdi.*.qcow2")
         backend.cleanup()
-        assert not base.exists()
+        base.unlink()
+        (slot / "vm_image.vdi").write_bytes(vdi)  # a new task's copy
         dead = next(pid for pid in range(4_000_000, 3_000_000, -1) if not psutil.pid_exists(pid))
         stale = base.with_name(f"{base.name}.{dead}.tmp")
         live = base.with_name(f"{base.name}.{os.getppid()}.tmp")  # a live process

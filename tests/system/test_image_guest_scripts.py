@@ -101,6 +101,20 @@ def test_a_same_size_rewrite_is_pushed_again(agent: Agent) -> None:
     assert (agent.host / "progress").read_text() == "2\n"
 
 
+def test_a_pushed_file_keeps_the_guests_modification_time(agent: Agent) -> None:
+    # the wrapper tells an echo (one version pushed again) from a new write of the same text
+    # by this time (docs/compatibility.md#runtime)
+    agent.sh("share_pull")
+    trickle = agent.work / "trickle_a"
+    trickle.write_text("<ping/>\n")
+    os.utime(trickle, ns=(1_800_000_000_123_456_789,) * 2)
+    agent.sh("share_push_changed")
+    assert (agent.host / "trickle_a").stat().st_mtime_ns == 1_800_000_000_123_456_789
+    (agent.host / "trickle_a").unlink()  # the wrapper consumed it
+    agent.sh("share_final_push")  # the echo: same text, same time
+    assert (agent.host / "trickle_a").stat().st_mtime_ns == 1_800_000_000_123_456_789
+
+
 def test_files_go_out_oldest_first(agent: Agent) -> None:
     agent.sh("share_pull")
     for name in ("zz_result", "aa_trigger"):  # the trigger is written last
@@ -177,3 +191,34 @@ def test_share_mount_gives_up_with_the_error(tmp_path: Path, applets: Path) -> N
     assert proc.returncode != 0
     assert "Device or resource busy" in proc.stderr
     assert (tmp_path / "attempts").read_text().strip() == "4"  # 3 quiet tries + the last, loud
+
+
+def test_with_the_whole_slot_shared_the_hosts_own_files_stay_out(agent: Agent) -> None:
+    # share_slot_dir: the host export is the slot, with the wrapper's exclusion list
+    from vmwrapper.shared_dir.watch import EXCLUDE_FILE, write_slot_exclusions
+
+    write_slot_exclusions(agent.host)
+    private = [
+        "vm_image.vdi",
+        "vm_disk.qcow2",
+        "qemu-console.log",
+        "stderr.txt",
+        "vbox_checkpoint.xml",
+        "events.jsonl",
+        "boinc_mmap_file",
+        "vm_console.txt",
+    ]
+    for name in private:
+        (agent.host / name).write_text("host only\n")
+    (agent.host / "in").write_text("input\n")
+    (agent.host / "boinc_app").write_text("#!/bin/sh\n")
+    (agent.host / "init_data.xml").write_text("<app_init_data/>\n")
+    agent.sh("share_pull")
+    assert sorted(p.name for p in agent.work.iterdir()) == ["boinc_app", "in", "init_data.xml"]
+    # a guest file named like one of the host's is not pushed over it
+    (agent.work / "stderr.txt").write_text("from the guest\n")
+    (agent.work / "out").write_text("result\n")
+    agent.sh("share_final_push")
+    assert (agent.host / "stderr.txt").read_text() == "host only\n"
+    assert (agent.host / "out").read_text() == "result\n"
+    assert (agent.host / EXCLUDE_FILE).exists()

@@ -12,7 +12,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from helpers.qemu_fixtures import (
     sha256,
     tcp_connects,
 )
-from vmwrapper.errors import CheckpointError, VmStartError
+from vmwrapper.errors import CheckpointError, VmStartError, VmWrapperError
 from vmwrapper.hostports import free_port
 from vmwrapper.hypervisor.base import (
     Diagnosis,
@@ -135,19 +137,34 @@ def test_a_start_from_a_checkpoint_supersedes_the_saved_state(tmp_path: Path) ->
 
 
 def test_a_snapshot_qemu_cannot_load_is_a_checkpoint_error(tmp_path: Path) -> None:
-    """QEMU dies loading it (here: a disk-only snapshot made by qemu-img, no VM state); the
+    """QEMU dies loading it (here: taken with 256 MB of RAM, loaded into 512); the
     supervisor then boots afresh, so this must be CheckpointError, not VmStartError."""
+    slot, project = make_slot(tmp_path)
+    config = vm_config(slot, project)
+    with qemu_backend(config) as first:
+        first.start()
+        first.checkpoint("small")
+        first.poweroff(timeout=0)
+        with qemu_backend(replace(config, memory_mb=2 * config.memory_mb)) as vm:
+            with pytest.raises(CheckpointError, match="small") as info:
+                vm.start(restore="small")
+            assert info.value.exit_code not in (0, None)
+            assert vm.pid() is None
+            vm.start()
+            assert vm.status().state is VmState.RUNNING
+
+
+def test_a_disk_only_snapshot_is_restored_by_booting_from_its_disks(tmp_path: Path) -> None:
+    """One made without VM state (checkpoint_disks, or qemu-img here): start(restore=...)
+    puts the disks back and boots without -loadvm."""
     slot, project = make_slot(tmp_path)
     with qemu_backend(vm_config(slot, project)) as vm:
         vm.create()
         subprocess.run(
             ["qemu-img", "snapshot", "-c", "disk_only", str(vm.files.disk_overlay)], check=True
         )
-        with pytest.raises(CheckpointError, match="disk_only") as info:
-            vm.start(restore="disk_only")
-        assert info.value.exit_code not in (0, None)
-        assert vm.pid() is None
-        vm.start()
+        vm.start(restore="disk_only")
+        assert "-loadvm" not in vm.argv
         assert vm.status().state is VmState.RUNNING
 
 
@@ -546,3 +563,34 @@ def test_aarch64_guest_runs_from_the_same_table(tmp_path: Path) -> None:
         assert vm.checkpoints() == ("ckpt_1",)
         vm.poweroff(timeout=0)
         assert any("UEFI" in line for line in vm.guest_log())  # the firmware's console
+
+
+def test_cancel_cuts_a_long_conversion_short(tmp_path: Path) -> None:
+    """The supervisor calls cancel() from its own thread when the client asks for a quit or
+    an abort while create() converts the image (up to an hour for a big one): the running
+    qemu-img is killed, create() raises at once and leaves no temporary file."""
+    slot, project = make_slot(tmp_path)
+    slow = tmp_path / "slow-qemu-img"  # qemu-img, but its conversion never ends
+    slow.write_text('#!/bin/sh\n[ "$1" = convert ] && exec sleep 600\nexec qemu-img "$@"\n')
+    slow.chmod(0o755)
+    errors: list[Exception] = []
+
+    def create(vm: QemuBackend) -> None:
+        try:
+            vm.create()
+        except VmWrapperError as exc:
+            errors.append(exc)
+
+    with qemu_backend(vm_config(slot, project), qemu_img=str(slow)) as vm:
+        worker = threading.Thread(target=create, args=(vm,))
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not [p for p in psutil.Process().children(recursive=True) if p.name() == "sleep"]:
+            assert time.monotonic() < deadline, "the conversion never started"
+            time.sleep(0.05)
+        cancelled = time.monotonic()
+        vm.cancel()
+        worker.join(30)
+        assert not worker.is_alive() and time.monotonic() - cancelled < 10
+        assert errors and "qemu-img failed" in str(errors[0])
+        assert not list(project.glob("*.tmp")) and not list(slot.glob("*.tmp"))

@@ -8,6 +8,7 @@ lines come back through ``guest_log()``.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from helpers.qemu_fixtures import (
     sha256,
 )
 from vmwrapper.errors import CheckpointRefused
-from vmwrapper.hypervisor.base import NetworkConfig, PortRule, VmState
+from vmwrapper.hypervisor.base import NetworkConfig, PortRule, Share, VmState
 from vmwrapper.hypervisor.qemu.backend import QemuBackend
 
 pytestmark = pytest.mark.system
@@ -220,3 +221,87 @@ def test_guest_error_makes_a_crash_with_the_guests_words(tmp_path: Path, guest_i
         assert status.state is VmState.CRASHED
         assert status.exit_code not in (0, None)
         assert status.detail.startswith("guest error: ") and "shared" in status.detail
+
+
+# A guest that mounts the 9p share itself and keeps it (as an image without our sync agent
+# may): QEMU refuses every savevm while it is mounted. It writes to the host share directly.
+KEEP_MOUNTED_APP = """#!/bin/sh
+mkdir -p /mnt/keep
+mount -t 9p -o trans=virtio,version=9p2000.L,cache=none shared /mnt/keep || exit 1
+echo boot >> /mnt/keep/boots
+echo "share kept mounted"
+i=0
+while [ $i -lt 1200 ]; do i=$((i+1)); echo "tick $i"; sleep 0.5; done
+"""
+
+
+def test_a_share_kept_mounted_refuses_snapshots_but_not_a_disk_checkpoint(
+    tmp_path: Path, guest_image: Path
+) -> None:
+    slot, _project, config = make_guest_slot(tmp_path, guest_image, KEEP_MOUNTED_APP, {})
+    with qemu_backend(config) as vm:
+        vm.start()
+        watch = GuestWatch(vm)
+        watch.wait_line(lambda line: line == "share kept mounted")
+        with pytest.raises(CheckpointRefused):
+            vm.checkpoint("full")
+        vm.checkpoint_disks("disks1")
+        assert "disks1" in vm.checkpoints()
+        assert vm.status().state is VmState.RUNNING  # paused only while the disks were saved
+        ticks = max(int(x.split()[1]) for x in watch.poll() + watch.lines if x.startswith("tick"))
+        watch.wait_line(lambda line: line == f"tick {ticks + 2}")  # and the guest goes on
+        vm.poweroff(0.0)
+        # the restore boots afresh from the saved disks (no VM state to load)
+        vm.start(restore="disks1")
+        watch = GuestWatch(vm)
+        watch.wait_line(lambda line: line == "share kept mounted")
+        assert (slot / "shared" / "boots").read_text() == "boot\nboot\n"
+        assert "disks1" in vm.checkpoints()  # still there for the next restore
+        vm.poweroff(0.0)
+
+
+ECHO_APP = """#!/bin/sh
+read -r line < in
+echo "got $line" >> out
+"""
+
+
+def test_a_slots_vdi_is_converted_once_per_image_in_the_project_dir(
+    tmp_path: Path, guest_image: Path
+) -> None:
+    """A task's disk is its overlay and snapshots: the slot's VDI copy (the client's
+    copy_file) is converted once into the project dir and replaced by a link to it."""
+    slot, project, config = make_guest_slot(tmp_path, guest_image, ECHO_APP, {"in": "one\n"})
+    with qemu_backend(config) as vm:
+        vm.create()
+        converted = list(project.glob("vm_image.vdi.*.qcow2"))
+        assert len(converted) == 1
+        link = (slot / "vm_image.vdi").read_text()
+        assert link == f"<soft_link>../../projects/example.org/{converted[0].name}</soft_link>\n"
+        assert not list(slot.glob("*.qcow2.*")) and not list(slot.glob("vm_image.vdi.*"))
+        assert sum(p.stat().st_size for p in slot.iterdir() if p.is_file()) < 1 << 20
+        vm.start()
+        status = GuestWatch(vm).wait_stopped()
+        assert status.state is VmState.POWERED_OFF and status.exit_code == 0, status
+        assert (slot / "shared" / "out").read_text() == "got one\n"
+        vm.start()  # a restart: the slot's link leads to the same conversion
+        assert GuestWatch(vm).wait_stopped().state is VmState.POWERED_OFF
+        assert (slot / "shared" / "out").read_text() == "got one\ngot one\n"
+    # a second task of the same app version: its copy is not converted again
+    other = tmp_path / "slots" / "1"
+    (other / "shared").mkdir(parents=True)
+    (other / "shared" / "boinc_app").write_text(ECHO_APP)
+    (other / "shared" / "in").write_text("two\n")
+    shutil.copyfile(guest_image, other / "vm_image.vdi")
+    mtime = converted[0].stat().st_mtime_ns
+    second = replace(
+        config,
+        slot_dir=other,
+        disk_image=other / "vm_image.vdi",
+        shares=(Share("shared", other / "shared"),),
+    )
+    with qemu_backend(second) as vm:
+        vm.create()
+        assert list(project.glob("vm_image.vdi.*.qcow2")) == converted
+        assert converted[0].stat().st_mtime_ns == mtime
+        assert (other / "vm_image.vdi").read_text().startswith("<soft_link>")

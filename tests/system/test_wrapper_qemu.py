@@ -189,3 +189,54 @@ def test_temporary_exit_trigger_then_restart_from_the_checkpoint(
     starts = [e for e in read_events(Path(report.slot_dir)) if e["event"] == "vm_started"]
     assert starts[-1]["snapshot"].startswith("boinc_")
     no_qemu_left(Path(report.slot_dir))
+
+
+FAILING_JOB = """<vbox_job>
+  <os_name>Linux26_64</os_name>
+  <memory_size_mb>512</memory_size_mb>
+  <enable_shared_directory/>
+</vbox_job>
+"""
+
+# No completion trigger: the image's boot script reports the app's status on the console
+# (`VMWRAPPER_GUEST_DONE status=3`) and powers the VM off.
+FAILING_APP = """#!/bin/sh
+echo "half a result" > result
+exit 3
+"""
+
+
+def test_a_guest_app_that_fails_fails_the_task(
+    tmp_path: Path,
+    default_guest_image: Path,
+) -> None:
+    app = package_app(tmp_path, default_guest_image, FAILING_APP, FAILING_JOB, name="failing")
+    report = run(app, tmp_path / "work")
+    assert report.finish_status == 195, report.message + report.stderr_tail  # EXIT_CHILD_FAILED
+    assert report.exit_status == 195 and not report.success
+    assert "Guest Log: VMWRAPPER_GUEST_DONE status=3" in report.stderr_tail
+    assert "exited with status 3" in report.stderr_tail
+    no_qemu_left(Path(report.slot_dir))
+
+
+# The same trickle text twice, far enough apart for the host to take the first one; the sync
+# agent pushes each version again at the end (the final push): two trickles, not one or four.
+REPEATING_TRICKLE_APP = """#!/bin/sh
+echo "<ping/>" > trickle_a
+echo ok > result
+sleep 4
+echo "<ping/>" > trickle_a
+sleep 4
+printf '0\\n0\\n' > done
+sleep 60
+"""
+
+
+def test_the_same_trickle_text_twice_is_two_trickles(
+    tmp_path: Path,
+    default_guest_image: Path,
+) -> None:
+    app = package_app(tmp_path, default_guest_image, REPEATING_TRICKLE_APP, JOB, name="pings")
+    report = run(app, tmp_path / "work")
+    assert report.finish_status == 0, report.message + report.stderr_tail
+    assert [(t.variety, t.body) for t in report.trickles] == [("trickle_a", "<ping/>\n")] * 2

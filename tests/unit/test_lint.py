@@ -383,3 +383,28 @@ def test_vdi_image_types() -> None:
     normal = VDI_HEAD + b"\x01\x00\x01\x00" + b"\x80\x01\x00\x00" + b"\x01\0\0\0"
     codes = _codes(lint_app_dir(_facts(modes={"app_vm_image_1.vdi": FileFacts(head=normal)})))
     assert "VMW040" not in codes and "VMW034" not in codes
+
+
+# -- intermediate uploads: the result template the real client needs ----
+
+UPLOAD_JOB = GOOD_JOB.format(
+    extra="<intermediate_upload_file>partial.dat</intermediate_upload_file>"
+)
+
+
+def test_intermediate_upload_output_without_copy_file_is_clean() -> None:
+    result = OutputTemplate((OutputFile("shared/out"), OutputFile("partial.dat", copy_file=False)))
+    assert lint_app_dir(_facts(job=UPLOAD_JOB, result=result)) == ()
+
+
+def test_intermediate_upload_without_its_output_is_an_error() -> None:
+    result = OutputTemplate((OutputFile("shared/out"),))
+    findings = lint_app_dir(_facts(job=UPLOAD_JOB, result=result))
+    assert _codes(findings) == ["VMW042"]
+    assert "partial.dat" in findings[0].message and "<open_name>partial.dat" in findings[0].fix
+    assert "VMW042" in _codes(lint_app_dir(_facts(job=UPLOAD_JOB)))  # no result template
+
+
+def test_intermediate_upload_output_with_copy_file_is_an_error() -> None:
+    result = OutputTemplate((OutputFile("shared/out"), OutputFile("partial.dat")))
+    assert _codes(lint_app_dir(_facts(job=UPLOAD_JOB, result=result))) == ["VMW043"]

@@ -53,6 +53,11 @@ def test_every_vboxwrapper_option() -> None:
     )
 
 
+def test_guest_log_limit_option() -> None:
+    assert parse_wrapper_args([]).guest_log_limit == 1 << 20
+    assert parse_wrapper_args(["--guest_log_limit", "65536"]).guest_log_limit == 65536
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
@@ -60,6 +65,7 @@ def test_every_vboxwrapper_option() -> None:
         (["--nthreads"], "--nthreads needs a value"),
         (["--nthreads", "two"], "needs a number"),
         (["--vmimage", "1.5"], "needs a number"),
+        (["--guest_log_limit", "1M"], "needs a number"),
         (["--memory_size_mb", "-5"], "0 or more"),
         (["--backend", "xen"], "must be one of"),
         (["--nthreads=2"], "Unrecognized option"),
@@ -196,3 +202,21 @@ def test_hw_acceleration_from_host_features() -> None:
     for aid, expected in ((with_vmx, True), (no_vmx, False), (disabled, False)):
         run = build_run_config(WrapperArgs(), spec, aid, standalone=False)
         assert build_vm_config(run, spec, aid, Path("/s"), Path("/p")).hw_acceleration is expected
+
+
+def test_console_file_says_how_to_log_in_per_back_end_and_keeps_the_password() -> None:
+    from vmwrapper.runconfig import (
+        console_password_bytes,
+        format_console_file,
+        parse_console_password,
+    )
+
+    vnc = format_console_file("qemu", 5901, "Ab3-x_Yz", "wu_1_r0")
+    assert "address: 127.0.0.1:5901" in vnc and "VNC" in vnc and "vncviewer" in vnc
+    assert parse_console_password(vnc) == "Ab3-x_Yz"
+    rdp = format_console_file("virtualbox", 40123, "longer-password", "wu_1_r0")
+    assert "RDP" in rdp and "user: boinc" in rdp and "Show VM Console" in rdp
+    assert parse_console_password(rdp) == "longer-password"
+    assert parse_console_password("password: \n") is None
+    assert console_password_bytes("qemu") == 6  # 8 base64 characters: all VNC checks
+    assert console_password_bytes("virtualbox") > 6

@@ -222,3 +222,37 @@ def test_a_guest_exit_code_beyond_c_int_is_cut_to_its_end() -> None:
     assert t.parse_completion("99999999999999999999999\n0\n").exit_code == 2**31 - 1
     assert t.parse_completion("-99999999999999999999999\n").exit_code == -(2**31)
     assert t.parse_temporary_exit("1" * 40 + "\n0\n").delay == 2**31 - 1
+
+
+# -- echoes of consumed trigger files (docs/compatibility.md#runtime) ----
+
+T0 = 1_800_000_000 * 10**9
+
+
+def consumed(text: str, elapsed: float, mtime_ns: int | None = T0) -> t.ConsumedTrigger:
+    return t.ConsumedTrigger(t.content_digest(text), elapsed, mtime_ns)
+
+
+def test_the_same_version_again_is_an_echo_however_late() -> None:
+    last = consumed("<n>1</n>", 100.0)
+    assert t.is_echo(last, "<n>1</n>", 101.0, T0)
+    assert t.is_echo(last, "<n>1</n>", 5000.0, T0)  # the agent's final push
+
+
+def test_a_new_write_of_the_same_text_is_a_new_event() -> None:
+    last = consumed("<n>1</n>", 100.0)
+    assert not t.is_echo(last, "<n>1</n>", 101.0, T0 + 1_000_000)
+    assert not t.is_echo(last, "<n>1</n>", 100.0, T0 + 1)  # elapsed paused, new time
+    assert not t.is_echo(last, "<n>2</n>", 101.0, T0)
+    assert not t.is_echo(None, "<n>1</n>", 101.0, T0)
+
+
+def test_a_restore_that_replays_the_write_is_an_echo() -> None:
+    last = consumed("<n>1</n>", 100.0)
+    assert t.is_echo(last, "<n>1</n>", 90.0, T0 + 10**9)  # elapsed rewound
+
+
+def test_records_without_times_keep_the_window_rule() -> None:
+    last = consumed("<n>1</n>", 100.0, None)
+    assert t.is_echo(last, "<n>1</n>", 105.0, T0)
+    assert not t.is_echo(last, "<n>1</n>", 100.0 + t.ECHO_WINDOW + 1, T0)

@@ -275,6 +275,11 @@ def list_upload_requests(slot_dir: Path) -> list[str]:
     )
 
 
+#: The status the client writes into ``boinc_ufs_<name>`` after a good upload: the file's
+#: state, FILE_PRESENT (an error is a negative BOINC code).
+FILE_PRESENT = 1
+
+
 def write_upload_status(slot_dir: Path, logical_name: str, status: int) -> Path:
     path = slot_dir / f"{UPLOAD_STATUS_PREFIX}{logical_name}"
     write_atomic(path, format_upload_status(status).encode("utf-8", "surrogateescape"))

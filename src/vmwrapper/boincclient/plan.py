@@ -64,6 +64,8 @@ class Naming:
     version_num: int = 100
     plan_class: str = "vbox64"
     master_url: str = DEFAULT_MASTER_URL
+    #: A file upload handler for the outputs ("" = none: outputs stay in the project dir).
+    upload_url: str = ""
 
 
 #: The names used when the caller gives none.
@@ -147,13 +149,15 @@ def _job_inputs(
 
 
 def _job_outputs(
-    job: JobRequest, outputs: OutputTemplate | None
+    job: JobRequest, outputs: OutputTemplate | None, upload_url: str
 ) -> tuple[list[FileInfo], list[FileRef], dict[str, str]]:
     infos, refs, where = [], [], {}
     for n, f in enumerate(outputs.files if outputs is not None else ()):
         name = check_name("output", f"{job.result_name}_{n}")
         limit = f.max_nbytes or DEFAULT_MAX_NBYTES
-        infos.append(FileInfo(name=name, present=False, max_nbytes=limit, sticky=True))
+        infos.append(
+            FileInfo(name=name, present=False, max_nbytes=limit, sticky=True, upload_url=upload_url)
+        )
         refs.append(FileRef(file_name=name, open_name=f.open_name, copy_file=f.copy_file))
         where[f.open_name] = name
     return infos, refs, where
@@ -194,7 +198,7 @@ def plan_client_state(
             raise HandMadeStateError(f"two jobs are named {job.name!r}")
         seen.add(job.name)
         in_infos, in_refs, in_copies = _job_inputs(job, inputs)
-        out_infos, out_refs, where = _job_outputs(job, outputs)
+        out_infos, out_refs, where = _job_outputs(job, outputs, naming.upload_url)
         files += in_infos + out_infos
         copies += in_copies
         wu = WorkunitInfo(

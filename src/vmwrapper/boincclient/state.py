@@ -70,6 +70,7 @@ class FileInfo:
     executable: bool = False
     max_nbytes: float = 0.0  # outputs: the size limit (0 means every output is too big)
     sticky: bool = False  # kept after the job (outputs: there is no upload URL)
+    upload_url: str = ""  # outputs: where the client uploads them (a file upload handler)
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,8 @@ def _file_lines(info: FileInfo) -> list[str]:
         lines.append("    <executable/>")
     if info.sticky:
         lines.append("    <sticky/>")
+    if info.upload_url:
+        lines.append(f"    <upload_url>{_escape(info.upload_url)}</upload_url>")
     lines.append("</file>")
     return lines
 

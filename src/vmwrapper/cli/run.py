@@ -32,7 +32,13 @@ from vmwrapper.outcome import (
     Outcome,
     TemporaryExit,
 )
-from vmwrapper.runconfig import RunConfig, WrapperArgs, build_run_config, parse_wrapper_args
+from vmwrapper.runconfig import (
+    GUEST_LOG_LIMIT,
+    RunConfig,
+    WrapperArgs,
+    build_run_config,
+    parse_wrapper_args,
+)
 from vmwrapper.spec import ParsedJob, parse_job
 
 if TYPE_CHECKING:
@@ -153,7 +159,8 @@ def run_argv(argv: Sequence[str]) -> int:
         return 0
     from vmwrapper.supervisor import events
 
-    uninstall = events.install(slot_dir)
+    limit = prepared.args.guest_log_limit if isinstance(prepared, Prepared) else GUEST_LOG_LIMIT
+    uninstall = events.install(slot_dir, guest_log_limit=limit)
     try:
         if not isinstance(prepared, Prepared):
             print(getattr(prepared, "message", ""), file=sys.stderr)
@@ -201,10 +208,41 @@ def _floppy_writer(prepared: Prepared, path: Path) -> Callable[[], None]:
     return write
 
 
-def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
-    """Attach to the client, build the back end and run the supervisor to its outcome."""
+def _console_credential(slot_dir: Path, run: RunConfig, port: int) -> str:
+    """The task's console password, kept in ``vm_console.txt`` for the volunteer: the same
+    across restarts (a VirtualBox VM keeps its hash), mode 0640 (the client's account and
+    group: who may read gui_rpc_auth.cfg), never in stderr.txt (docs/compatibility.md#runtime).
+    """
     import secrets
 
+    from vmwrapper.runconfig import (
+        CONSOLE_FILE,
+        console_password_bytes,
+        format_console_file,
+        parse_console_password,
+    )
+
+    path = slot_dir / CONSOLE_FILE
+    try:
+        password = parse_console_password(path.read_text(encoding="utf-8"))
+    except OSError:
+        password = None
+    password = password or secrets.token_urlsafe(console_password_bytes(run.backend))
+    text = format_console_file(run.backend, port, password, run.result_name)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o640)  # an older file may have had a wider mode
+            fh.write(text)
+    except OSError as exc:
+        log.warning("Could not write %s: %s (the console is unusable)", CONSOLE_FILE, exc)
+    else:
+        log.info("Remote console: 127.0.0.1:%d; how to log in: %s in the slot", port, path.name)
+    return password
+
+
+def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
+    """Attach to the client, build the back end and run the supervisor to its outcome."""
     from vmwrapper.boinc.app import AppClient
     from vmwrapper.runconfig import RuntimePorts, build_vm_config
     from vmwrapper.supervisor import checkpoint
@@ -219,7 +257,8 @@ def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
         return conclude(TemporaryExit(LOCK_BUSY_DELAY, LOCK_BUSY_REASON), slot_dir)
     try:
         webapi, remote = _wrapper_ports(spec, checkpoint.read_record(slot_dir))
-        ports = RuntimePorts(webapi, remote, secrets.token_urlsafe(12))
+        password = _console_credential(slot_dir, run, remote) if remote else ""
+        ports = RuntimePorts(webapi, remote, password)
         aid = client.init_data
         project_dir = (
             slot_dir / "project"

@@ -4,17 +4,34 @@
 # disk (inside every snapshot) and mounts the host share only in short "sync windows":
 #   pull      once at start: host -> /root/shared
 #   push      about once a second, only when something changed: new or changed regular files
-#             go to the host as a temp name, then a rename (the host never sees half a file)
+#             go to the host as a temp name, then a rename (the host never sees half a file),
+#             with the guest's modification time: the wrapper tells a second push of one
+#             version of a trigger file (an echo) from a new write of the same text by it
 #   final     after boinc_app exits: every file created or changed since the pull, again, so
 #             the host's copy is right even after a restore from an older snapshot
 # Symlinks are never copied to the host, deletions are not propagated, and files the host
 # adds after the pull are not seen (the job's inputs are all there before the VM starts).
+# When the share is the whole slot (share_slot_dir), the host puts a list of its own files'
+# name patterns in .vmwrapper-exclude (VM disks and snapshots, logs, sockets, the client's
+# files): those are neither pulled nor pushed.
 
 WORK=/root/shared                # what the app sees
 HOSTMNT=/run/vmwrapper/host      # where a sync window mounts the host share
 STATE=/run/vmwrapper             # sync state (lists of "mtime size path", see share_list)
 NINEP_OPTS=trans=virtio,version=9p2000.L,msize=262144,cache=none
 TMP_PREFIX=.vmwrapper-tmp.
+EXCLUDE_FILE=.vmwrapper-exclude
+
+# Is the top-level name $1 one of the host's own files (see $STATE/exclude)?
+excluded() {
+    [ -s "$STATE/exclude" ] || return 1
+    while IFS= read -r pattern; do
+        [ -n "$pattern" ] || continue
+        # shellcheck disable=SC2254 # the pattern is meant to match as a glob
+        case "$1" in $pattern) return 0 ;; esac
+    done < "$STATE/exclude"
+    return 1
+}
 
 has_pci_device() { # VENDOR DEVICE (hex, as in sysfs: 0x80ee 0xcafe)
     for dev in /sys/bus/pci/devices/*; do
@@ -119,8 +136,18 @@ share_list() {
 
 share_pull() {
     share_mount shared "$HOSTMNT" || return 1
-    cp -a "$HOSTMNT/." "$WORK/"
-    rc=$?
+    rm -f "$STATE/exclude"
+    [ -f "$HOSTMNT/$EXCLUDE_FILE" ] && cp "$HOSTMNT/$EXCLUDE_FILE" "$STATE/exclude"
+    rc=0
+    if [ -s "$STATE/exclude" ]; then
+        for entry in "$HOSTMNT"/* "$HOSTMNT"/.[!.]* "$HOSTMNT"/..?*; do
+            [ -e "$entry" ] || [ -L "$entry" ] || continue
+            excluded "${entry##*/}" && continue
+            cp -a "$entry" "$WORK/" || rc=1
+        done
+    else
+        cp -a "$HOSTMNT/." "$WORK/" || rc=1
+    fi
     umount "$HOSTMNT"
     [ $rc -eq 0 ] || return 1
     share_list > "$STATE/pulled"
@@ -146,10 +173,13 @@ share_push_files() {
     rc=0
     while IFS= read -r path; do
         [ -f "$WORK/$path" ] && [ ! -L "$WORK/$path" ] || continue
+        top=${path#./}
+        excluded "${top%%/*}" && continue  # never over the host's own files
         dir=${path%/*}
         base=${path##*/}
         mkdir -p "$HOSTMNT/$dir" &&
             cp "$WORK/$path" "$HOSTMNT/$dir/$TMP_PREFIX$base" &&
+            touch -r "$WORK/$path" "$HOSTMNT/$dir/$TMP_PREFIX$base" &&
             mv -f "$HOSTMNT/$dir/$TMP_PREFIX$base" "$HOSTMNT/$path" || rc=1
     done < "$1"
     umount "$HOSTMNT" || rc=1

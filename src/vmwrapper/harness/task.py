@@ -474,7 +474,7 @@ class ActiveTask:
                     "%s is a copy_file output: the real client cannot upload it early", logical
                 )
                 source = self.slot_dir / logical
-            status = 0
+            status = files.FILE_PRESENT  # what the real client writes after an upload
             dest = self.uploads_dir / target.physical_name
             if source.is_file():
                 self.uploads_dir.mkdir(parents=True, exist_ok=True)

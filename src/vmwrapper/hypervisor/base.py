@@ -10,6 +10,7 @@ arguments, e.g. ``QemuBackend(config, accel="auto")``. Methods raise subclasses 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -61,6 +62,18 @@ class Diagnosis(enum.Enum):
 #: What a guest prints (console, or VirtualBox's guest log) when it ran out of memory; the job
 #: then ends with EXIT_OUT_OF_MEMORY (docs/compatibility.md#guest-out-of-memory).
 GUEST_OOM_MARKER = "EXIT_OUT_OF_MEMORY"
+#: What our guest image prints when its app exited (``status=N``: the app's exit status), on
+#: any back end's guest log (docs/compatibility.md#guest-exit-status).
+GUEST_DONE_MARKER = "VMWRAPPER_GUEST_DONE"
+_DONE_RE = re.compile(GUEST_DONE_MARKER + r" status=(-?\d+)")
+
+
+def done_status(line: str) -> int | None:
+    """N of a ``VMWRAPPER_GUEST_DONE status=N`` line, else None."""
+    match = _DONE_RE.search(line)
+    return int(match.group(1)) if match else None
+
+
 #: The error screenshot's name in the slot: vboxwrapper's, so projects' tools find it.
 SCREENSHOT_FILE = "vbox_screenshot.png"
 
@@ -141,6 +154,24 @@ class NetUsage:
 
     sent: int = 0
     received: int = 0
+
+
+@runtime_checkable
+class Cancellable(Protocol):
+    """A back end whose long calls (an image conversion) can be cut short from another
+    thread: the call then raises BackendError. The supervisor calls it when the client asks
+    for a quit or an abort meanwhile."""
+
+    def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class DiskCheckpoints(Protocol):
+    """A back end that can checkpoint the disks alone when a full snapshot is refused (QEMU
+    while the guest keeps a 9p share mounted). Restoring one boots the VM afresh from the
+    saved disks; ``start(restore=name)`` does that for such a checkpoint by itself."""
+
+    def checkpoint_disks(self, name: str) -> None: ...
 
 
 @runtime_checkable

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,8 @@ from vmwrapper.hypervisor.base import (
 )
 
 SCRIPT_FILE = "fake_vm_script.json"
+#: The guest clock at guest second 0 (files the fake guest writes get times from it).
+GUEST_EPOCH_NS = 1_800_000_000 * 10**9
 #: What screenshot() writes: a PNG signature and a fixed body, enough for the error report.
 FAKE_PNG = b"\x89PNG\r\n\x1a\nfake screen of the fake VM"
 STATE_FILE = "fake_vm.json"
@@ -49,7 +52,7 @@ STATE_FILE = "fake_vm.json"
 @dataclass(frozen=True)
 class GuestStep:
     at: float  # guest seconds
-    action: str  # write | append | remove | log | poweroff | crash
+    action: str  # write | append | remove | echo | log | poweroff | crash
     name: str = ""  # shared-dir file for write/append/remove
     text: str = ""  # content, console line, or crash detail
 
@@ -64,6 +67,8 @@ class FakeScript:
     diagnoses: tuple[str, ...] = ()  # Diagnosis values diagnose() reports
     exit_code: int | None = None  # reported with CRASHED
     net_rate: tuple[float, float] = (0.0, 0.0)  # NIC bytes (sent, received) per guest second
+    #: methods that block (real time, up to 30 s) until cancel(), as a long conversion does
+    hang: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, text: str) -> FakeScript:
@@ -73,6 +78,7 @@ class FakeScript:
         diagnoses = tuple(data.pop("diagnoses", ()))
         sent, received = data.pop("net_rate", (0.0, 0.0))
         return cls(
+            hang=tuple(data.pop("hang", ())),
             steps=steps,
             boot_seconds=math.inf if boot is None else float(boot),
             diagnoses=diagnoses,
@@ -124,6 +130,7 @@ class FakeBackend:
         self._started_at = 0.0
         self._last = 0.0
         self._console: list[str] = []
+        self._cancel = threading.Event()
         self._refused = 0
         self._cpu = 0.0
         self._run = 0  # start() calls: the pid
@@ -161,6 +168,11 @@ class FakeBackend:
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
+        if name.split(":")[0] in self.script.hang:
+            cancelled = self._cancel.wait(30.0)
+            self._cancel.clear()
+            if cancelled:
+                raise BackendError(f"fake {name} cancelled")
         kind = self.script.fail.get(name.split(":")[0])
         if kind:
             self._save()
@@ -197,9 +209,18 @@ class FakeBackend:
     def _do(self, s: GuestStep) -> None:
         path = self._shared() / s.name if s.name else None
         if s.action == "write" and path is not None:
-            tmp = path.with_name(f".{path.name}.fake")
-            tmp.write_text(s.text)
-            os.replace(tmp, path)
+            self._push(path, s.text, s.at)
+        elif s.action == "echo" and path is not None:
+            # the sync agent pushes the file's last version again, with its time
+            last = max(
+                (
+                    w
+                    for w in self.script.steps
+                    if w.action == "write" and w.name == s.name and w.at <= s.at
+                ),
+                key=lambda w: w.at,
+            )
+            self._push(path, last.text, last.at)
         elif s.action == "append" and path is not None:
             with path.open("a") as fh:
                 fh.write(s.text)
@@ -212,9 +233,23 @@ class FakeBackend:
         elif s.action == "crash":
             self.state, self.detail = VmState.CRASHED, s.text
 
+    @staticmethod
+    def _push(path: Path, text: str, at: float) -> None:
+        """The file as the guest wrote it at guest second ``at`` (its time included, as the
+        QEMU sync agent and a live VirtualBox shared folder both keep it)."""
+        tmp = path.with_name(f".{path.name}.fake")
+        tmp.write_text(text)
+        stamp = GUEST_EPOCH_NS + int(at * 1e9)
+        os.utime(tmp, ns=(stamp, stamp))
+        os.replace(tmp, path)
+
     # -- Backend ------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.state is not VmState.ABSENT
+
+    def cancel(self) -> None:
+        self.calls.append("cancel")
+        self._cancel.set()
 
     def create(self) -> None:
         self._call("create")
@@ -271,6 +306,13 @@ class FakeBackend:
             raise CheckpointRefused("fake: snapshot refused, share mounted")
         self._call(f"checkpoint:{name}")
         self.snapshots[name] = self.guest_time
+        self._save()
+
+    def checkpoint_disks(self, name: str) -> None:
+        """The disks alone: a restore boots afresh (guest time 0), the shared files stay."""
+        self._advance()
+        self._call(f"checkpoint_disks:{name}")
+        self.snapshots[name] = 0.0
         self._save()
 
     def checkpoints(self) -> tuple[str, ...]:

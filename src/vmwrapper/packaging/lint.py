@@ -154,6 +154,8 @@ CODES: dict[str, tuple[Severity, str]] = {
     "VMW039": (Severity.WARNING, "workunit boinc_app not marked executable"),
     "VMW040": (Severity.ERROR, "the VM image is a differencing (child) VDI"),
     "VMW041": (Severity.WARNING, "copy_to_shared names a file the slot will not have"),
+    "VMW042": (Severity.ERROR, "an intermediate upload file has no output in the result template"),
+    "VMW043": (Severity.ERROR, "an intermediate upload output has copy_file"),
     "VMW101": (Severity.WARNING, "a port forward is reachable from other computers"),
     "VMW102": (Severity.WARNING, "bridged networking"),
     "VMW103": (Severity.WARNING, "the project directory is shared with the VM"),
@@ -207,6 +209,7 @@ def lint_app_dir(facts: AppDirFacts) -> tuple[Finding, ...]:
     _check_boinc_app(ctx)
     _check_job_files(ctx, spec)
     if spec is not None:
+        _check_intermediate_uploads(ctx, spec)
         _check_job_values(ctx, spec)
         _check_security(ctx, spec)
     _check_bounds(ctx, spec)
@@ -616,10 +619,16 @@ def _check_job_files(ctx: _Ctx, spec: JobSpec | None) -> None:
                 continue
             job_files += 1
             _check_job_file(ctx, ctx.facts.wu_template, wf.open_name, wf.copy_file, "input")
+    uploads = spec.intermediate_upload_file if spec is not None else ()
     if ctx.result is not None:
         for of in ctx.result.files:
             job_files += 1
-            _check_job_file(ctx, ctx.facts.result_template, of.open_name, of.copy_file, "output")
+            if of.open_name in uploads:
+                _check_upload_output(ctx, of.open_name, of.copy_file)
+            else:
+                _check_job_file(
+                    ctx, ctx.facts.result_template, of.open_name, of.copy_file, "output"
+                )
             if of.max_nbytes <= 0:
                 ctx.out(
                     "VMW030",
@@ -646,6 +655,34 @@ def _is_multiattach_input(wf: InputFile, spec: JobSpec | None) -> bool:
         and bool(spec.multiattach_vdi_file)
         and posixpath.basename(wf.open_name) == posixpath.basename(spec.multiattach_vdi_file)
     )
+
+
+def _check_intermediate_uploads(ctx: _Ctx, spec: JobSpec) -> None:
+    """Each intermediate_upload_file needs a result output opened under its name (the client
+    uploads the output whose open name the wrapper asks for; docs/compatibility.md#runtime)."""
+    outputs = {of.open_name for of in ctx.result.files} if ctx.result is not None else set()
+    for name in spec.intermediate_upload_file:
+        if name not in outputs:
+            ctx.out(
+                "VMW042",
+                ctx.facts.result_template or ctx.job.file,
+                f"<intermediate_upload_file> {name} has no output in the result template: "
+                "the client finds no file to upload and the request is lost",
+                f"add <file_ref><file_name><OUTFILE_n/></file_name><open_name>{name}"
+                "</open_name></file_ref> (no <copy_file/>) with a <file_info> that has "
+                "<upload_when_present/> and <url><UPLOAD_URL/></url>",
+            )
+
+
+def _check_upload_output(ctx: _Ctx, name: str, copy_file: bool) -> None:
+    if copy_file:
+        ctx.out(
+            "VMW043",
+            ctx.facts.result_template,
+            f"output {name} is an intermediate upload but has <copy_file/>: the client then "
+            "makes no link in the slot, and uploads an empty or missing file",
+            "remove <copy_file/> from its <file_ref> (the wrapper fills the file itself)",
+        )
 
 
 def _check_job_file(ctx: _Ctx, file: str, name: str, copy_file: bool, kind: str) -> None:

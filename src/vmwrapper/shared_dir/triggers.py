@@ -140,17 +140,19 @@ def format_graphics_status(status: GraphicsStatus) -> str:
 
 # -- echoes of consumed trigger files ----------------------------------------------------------
 
-#: A consumed trigger file that reappears with the same content within this much job elapsed
-#: time is an echo, not a new request (see :func:`is_echo`).
+#: Without the file's time (a record from an older wrapper), a consumed trigger file that
+#: reappears with the same content within this much job elapsed time is taken for an echo.
 ECHO_WINDOW = 10.0
 
 
 @dataclass(frozen=True)
 class ConsumedTrigger:
-    """A trigger file the wrapper acted on (and removed): its content digest and when."""
+    """A trigger file the wrapper acted on (and removed): its content digest, when (job
+    elapsed time), and the file's modification time (ns) as the guest wrote it."""
 
     digest: str
     elapsed: float
+    mtime_ns: int | None = None
 
 
 def content_digest(text: str) -> str:
@@ -159,19 +161,27 @@ def content_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()
 
 
-def is_echo(last: ConsumedTrigger | None, text: str, elapsed: float) -> bool:
-    """True when ``text`` is the trigger we already consumed coming back.
+def is_echo(
+    last: ConsumedTrigger | None, text: str, elapsed: float, mtime_ns: int | None = None
+) -> bool:
+    """True when ``text`` (modified at ``mtime_ns``) is the trigger we already consumed
+    coming back, rather than a new write that happens to say the same.
 
-    Under QEMU the guest's sync agent pushes a new file twice (mtime has 1 s resolution) and
-    never learns that the host removed it, and a VM restored from a checkpoint may push it
-    again or re-run the step that wrote it. Acting twice would send a trickle twice or
-    postpone the task in a loop. So a file equal to the one consumed under the same name, seen
-    no later than :data:`ECHO_WINDOW` seconds of job time afterwards (or earlier: a restore
-    rewinds elapsed time), is dropped. A guest that wants to send the same text again soon
-    after should vary it (a counter or a time stamp).
+    Under QEMU the guest's sync agent may push one version of a file twice (a file written in
+    the tick of its listing is pushed again) and pushes everything once more at the end; it
+    never learns that the host removed it. It copies the guest's modification time with the
+    file, so a version we consumed comes back with the same content *and* the same time: an
+    echo. A new write of the same text has a new time and is a new event. A VM restored from
+    a checkpoint may also re-run the step that wrote the file: the same text seen at an
+    elapsed time before the consumption's (a restore rewinds elapsed time) is dropped too
+    (only before: an equal elapsed time is a paused clock, not a rewind). Without times (a
+    record from an older wrapper) the old rule holds: the same text within
+    :data:`ECHO_WINDOW` seconds. docs/compatibility.md#runtime
     """
-    return (
-        last is not None
-        and last.digest == content_digest(text)
-        and elapsed <= last.elapsed + ECHO_WINDOW
-    )
+    if last is None or last.digest != content_digest(text):
+        return False
+    if elapsed < last.elapsed:
+        return True  # rewound: a restored VM replays what it did after its snapshot
+    if last.mtime_ns is None or mtime_ns is None:
+        return elapsed <= last.elapsed + ECHO_WINDOW
+    return mtime_ns == last.mtime_ns

@@ -33,6 +33,39 @@ UNREADABLE_FRACTION = 0.001
 #: remove_symlinks looks at no more entries than this.
 MAX_SWEEP_ENTRIES = 100_000
 
+#: With share_slot_dir the guest's share is the slot itself. These top-level names (shell
+#: patterns) are the wrapper's, the client's and the back ends' files: VM disks and their
+#: snapshots, sockets, logs, the console credential, the client's protocol files. The guest's
+#: sync agent neither pulls nor pushes them (docs/compatibility.md#runtime); the list goes
+#: to the guest in EXCLUDE_FILE.
+SLOT_PRIVATE_PATTERNS: tuple[str, ...] = (
+    "vm_*",  # vm_image.vdi (+ its .qcow2 conversion), vm_disk/state/cache.qcow2, floppy,
+    # ISO, vm_console.txt
+    "qemu*",  # QMP socket, console and stderr logs, pidfile, NIC captures
+    "vbox_*",  # vbox_job.xml, vbox_checkpoint.xml, screenshot, VBoxManage trace
+    "vmwrapper_*",
+    "events.jsonl",
+    "stderr.txt",
+    "fake_vm*",
+    "boinc_mmap_file",
+    "boinc_lockfile",
+    "boinc_finish_called",
+    "boinc_temporary_exit",
+    "boinc_task_state.xml",
+    "boinc_ufr_*",
+    "boinc_ufs_*",
+    "trickle_up.xml",
+    "trickle_down*",
+    GRAPHICS_STATUS_FILE,
+)
+EXCLUDE_FILE = ".vmwrapper-exclude"
+
+
+def write_slot_exclusions(slot_dir: Path) -> None:
+    """The patterns above, one a line, for the guest's agent (share_slot_dir only)."""
+    text = "".join(f"{p}\n" for p in (*SLOT_PRIVATE_PATTERNS, EXCLUDE_FILE))
+    (slot_dir / EXCLUDE_FILE).write_text(text, encoding="utf-8")
+
 
 class SharedDir:
     """``slot/<shared_dir>``: ``shared`` with enable_shared_directory, the slot with
@@ -86,6 +119,13 @@ class SharedDir:
             return stat.S_ISREG(os.lstat(self.file(name)).st_mode)
         except (OSError, InputError):
             return False
+
+    def mtime_ns(self, name: str) -> int | None:
+        """The file's modification time (ns), never following a symlink; None if absent."""
+        try:
+            return os.lstat(self.file(name)).st_mtime_ns
+        except (OSError, InputError):
+            return None
 
     def remove(self, name: str) -> None:
         with contextlib.suppress(OSError, InputError):

@@ -40,8 +40,18 @@ SNAPSHOT_PREFIX: Final = "boinc_"
 FIRST_OFFSET_RANGE: Final = 600.0
 #: The API's checkpoint period when the client gives none.
 DEFAULT_CLIENT_PERIOD: Final = 300.0
-#: A refused snapshot (QEMU with the 9p share mounted in that instant) is retried this soon.
+#: A refused snapshot (QEMU with the 9p share mounted in that instant) is retried this soon,
+#: then twice as late each time it is refused again, up to REFUSED_MAX_DELAY.
 REFUSED_RETRY_DELAY: Final = 2.0
+REFUSED_MAX_DELAY: Final = 60.0
+#: Refused this many times in a row, the guest keeps the share mounted: the next checkpoint is
+#: taken of the disks alone (docs/compatibility.md#runtime).
+REFUSED_LIMIT: Final = 8
+
+
+def refused_retry_delay(refusals: int) -> float:
+    """Seconds until the next try after ``refusals`` refusals in a row (1, 2, ...)."""
+    return min(REFUSED_RETRY_DELAY * 2.0 ** max(refusals - 1, 0), REFUSED_MAX_DELAY)
 
 
 @dataclass(frozen=True)

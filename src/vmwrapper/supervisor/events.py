@@ -9,6 +9,10 @@ Modules log with ``logging.getLogger(__name__)`` and pass a stable event code as
 * ``<slot>/events.jsonl``: one JSON object per record with ``ts``, ``time``, ``pid``,
   ``level``, ``event`` (``"log"`` when the caller gave none), ``message`` and every extra field.
 
+Guest console lines (``guest_log``) are capped per file (:class:`GuestLogCap`): a chatty guest
+must neither fill the task's disk bound nor push the wrapper's own lines out of the tail of
+stderr.txt that the client reports (docs/compatibility.md#runtime).
+
 The event codes below are part of our interface: tests, dashboards and ``vmwrapper job`` read
 them; add new ones, never rename.
 """
@@ -19,11 +23,16 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Final
+
+from vmwrapper.hypervisor.base import VmState
+from vmwrapper.runconfig import GUEST_LOG_LIMIT
 
 EVENTS_FILE: Final = "events.jsonl"
 
@@ -42,6 +51,7 @@ NO_HEARTBEAT: Final = "no_heartbeat"
 CHECKPOINT: Final = "checkpoint"
 CHECKPOINT_REFUSED: Final = "checkpoint_refused"
 CHECKPOINT_FAILED: Final = "checkpoint_failed"
+CHECKPOINT_DISKS: Final = "checkpoint_disks"
 RESTORE: Final = "restore"
 COMPLETION_TRIGGER: Final = "completion_trigger"
 TEMPORARY_EXIT_TRIGGER: Final = "temporary_exit_trigger"
@@ -60,11 +70,96 @@ SHARED_SYMLINKS_REMOVED: Final = "shared_symlinks_removed"
 ERROR_REPORT: Final = "error_report"
 NET_USAGE: Final = "net_usage"
 VM_PRIORITY: Final = "vm_priority"
+GUEST_LOG_DROPPED: Final = "guest_log_dropped"
+
+#: Of those, the guest's last lines, held back and written when the VM goes down. Small: with
+#: the wrapper's last lines it must fit the 64 KiB tail of stderr.txt the client reports.
+GUEST_LOG_TAIL: Final = 16 << 10
 
 #: LogRecord attributes that are not caller extras.
 _STANDARD_ATTRS: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
 )
+
+
+class GuestLogCap:
+    """Keeps one file's guest lines within a byte budget: the first lines pass at once, the
+    last ``GUEST_LOG_TAIL`` bytes are held (older held lines are dropped and counted) until
+    :meth:`take_held`, when the VM goes down or the run ends."""
+
+    def __init__(self, limit: int, used: int = 0) -> None:
+        budget = max(limit - used, 0)  # bytes the file already has count (earlier runs)
+        self.tail_left = min(GUEST_LOG_TAIL, budget // 2)
+        self.head_left = budget - self.tail_left
+        self.held: deque[tuple[str, int]] = deque()  # (line, its size in bytes)
+        self.held_bytes = 0
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+
+    def admit(self, line: str) -> bool:
+        """True: write ``line`` now. False: it is held back (or dropped at once)."""
+        size = len(line.encode("utf-8", errors="replace"))
+        if not self.held and size <= self.head_left:
+            self.head_left -= size
+            return True
+        self.head_left = 0  # a later line must never overtake a held one
+        self.held.append((line, size))
+        self.held_bytes += size
+        while self.held and self.held_bytes > self.tail_left:
+            _, old = self.held.popleft()
+            self.held_bytes -= old
+            self.dropped_lines += 1
+            self.dropped_bytes += old
+        return False
+
+    def take_held(self) -> tuple[str, list[str]] | None:
+        """(a note on what was dropped, the held lines), or None when nothing is pending."""
+        if not self.held and not self.dropped_lines:
+            return None
+        lines = [line for line, _ in self.held]
+        note = (
+            f"Guest log limit reached: {self.dropped_lines} guest lines "
+            f"({self.dropped_bytes} bytes) dropped; the guest's last {len(lines)} lines follow."
+        )
+        self.tail_left -= self.held_bytes
+        self.held.clear()
+        self.held_bytes = self.dropped_lines = self.dropped_bytes = 0
+        return note, lines
+
+
+def _is_guest_line(record: logging.LogRecord) -> bool:
+    return getattr(record, "event", None) == GUEST_LOG
+
+
+def _ends_guest_output(record: logging.LogRecord) -> bool:
+    """The VM went down (its last lines are in) or the run ends: time for the held lines."""
+    event = getattr(record, "event", None)
+    if event == OUTCOME:
+        return True
+    if event == VM_STATE:
+        with contextlib.suppress(ValueError):
+            return not VmState(getattr(record, "new", "")).online
+    return False
+
+
+def _note_record(note: str) -> logging.LogRecord:
+    return logging.makeLogRecord(
+        {
+            "msg": note,
+            "levelno": logging.WARNING,
+            "levelname": "WARNING",
+            "event": GUEST_LOG_DROPPED,
+            "name": __name__,
+        }
+    )
+
+
+def _file_size(fd: int) -> int:
+    with contextlib.suppress(OSError):
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            return info.st_size
+    return 0
 
 
 class BoincStderrFormatter(logging.Formatter):
@@ -76,6 +171,44 @@ class BoincStderrFormatter(logging.Formatter):
         if record.exc_info and record.levelno >= logging.ERROR:
             text += "\n" + self.formatException(record.exc_info)
         return f"{stamp} ({record.process}): {text}"
+
+
+class CappedStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr in BOINC's format with the guest's lines capped (:class:`GuestLogCap`)."""
+
+    def __init__(self, stream: IO[str], limit: int) -> None:
+        super().__init__(stream)
+        self.setFormatter(BoincStderrFormatter())
+        used = 0
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            used = _file_size(stream.fileno())
+        self.cap = GuestLogCap(limit, used)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _is_guest_line(record):
+            try:
+                text = self.format(record) + self.terminator
+            except Exception:  # logging must never take the wrapper down
+                self.handleError(record)
+                return
+            if not self.cap.admit(text):
+                return
+        elif _ends_guest_output(record):
+            self.write_held()
+        super().emit(record)
+
+    def write_held(self) -> None:
+        pending = self.cap.take_held()
+        if pending is None:
+            return
+        note, lines = pending
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write(self.format(_note_record(note)) + self.terminator + "".join(lines))
+            self.flush()
+
+    def close(self) -> None:
+        self.write_held()
+        super().close()
 
 
 def event_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -105,12 +238,13 @@ class JsonLinesHandler(logging.Handler):
     object a line (``read_events`` skips the cut one).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, guest_log_limit: int = GUEST_LOG_LIMIT) -> None:
         super().__init__()
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._cut = False  # the last line was written only in part
         self.dropped = 0  # records the disk refused
+        self.cap = GuestLogCap(guest_log_limit, _file_size(self._fd))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -118,6 +252,20 @@ class JsonLinesHandler(logging.Handler):
         except Exception:  # logging must never take the wrapper down
             self.handleError(record)
             return
+        if _is_guest_line(record):
+            if not self.cap.admit(line):
+                return
+        elif _ends_guest_output(record):
+            self.write_held()
+        self._write(line)
+
+    def write_held(self) -> None:
+        pending = self.cap.take_held()
+        if pending is not None:
+            note, lines = pending
+            self._write(json.dumps(event_fields(_note_record(note))) + "\n" + "".join(lines))
+
+    def _write(self, line: str) -> None:
         data = (b"\n" if self._cut else b"") + line.encode("utf-8")
         try:
             written = os.write(self._fd, data)
@@ -130,6 +278,7 @@ class JsonLinesHandler(logging.Handler):
 
     def close(self) -> None:
         try:
+            self.write_held()
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         finally:
@@ -142,17 +291,20 @@ def install(
     stream: IO[str] | None = None,
     level: int = logging.INFO,
     logger_name: str = "vmwrapper",
+    guest_log_limit: int = GUEST_LOG_LIMIT,
 ) -> Callable[[], None]:
-    """Send ``vmwrapper.*`` logs to stderr (BOINC format) and ``slot_dir/events.jsonl``.
+    """Send ``vmwrapper.*`` logs to stderr (BOINC format) and ``slot_dir/events.jsonl``, each
+    with at most ``guest_log_limit`` bytes of guest console lines.
 
     Returns a function that removes and closes the handlers again (tests call it).
     """
     logger = logging.getLogger(logger_name)
-    stderr_handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    stderr_handler.setFormatter(BoincStderrFormatter())
+    stderr_handler = CappedStderrHandler(
+        stream if stream is not None else sys.stderr, guest_log_limit
+    )
     handlers: list[logging.Handler] = [stderr_handler]
     if slot_dir is not None:
-        handlers.append(JsonLinesHandler(slot_dir / EVENTS_FILE))
+        handlers.append(JsonLinesHandler(slot_dir / EVENTS_FILE, guest_log_limit))
     for handler in handlers:
         logger.addHandler(handler)
     previous = (logger.level, logger.propagate)

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -31,7 +32,16 @@ from vmwrapper.boinc.app import ClientStatus
 from vmwrapper.boinc.init_data import AppInitData
 from vmwrapper.cputime import CpuTotal
 from vmwrapper.errors import CheckpointError, CheckpointRefused, InputError, VmWrapperError
-from vmwrapper.hypervisor.base import GUEST_OOM_MARKER, Backend, Diagnosis, NetUsage, VmState
+from vmwrapper.hypervisor.base import (
+    GUEST_OOM_MARKER,
+    Backend,
+    Cancellable,
+    Diagnosis,
+    DiskCheckpoints,
+    NetUsage,
+    VmState,
+    done_status,
+)
 from vmwrapper.outcome import Finish, Outcome, PlainExit, TemporaryExit
 from vmwrapper.shared_dir.heartbeat import HeartbeatWatch
 from vmwrapper.shared_dir.triggers import (
@@ -42,7 +52,7 @@ from vmwrapper.shared_dir.triggers import (
     parse_completion,
     parse_temporary_exit,
 )
-from vmwrapper.shared_dir.watch import SharedDir, write_graphics_status
+from vmwrapper.shared_dir.watch import SharedDir, write_graphics_status, write_slot_exclusions
 from vmwrapper.spec.model import JobSpec
 from vmwrapper.supervisor import backoff, events, report
 from vmwrapper.supervisor import checkpoint as ckpt
@@ -70,6 +80,9 @@ FINAL_CHECKPOINT_PATIENCE = 10.0
 #: checkpoint (or the job is over), and an ACPI shutdown would let the guest run on meanwhile.
 POWEROFF_GRACE = 0.0
 CERN_OUTPUT_FILE = "output"
+#: A back-end call still running after this long (a conversion, a snapshot) is waited for
+#: while the client is served: its messages read, status sent (docs/supervisor.md).
+SERVE_PERIOD = 0.5
 #: Trigger files already acted on, kept across restarts (see triggers.is_echo).
 CONSUMED_FILE = "vmwrapper_triggers.json"
 
@@ -136,6 +149,9 @@ class _Runtime:
     last_checkpoint_elapsed: float
     checkpoints_this_run: int = 0
     checkpoint_retry_at: float = 0.0
+    checkpoint_refusals: int = 0  # refused snapshots since the last full one
+    refusal_warned: bool = False
+    disks_warned: bool = False
     boot_started: float = 0.0
     vm_state: VmState = VmState.ABSENT
     status_failures: int = 0
@@ -150,10 +166,18 @@ class _Runtime:
     client: m.ClientView = dataclasses.field(default_factory=m.ClientView)
     consumed: dict[str, ConsumedTrigger] = dataclasses.field(default_factory=dict)
     trigger_texts: dict[str, str] = dataclasses.field(default_factory=dict)  # as observed
+    trigger_mtimes: dict[str, int | None] = dataclasses.field(default_factory=dict)
     retry: backoff.BackoffState = dataclasses.field(default_factory=backoff.BackoffState)
     net: NetUsage = dataclasses.field(default_factory=NetUsage)  # this episode, never falling
     net_polled_elapsed: float = 0.0
     priority_lowered: bool = False
+    guest_oom: bool = False  # the guest printed EXIT_OUT_OF_MEMORY
+    guest_status: int | None = None  # N of the guest's VMWRAPPER_GUEST_DONE status=N line
+
+
+class _Interrupted(Exception):
+    """The client asked for a quit or an abort while a long back-end call ran: the step's
+    other actions are skipped, and the next tick acts on the request."""
 
 
 class Supervisor:
@@ -310,6 +334,11 @@ class Supervisor:
                 self.shared.ensure()
             except OSError as exc:
                 log.error("Could not create the shared directory: %s", exc)
+        elif job.share_slot_dir:
+            try:
+                write_slot_exclusions(self.settings.slot_dir)
+            except OSError as exc:
+                log.error("Could not write the guest's exclusion list: %s", exc)
         if job.enable_scratch_directory:
             try:
                 Path(self.client.init_data.project_dir or "project", "scratch").mkdir(
@@ -388,7 +417,7 @@ class Supervisor:
         if state is m.State.STARTING:
             return replace(base, restore_snapshot=self._restore_snapshot())
         # the guest's last lines before the state change they led to, as they happened
-        guest_oom = self._forward_guest_log()
+        self._forward_guest_log()
         vm_state, detail, exit_code = self._vm_status()
         diagnoses: tuple[Diagnosis, ...] = ()
         boot_timed_out = (
@@ -403,7 +432,8 @@ class Supervisor:
             vm_detail=detail,
             vm_exit_code=exit_code,
             diagnoses=diagnoses,
-            guest_oom=guest_oom,
+            guest_oom=rt.guest_oom,
+            guest_status=rt.guest_status,
             boot_timed_out=boot_timed_out,
             completion=self._trigger(job.completion_trigger_file, parse_completion),
             temporary_exit=self._consumable(job.temporary_exit_trigger_file, parse_temporary_exit),
@@ -458,6 +488,8 @@ class Supervisor:
             return rt.vm_state, "", None
         rt.status_failures = 0
         if status.state is not rt.vm_state:
+            # lines the status query read as the VM went down (its done line, say) come first
+            self._forward_guest_log()
             log.info(
                 "VM state change detected. (old = '%s', new = '%s')",
                 rt.vm_state.value,
@@ -471,16 +503,18 @@ class Supervisor:
             rt.vm_state = status.state
         return status.state, status.detail, status.exit_code
 
-    def _forward_guest_log(self) -> bool:
+    def _forward_guest_log(self) -> None:
+        """Log the guest's new console lines and note its markers (OOM, exit status)."""
         try:
             lines = self.backend.guest_log()
         except VmWrapperError:
-            return False
-        oom = False
+            return
         for line in lines:
             log.info("Guest Log: %s", line, extra={"event": events.GUEST_LOG})
-            oom = oom or GUEST_OOM_MARKER in line
-        return oom
+            self.rt.guest_oom = self.rt.guest_oom or GUEST_OOM_MARKER in line
+            status = done_status(line)
+            if status is not None:
+                self.rt.guest_status = status
 
     def _diagnose(self) -> tuple[Diagnosis, ...]:
         try:
@@ -499,14 +533,16 @@ class Supervisor:
         """A trigger file that is consumed (removed) when acted on; echoes are dropped."""
         if not name:
             return None
+        mtime = self.shared.mtime_ns(name)
         text = self.shared.read_text(name)
         if text is None:
             return None
-        if is_echo(self.rt.consumed.get(name), text, self.rt.elapsed):
+        if is_echo(self.rt.consumed.get(name), text, self.rt.elapsed, mtime):
             log.debug("%s came back unchanged (sync echo); removed", name)
             self.shared.remove(name)
             return None
         self.rt.trigger_texts[name] = text
+        self.rt.trigger_mtimes[name] = mtime
         return text
 
     def _consumable(self, name: str, parse: Callable[[str], _T]) -> _T | None:
@@ -516,10 +552,11 @@ class Supervisor:
     def _consumed(self, name: str) -> None:
         """Remove a trigger file we acted on and remember it (persisted) to spot its echoes."""
         text = self.rt.trigger_texts.pop(name, None)
+        mtime = self.rt.trigger_mtimes.pop(name, None)
         self.shared.remove(name)
         if text is None:
             return
-        self.rt.consumed[name] = ConsumedTrigger(content_digest(text), self.rt.elapsed)
+        self.rt.consumed[name] = ConsumedTrigger(content_digest(text), self.rt.elapsed, mtime)
         try:
             files.write_atomic(
                 self.settings.slot_dir / CONSUMED_FILE,
@@ -605,6 +642,11 @@ class Supervisor:
                 return None
             try:
                 self._do(action)
+            except _Interrupted as exc:
+                log.info("%s cut short: %s", type(action).__name__, exc)
+                if ending:
+                    continue  # on the way out every action is still tried
+                return None
             except Exception as exc:  # classified below; the machine decides what it means
                 failure = backoff.classify(exc)
                 log.error(
@@ -666,6 +708,59 @@ class Supervisor:
             case _:
                 assert_never(action)
 
+    def _serving(self, what: str, call: Callable[[], _T]) -> _T:
+        """Run a back-end call that may take long (an image conversion, a snapshot) in a
+        worker thread and keep serving the client meanwhile: its messages read, a status
+        message (with the CPU time last known) every SERVE_PERIOD, trickles handed over. A
+        quit, an abort or a lost client cuts the call short where the back end can
+        (:class:`Cancellable`) and interrupts the step."""
+        done: list[_T] = []
+        failed: list[Exception] = []
+
+        def work() -> None:
+            try:
+                done.append(call())
+            except Exception as exc:  # re-raised in the loop's thread
+                failed.append(exc)
+
+        worker = threading.Thread(target=work, name=f"vmwrapper-{what}", daemon=True)
+        worker.start()
+        worker.join(SERVE_PERIOD)
+        stop = ""
+        while worker.is_alive():
+            self.sleep(SERVE_PERIOD)
+            worker.join(0.05)
+            cs = self.client.poll()
+            self._report_held()
+            self.client.tick()
+            wanted = (
+                "abort" if cs.abort_request else
+                "quit" if cs.quit_request or self.quit_requested else
+                "stop (client gone)" if cs.no_heartbeat else ""
+            )  # fmt: skip
+            if wanted and not stop:
+                stop = wanted
+                log.info("The client asked to %s during %s; stopping it.", stop, what)
+                if isinstance(self.backend, Cancellable):
+                    self.backend.cancel()
+        if stop:
+            raise _Interrupted(f"{what} stopped: the client asked to {stop}")
+        if failed:
+            raise failed[0]
+        return done[0]
+
+    def _report_held(self) -> None:
+        """A status message while a long call runs: nothing is asked of the back end."""
+        rt = self.rt
+        self.client.report_status(
+            cpu_time=rt.cpu.total,
+            checkpoint_cpu_time=rt.checkpoint_cpu,
+            fraction_done=rt.fraction,
+            other_pid=None,
+            bytes_sent=rt.net.sent,
+            bytes_received=rt.net.received,
+        )
+
     def _do_PrepareVm(self, action: m.PrepareVm) -> None:
         backend = self.backend
         if self.settings.contextualize is not None:
@@ -674,7 +769,7 @@ class Supervisor:
             self.settings.contextualize()
         if not backend.exists():
             log.info("Create VM. (%s)", backend.name, extra={"event": events.VM_CREATED})
-            backend.create()
+            self._serving("create", backend.create)  # may convert the image: long
             return
         status = backend.status()
         if status.state.online:
@@ -690,7 +785,7 @@ class Supervisor:
 
     def _do_StartVm(self, action: m.StartVm) -> None:
         try:
-            pid = self.backend.start(action.restore or None)
+            pid = self._serving("start", lambda: self.backend.start(action.restore or None))
         except CheckpointError as exc:
             if not action.restore:
                 raise
@@ -773,16 +868,24 @@ class Supervisor:
         name = ckpt.snapshot_name(rt.elapsed, self.backend.checkpoints())
         while True:
             try:
-                self.backend.checkpoint(name)
+                if not action.final and rt.checkpoint_refusals >= ckpt.REFUSED_LIMIT:
+                    try:  # a full snapshot once more: the guest may have let go of the share
+                        self._serving("checkpoint", lambda: self.backend.checkpoint(name))
+                    except CheckpointRefused:
+                        rt.checkpoint_refusals += 1
+                        self._checkpoint_disks(name)
+                    else:
+                        rt.checkpoint_refusals = 0
+                else:
+                    self._serving("checkpoint", lambda: self.backend.checkpoint(name))
+                    rt.checkpoint_refusals = 0
                 break
             except CheckpointRefused as exc:
-                log.info(
-                    "Checkpoint refused for now (%s); retrying shortly.",
-                    exc,
-                    extra={"event": events.CHECKPOINT_REFUSED},
-                )
+                self._note_refusal(exc)
                 if self.clock() >= deadline:
-                    rt.checkpoint_retry_at = self.clock() + ckpt.REFUSED_RETRY_DELAY
+                    rt.checkpoint_retry_at = self.clock() + ckpt.refused_retry_delay(
+                        rt.checkpoint_refusals
+                    )
                     if action.final:
                         raise CheckpointError("snapshot refused until the deadline") from exc
                     return
@@ -790,6 +893,37 @@ class Supervisor:
         if name not in self.backend.checkpoints():
             raise CheckpointError(f"snapshot {name} was taken but the hypervisor does not list it")
         self._commit_checkpoint(name)
+
+    def _note_refusal(self, exc: CheckpointRefused) -> None:
+        """One warning a run, debug lines after it (the retries back off)."""
+        self.rt.checkpoint_refusals += 1
+        first, self.rt.refusal_warned = not self.rt.refusal_warned, True
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "Checkpoint refused (%s): the guest has the shared directory mounted. Retrying "
+            "with a growing delay; after %d refusals in a row the disks alone are saved.",
+            exc,
+            ckpt.REFUSED_LIMIT,
+            extra={"event": events.CHECKPOINT_REFUSED, "refusals": self.rt.checkpoint_refusals},
+        )
+
+    def _checkpoint_disks(self, name: str) -> None:
+        """The guest keeps the share mounted, so QEMU refuses every snapshot: save the disks
+        alone (a restore then boots afresh from them), so a long job is never left without
+        checkpoints. docs/compatibility.md#runtime"""
+        if not isinstance(self.backend, DiskCheckpoints):
+            raise CheckpointRefused(f"{self.backend.name} cannot save the disks alone")
+        first, self.rt.disks_warned = not self.rt.disks_warned, True
+        log.log(
+            logging.WARNING if first else logging.INFO,
+            "Snapshots refused %d times: the guest keeps the shared directory mounted. "
+            "Saving the disks alone (%s); a restart boots the VM afresh from them.",
+            self.rt.checkpoint_refusals,
+            name,
+            extra={"event": events.CHECKPOINT_DISKS, "snapshot": name},
+        )
+        backend = self.backend
+        self._serving("checkpoint", lambda: backend.checkpoint_disks(name))
 
     def _commit_checkpoint(self, snapshot: str) -> None:
         """Record the verified snapshot, then drop the one it replaces (that order)."""
@@ -1097,7 +1231,11 @@ def _load_consumed(slot_dir: Path) -> dict[str, ConsumedTrigger]:
     try:
         data = json.loads((slot_dir / CONSUMED_FILE).read_text(encoding="utf-8"))
         return {
-            str(name): ConsumedTrigger(str(v["digest"]), float(v["elapsed"]))
+            str(name): ConsumedTrigger(
+                str(v["digest"]),
+                float(v["elapsed"]),
+                None if v.get("mtime_ns") is None else int(v["mtime_ns"]),
+            )
             for name, v in data.items()
         }
     except (OSError, ValueError, TypeError, KeyError, AttributeError):

@@ -25,6 +25,7 @@ from vmwrapper.hypervisor.base import Diagnosis, VmState
 from vmwrapper.outcome import (
     ERR_EXEC,
     EXIT_ABORTED_BY_CLIENT,
+    EXIT_CHILD_FAILED,
     EXIT_OUT_OF_MEMORY,
     MAX_TEMPORARY_EXIT_DELAY,
     VM_EXTENSIONS_TOKEN,
@@ -96,6 +97,7 @@ class Observation:
     temporary_exit: TemporaryExitTrigger | None = None
     heartbeat_failure: int | None = None  # BOINC code when the heartbeat file check failed
     guest_oom: bool = False  # the guest printed EXIT_OUT_OF_MEMORY
+    guest_status: int | None = None  # N of the guest's `VMWRAPPER_GUEST_DONE status=N` line
     checkpoint_due: bool = False
     boot_timed_out: bool = False
     failure: Failure | None = None
@@ -285,6 +287,10 @@ MSG_REGISTER_ONLY = "VM registered and left for debugging (--register_only)."
 MSG_HEARTBEAT = "VM Heartbeat file check failed."
 
 
+def msg_guest_failed(status: int) -> str:
+    return f"The guest's app exited with status {status} (VMWRAPPER_GUEST_DONE status={status})."
+
+
 # -- classification --------------------------------------------------------------------------
 
 _LIVE = (State.BOOTING, State.RUNNING, State.SUSPENDED)
@@ -453,6 +459,10 @@ def _on_vm_stopped(state: State, obs: Observation, config: MachineConfig) -> Act
     host = _host_problem(obs, "")
     if host is not None:
         return host
+    if obs.guest_status:
+        # The guest's app failed: BOINC's own wrapper ends a failed child with
+        # EXIT_CHILD_FAILED, so do we (docs/compatibility.md#runtime).
+        return _fatal(obs, Finish(EXIT_CHILD_FAILED, msg_guest_failed(obs.guest_status)))
     if config.job_duration > 0 and obs.elapsed < config.job_duration:
         return _fatal(obs, Finish(EXIT_ABORTED_BY_CLIENT, MSG_PREMATURE))
     return [Cleanup(), ResetBackoff(), Exit(Finish(0))]  # the guest shut itself down: success

@@ -41,9 +41,11 @@ from typing import Any
 import psutil
 from qemu.qmp import ExecuteError, QMPClient
 
+from vmwrapper.boinc import files
 from vmwrapper.errors import BackendError, CheckpointError, VmStartError
 from vmwrapper.hostports import free_port
 from vmwrapper.hypervisor.base import (
+    GUEST_DONE_MARKER,
     SCREENSHOT_FILE,
     Diagnosis,
     NetUsage,
@@ -64,7 +66,7 @@ from vmwrapper.hypervisor.qemu.cmdline import (
     build_argv,
     qemu_binary,
 )
-from vmwrapper.hypervisor.qemu.console import GUEST_DONE_MARKER, ConsoleLines
+from vmwrapper.hypervisor.qemu.console import ConsoleLines
 from vmwrapper.hypervisor.qemu.ports import Picker, QemuPorts, pick_ports, unbound_picked_ports
 from vmwrapper.hypervisor.text import whole_lines_tail
 
@@ -400,6 +402,7 @@ class QemuBackend:
         self._console = ConsoleLines()
         self._console_offset = 0
         self._run_console_start = 0
+        self._tool: subprocess.Popen[str] | None = None  # the qemu-img running now, if any
         self._run_stderr_start = 0
         self._pending: list[str] = []
         self._cap_percent = 100
@@ -472,13 +475,30 @@ class QemuBackend:
         (the slot's own image) or, for a multiattach parent, in the project dir where all
         slots share it; the parent itself is only read.
         """
+        in_slot = parent.parent.resolve() == self.config.slot_dir.resolve()
+        if in_slot:
+            linked = files.resolve_filename(parent.parent, parent.name)
+            if linked != parent:  # an earlier run of this task put the conversion in its place
+                if not linked.is_file():
+                    raise VmStartError(
+                        f"{parent.name} links to {linked}, which is gone; the task cannot "
+                        "start (abort it: the client will fetch the image for a new one)"
+                    )
+                return linked, "qcow2"
         info = json.loads(self._qemu_img("info", "-U", "--output=json", str(parent)))
         fmt = str(info["format"])
         if fmt in SNAPSHOT_SAFE_FORMATS:
             return parent, fmt
-        stat = parent.stat()
-        key = f"{parent.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-        base = parent.with_name(f"{parent.name}.{hashlib.sha256(key).hexdigest()[:12]}.qcow2")
+        shared_by_tasks = in_slot and self.config.project_dir.is_dir()
+        if shared_by_tasks:
+            # one conversion per image content (so per app version), in the project dir
+            with parent.open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            base = self.config.project_dir / f"{parent.name}.{digest[:16]}.qcow2"
+        else:
+            stat = parent.stat()
+            key = f"{parent.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+            base = parent.with_name(f"{parent.name}.{hashlib.sha256(key).hexdigest()[:12]}.qcow2")
         if not base.exists():
             _remove_dead_converters_files(base)
             tmp = base.with_name(f"{base.name}.{os.getpid()}.tmp")
@@ -494,21 +514,38 @@ class QemuBackend:
                 "%s converted to %s (QEMU cannot snapshot over %s)", parent.name, base.name, fmt,
                 extra={"event": "qemu_base_converted"},
             )  # fmt: skip
+        if shared_by_tasks:
+            _link_in_place(parent, base)
         return base, "qcow2"
 
     def _qemu_img(self, *args: str, timeout: float = 120.0) -> str:
         argv = [self.qemu_img, *args]
         try:
-            done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, check=False
-            )
+            with subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ) as proc:
+                self._tool = proc
+                try:
+                    out, err = proc.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    raise
+                finally:
+                    self._tool = None
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise BackendError(f"qemu-img failed: {exc}", argv=argv) from exc
-        if done.returncode != 0:
-            raise BackendError(
-                "qemu-img failed", argv=argv, exit_code=done.returncode, output=done.stderr
-            )
-        return done.stdout
+        if proc.returncode != 0:
+            raise BackendError("qemu-img failed", argv=argv, exit_code=proc.returncode, output=err)
+        return out
+
+    def cancel(self) -> None:
+        """Cut a running qemu-img short (a conversion can take an hour): called from another
+        thread when the client asks for a quit or an abort; the call then raises."""
+        tool = self._tool
+        if tool is not None:
+            with contextlib.suppress(OSError):
+                tool.kill()
 
     # --- start -------------------------------------------------------------------------
 
@@ -528,6 +565,8 @@ class QemuBackend:
                 f"cannot restore checkpoint {loadvm!r}: {self._qcow2_files[0][1]} has only "
                 f"{list(existing)}"
             )
+        if loadvm is not None and self._revert_disks(loadvm):
+            loadvm = None  # the disks alone were saved: boot afresh from them
         if self.accel is None:
             setting = self.accel_setting if self.config.hw_acceleration else AccelSetting.TCG
             self.accel = choose_accel(setting, self.config.arch, self.binary)
@@ -829,6 +868,44 @@ class QemuBackend:
             "checkpoint %s taken in %.2f s", name, time.monotonic() - started,
             extra={"event": "qemu_checkpoint", "checkpoint": name},
         )  # fmt: skip
+
+    def checkpoint_disks(self, name: str) -> None:
+        """The disks alone, the VM paused meanwhile: what still works while the guest keeps
+        a 9p share mounted (QEMU then refuses every savevm). start(restore=name) boots afresh
+        from them. docs/compatibility.md#runtime"""
+        _check_tag(name)
+        if not self._alive():
+            raise CheckpointError(f"cannot take checkpoint {name!r}: the VM is not running")
+        nodes = [node for node, _ in self._qcow2_files if node != STATE_NODE]
+        if not nodes:
+            raise CheckpointError(f"cannot save the disks alone for {name!r}: the VM has none")
+        running = self._execute("query-status")["status"] == "running"
+        if running:
+            self._execute("stop")
+        try:
+            for node in nodes:
+                self._execute("blockdev-snapshot-internal-sync", {"device": node, "name": name})
+        except BackendError as exc:
+            raise CheckpointError(f"disk checkpoint {name!r} failed: {exc}") from exc
+        finally:
+            if running:
+                with contextlib.suppress(BackendError):
+                    self._execute("cont")
+
+    def _revert_disks(self, name: str) -> bool:
+        """If ``name`` holds the disks alone, put them back (QEMU not running); else False.
+        The first qcow2 decides: a full snapshot keeps the VM state there (the others have
+        none in any snapshot)."""
+        infos = [
+            (path, json.loads(self._qemu_img("info", "-U", "--output=json", str(path))))
+            for _node, path in self._qcow2_files
+        ]
+        if name not in monitor.disk_only_snapshot_names(infos[0][1]):
+            return False
+        for path, info in infos:
+            if name in monitor.snapshot_names(info):
+                self._qemu_img("snapshot", "-a", name, str(path))
+        return True
 
     def checkpoints(self) -> tuple[str, ...]:
         node, path = self._qcow2_files[0]
@@ -1142,6 +1219,20 @@ def _tail(path: Path, start: int, limit: int = 1 << 20) -> str:
             return fh.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def _link_in_place(copy: Path, target: Path) -> None:
+    """Replace the slot's copy of an image with a BOINC link file to its shared conversion:
+    the task's disk is then its overlay and snapshots, and the client, which copies an input
+    only when its name is missing from the slot, does not copy it again at a restart
+    (docs/compatibility.md#runtime)."""
+    tmp = copy.with_name(f"{copy.name}.link.tmp")
+    tmp.write_text(files.format_soft_link(os.path.relpath(target, copy.parent)))
+    tmp.replace(copy)
+    log.info(
+        "%s now links to %s (converted once for every task)", copy.name, target.name,
+        extra={"event": "qemu_image_linked"},
+    )  # fmt: skip
 
 
 def _remove_dead_converters_files(base: Path) -> None:

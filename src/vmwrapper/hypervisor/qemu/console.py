@@ -12,12 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from vmwrapper.hypervisor.base import GUEST_OOM_MARKER
+from vmwrapper.hypervisor.base import GUEST_OOM_MARKER, done_status
 
 GUEST_ERROR_MARKER = "VMWRAPPER_GUEST_ERROR:"
 GUEST_PROGRESS_MARKER = "VMWRAPPER_GUEST:"
-GUEST_DONE_MARKER = "VMWRAPPER_GUEST_DONE"
-_DONE_RE = re.compile(r"VMWRAPPER_GUEST_DONE status=(-?\d+)")
 # Terminal escape sequences (colours, cursor moves) that a guest may print to its console.
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
 #: A line longer than this is cut (a guest printing without newlines must not grow memory).
@@ -59,7 +57,7 @@ class ConsoleLines:
                 self.guest_error = line.split(GUEST_ERROR_MARKER, 1)[1].strip()
             if GUEST_OOM_MARKER in line:
                 self.out_of_memory = True
-            match = _DONE_RE.search(line)
-            if match:
-                self.done_status = int(match.group(1))
+            status = done_status(line)
+            if status is not None:
+                self.done_status = status
         return kept
