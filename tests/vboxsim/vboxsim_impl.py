@@ -12,9 +12,13 @@ in the directory named by ``VBOXSIM_STATE`` (created on first use):
   the traffic of each NIC with its cable plugged while the guest runs; default below).
 * ``faults.json`` (optional, counters decremented as they fire) —
   ``lock_contention: {"commands": [...], "times": N}`` (VBOX_E_INVALID_OBJECT_STATE),
-  ``service_down: {"times": N}`` (CO_E_SERVER_EXEC_FAILURE),
+  ``service_down: {"times": N, "host": "windows"|"linux"}`` (VBoxSVC unreachable: Windows
+  prints CO_E_SERVER_EXEC_FAILURE, Linux NS_BASE_STREAM_WOULD_BLOCK),
+  ``output: {"commands": [...], "text": "...", "exit": 1, "times": N}`` (the command prints
+  ``text`` and exits with ``exit``: replays a real VBoxManage error, see tests/data/vbox/real/),
   ``hang: {"commands": [...], "times": N}`` (the command sleeps for an hour),
-  ``start_error: "VERR_..."`` (startvm fails with that VirtualBox status, logged in VBox.log),
+  ``start_error: "VERR_..."`` or a list of them (startvm fails with those VirtualBox statuses,
+  one line each as on Windows, logged in VBox.log),
   ``multiattach_registry_bug: true`` (VirtualBox's "4.0 or later" MultiAttach error until the
   parent is closed and reopened).
 
@@ -104,6 +108,9 @@ START_ERRORS = {
     "VERR_SVM_IN_USE": "AMD-V is being used by another hypervisor",
     "VERR_NO_MEMORY": "Failed to allocate memory for the guest",
     "VERR_EM_NO_MEMORY": "Unable to allocate and lock memory. The virtual machine will be paused",
+    "VERR_NEM_NOT_AVAILABLE": "Not in a hypervisor partition (HVP=0)",
+    "VERR_NEM_VM_CREATE_FAILED": "Call to WHvSetupPartition failed: ERROR_SUCCESS (Last=0xc000000d/87)",
+    "VERR_VMX_MSR_LOCKED_OR_DISABLED": "VT-x is disabled in the BIOS",
 }
 
 
@@ -128,16 +135,39 @@ class Fail(Exception):
         self.context = context
 
     def render(self) -> str:
+        """VirtualBox's error block (VBoxManage's GlueHandleComError): the message lines, the
+        ``Details:`` line (``callee`` only for calls through a COM proxy: not for a powering-up
+        console), and ``Context: "<call>" at line N of file VBoxManage<Command>.cpp``."""
         lines = [f"VBoxManage: error: {line}" for line in self.text.splitlines()]
         if self.code is not None:
             name, value = self.code
+            callee = "" if self.component == "ConsoleWrap" else ", callee nsISupports"
             lines.append(
                 f"VBoxManage: error: Details: code {name} (0x{value:08x}), component "
-                f"{self.component}, interface {self.interface}, callee nsISupports"
+                f"{self.component}, interface {self.interface}{callee}"
             )
         if self.context:
-            lines.append(f'VBoxManage: error: Context: "{self.context}"')
+            source, line = CONTEXT_SOURCE
+            lines.append(
+                f'VBoxManage: error: Context: "{self.context}" at line {line} of file {source}'
+            )
         return "\n".join(lines) + "\n"
+
+
+#: VBoxManage's source file per command (for the ``Context:`` line), with a plausible line.
+SOURCE_FILES = {
+    "modifyvm": ("VBoxManageModifyVM.cpp", 462),
+    "startvm": ("VBoxManageMisc.cpp", 727),
+    "controlvm": ("VBoxManageControlVM.cpp", 217),
+    "snapshot": ("VBoxManageSnapshot.cpp", 433),
+    "storageattach": ("VBoxManageStorageController.cpp", 1048),
+    "storagectl": ("VBoxManageStorageController.cpp", 1048),
+    "showvminfo": ("VBoxManageInfo.cpp", 2861),
+    "sharedfolder": ("VBoxManageMisc.cpp", 1002),
+    "bandwidthctl": ("VBoxManageBandwidthControl.cpp", 201),
+    "unregistervm": ("VBoxManageMisc.cpp", 197),
+}
+CONTEXT_SOURCE: tuple[str, int] = ("VBoxManage.cpp", 1)
 
 
 def syntax_error(text: str) -> Fail:
@@ -1273,15 +1303,16 @@ def cmd_startvm(reg: Registry, args: Args) -> str:
     rotate_logs(vm)
     error = peek_fault(reg.sdir, "start_error")
     if error:
+        # one status, or several (Windows: "VERR_NEM_NOT_AVAILABLE" first, then the VT-x reason)
+        names = [str(e) for e in error] if isinstance(error, list) else [str(error)]
         log_header(vm, os.getpid())
         set_state(vm, "starting")
-        message = START_ERRORS.get(str(error), "Failed to start the VM")
-        log_line(vm, f"{message} ({error})")
-        log_line(vm, f"Power up failed (vrc={error}, rc=E_FAIL (0X80004005))")
+        text = "\n".join(f"{START_ERRORS.get(n, 'Failed to start the VM')} ({n})" for n in names)
+        for line in text.splitlines():
+            log_line(vm, line)
+        log_line(vm, f"Power up failed (vrc={names[-1]}, rc=E_FAIL (0X80004005))")
         set_state(vm, "poweroff")
-        raise Fail(
-            f"{message} ({error})", NS_ERROR_FAILURE, component="ConsoleWrap", interface="IConsole"
-        )
+        raise Fail(text, NS_ERROR_FAILURE, component="ConsoleWrap", interface="IConsole")
     resume_saved = vm["state"] == "saved"
     vm["net"] = {}  # STAM counters live in the VM process: each start begins at 0
     vm["state"] = "starting"
@@ -1817,17 +1848,28 @@ def run_command(argv: list[str]) -> tuple[str, int]:
     if not argv:
         return "Oracle VM VirtualBox Command Line Management Interface (vboxsim)\n", 2
     command = argv[0]
+    global CONTEXT_SOURCE
+    CONTEXT_SOURCE = SOURCE_FILES.get(command, ("VBoxManage.cpp", 1))
     if command in ("--version", "-v", "-version"):
         return version_string() + "r161095\n", 0
-    if take_fault(sdir, "service_down", command):
+    down = take_fault(sdir, "service_down", command)
+    if down:
+        linux = isinstance(down, dict) and down.get("host") == "linux"
+        code = (
+            "NS_BASE_STREAM_WOULD_BLOCK (0x80470007) - Stream operation would block"
+            if linux
+            else "CO_E_SERVER_EXEC_FAILURE (0x80080005) - Server execution failed"
+        )
         return (
             "VBoxManage: error: Failed to create the VirtualBox object!\n"
-            "VBoxManage: error: Code CO_E_SERVER_EXEC_FAILURE (0x80080005) - Server "
-            "execution failed (extended info not available)\n"
+            f"VBoxManage: error: Code {code} (extended info not available)\n"
             "VBoxManage: error: Most likely, the VirtualBox COM server is not running or "
             "failed to start.\n",
             1,
         )
+    replay = take_fault(sdir, "output", command)
+    if isinstance(replay, dict):
+        return str(replay.get("text", "")), int(replay.get("exit", 1))
     if take_fault(sdir, "hang", command):
         time.sleep(3600)
     if command == "help":

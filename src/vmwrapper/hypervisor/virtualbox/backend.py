@@ -29,8 +29,9 @@ from vmwrapper.hypervisor.base import Diagnosis, NetUsage, VmConfig, VmState, Vm
 from vmwrapper.hypervisor.process import PriorityNote, set_vm_priority
 from vmwrapper.hypervisor.text import whole_lines_tail
 from vmwrapper.hypervisor.virtualbox import commands as cmd
-from vmwrapper.hypervisor.virtualbox import logs, output
+from vmwrapper.hypervisor.virtualbox import failures, logs, output
 from vmwrapper.hypervisor.virtualbox.commands import Capabilities, Step
+from vmwrapper.hypervisor.virtualbox.failures import Reaction
 from vmwrapper.hypervisor.virtualbox.lock import MultiattachLock
 from vmwrapper.hypervisor.virtualbox.runner import (
     TRACE_FILE,
@@ -91,6 +92,7 @@ class VirtualBoxBackend:
         self._bandwidth_limited = False
         self._host_checked = False
         self._priority_noted: PriorityNote = None
+        self._start_failure = ""  # output of this run's failed startvm, for diagnose()
 
     # ---- probing -----------------------------------------------------------------------
 
@@ -362,21 +364,45 @@ class VirtualBoxBackend:
                 ) from exc
         self._ensure_host()
         before = self._log_file_identity()
+        self._start_failure = ""
         try:
             self._run(cmd.startvm(config))
         except VBoxManageError as exc:
-            raise VmStartError(
-                f"VirtualBox could not start VM {config.name}",
-                argv=exc.argv,
-                exit_code=exc.exit_code,
-                output=exc.output,
-                code=exc.code,
-            ) from exc
+            raise self._start_error(exc, before) from exc
         pid = self._wait_for_pid(before)
         self._pid = pid
         self._cpu_seen = 0.0
         log.debug("VM %s started, process %d", config.name, pid)
         return pid
+
+    def _start_error(self, exc: VBoxManageError, before: tuple[int, int] | None) -> BackendError:
+        """What a failed ``startvm`` means. VT-x/AMD-V off, missing or held by Hyper-V makes
+        VirtualBox refuse the start at once (NS_ERROR_FAILURE with a ``VERR_VMX_*``,
+        ``VERR_SVM_*`` or ``VERR_NEM_*`` line, also in the fresh VBox.log): that is a host
+        problem for the supervisor's VM-extensions contract, never a retry until the deadline
+        (docs/compatibility.md#virtualbox-failures)."""
+        fresh_log = self._read_log() if self._log_file_identity() != before else ""
+        self._start_failure = exc.output
+        found = logs.diagnose(exc.output + "\n" + fresh_log)
+        host = [d for d in found if d in logs.HOST_DIAGNOSES]
+        if host or exc.reaction is Reaction.HOST:
+            names = ", ".join(failures.vm_extension_errors(exc.output + fresh_log))
+            return HostNotReady(
+                f"VirtualBox could not start VM {self.config.name}: hardware virtualization is "
+                f"not usable ({names or ', '.join(d.value for d in host)})",
+                argv=exc.argv,
+                exit_code=exc.exit_code,
+                output=exc.output,
+            )
+        error = VmStartError(
+            f"VirtualBox could not start VM {self.config.name}",
+            argv=exc.argv,
+            exit_code=exc.exit_code,
+            output=exc.output,
+            code=exc.code,
+        )
+        error.temporary = exc.temporary
+        return error
 
     def _log_path(self) -> Path:
         return cmd.log_dir(self.config) / "VBox.log"
@@ -455,10 +481,10 @@ class VirtualBoxBackend:
     # ---- run-time control ---------------------------------------------------------------
 
     def pause(self) -> None:
-        self._run(cmd.controlvm(self.config, "pause"))
+        self._run_tolerant(cmd.controlvm(self.config, "pause"))
 
     def resume(self) -> None:
-        self._run(cmd.controlvm(self.config, "resume"))
+        self._run_tolerant(cmd.controlvm(self.config, "resume"))
 
     def checkpoint(self, name: str) -> None:
         """Pause, snapshot, resume (vboxwrapper's order); the VM is resumed even on failure."""
@@ -576,17 +602,17 @@ class VirtualBoxBackend:
         return output.parse_snapshot_list(result.output) if result.ok else ()
 
     def set_cpu_cap(self, percent: int) -> None:
-        self._run(cmd.cpu_cap(self.config, percent))
+        self._run_tolerant(cmd.cpu_cap(self.config, percent))
 
     def set_network(self, connected: bool) -> None:
-        self._run(cmd.link_state(self.config, connected))
+        self._run_tolerant(cmd.link_state(self.config, connected))
 
     def set_bandwidth(self, bytes_per_sec: float) -> None:
         """Limit the NIC's bandwidth group; 0 lifts an earlier limit (§12.11)."""
         if bytes_per_sec <= 0 and not self._bandwidth_limited:
             return
-        self._run(cmd.set_bandwidth(self.config, bytes_per_sec))
-        self._bandwidth_limited = bytes_per_sec > 0
+        if self._run_tolerant(cmd.set_bandwidth(self.config, bytes_per_sec)):
+            self._bandwidth_limited = bytes_per_sec > 0
 
     def set_priority(self, nice: int) -> None:
         """Renice every thread of the VM process (vboxwrapper's lower/reset_vm_process_priority
@@ -641,8 +667,10 @@ class VirtualBoxBackend:
         return logs.guest_lines(chunk.lines)
 
     def diagnose(self) -> tuple[Diagnosis, ...]:
-        """Re-read the whole current log each call (vboxwrapper's cached log was stale, §12.1)."""
-        return logs.diagnose(self._read_log())
+        """Re-read the whole current log each call (vboxwrapper's cached log was stale, §12.1),
+        together with the output of a ``startvm`` that failed in this run (VirtualBox prints the
+        VT-x/AMD-V reason there even when it wrote no log)."""
+        return logs.diagnose(self._read_log() + "\n" + self._start_failure)
 
     def log_tail(self, limit: int = 8192) -> str:
         """The end of VBox.log cut to whole lines (for the hypervisor log dump)."""
@@ -684,6 +712,24 @@ class VirtualBoxBackend:
         return path if shot.ok and path.is_file() else None
 
     # ---- helpers ------------------------------------------------------------------------
+
+    def _run_tolerant(self, step: Step) -> bool:
+        """Run a step whose failure vboxwrapper shrugs off (pause, resume, a throttle): an
+        ignorable failure is logged and False returned; the loop asks again when it still
+        matters. A held session lock or an unreachable VBoxSVC still raises (temporary)."""
+        try:
+            self._run(step)
+        except VBoxManageError as exc:
+            if not exc.ignorable:
+                raise
+            log.warning(
+                "VBoxManage %s failed (%s, %s); going on",
+                step.item,
+                exc.cause.value,
+                exc.error_name or exc.code,
+            )
+            return False
+        return True
 
     def _run(self, step: Step) -> CommandResult | None:
         if step.fatal:
