@@ -20,7 +20,7 @@ from vmwrapper.supervisor import backoff
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "compatibility.md"
 
-T, I, H, F = Reaction.TEMPORARY, Reaction.IGNORE, Reaction.HOST, Reaction.FINAL
+T, IG, H, F = Reaction.TEMPORARY, Reaction.IGNORE, Reaction.HOST, Reaction.FINAL
 OPS = (
     Operation.QUERY,
     Operation.CREATE,
@@ -73,15 +73,15 @@ OTHER = (
 
 # cause: (sample output, timed out?, reactions per operation in OPS order)
 ROWS: dict[Cause, tuple[str, bool, tuple[Reaction, ...]]] = {
-    Cause.SERVICE_UNREACHABLE: (SERVICE_LINUX, False, (T, T, T, T, T, T, I, I)),
-    Cause.SESSION_LOCKED: (LOCK, False, (T, T, T, T, T, T, I, I)),
-    Cause.NOT_READY: (NOT_READY, False, (T, T, T, I, I, T, I, I)),
-    Cause.SERVICE_BUSY: (BUSY, False, (T, T, T, I, I, T, I, I)),
-    Cause.TIMEOUT: ("", True, (T, T, T, I, I, T, I, I)),
-    Cause.WRONG_STATE: (WRONG_STATE, False, (T, T, T, I, I, T, I, I)),
-    Cause.VM_EXTENSIONS: (VTX, False, (F, F, H, I, I, T, I, I)),
-    Cause.MULTIATTACH_REGISTRY: (MULTIATTACH, False, (F, F, F, I, I, T, I, I)),
-    Cause.OTHER: (OTHER, False, (F, F, T, I, I, T, I, I)),
+    Cause.SERVICE_UNREACHABLE: (SERVICE_LINUX, False, (T, T, T, T, T, T, IG, IG)),
+    Cause.SESSION_LOCKED: (LOCK, False, (T, T, T, T, T, T, IG, IG)),
+    Cause.NOT_READY: (NOT_READY, False, (T, T, T, IG, IG, T, IG, IG)),
+    Cause.SERVICE_BUSY: (BUSY, False, (T, T, T, IG, IG, T, IG, IG)),
+    Cause.TIMEOUT: ("", True, (T, T, T, IG, IG, T, IG, IG)),
+    Cause.WRONG_STATE: (WRONG_STATE, False, (T, T, T, IG, IG, T, IG, IG)),
+    Cause.VM_EXTENSIONS: (VTX, False, (F, F, H, IG, IG, T, IG, IG)),
+    Cause.MULTIATTACH_REGISTRY: (MULTIATTACH, False, (F, F, F, IG, IG, T, IG, IG)),
+    Cause.OTHER: (OTHER, False, (F, F, T, IG, IG, T, IG, IG)),
 }
 
 
@@ -189,12 +189,9 @@ def test_temporary_flag_is_what_backoff_reads() -> None:
     flagged.temporary = True
     assert backoff.classify(flagged).error_class is backoff.ErrorClass.TRANSIENT
     # start and snapshot failures stay temporary, a diagnosed host problem is no job error
+    assert backoff.classify(VmStartError("x", code=-1)).error_class is backoff.ErrorClass.TRANSIENT
     assert (
-        backoff.classify(VmStartError("x", code=-1)).error_class is backoff.ErrorClass.TRANSIENT
-    )
-    assert (
-        backoff.classify(CheckpointError("x", code=-1)).error_class
-        is backoff.ErrorClass.TRANSIENT
+        backoff.classify(CheckpointError("x", code=-1)).error_class is backoff.ErrorClass.TRANSIENT
     )
     assert backoff.classify(HostNotReady("x")).error_class is backoff.ErrorClass.HOST_PROBLEM
 
@@ -208,7 +205,10 @@ def test_temporary_flag_is_what_backoff_reads() -> None:
             "error: AMD-V is disabled in the BIOS (or by the host OS) (VERR_SVM_DISABLED)\n",
             ("VERR_NEM_NOT_AVAILABLE", "VERR_SVM_DISABLED"),
         ),
-        ("error: (VERR_SUPDRV_NO_RAW_MODE_HYPER_V_ROOT)", ("VERR_SUPDRV_NO_RAW_MODE_HYPER_V_ROOT",)),
+        (
+            "error: (VERR_SUPDRV_NO_RAW_MODE_HYPER_V_ROOT)",
+            ("VERR_SUPDRV_NO_RAW_MODE_HYPER_V_ROOT",),
+        ),
         (OTHER, ()),
     ],
 )

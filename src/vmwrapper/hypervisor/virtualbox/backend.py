@@ -124,7 +124,19 @@ class VirtualBoxBackend:
     def _ensure_host(self) -> None:
         if not self._host_checked:
             self.check_host()
+            self._refuse_known_bad_version()
             self._host_checked = True
+
+    def _refuse_known_bad_version(self) -> None:
+        """vboxwrapper's known-bad releases end the task with a temporary exit and a notice
+        asking the volunteer to upgrade (docs/compatibility.md#virtualbox-failures)."""
+        caps = self.capabilities
+        if output.is_known_bad(caps.version):
+            raise HostNotReady(
+                f"Incompatible version of VirtualBox detected ({caps.version_text}); please "
+                "upgrade: this release crashes or corrupts VMs while taking or restoring "
+                "snapshots"
+            )
 
     def check_host(self) -> None:
         """vboxwrapper's ``is_system_ready``: ``list hostinfo`` must work and show no driver

@@ -45,6 +45,17 @@ def parse_version(text: str) -> Version | None:
     return None
 
 
+#: VirtualBox releases vboxwrapper refuses: 4.2.6 crashes while taking snapshots, 4.2.18
+#: restores them wrongly, 4.3.0 likewise (docs/compatibility.md#virtualbox-failures).
+KNOWN_BAD_VERSIONS: frozenset[Version] = frozenset({(4, 2, 6), (4, 2, 18), (4, 3, 0)})
+
+
+def is_known_bad(version: Version | None) -> bool:
+    """A release no job may run on (exact match; vboxwrapper's substring test also caught
+    4.2.60 and 14.3.0)."""
+    return version in KNOWN_BAD_VERSIONS
+
+
 def is_newer(version: Version | None, than: Version) -> bool:
     """vboxwrapper's ``is_virtualbox_version_newer``: strictly greater, and True when unknown."""
     return version is None or version > than

@@ -1,0 +1,173 @@
+"""VirtualBox's real failures through the back end and the VBoxManage simulator.
+
+The simulator replays every real error text of tests/data/vbox/real/errors/ (its ``output``
+fault), so each one goes through the real runner (retries, trace) and reaches the class the
+docs' table gives it (docs/compatibility.md#virtualbox-failures). The simulator's own error
+format is checked against the real outputs' shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_vbox_backend import fast_backend, make_config, vminfo
+
+from helpers.vbox_fixtures import VBoxHost, vbox_sim_fixture  # noqa: F401
+from helpers.vbox_real import CONTEXT_RE, DETAILS_RE, ERRORS, EXPECTED
+from vmwrapper.errors import HostNotReady
+from vmwrapper.hypervisor.base import Diagnosis
+from vmwrapper.hypervisor.virtualbox import failures
+from vmwrapper.hypervisor.virtualbox.commands import Step
+from vmwrapper.hypervisor.virtualbox.failures import Reaction
+from vmwrapper.hypervisor.virtualbox.runner import VBoxManage, VBoxManageError
+from vmwrapper.supervisor import backoff
+
+pytestmark = pytest.mark.system
+
+COMMAND_OF = {
+    failures.Operation.START: ("startvm", "boinc_x", "--type", "headless"),
+    failures.Operation.CREATE: ("modifyvm", "boinc_x", "--memory", "256"),
+    failures.Operation.QUERY: ("showvminfo", "boinc_x", "--machinereadable"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_simulator_replays_each_real_error(vbox_sim: VBoxHost, tmp_path: Path, name: str) -> None:
+    operation, cause, reaction, _ = EXPECTED[name]
+    text = (ERRORS / name).read_text(encoding="utf-8")
+    args = COMMAND_OF[operation]
+    vbox_sim.inject(output={"commands": [args[0]], "text": text, "exit": 1, "times": 10})
+    sleeps: list[float] = []
+    runner = VBoxManage(tmp_path, sleep=sleeps.append)
+    with pytest.raises(VBoxManageError) as info:
+        runner.run(Step(args, args[0], retry=False))
+    error = info.value
+    assert error.result.output == text
+    assert (error.cause, error.reaction) == (cause, reaction)
+    retried = cause in (failures.Cause.SESSION_LOCKED, failures.Cause.SERVICE_UNREACHABLE)
+    assert error.result.attempts == (6 if retried else 1)
+    expected_class = {
+        Reaction.TEMPORARY: backoff.ErrorClass.TRANSIENT,
+        Reaction.FINAL: backoff.ErrorClass.JOB_BUG,
+        Reaction.HOST: backoff.ErrorClass.JOB_BUG,  # the back end turns it into HostNotReady
+    }[reaction]
+    assert backoff.classify(error).error_class is expected_class
+
+
+def test_simulator_errors_have_virtualboxs_shape(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    """A lock error, a missing VM and a refused start, as the simulator prints them."""
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    vbox_sim.inject(lock_contention={"commands": ["modifyvm"], "times": 1})
+    lock = vbox_sim.vboxmanage("modifyvm", config.name, "--memory", "300")
+    missing = vbox_sim.vboxmanage("showvminfo", "no_such_vm", "--machinereadable")
+    vbox_sim.inject(start_error=["VERR_NEM_NOT_AVAILABLE", "VERR_VMX_MSR_ALL_VMX_DISABLED"])
+    start = vbox_sim.vboxmanage("startvm", config.name, "--type", "headless")
+    for result in (lock, missing, start):
+        assert result.returncode == 1
+        text = result.stdout + result.stderr
+        details = [ln for ln in text.splitlines() if ": error: Details:" in ln]
+        assert details and all(DETAILS_RE.match(ln) for ln in details), text
+        assert all(CONTEXT_RE.match(ln) for ln in text.splitlines() if ": error: Context:" in ln)
+    assert "callee" not in start.stdout + start.stderr  # a powering-up console has none
+    start_lines = (start.stdout + start.stderr).splitlines()
+    assert "(VERR_NEM_NOT_AVAILABLE)" in start_lines[0]
+    assert "(VERR_VMX_MSR_ALL_VMX_DISABLED)" in start_lines[1]
+    real = (ERRORS / "startvm_nem_vmx_disabled_windows.txt").read_text().splitlines()
+    assert len(start_lines) == len(real)
+    vbox_sim.inject(start_error="")
+    backend.cleanup()
+
+
+def test_linux_service_down_on_the_first_call_is_temporary(
+    vbox_sim: VBoxHost, tmp_path: Path
+) -> None:
+    """showvminfo in exists() is the wrapper's first VirtualBox call; on Linux an unreachable
+    VBoxSVC prints NS_BASE_STREAM_WOULD_BLOCK. Retried, then a temporary exit, not an error."""
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    vbox_sim.inject(service_down={"times": 50, "host": "linux"})
+    with pytest.raises(VBoxManageError) as info:
+        backend.exists()
+    assert info.value.cause is failures.Cause.SERVICE_UNREACHABLE
+    assert info.value.result.attempts == 6
+    assert backoff.classify(info.value).error_class is backoff.ErrorClass.TRANSIENT
+    assert "NS_BASE_STREAM_WOULD_BLOCK (0x80470007)" in info.value.output
+    vbox_sim.inject(service_down={"times": 0})
+    assert backend.exists() is False
+
+
+def test_a_lock_held_through_creation_is_temporary(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    vbox_sim.inject(lock_contention={"commands": ["modifyvm"], "times": 50})
+    with pytest.raises(VBoxManageError) as info:
+        backend.create()
+    assert info.value.lock_error and info.value.temporary
+    assert backoff.classify(info.value).error_class is backoff.ErrorClass.TRANSIENT
+    assert not backend.exists()  # the half-built VM was removed
+    vbox_sim.inject(lock_contention={"times": 0})
+
+
+def test_pause_resume_and_throttles_go_on_after_a_not_ready_error(
+    vbox_sim: VBoxHost, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    backend.start()
+    not_ready = (ERRORS / "not_ready_showvminfo.txt").read_text()
+    calls = (
+        backend.pause,
+        backend.resume,
+        lambda: backend.set_cpu_cap(50),
+        lambda: backend.set_bandwidth(1000.0),
+    )
+    for call in calls:  # every attempt of each command fails with "The object is not ready"
+        vbox_sim.inject(
+            output={"commands": ["controlvm", "bandwidthctl"], "text": not_ready, "times": 6}
+        )
+        call()
+    assert vbox_sim.faults()["output"]["times"] == 0
+    assert vminfo(vbox_sim, config.name)["VMState"] == "running"  # nothing happened, no raise
+    backend.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("errors", "diagnosis"),
+    [
+        (
+            ["VERR_NEM_NOT_AVAILABLE", "VERR_VMX_MSR_ALL_VMX_DISABLED"],
+            Diagnosis.VM_EXTENSIONS_DISABLED,
+        ),
+        ("VERR_VMX_NO_VMX", Diagnosis.NO_VM_EXTENSIONS),
+        ("VERR_NEM_VM_CREATE_FAILED", Diagnosis.FOREIGN_HYPERVISOR),
+    ],
+)
+def test_a_start_refused_for_vt_x_is_a_host_problem(
+    vbox_sim: VBoxHost, tmp_path: Path, errors: object, diagnosis: Diagnosis
+) -> None:
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    vbox_sim.inject(start_error=errors)
+    with pytest.raises(HostNotReady) as info:
+        backend.start()
+    assert backoff.classify(info.value).error_class is backoff.ErrorClass.HOST_PROBLEM
+    assert diagnosis in backend.diagnose()
+    vbox_sim.inject(start_error="")
+    backend.cleanup()
+
+
+@pytest.mark.parametrize("version", ["4.2.6", "4.2.18", "4.3.0"])
+def test_a_known_bad_virtualbox_is_refused_before_anything_is_made(
+    vbox_sim: VBoxHost, tmp_path: Path, version: str
+) -> None:
+    vbox_sim.configure(version=version)
+    backend = fast_backend(make_config(tmp_path, remote_desktop=None))
+    with pytest.raises(HostNotReady, match="Incompatible version of VirtualBox") as info:
+        backend.create()
+    assert backoff.classify(info.value).error_class is backoff.ErrorClass.HOST_PROBLEM
+    assert vbox_sim.registry()["vms"] == {}
