@@ -23,10 +23,10 @@ from vmwrapper.hypervisor.base import (
     VmConfig,
 )
 from vmwrapper.spec.model import MIN_MEMORY_SIZE_MB, JobSpec
+from vmwrapper.supervisor.select import choose_backend
 
 MAX_CLI_THREADS = 32
 BACKENDS = ("qemu", "virtualbox", "fake")
-DEFAULT_BACKEND = "qemu"
 STANDALONE_VM_NAME = "boinc_standalone"
 
 
@@ -115,9 +115,11 @@ class RunConfig:
     register_only: bool
     sporadic: bool
     headless: bool
-    backend: str
+    backend: str  # "" when no back end can run this job here (see backend_reason)
     #: human lines for the log: every adjustment made, never silently
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: why this back end (or why none): docs/compatibility.md#back-end-selection
+    backend_reason: str = ""
 
 
 def vm_name_for(result_name: str, standalone: bool) -> str:
@@ -157,11 +159,18 @@ def build_run_config(
     *,
     standalone: bool,
     backend_from_env: str = "",
+    installed: frozenset[str] = frozenset(BACKENDS),
 ) -> RunConfig:
+    """``installed``: the back ends this host has (the caller probes; default: all)."""
     notes: list[str] = []
-    backend = args.backend or backend_from_env or DEFAULT_BACKEND
-    if backend not in BACKENDS:
+    if backend_from_env and backend_from_env not in BACKENDS:
         raise CommandLineError(f"VMWRAPPER_BACKEND must be one of {', '.join(BACKENDS)}")
+    choice = choose_backend(
+        command_line=args.backend,
+        environment=backend_from_env,
+        job_backends=spec.backends,
+        installed=installed,
+    )
     if standalone:
         image, floppy = "vm_image.vdi", "vm_floppy.img"
         if args.vmimage:
@@ -183,8 +192,9 @@ def build_run_config(
         sporadic=args.sporadic,
         # vbox_window shows the console; standalone too (vboxwrapper §3.3); never in a sandbox
         headless=not ((aid.vbox_window and not aid.using_sandbox) or standalone),
-        backend=backend,
+        backend=choice.name,
         notes=tuple(notes),
+        backend_reason=choice.reason,
     )
 
 

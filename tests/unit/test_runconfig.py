@@ -134,7 +134,9 @@ def test_headless_unless_vbox_window_or_standalone() -> None:
 
 
 def test_backend_choice() -> None:
-    assert config([]).backend == "qemu"
+    # a job without <vmwrapper_backends> is VirtualBox's (docs/compatibility.md#back-end-selection)
+    assert config([]).backend == "virtualbox"
+    assert config(["--backend", "qemu"]).backend == "qemu"
     assert config(["--backend", "virtualbox"]).backend == "virtualbox"
     spec = parse_job("<vbox_job/>").spec
     run = build_run_config(WrapperArgs(), spec, AID, standalone=False, backend_from_env="fake")

@@ -60,6 +60,7 @@ def test_every_element_golden() -> None:
         intermediate_upload_file=("partial_1", "partial_2"),
         pf_guest_port=80,
         port_forward=(PortForward(8022, 22), PortForward(9000, 9100, 3, True)),
+        vmwrapper_backends="virtualbox qemu",
     )
     assert parsed.warnings == ()
     # the golden covers every element we know
@@ -282,3 +283,19 @@ def test_arbitrary_elements_give_a_model_or_our_error(items: list[tuple[str, str
         parse_job(f"<vbox_job>{body}</vbox_job>")
     except SpecError as exc:
         assert exc.problems
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("qemu", ("qemu",)), ("VirtualBox, QEMU", ("virtualbox", "qemu")), ("", ())],
+)
+def test_vmwrapper_backends_is_a_preference_list(text: str, words: tuple[str, ...]) -> None:
+    assert job(f"<vmwrapper_backends>{text}</vmwrapper_backends>").backends == words
+
+
+def test_vmwrapper_backends_names_only_known_back_ends() -> None:
+    found = problems("<vmwrapper_backends>qemu kvm</vmwrapper_backends>")
+    assert found == [
+        "job.xml: <vmwrapper_backends>: error: 'kvm' is no back end (fix: list one or more of "
+        "virtualbox, qemu, in preference order)"
+    ]
