@@ -381,7 +381,7 @@ def _check_vbox(facts: HostFacts) -> tuple[bool, Check]:
         return False, Check(
             "virtualbox",
             Status.SKIP,
-            "VBoxManage not found (only needed for --backend virtualbox)",
+            "VBoxManage not found (needed for every app version that does not ask for QEMU)",
             "",
         )
     version = _vv(facts)

@@ -91,9 +91,10 @@ def package_app(
     argv = [
         sys.executable, "-m", "vmwrapper", "package", "--app", name,
         "--job", str(src / "vbox_job.xml"), "--image", str(image),
-        "--boinc-app", str(src / "app.sh"), "--no-gzip", "--cmdline", f"--backend {backend}",
-        "--out", str(out),
+        "--boinc-app", str(src / "app.sh"), "--no-gzip", "--out", str(out),
     ]  # fmt: skip
+    if backend:  # "" = no --backend: the wrapper's selection rule decides
+        argv += ["--cmdline", f"--backend {backend}"]
     for output in outputs:
         argv += ["--output", output]
     for logical, path in inputs:

@@ -8,6 +8,7 @@ format is checked against the real outputs' shape.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from helpers.vbox_fixtures import VBoxHost, vbox_sim_fixture  # noqa: F401
 from helpers.vbox_real import CONTEXT_RE, DETAILS_RE, ERRORS, EXPECTED
 from vmwrapper.errors import HostNotReady
 from vmwrapper.hypervisor.base import Diagnosis
-from vmwrapper.hypervisor.virtualbox import failures
+from vmwrapper.hypervisor.virtualbox import failures, output
 from vmwrapper.hypervisor.virtualbox.commands import Step
 from vmwrapper.hypervisor.virtualbox.failures import Reaction
 from vmwrapper.hypervisor.virtualbox.runner import VBoxManage, VBoxManageError
@@ -171,3 +172,50 @@ def test_a_known_bad_virtualbox_is_refused_before_anything_is_made(
         backend.create()
     assert backoff.classify(info.value).error_class is backoff.ErrorClass.HOST_PROBLEM
     assert vbox_sim.registry()["vms"] == {}
+
+
+#: a ``name=value`` line of ``showvminfo --machinereadable`` as real VirtualBox writes it
+_MR_LINE = re.compile(r'^(?:"[^"]+"|[A-Za-z0-9_][A-Za-z0-9_\-().\[\]/ ]*)=(?P<value>.*)$')
+
+
+def _quoting(text: str) -> dict[str, bool]:
+    """name → is its value quoted, for every name=value line."""
+    found: dict[str, bool] = {}
+    for line in text.splitlines():
+        match = _MR_LINE.match(line)
+        if match:
+            name = line[: match.start("value") - 1].strip('"')
+            found[name] = match.group("value").startswith('"')
+    return found
+
+
+@pytest.mark.parametrize("version", ["7.0.14", "6.1.50"])
+def test_simulator_showvminfo_has_the_real_format(
+    vbox_sim: VBoxHost, tmp_path: Path, version: str
+) -> None:
+    """Every line the simulator prints has the real grammar; every name it shares with a real
+    output is quoted (or not) as there; 7.0's stray ``Encryption:`` line is there for 7.0."""
+    vbox_sim.configure(version=version)
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    result = vbox_sim.vboxmanage("showvminfo", config.name, "--machinereadable")
+    sim = result.stdout
+    real = {
+        path.name: (path.read_text(encoding="utf-8"))
+        for path in (ERRORS.parent / "showvminfo").glob("*.txt")
+    }
+    for line in sim.splitlines():
+        assert _MR_LINE.match(line) or line == "Encryption:     disabled", line
+    sim_quoting = _quoting(sim)
+    shared = 0
+    for name, text in real.items():
+        for key, quoted in _quoting(text).items():
+            if key in sim_quoting:
+                shared += 1
+                assert sim_quoting[key] == quoted, (name, key)
+    assert shared > 30
+    assert ("Encryption:     disabled" in sim.splitlines()) == version.startswith("7.0")
+    info = output.parse_vminfo(sim)
+    assert (info.name, info.state_name) == (config.name, "poweroff")
+    backend.cleanup()

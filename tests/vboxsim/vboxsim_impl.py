@@ -400,8 +400,12 @@ def mr(name: str, value: object, quote_name: bool = False) -> str:
 def showvminfo_mr(reg: Registry, vm: dict[str, Any]) -> str:
     s = vm["settings"]
     folder = Path(vm["basefolder"]) / vm["name"]
-    lines = [
-        mr("name", vm["name"]),
+    lines = [mr("name", vm["name"])]
+    if version_tuple()[:2] == (7, 0):
+        # 7.0 prints this human-readable line even with --machinereadable (a real 7.0 output:
+        # tests/data/vbox/real/showvminfo/vbox70_linux_poweroff_encryption_line.txt)
+        lines.append("Encryption:     disabled")
+    lines += [
         mr("groups", "/"),
         mr("ostype", vm["ostype"]),
         mr("UUID", vm["uuid"]),

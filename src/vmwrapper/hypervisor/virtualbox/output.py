@@ -103,14 +103,32 @@ def _split_quoted(text: str, start: int) -> tuple[str, int]:
     return text[start + 1 :], len(text)
 
 
+def _closed(quoted: str) -> bool:
+    """Does the ``"...`` token starting ``quoted`` end (an unescaped quote) in this text?"""
+    i = 1
+    while i < len(quoted):
+        if quoted[i] == "\\":
+            i += 2
+            continue
+        if quoted[i] == '"':
+            return True
+        i += 1
+    return False
+
+
 def parse_machinereadable(text: str) -> dict[str, str]:
     """``showvminfo --machinereadable`` → {name: value}; names and values unescaped.
 
     Names may be quoted (``"SATA-0-0"="/path"``); values may be unquoted numbers
-    (``memory=512``). Lines that are not ``name=value`` (warnings) are skipped.
+    (``memory=512``) and may span lines (a ``description`` with a line break). Lines that are
+    not ``name=value`` (warnings, 7.0's stray ``Encryption:`` line) are skipped.
     """
     values: dict[str, str] = {}
-    for line in text.replace("\r", "").splitlines():
+    lines = text.replace("\r", "").splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        index += 1
         if not line or "=" not in line:
             continue
         if line.startswith('"'):
@@ -121,9 +139,14 @@ def parse_machinereadable(text: str) -> dict[str, str]:
             rest = line[end + 1 :]
         else:
             name, _, rest = line.partition("=")
-            if not re.fullmatch(r"[A-Za-z0-9_\-().]+", name):
+            # vrdeproperty[TCP/Ports]=..., and 7.0's unquoted "BIOS NVRAM File=..."
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_\-().\[\]/ ]*", name):
                 continue
         if rest.startswith('"'):
+            # a value with a line break (a description) goes on until its closing quote
+            while not _closed(rest) and index < len(lines):
+                rest += "\n" + lines[index]
+                index += 1
             raw_value, end = _split_quoted(rest, 0)
             # BandwidthGroupN="name",Network,1024: text after the quotes belongs to the value
             values[name] = _unescape(raw_value) + rest[end:].rstrip()
