@@ -238,6 +238,17 @@ def _network(spec: JobSpec, ports: RuntimePorts) -> NetworkConfig:
     )
 
 
+def detected_lines(aid: AppInitData, *, anonymous_platform: bool) -> list[str]:
+    """vboxwrapper's "Detected:" lines about how the client runs us (anonymous platform: an
+    app_info.xml in the project directory; the sandboxed client account)."""
+    lines = []
+    if anonymous_platform:
+        lines.append("Detected: Anonymous Platform Enabled")
+    if aid.using_sandbox:
+        lines.append("Detected: Sandbox Configuration Enabled")
+    return lines
+
+
 def hw_acceleration_usable(aid: AppInitData, standalone: bool) -> bool:
     """Whether the host offers VT-x/AMD-V to us (a back end may still refine this)."""
     if standalone:
@@ -290,5 +301,6 @@ def build_vm_config(
         headless=run.headless,
         rtc_utc=True,
         hw_acceleration=hw_acceleration_usable(aid, run.standalone),
+        allow_software_emulation=spec.vmwrapper_software_emulation,
         screen=spec.enable_screenshots_on_error,
     )

@@ -39,6 +39,8 @@ STEPS = 10
 #: A counting job: a checkpoint every 4 s, 10 steps of 1 s, then the completion trigger.
 COUNTING_JOB = f"""<vbox_job>
   <os_name>Linux26_64</os_name>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
   <memory_size_mb>{GUEST_MEMORY_MB}</memory_size_mb>
   <enable_shared_directory/>
   <enable_vm_savestate_usage/>

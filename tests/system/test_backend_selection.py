@@ -27,7 +27,11 @@ from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from helpers.vbox_fixtures import VBoxHost, vbox_sim_fixture  # noqa: F401
 from vmwrapper.harness.job import JobOutcome, JobReport, JobRequest, run_job
 from vmwrapper.harness.slot import host_info
+from vmwrapper.hypervisor.qemu.accel import AccelSetting, choose_accel
+from vmwrapper.hypervisor.qemu.cmdline import Accel
+from vmwrapper.outcome import ERR_EXEC
 from vmwrapper.supervisor.events import read_events
+from vmwrapper.supervisor.machine import VM_EXTENSIONS_TOKEN
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
 
@@ -42,7 +46,8 @@ VBOX_JOB = """<vbox_job>
 """
 QEMU_JOB = VBOX_JOB.replace(
     "<enable_shared_directory/>",
-    "<enable_shared_directory/>\n  <vmwrapper_backends>qemu</vmwrapper_backends>",
+    "<enable_shared_directory/>\n  <vmwrapper_backends>qemu</vmwrapper_backends>"
+    "\n  <vmwrapper_software_emulation/>",
 )
 APP = """#!/bin/sh
 echo "ran" > result
@@ -158,3 +163,29 @@ def test_doctor_says_which_back_end_an_app_version_gets(vbox_sim: VBoxHost, tmp_
     assert "does not ask for QEMU" in answers["legacy"]["reason"]
     assert answers["opted"]["backend"] == "qemu"
     assert "<vmwrapper_backends> lists qemu" in answers["opted"]["reason"]
+
+
+def test_64_bit_guest_without_kvm_gets_the_vm_extensions_contract(tmp_path: Path) -> None:
+    """QEMU without usable KVM and no <vmwrapper_software_emulation/>: the task ends as
+    vboxwrapper's does on a host without VT-x (ERR_EXEC, the notice with
+    ERR_CPU_VM_EXTENSIONS_DISABLED), instead of a 64-bit guest crawling under TCG."""
+    need_qemu()
+    if choose_accel(AccelSetting.AUTO, "x86_64", "qemu-system-x86_64").accel is Accel.KVM:
+        pytest.skip("this host has a usable KVM: nothing to refuse")
+    job = QEMU_JOB.replace("\n  <vmwrapper_software_emulation/>", "")
+    assert "software_emulation" not in job
+    app = package_app(tmp_path, blank_image(tmp_path), APP, job, name="fast", backend="")
+    report = run_job(
+        JobRequest(
+            app_dir=app,
+            workdir=tmp_path / "client",
+            keep_slot=True,
+            max_restart_delay=1.0,
+            max_episodes=2,
+            extra_env={"VMWRAPPER_BACKEND": "", "VMWRAPPER_ACCEL": ""},
+        )
+    )
+    assert report.finish_status == ERR_EXEC, report.message + report.stderr_tail
+    assert VM_EXTENSIONS_TOKEN in report.finish_message
+    assert report.temporary_exits == ()
+    assert "64-bit guest" in report.stderr_tail

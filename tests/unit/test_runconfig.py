@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from vmwrapper.runconfig import (
     WrapperArgs,
     build_run_config,
     build_vm_config,
+    detected_lines,
     parse_wrapper_args,
     vm_name_for,
 )
@@ -197,3 +199,12 @@ def test_hw_acceleration_from_host_features() -> None:
     for aid, expected in ((with_vmx, True), (no_vmx, False), (disabled, False)):
         run = build_run_config(WrapperArgs(), spec, aid, standalone=False)
         assert build_vm_config(run, spec, aid, Path("/s"), Path("/p")).hw_acceleration is expected
+
+
+def test_detected_lines_as_vboxwrapper_logs_them() -> None:
+    assert detected_lines(AID, anonymous_platform=False) == []
+    assert detected_lines(AID, anonymous_platform=True) == ["Detected: Anonymous Platform Enabled"]
+    sandboxed = replace(AID, using_sandbox=True)
+    assert detected_lines(sandboxed, anonymous_platform=False) == [
+        "Detected: Sandbox Configuration Enabled"
+    ]

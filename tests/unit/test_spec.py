@@ -61,6 +61,7 @@ def test_every_element_golden() -> None:
         pf_guest_port=80,
         port_forward=(PortForward(8022, 22), PortForward(9000, 9100, 3, True)),
         vmwrapper_backends="virtualbox qemu",
+        vmwrapper_software_emulation=True,
     )
     assert parsed.warnings == ()
     # the golden covers every element we know

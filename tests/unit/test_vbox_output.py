@@ -280,3 +280,9 @@ def test_net_statistics_adds_exactly_the_byte_counters(
 )
 def test_known_bad_virtualbox_versions(text: str, bad: bool) -> None:
     assert output.is_known_bad(output.parse_version(text)) is bad
+
+
+def test_startvm_success_line_is_recognised() -> None:
+    text = 'Waiting for VM "boinc_x" to power on...\nVM "boinc_x" has been successfully started.\n'
+    assert output.reports_started(text)
+    assert not output.reports_started("VBoxManage: error: VT-x is not available (VERR_VMX_NO_VMX)")

@@ -17,6 +17,8 @@ in the directory named by ``VBOXSIM_STATE`` (created on first use):
   ``output: {"commands": [...], "text": "...", "exit": 1, "times": N}`` (the command prints
   ``text`` and exits with ``exit``: replays a real VBoxManage error, see tests/data/vbox/real/),
   ``hang: {"commands": [...], "times": N}`` (the command sleeps for an hour),
+  ``lying_exit: {"commands": [...], "times": N}`` (the command works but exits 1, as
+  VirtualBox 5.0.10's ``startvm`` does),
   ``start_error: "VERR_..."`` or a list of them (startvm fails with those VirtualBox statuses,
   one line each as on Windows, logged in VBox.log),
   ``multiattach_registry_bug: true`` (VirtualBox's "4.0 or later" MultiAttach error until the
@@ -1915,6 +1917,8 @@ def run_command(argv: list[str]) -> tuple[str, int]:
         with locked(sdir):
             vm = Registry(sdir).find_vm(vm_ref)
         wait_state(sdir, vm["uuid"], ("running", "poweroff", "aborted", "gurumeditation"), 20.0)
+    if take_fault(sdir, "lying_exit", command):
+        return out, 1  # VirtualBox 5.0.10's startvm: exit 1 after a successful start
     return out, 0
 
 

@@ -215,7 +215,7 @@ def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
     import secrets
 
     from vmwrapper.boinc.app import AppClient
-    from vmwrapper.runconfig import RuntimePorts, build_vm_config
+    from vmwrapper.runconfig import RuntimePorts, build_vm_config, detected_lines
     from vmwrapper.supervisor import checkpoint
     from vmwrapper.supervisor.loop import Settings, run_supervisor
     from vmwrapper.supervisor.select import make_backend
@@ -264,6 +264,9 @@ def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
             run.backend,
             extra={"event": "wrapper_start", "backend": run.backend},
         )
+        log.info("Back end: %s (%s)", run.backend, run.backend_reason)
+        for line in detected_lines(aid, anonymous_platform=(project_dir / "app_info.xml").exists()):
+            log.info("%s", line)
         try:
             backend = make_backend(run.backend, vm_config)
         except CommandLineError as exc:

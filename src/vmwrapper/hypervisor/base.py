@@ -121,6 +121,10 @@ class VmConfig:
     headless: bool = True
     rtc_utc: bool = True  # guest clock in UTC (False: host local time)
     hw_acceleration: bool = True  # False: host lacks/disabled VT-x; 32-bit guests only
+    #: a 64-bit guest may run under software emulation (QEMU's TCG) when no hardware
+    #: acceleration is usable; False follows vboxwrapper's VM-extensions contract instead
+    #: (docs/compatibility.md#software-emulation)
+    allow_software_emulation: bool = True
     arch: str = "x86_64"
     #: enable_screenshots_on_error: the VM gets a screen (QEMU: a VGA device even without VNC)
     #: so that screenshot() has something to capture.

@@ -76,6 +76,8 @@ class JobSpec:
     #: our extension: back ends the image runs on, in preference order ("" = VirtualBox only,
     #: as with vboxwrapper; docs/compatibility.md#back-end-selection)
     vmwrapper_backends: str = ""
+    #: our extension: a 64-bit guest may run under QEMU's software emulation (TCG)
+    vmwrapper_software_emulation: bool = False
 
     @property
     def shared_dir(self) -> str:

@@ -88,6 +88,9 @@ ELEMENTS: dict[str, Kind] = {
     # our extension (vboxwrapper ignores it): the back ends the image runs on, in preference
     # order (docs/compatibility.md#back-end-selection)
     "vmwrapper_backends": Kind.STR,
+    # our extension: a 64-bit guest may run under software emulation (QEMU without KVM)
+    # instead of ending with the VM-extensions notice (docs/compatibility.md#software-emulation)
+    "vmwrapper_software_emulation": Kind.BOOL,
 }
 
 REPEATABLE = frozenset(f.name for f in fields(JobSpec) if str(f.type).startswith("tuple"))

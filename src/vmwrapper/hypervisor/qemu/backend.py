@@ -43,7 +43,7 @@ from typing import Any
 import psutil
 from qemu.qmp import ExecuteError, QMPClient
 
-from vmwrapper.errors import BackendError, CheckpointError, VmStartError
+from vmwrapper.errors import BackendError, CheckpointError, HostNotReady, VmStartError
 from vmwrapper.hypervisor.base import (
     Diagnosis,
     NetUsage,
@@ -54,7 +54,12 @@ from vmwrapper.hypervisor.base import (
 )
 from vmwrapper.hypervisor.process import PriorityNote, set_vm_priority
 from vmwrapper.hypervisor.qemu import monitor, netcount
-from vmwrapper.hypervisor.qemu.accel import AccelChoice, AccelSetting, choose_accel
+from vmwrapper.hypervisor.qemu.accel import (
+    AccelChoice,
+    AccelSetting,
+    choose_accel,
+    software_emulation_refused,
+)
 from vmwrapper.hypervisor.qemu.cmdline import (
     CACHE_NODE,
     DISK_NODE,
@@ -423,6 +428,7 @@ class QemuBackend:
         self._console_offset = 0
         self._run_console_start = 0
         self._run_stderr_start = 0
+        self._no_hw_acceleration = False  # a 64-bit guest was refused software emulation
         self._pending: list[str] = []
         self._cap_percent = 100
         self._cap: CpuCap | None = None
@@ -553,6 +559,8 @@ class QemuBackend:
         if self.accel is None:
             setting = self.accel_setting if self.config.hw_acceleration else AccelSetting.TCG
             self.accel = choose_accel(setting, self.config.arch, self.binary)
+            # the operator's own choice counts, not the TCG the client's report forces
+            self._refuse_software_emulation(self.accel_setting)
         ports = self.ports()
         options = QemuOptions(
             accel=self.accel.accel,
@@ -1092,7 +1100,31 @@ class QemuBackend:
         return lines
 
     def diagnose(self) -> tuple[Diagnosis, ...]:
-        return monitor.diagnose(self._stderr_text(), self._console_text())
+        found = monitor.diagnose(self._stderr_text(), self._console_text())
+        if self._no_hw_acceleration and Diagnosis.NO_VM_EXTENSIONS not in found:
+            found = (Diagnosis.NO_VM_EXTENSIONS, *found)
+        return found
+
+    def _refuse_software_emulation(self, setting: AccelSetting) -> None:
+        """A 64-bit guest under TCG only with the app version's opt-in; else the supervisor's
+        VM-extensions contract (docs/compatibility.md#software-emulation). The choice is
+        logged either way."""
+        assert self.accel is not None
+        why = software_emulation_refused(
+            self.accel,
+            self.config.os_name,
+            allowed=self.config.allow_software_emulation,
+            setting=setting,
+        )
+        if why:
+            self._no_hw_acceleration = True
+            self.accel = None  # asked again on the next start
+            raise HostNotReady(f"{why} (fix: enable VT-x/AMD-V and KVM on this host)")
+        if self.accel.accel is Accel.TCG and "_64" in self.config.os_name:
+            log.info(
+                "64-bit guest under software emulation (TCG, %s): allowed by the app version",
+                self.accel.reason,
+            )
 
     def _stderr_text(self) -> str:
         return _tail(self.files.stderr, self._run_stderr_start)

@@ -380,7 +380,10 @@ class VirtualBoxBackend:
         try:
             self._run(cmd.startvm(config))
         except VBoxManageError as exc:
-            raise self._start_error(exc, before) from exc
+            if exc.hresult is not None or not output.reports_started(exc.output):
+                raise self._start_error(exc, before) from exc
+            # VirtualBox 5.0.10's startvm exits 1 after a successful start: the output counts
+            log.warning("VBoxManage startvm exited %s but says the VM started", exc.exit_code)
         pid = self._wait_for_pid(before)
         self._pid = pid
         self._cpu_seen = 0.0
@@ -452,7 +455,13 @@ class VirtualBoxBackend:
             return ""
 
     def status(self) -> VmStatus:
-        info = self._vminfo()
+        try:
+            info = self._vminfo()
+        except VBoxManageError as exc:
+            from_log = self._state_from_log(exc)
+            if from_log is None:
+                raise
+            return from_log
         if info is None:
             return VmStatus(VmState.ABSENT, "not registered")
         # the supervisor logs state changes ("VM state change detected."), once for every back
@@ -462,6 +471,23 @@ class VirtualBoxBackend:
         if not state.online:
             self._note_process_end()
         return VmStatus(state, raw)
+
+    def _state_from_log(self, exc: VBoxManageError) -> VmStatus | None:
+        """When showvminfo cannot answer for now (VBoxSVC busy or away, a lock, a timeout), the
+        state this run's VBox.log last recorded, as newer vboxwrapper reads it; a series of
+        failed queries is then no crash (docs/compatibility.md#virtualbox-failures)."""
+        if not exc.temporary or self._log_identity is None:
+            return None
+        if self._log_file_identity() != self._log_identity:
+            return None  # not the log of the VM this run started
+        raw = logs.machine_state(self._read_log())
+        if not raw:
+            return None
+        log.debug("showvminfo failed (%s); VBox.log says %s", exc.cause.value, raw)
+        state = output.vm_state(raw)
+        if not state.online:
+            self._note_process_end()
+        return VmStatus(state, f"{raw} (from VBox.log)")
 
     def pid(self) -> int | None:
         if self._pid is not None and not psutil.pid_exists(self._pid):

@@ -59,6 +59,27 @@ HOST_DIAGNOSES = frozenset(
     }
 )
 
+_STATE_RE = re.compile(r"Console: Machine state changed to '([A-Za-z]+)'")
+#: VBox.log's machine state names (MachineState_*) -> showvminfo's short names
+_LOG_STATE_NAMES = {
+    "PoweredOff": "poweroff",
+    "Stuck": "gurumeditation",
+    "DeletingSnapshotOnline": "deletingsnapshotlive",
+    "DeletingSnapshotPaused": "deletingsnapshotlivepaused",
+}
+
+
+def machine_state(log_text: str) -> str:
+    """The VM's last state the log recorded, as showvminfo names it ("" when none): newer
+    vboxwrapper reads the state here when VBoxManage cannot tell
+    (docs/compatibility.md#virtualbox-failures)."""
+    found = _STATE_RE.findall(log_text)
+    if not found:
+        return ""
+    last: str = found[-1]
+    return _LOG_STATE_NAMES.get(last, last.lower())
+
+
 _PID_RE = re.compile(r"^\S*\s*Process ID: (\d+)\s*$", re.MULTILINE)
 _TIMESTAMP_RE = re.compile(r"^\s*\d+:\d+:\d+\.\d+\s+")
 

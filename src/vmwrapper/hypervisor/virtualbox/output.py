@@ -61,6 +61,14 @@ def is_newer(version: Version | None, than: Version) -> bool:
     return version is None or version > than
 
 
+_STARTED_RE = re.compile(r'^VM "[^"]*" has been successfully started\.\s*$', re.MULTILINE)
+
+
+def reports_started(text: str) -> bool:
+    """``startvm`` printed its success line (VirtualBox 5.0.10 exits 1 even then)."""
+    return _STARTED_RE.search(text) is not None
+
+
 def error_code(output: str) -> int | None:
     """The HRESULT of a failed command: the first ``(0x...)`` in the output (vboxwrapper's rule),
     or RPC_S_SERVER_UNAVAILABLE when that name appears. None when the output names no code."""
