@@ -249,13 +249,24 @@ def detected_lines(aid: AppInitData, *, anonymous_platform: bool) -> list[str]:
     return lines
 
 
-def hw_acceleration_usable(aid: AppInitData, standalone: bool) -> bool:
-    """Whether the host offers VT-x/AMD-V to us (a back end may still refine this)."""
+#: Clients before 7.2.16 cannot report VM extensions that failed (vm_extensions_disabled).
+CLIENT_REPORTS_VM_EXTENSIONS = (7, 2, 16)
+
+
+def hw_acceleration_usable(aid: AppInitData, standalone: bool, cpus: int = 1) -> bool:
+    """Whether the host offers VT-x/AMD-V to us, by vboxwrapper's rules
+    (docs/compatibility.md#virtualbox-failures); a back end may still refine this (VirtualBox
+    up to 7.1 under another hypervisor, see ``VmConfig.under_hypervisor``)."""
     if standalone:
         return True
-    if aid.vm_extensions_disabled:
+    if not aid.host_info.has_vm_extensions:
         return False
-    return aid.host_info.has_vm_extensions
+    version = aid.client_version
+    if version == (0, 0, 0) or version >= CLIENT_REPORTS_VM_EXTENSIONS:
+        return not aid.vm_extensions_disabled
+    # an old client cannot say that acceleration failed before: vboxwrapper's "legacy
+    # fallback" runs single-CPU VMs without it, so a host it crashed on still gets work done
+    return cpus > 1
 
 
 def build_vm_config(
@@ -300,7 +311,8 @@ def build_vm_config(
         remote_desktop=remote,
         headless=run.headless,
         rtc_utc=True,
-        hw_acceleration=hw_acceleration_usable(aid, run.standalone),
+        hw_acceleration=hw_acceleration_usable(aid, run.standalone, run.cpus),
+        under_hypervisor=not run.standalone and aid.host_info.under_hypervisor,
         allow_software_emulation=spec.vmwrapper_software_emulation,
         screen=spec.enable_screenshots_on_error,
     )

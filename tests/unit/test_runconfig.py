@@ -16,6 +16,7 @@ from vmwrapper.runconfig import (
     build_run_config,
     build_vm_config,
     detected_lines,
+    hw_acceleration_usable,
     parse_wrapper_args,
     vm_name_for,
 )
@@ -199,6 +200,35 @@ def test_hw_acceleration_from_host_features() -> None:
     for aid, expected in ((with_vmx, True), (no_vmx, False), (disabled, False)):
         run = build_run_config(WrapperArgs(), spec, aid, standalone=False)
         assert build_vm_config(run, spec, aid, Path("/s"), Path("/p")).hw_acceleration is expected
+
+
+@pytest.mark.parametrize(
+    ("client", "disabled", "cpus", "usable"),
+    [
+        ((7, 2, 16), False, 1, True),
+        ((7, 2, 16), True, 4, False),  # the client says acceleration failed before
+        ((7, 2, 15), False, 1, False),  # old client, one CPU: vboxwrapper's legacy fallback
+        ((7, 2, 15), True, 2, True),  # an old client's flag is not read; several CPUs need it
+        ((0, 0, 0), False, 1, True),  # no version in init_data: taken as a current client
+    ],
+)
+def test_hw_acceleration_rules_of_vboxwrapper(
+    client: tuple[int, int, int], disabled: bool, cpus: int, usable: bool
+) -> None:
+    major, minor, release = client
+    aid = AppInitData(
+        result_name="r",
+        major_version=major,
+        minor_version=minor,
+        release=release,
+        vm_extensions_disabled=disabled,
+        host_info=HostInfo(p_features="fpu vmx sse hypervisor"),
+    )
+    assert hw_acceleration_usable(aid, False, cpus) is usable
+    assert hw_acceleration_usable(aid, True, cpus)  # standalone: never disabled
+    spec = parse_job("<vbox_job/>").spec
+    run = build_run_config(WrapperArgs(), spec, aid, standalone=False)
+    assert build_vm_config(run, spec, aid, Path("/s"), Path("/p")).under_hypervisor
 
 
 def test_detected_lines_as_vboxwrapper_logs_them() -> None:
