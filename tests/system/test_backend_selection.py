@@ -64,6 +64,21 @@ def blank_image(tmp: Path) -> Path:
     return image
 
 
+def run_app(
+    app: Path, work: Path, env: dict[str, str], *, episodes: int = 2, vtx: bool = False
+) -> JobReport:
+    """The app run by the harness as the client would; VMWRAPPER_BACKEND never set."""
+    request = JobRequest(
+        app_dir=app,
+        workdir=work / "client",
+        keep_slot=True,
+        max_restart_delay=1.0,
+        max_episodes=episodes,
+        extra_env={**env, "VMWRAPPER_BACKEND": ""},
+    )
+    return run_job(request, host=VTX_HOST) if vtx else run_job(request)
+
+
 def backend_used(report: JobReport) -> list[str]:
     events = read_events(Path(report.slot_dir))
     return [str(e["backend"]) for e in events if e.get("event") == "wrapper_start"]
@@ -80,17 +95,7 @@ def test_existing_virtualbox_app_version_runs_on_virtualbox_with_qemu_installed(
     need_qemu()
     vbox_sim.configure(guest=[{"run_shared_app": True}])
     app = package_app(tmp_path, blank_image(tmp_path), APP, VBOX_JOB, name="legacy", backend="")
-    report = run_job(
-        JobRequest(
-            app_dir=app,
-            workdir=tmp_path / "client",
-            keep_slot=True,
-            max_restart_delay=1.0,
-            max_episodes=2,
-            extra_env={**vbox_sim.env, "VMWRAPPER_BACKEND": ""},
-        ),
-        host=VTX_HOST,
-    )
+    report = run_app(app, tmp_path, vbox_sim.env, vtx=True)
     assert report.finish_status == 0, report.message + report.stderr_tail
     assert report.finish_message == "all done"
     assert backend_used(report) == ["virtualbox"]
@@ -104,16 +109,7 @@ def test_qemu_opt_in_runs_on_qemu_with_virtualbox_installed(
 ) -> None:
     need_qemu()
     app = package_app(tmp_path, default_guest_image, APP, QEMU_JOB, name="opted", backend="")
-    report = run_job(
-        JobRequest(
-            app_dir=app,
-            workdir=tmp_path / "client",
-            keep_slot=True,
-            max_restart_delay=1.0,
-            max_episodes=2,
-            extra_env={**vbox_sim.env, "VMWRAPPER_BACKEND": ""},
-        )
-    )
+    report = run_app(app, tmp_path, vbox_sim.env)
     assert report.finish_status == 0, report.message + report.stderr_tail
     assert backend_used(report) == ["qemu"]
     assert not (Path(report.slot_dir) / "vbox_trace.txt").exists()
@@ -127,16 +123,7 @@ def test_a_job_no_back_end_here_can_run_is_a_temporary_exit_with_a_notice(
     if shutil.which("VBoxManage") or Path("/usr/bin/VBoxManage").exists():
         pytest.skip("this host has VirtualBox")
     app = package_app(tmp_path, blank_image(tmp_path), APP, VBOX_JOB, name="nowhere", backend="")
-    report = run_job(
-        JobRequest(
-            app_dir=app,
-            workdir=tmp_path / "client",
-            keep_slot=True,
-            max_restart_delay=1.0,
-            max_episodes=1,
-            extra_env={"VMWRAPPER_BACKEND": ""},
-        )
-    )
+    report = run_app(app, tmp_path, {}, episodes=1)
     assert report.finish_status is None
     assert report.outcome is JobOutcome.POSTPONED
     assert report.message.startswith("postponed for 86400 seconds: ")
@@ -175,16 +162,7 @@ def test_64_bit_guest_without_kvm_gets_the_vm_extensions_contract(tmp_path: Path
     job = QEMU_JOB.replace("\n  <vmwrapper_software_emulation/>", "")
     assert "software_emulation" not in job
     app = package_app(tmp_path, blank_image(tmp_path), APP, job, name="fast", backend="")
-    report = run_job(
-        JobRequest(
-            app_dir=app,
-            workdir=tmp_path / "client",
-            keep_slot=True,
-            max_restart_delay=1.0,
-            max_episodes=2,
-            extra_env={"VMWRAPPER_BACKEND": "", "VMWRAPPER_ACCEL": ""},
-        )
-    )
+    report = run_app(app, tmp_path, {"VMWRAPPER_ACCEL": ""})
     assert report.finish_status == ERR_EXEC, report.message + report.stderr_tail
     assert VM_EXTENSIONS_TOKEN in report.finish_message
     assert report.temporary_exits == ()

@@ -17,7 +17,7 @@ from test_vbox_backend import fast_backend, make_config, vminfo
 from helpers.vbox_fixtures import VBoxHost, vbox_sim_fixture  # noqa: F401
 from helpers.vbox_real import CONTEXT_RE, DETAILS_RE, ERRORS, EXPECTED
 from vmwrapper.errors import HostNotReady
-from vmwrapper.hypervisor.base import Diagnosis, VmState
+from vmwrapper.hypervisor.base import VmState
 from vmwrapper.hypervisor.virtualbox import failures, output
 from vmwrapper.hypervisor.virtualbox.commands import Step
 from vmwrapper.hypervisor.virtualbox.failures import Reaction
@@ -133,32 +133,6 @@ def test_pause_resume_and_throttles_go_on_after_a_not_ready_error(
         call()
     assert vbox_sim.faults()["output"]["times"] == 0
     assert vminfo(vbox_sim, config.name)["VMState"] == "running"  # nothing happened, no raise
-    backend.cleanup()
-
-
-@pytest.mark.parametrize(
-    ("errors", "diagnosis"),
-    [
-        (
-            ["VERR_NEM_NOT_AVAILABLE", "VERR_VMX_MSR_ALL_VMX_DISABLED"],
-            Diagnosis.VM_EXTENSIONS_DISABLED,
-        ),
-        ("VERR_VMX_NO_VMX", Diagnosis.NO_VM_EXTENSIONS),
-        ("VERR_NEM_VM_CREATE_FAILED", Diagnosis.FOREIGN_HYPERVISOR),
-    ],
-)
-def test_a_start_refused_for_vt_x_is_a_host_problem(
-    vbox_sim: VBoxHost, tmp_path: Path, errors: object, diagnosis: Diagnosis
-) -> None:
-    config = make_config(tmp_path, remote_desktop=None)
-    backend = fast_backend(config)
-    backend.create()
-    vbox_sim.inject(start_error=errors)
-    with pytest.raises(HostNotReady) as info:
-        backend.start()
-    assert backoff.classify(info.value).error_class is backoff.ErrorClass.HOST_PROBLEM
-    assert diagnosis in backend.diagnose()
-    vbox_sim.inject(start_error="")
     backend.cleanup()
 
 

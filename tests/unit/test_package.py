@@ -461,16 +461,8 @@ def test_package_writes_the_back_ends_into_the_shipped_job(sources: Path, tmp_pa
         "<enable_shared_directory/></vbox_job>"
     )
     (sources / "job.xml").write_text(original)
-    rc = _package(
-        sources,
-        out,
-        "--image",
-        str(sources / "debian.vdi"),
-        "--boinc-app",
-        str(sources / "app.sh"),
-        "--backends",
-        "virtualbox,qemu",
-    )
+    files = ("--image", str(sources / "debian.vdi"), "--boinc-app", str(sources / "app.sh"))
+    rc = _package(sources, out, *files, "--backends", "virtualbox,qemu")
     assert rc == 0
     shipped = (out / "hello_vbox_job_1.02.xml").read_text()
     assert parse_job(shipped).spec.backends == ("virtualbox", "qemu")

@@ -21,16 +21,7 @@ from vmwrapper.supervisor import backoff
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "compatibility.md"
 
 T, IG, H, F = Reaction.TEMPORARY, Reaction.IGNORE, Reaction.HOST, Reaction.FINAL
-OPS = (
-    Operation.QUERY,
-    Operation.CREATE,
-    Operation.START,
-    Operation.PAUSE,
-    Operation.RESUME,
-    Operation.CHECKPOINT,
-    Operation.THROTTLE,
-    Operation.CLEANUP,
-)
+OPS = failures.OPERATIONS  # the docs' column order
 
 LOCK = (
     "VBoxManage: error: The machine 'boinc_x' is already locked by a session (or being locked "

@@ -172,8 +172,8 @@ def operation_of(args: Sequence[str]) -> Operation:
 
 _T, _I, _H, _F = Reaction.TEMPORARY, Reaction.IGNORE, Reaction.HOST, Reaction.FINAL
 
-#: cause → reaction per operation, in the column order of ``_COLUMNS`` (the docs' table).
-_COLUMNS = (
+#: The operations in the column order of the table (and of the docs' table).
+OPERATIONS = (
     Operation.QUERY,
     Operation.CREATE,
     Operation.START,
@@ -183,6 +183,7 @@ _COLUMNS = (
     Operation.THROTTLE,
     Operation.CLEANUP,
 )
+#: cause → reaction per operation, in the order of OPERATIONS
 _TABLE: dict[Cause, tuple[Reaction, ...]] = {
     #                          query create start pause resume ckpt  throttle cleanup
     Cause.SERVICE_UNREACHABLE: (_T, _T, _T, _T, _T, _T, _I, _I),
@@ -199,9 +200,9 @@ _TABLE: dict[Cause, tuple[Reaction, ...]] = {
 
 def reaction(operation: Operation, cause: Cause) -> Reaction:
     """What the wrapper does when ``operation`` fails for ``cause`` (after the runner's retries)."""
-    return _TABLE[cause][_COLUMNS.index(operation)]
+    return _TABLE[cause][OPERATIONS.index(operation)]
 
 
 def table() -> dict[Cause, dict[Operation, Reaction]]:
     """The whole table (for the docs test and ``vmwrapper`` tooling)."""
-    return {cause: dict(zip(_COLUMNS, row, strict=True)) for cause, row in _TABLE.items()}
+    return {cause: dict(zip(OPERATIONS, row, strict=True)) for cause, row in _TABLE.items()}
