@@ -1122,8 +1122,9 @@ class QemuBackend:
             raise HostNotReady(f"{why} (fix: enable VT-x/AMD-V and KVM on this host)")
         if self.accel.accel is Accel.TCG and "_64" in self.config.os_name:
             log.info(
-                "64-bit guest under software emulation (TCG, %s): allowed by the app version",
+                "64-bit guest under software emulation (TCG, %s): allowed by %s",
                 self.accel.reason,
+                "--accel tcg" if setting is AccelSetting.TCG else "the app version",
             )
 
     def _stderr_text(self) -> str:
