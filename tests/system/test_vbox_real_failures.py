@@ -229,3 +229,22 @@ def test_failed_status_queries_read_the_state_from_vbox_log(
     with pytest.raises(VBoxManageError):
         backend.status()
     backend.cleanup()
+
+
+def test_simulator_version_output_has_the_real_shape(vbox_sim: VBoxHost, tmp_path: Path) -> None:
+    """A distribution build with the kernel module missing: the warning comes first, worded as
+    the real one, on every command; the version is still read, and the host is not ready."""
+    vbox_sim.configure(version="6.1.38_Ubuntu", kernel_module_missing=True)
+    printed = vbox_sim.vboxmanage("--version").stdout
+    real = (ERRORS.parent / "version" / "6.0.12_after_module_warning.txt").read_text()
+    assert printed.splitlines()[0] == real.splitlines()[0]
+    assert len(printed.splitlines()) == len(real.splitlines())
+    assert printed.splitlines()[-1] == "6.1.38_Ubuntur161095"
+    assert output.parse_version(printed) == (6, 1, 38)
+    listing = vbox_sim.vboxmanage("list", "hostinfo").stdout
+    assert not output.parse_hostinfo(listing).ready
+    backend = fast_backend(make_config(tmp_path, remote_desktop=None))
+    assert backend.capabilities.version == (6, 1, 38)
+    with pytest.raises(HostNotReady, match="kernel module"):
+        backend.create()
+    vbox_sim.configure(kernel_module_missing=False)

@@ -305,11 +305,24 @@ def version_string() -> str:
 
 
 def version_tuple() -> tuple[int, int, int]:
-    parts = version_string().split(".")
-    try:
-        return (int(parts[0]), int(parts[1]), int(parts[2].split("r")[0]))
-    except (IndexError, ValueError):
+    """The configured version's numbers; a distribution suffix ("6.1.38_Ubuntu") is allowed."""
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", version_string())
+    if match is None:
         return (7, 0, 14)
+    return (int(match.group(1)), int(match.group(2)), int(match.group(3)))
+
+
+#: What VBoxManage prints before any output when the vboxdrv module is not loaded (a real one:
+#: tests/data/vbox/real/version/6.0.12_after_module_warning.txt).
+MODULE_WARNING = (
+    "WARNING: The vboxdrv kernel module is not loaded. Either there is no module\n"
+    "         available for the current kernel (6.1.0-28-amd64) or it failed to\n"
+    "         load. Please recompile the kernel module and install it by\n"
+    "\n"
+    "           sudo /sbin/vboxconfig\n"
+    "\n"
+    "         You will not be able to start VMs until this problem is fixed.\n"
+)
 
 
 def is_v7() -> bool:
@@ -1769,13 +1782,7 @@ def cmd_list(reg: Registry, args: Args) -> str:
     what = args.next("what")
     cfg = config()
     if what == "hostinfo":
-        text = ""
-        if cfg.get("kernel_module_missing"):
-            text += (
-                "WARNING: The vboxdrv kernel module is not loaded. Either there is no module\n"
-                "         available for the current kernel or it failed to load.\n"
-            )
-        return text + (
+        return (
             f"Host Information:\n\nHost time: {now_iso()}\nProcessor online count: "
             f"{os.cpu_count()}\nProcessor count: {os.cpu_count()}\nProcessor online core count: "
             f"{os.cpu_count()}\nProcessor core count: {os.cpu_count()}\n"
@@ -1853,6 +1860,14 @@ def run_command(argv: list[str]) -> tuple[str, int]:
         argv = argv[1:]
     if not argv:
         return "Oracle VM VirtualBox Command Line Management Interface (vboxsim)\n", 2
+    if config().get("kernel_module_missing"):
+        out, status = run_command_quietly(sdir, argv)
+        return MODULE_WARNING + out, status
+    return run_command_quietly(sdir, argv)
+
+
+def run_command_quietly(sdir: Path, argv: list[str]) -> tuple[str, int]:
+    """One command's output, without the module warning VBoxManage may print first."""
     command = argv[0]
     global CONTEXT_SOURCE
     CONTEXT_SOURCE = SOURCE_FILES.get(command, ("VBoxManage.cpp", 1))
