@@ -14,6 +14,7 @@ from vmwrapper.doctor import (
     app_backend,
     cpu_flags,
     diagnose,
+    installed_backends,
     parse_modules,
     parse_qemu_version,
     parse_vbox_version,
@@ -213,3 +214,18 @@ def test_app_version_back_ends_are_read_from_job_and_command_line(tmp_path: Path
         "</version>"
     )
     assert read_app_version_backends(app) == (("virtualbox", "qemu"), "qemu")
+
+
+def test_installed_back_ends_are_found_where_the_wrapper_looks(tmp_path: Path) -> None:
+    for name in ("VBoxManage", "qemu-system-x86_64"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}
+    assert installed_backends(env) == frozenset({"virtualbox", "qemu", "fake"})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    found = installed_backends({"PATH": str(empty), "HOME": str(tmp_path)})
+    assert "qemu" not in found and "fake" in found
+    # VBoxManage is also looked for in /usr/local/bin and /usr/bin, as the back end does
+    system_vbox = any(Path(d, "VBoxManage").is_file() for d in ("/usr/local/bin", "/usr/bin"))
+    assert ("virtualbox" in found) is system_vbox
