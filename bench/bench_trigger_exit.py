@@ -67,6 +67,8 @@ MARKS = {"trigger": "BENCH_MARK trigger", "poweroff": "BENCH_MARK exit"}
 
 JOB = """<vbox_job>
   <os_name>Linux26_64</os_name>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
   <memory_size_mb>256</memory_size_mb>
   <enable_shared_directory/>
   <completion_trigger_file>done</completion_trigger_file>

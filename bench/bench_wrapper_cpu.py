@@ -63,6 +63,8 @@ sleep 120
 
 JOB = """<vbox_job>
   <os_name>Linux26_64</os_name>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
   <memory_size_mb>256</memory_size_mb>
   <enable_shared_directory/>
   <completion_trigger_file>done</completion_trigger_file>

@@ -95,6 +95,21 @@ class Diagnosis:
         return bool(self.backend)
 
 
+def installed_backends(environ: dict[str, str] | None = None) -> frozenset[str]:
+    """The back ends this host has: ``virtualbox`` when VBoxManage is found where the
+    VirtualBox back end looks for it, ``qemu`` when qemu-system-x86_64 is on PATH."""
+    from vmwrapper.hypervisor.virtualbox.runner import vbox_environment
+
+    env = dict(os.environ if environ is None else environ)
+    found = {"fake"}
+    vbox = vbox_environment(env, boinc_dir=Path("."))
+    if os.path.isabs(vbox.executable):
+        found.add("virtualbox")
+    if shutil.which(QEMU_BINARY, path=env.get("PATH")):
+        found.add("qemu")
+    return frozenset(found)
+
+
 # --- pure parsing ----------------------------------------------------------------------------
 
 
@@ -161,7 +176,9 @@ def diagnose(facts: HostFacts) -> Diagnosis:
     checks += _check_foreign(facts)
     checks += _check_resources(facts)
 
-    wanted = facts.backend_env or "qemu"
+    # what an app version without a choice of its own gets: VirtualBox where it is installed;
+    # QEMU speaks for the opt-in app versions (docs/compatibility.md#back-end-selection)
+    wanted = facts.backend_env or ("virtualbox" if facts.vboxmanage_path else "qemu")
     fixes = [c.fix for c in checks if c.fix and c.status in (Status.FAIL, Status.WARN)]
     backend, accel = "", ""
     if wanted == "qemu":
@@ -195,6 +212,72 @@ def diagnose(facts: HostFacts) -> Diagnosis:
         other = f"; usable instead: {', '.join(alternatives)}" if alternatives else ""
         summary = f"the {wanted} back end cannot run on this host{other}."
     return Diagnosis(tuple(checks), backend, accel, summary, tuple(dict.fromkeys(fixes)))
+
+
+@dataclass(frozen=True)
+class AppVersionBackend:
+    """Which back end this host would give one app version, and why."""
+
+    app_dir: str
+    backend: str  # "" when none: the task would end with a temporary exit and a notice
+    reason: str
+    job_backends: tuple[str, ...] = ()
+    command_line_backend: str = ""
+
+
+def app_backend(
+    facts: HostFacts,
+    app_dir: str,
+    *,
+    job_backends: tuple[str, ...],
+    command_line_backend: str = "",
+) -> AppVersionBackend:
+    """The selection rule of ``vmwrapper run`` (docs/compatibility.md#back-end-selection) for an
+    app version on the host ``facts`` describe (pure)."""
+    from vmwrapper.supervisor.select import choose_backend
+
+    installed = {"fake"}
+    if facts.vboxmanage_path:
+        installed.add("virtualbox")
+    if facts.qemu_path:
+        installed.add("qemu")
+    choice = choose_backend(
+        command_line=command_line_backend,
+        environment=facts.backend_env,
+        job_backends=job_backends,
+        installed=frozenset(installed),
+    )
+    return AppVersionBackend(
+        app_dir, choice.name, choice.reason, job_backends, command_line_backend
+    )
+
+
+def read_app_version_backends(app_dir: Path) -> tuple[tuple[str, ...], str]:
+    """``<vmwrapper_backends>`` of the app version's vbox_job.xml and the ``--backend`` of its
+    command line (version.xml). Raises InputError/SpecError naming the file when unreadable."""
+    from vmwrapper.errors import InputError
+    from vmwrapper.packaging.version import JOB_LOGICAL_NAME, parse_version_xml
+    from vmwrapper.runconfig import parse_wrapper_args
+    from vmwrapper.spec import parse_job
+
+    version_file = app_dir / "version.xml"
+    try:
+        version = parse_version_xml(version_file.read_bytes(), str(version_file))
+    except OSError as exc:
+        raise InputError(f"{version_file}: cannot read it ({exc.strerror})") from exc
+    jobs = [f for f in version.files if f.logical_name == JOB_LOGICAL_NAME]
+    if not jobs:
+        raise InputError(
+            f"{version_file}: no <file> with <logical_name>{JOB_LOGICAL_NAME}</logical_name> "
+            "(fix: ship the job file under that logical name)"
+        )
+    job_path = app_dir / jobs[0].physical_name
+    try:
+        spec = parse_job(job_path.read_bytes(), str(job_path)).spec
+    except OSError as exc:
+        raise InputError(f"{job_path}: cannot read it ({exc.strerror})") from exc
+    args = parse_wrapper_args(version.cmdline.split())
+    return spec.backends, args.backend
 
 
 def _qv(facts: HostFacts) -> tuple[int, int, int] | None:
@@ -298,7 +381,7 @@ def _check_vbox(facts: HostFacts) -> tuple[bool, Check]:
         return False, Check(
             "virtualbox",
             Status.SKIP,
-            "VBoxManage not found (only needed for --backend virtualbox)",
+            "VBoxManage not found (needed for every app version that does not ask for QEMU)",
             "",
         )
     version = _vv(facts)

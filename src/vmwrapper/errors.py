@@ -79,7 +79,14 @@ class ProtocolError(VmWrapperError):
 
 
 class BackendError(VmWrapperError):
-    """A hypervisor command failed. Carries the argv, the exit code and the output's tail."""
+    """A hypervisor command failed. Carries the argv, the exit code and the output's tail.
+
+    ``temporary`` is true when the back end knows a retry later on this host can help (a
+    session lock held by another program, the hypervisor's service not answering): the task
+    then ends with a temporary exit even though the error carries a result code.
+    """
+
+    temporary: bool = False
 
     def __init__(
         self,

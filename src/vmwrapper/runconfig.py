@@ -23,10 +23,10 @@ from vmwrapper.hypervisor.base import (
     VmConfig,
 )
 from vmwrapper.spec.model import MIN_MEMORY_SIZE_MB, JobSpec
+from vmwrapper.supervisor.select import choose_backend
 
 MAX_CLI_THREADS = 32
 BACKENDS = ("qemu", "virtualbox", "fake")
-DEFAULT_BACKEND = "qemu"
 STANDALONE_VM_NAME = "boinc_standalone"
 #: Bytes of guest console lines stderr.txt and events.jsonl may each take over the task's life
 #: (--guest_log_limit; docs/compatibility.md#runtime).
@@ -120,9 +120,11 @@ class RunConfig:
     register_only: bool
     sporadic: bool
     headless: bool
-    backend: str
+    backend: str  # "" when no back end can run this job here (see backend_reason)
     #: human lines for the log: every adjustment made, never silently
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: why this back end (or why none): docs/compatibility.md#back-end-selection
+    backend_reason: str = ""
 
 
 def vm_name_for(result_name: str, standalone: bool) -> str:
@@ -162,11 +164,18 @@ def build_run_config(
     *,
     standalone: bool,
     backend_from_env: str = "",
+    installed: frozenset[str] = frozenset(BACKENDS),
 ) -> RunConfig:
+    """``installed``: the back ends this host has (the caller probes; default: all)."""
     notes: list[str] = []
-    backend = args.backend or backend_from_env or DEFAULT_BACKEND
-    if backend not in BACKENDS:
+    if backend_from_env and backend_from_env not in BACKENDS:
         raise CommandLineError(f"VMWRAPPER_BACKEND must be one of {', '.join(BACKENDS)}")
+    choice = choose_backend(
+        command_line=args.backend,
+        environment=backend_from_env,
+        job_backends=spec.backends,
+        installed=installed,
+    )
     if standalone:
         image, floppy = "vm_image.vdi", "vm_floppy.img"
         if args.vmimage:
@@ -189,8 +198,9 @@ def build_run_config(
         # vbox_window shows the console; standalone too (docs/compatibility.md#start-up); never in a
         # sandbox
         headless=not ((aid.vbox_window and not aid.using_sandbox) or standalone),
-        backend=backend,
+        backend=choice.name,
         notes=tuple(notes),
+        backend_reason=choice.reason,
     )
 
 
@@ -285,13 +295,35 @@ def _network(spec: JobSpec, ports: RuntimePorts) -> NetworkConfig:
     )
 
 
-def hw_acceleration_usable(aid: AppInitData, standalone: bool) -> bool:
-    """Whether the host offers VT-x/AMD-V to us (a back end may still refine this)."""
+def detected_lines(aid: AppInitData, *, anonymous_platform: bool) -> list[str]:
+    """vboxwrapper's "Detected:" lines about how the client runs us (anonymous platform: an
+    app_info.xml in the project directory; the sandboxed client account)."""
+    lines = []
+    if anonymous_platform:
+        lines.append("Detected: Anonymous Platform Enabled")
+    if aid.using_sandbox:
+        lines.append("Detected: Sandbox Configuration Enabled")
+    return lines
+
+
+#: Clients before 7.2.16 cannot report VM extensions that failed (vm_extensions_disabled).
+CLIENT_REPORTS_VM_EXTENSIONS = (7, 2, 16)
+
+
+def hw_acceleration_usable(aid: AppInitData, standalone: bool, cpus: int = 1) -> bool:
+    """Whether the host offers VT-x/AMD-V to us, by vboxwrapper's rules
+    (docs/compatibility.md#virtualbox-failures); a back end may still refine this (VirtualBox
+    up to 7.1 under another hypervisor, see ``VmConfig.under_hypervisor``)."""
     if standalone:
         return True
-    if aid.vm_extensions_disabled:
+    if not aid.host_info.has_vm_extensions:
         return False
-    return aid.host_info.has_vm_extensions
+    version = aid.client_version
+    if version == (0, 0, 0) or version >= CLIENT_REPORTS_VM_EXTENSIONS:
+        return not aid.vm_extensions_disabled
+    # an old client cannot say that acceleration failed before: vboxwrapper's "legacy
+    # fallback" runs single-CPU VMs without it, so a host it crashed on still gets work done
+    return cpus > 1
 
 
 def build_vm_config(
@@ -336,6 +368,8 @@ def build_vm_config(
         remote_desktop=remote,
         headless=run.headless,
         rtc_utc=True,
-        hw_acceleration=hw_acceleration_usable(aid, run.standalone),
+        hw_acceleration=hw_acceleration_usable(aid, run.standalone, run.cpus),
+        under_hypervisor=not run.standalone and aid.host_info.under_hypervisor,
+        allow_software_emulation=spec.vmwrapper_software_emulation,
         screen=spec.enable_screenshots_on_error,
     )

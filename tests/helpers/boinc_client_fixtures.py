@@ -205,6 +205,8 @@ class ClientSession:
 
 VM_JOB_XML = """<vbox_job>
   <os_name>Linux26_64</os_name>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
   <memory_size_mb>512</memory_size_mb>
   <enable_shared_directory/>
   <fraction_done_filename>progress</fraction_done_filename>

@@ -39,6 +39,8 @@ STEPS = 10
 #: A counting job: a checkpoint every 4 s, 10 steps of 1 s, then the completion trigger.
 COUNTING_JOB = f"""<vbox_job>
   <os_name>Linux26_64</os_name>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
   <memory_size_mb>{GUEST_MEMORY_MB}</memory_size_mb>
   <enable_shared_directory/>
   <enable_vm_savestate_usage/>
@@ -91,9 +93,10 @@ def package_app(
     argv = [
         sys.executable, "-m", "vmwrapper", "package", "--app", name,
         "--job", str(src / "vbox_job.xml"), "--image", str(image),
-        "--boinc-app", str(src / "app.sh"), "--no-gzip", "--cmdline", f"--backend {backend}",
-        "--out", str(out),
+        "--boinc-app", str(src / "app.sh"), "--no-gzip", "--out", str(out),
     ]  # fmt: skip
+    if backend:  # "" = no --backend: the wrapper's selection rule decides
+        argv += ["--cmdline", f"--backend {backend}"]
     for output in outputs:
         argv += ["--output", output]
     for logical, path in inputs:

@@ -36,6 +36,8 @@ JOB_XML = """<vbox_job>
   <enable_shared_directory/>
   <completion_trigger_file>done</completion_trigger_file>
   <intermediate_upload_file>partial.dat</intermediate_upload_file>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
 </vbox_job>
 """
 

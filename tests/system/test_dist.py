@@ -34,6 +34,8 @@ BUILD_SCRIPT = ROOT / "scripts" / "build-dist.sh"
 
 JOB = """<vbox_job>
   <os_name>Linux26_64</os_name>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
   <memory_size_mb>512</memory_size_mb>
   <enable_shared_directory/>
 </vbox_job>

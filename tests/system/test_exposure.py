@@ -65,6 +65,8 @@ def job(network: bool, job_duration: int = 0) -> str:
     )
     return f"""<vbox_job>
   <os_name>Linux26_64</os_name>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
   <memory_size_mb>{GUEST_MEMORY_MB}</memory_size_mb>
   <enable_shared_directory/>
   <enable_remotedesktop/>

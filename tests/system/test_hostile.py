@@ -41,6 +41,8 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
 
 HOSTILE_JOB = f"""<vbox_job>
   <os_name>Linux26_64</os_name>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
   <memory_size_mb>{GUEST_MEMORY_MB}</memory_size_mb>
   <enable_shared_directory/>
   <completion_trigger_file>done</completion_trigger_file>

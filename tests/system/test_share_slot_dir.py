@@ -53,6 +53,8 @@ def job_xml(extra: str) -> str:
   <os_name>Linux26_64</os_name>
   <memory_size_mb>512</memory_size_mb>
   <share_slot_dir/>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
   {extra}
 </vbox_job>
 """

@@ -20,6 +20,7 @@ from helpers.fault_fixtures import package_app
 from helpers.vbox_fixtures import VBoxHost
 from vmwrapper.harness.job import Action, JobOutcome, JobRequest, ScheduledAction, run_job
 from vmwrapper.harness.slot import host_info
+from vmwrapper.outcome import ERR_EXEC, VM_EXTENSIONS_TOKEN
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
 
@@ -124,3 +125,29 @@ def test_abort_reports_network_bytes_screenshot_and_logs(
     assert 0 < report.bytes_sent < report.bytes_received
     replay = (Path(report.slot_dir) / "vbox_replay.txt").read_text()
     assert replay.index("screenshotpng") < replay.index("unregistervm")
+
+
+def test_vt_x_off_in_the_bios_ends_with_the_vm_extensions_notice(
+    vbox_sim: VBoxHost, tmp_path: Path
+) -> None:
+    """Real VirtualBox refuses startvm at once when VT-x is off (two lines on Windows); the task
+    ends with vboxwrapper's VM-extensions contract (ERR_EXEC and its notice), not a postponement
+    until the deadline (docs/compatibility.md#virtualbox-failures)."""
+    vbox_sim.configure(guest=[{"run_shared_app": True}])
+    vbox_sim.inject(start_error=["VERR_NEM_NOT_AVAILABLE", "VERR_VMX_MSR_ALL_VMX_DISABLED"])
+    app = package(tmp_path)
+    report = run_job(
+        JobRequest(
+            app_dir=app,
+            workdir=tmp_path / "client",
+            max_restart_delay=1.0,
+            max_episodes=2,
+            extra_env=vbox_sim.env,
+        ),
+        host=replace(host_info(), p_features="fpu vme pae vmx sse2"),
+    )
+    assert report.finish_status == ERR_EXEC, report.stderr_tail
+    assert VM_EXTENSIONS_TOKEN in report.finish_message
+    assert "BIOS" in report.finish_message
+    assert report.temporary_exits == ()
+    assert vbox_sim.registry()["vms"] == {}  # cleaned up

@@ -25,6 +25,8 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
 
 JOB = """<vbox_job>
   <os_name>Linux26_64</os_name>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
   <memory_size_mb>512</memory_size_mb>
   <enable_shared_directory/>
   <completion_trigger_file>done</completion_trigger_file>
@@ -195,6 +197,8 @@ FAILING_JOB = """<vbox_job>
   <os_name>Linux26_64</os_name>
   <memory_size_mb>512</memory_size_mb>
   <enable_shared_directory/>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
 </vbox_job>
 """
 

@@ -25,6 +25,8 @@ UPLOAD = 200_000  # bytes the guest sends to the host
 
 JOB = """<vbox_job>
   <os_name>Linux26_64</os_name>
+  <vmwrapper_backends>qemu</vmwrapper_backends>
+  <vmwrapper_software_emulation/>
   <memory_size_mb>256</memory_size_mb>
   <enable_shared_directory/>
   <enable_network/>

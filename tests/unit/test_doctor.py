@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -10,11 +11,14 @@ from vmwrapper.doctor import (
     HostFacts,
     KvmBoot,
     Status,
+    app_backend,
     cpu_flags,
     diagnose,
+    installed_backends,
     parse_modules,
     parse_qemu_version,
     parse_vbox_version,
+    read_app_version_backends,
     virt_flag,
 )
 
@@ -99,14 +103,16 @@ def test_no_qemu_but_virtualbox() -> None:
         vboxmanage_path="/usr/bin/VBoxManage",
         vbox_version_text="7.0.14r161095\n",
     )
-    d = diagnose(facts)
+    # an app version without a choice of its own runs on VirtualBox where it is installed
+    d2 = diagnose(facts)
+    assert d2.backend == "virtualbox" and "VirtualBox 7.0.14" in d2.summary
+    # asked for QEMU, the host has none
+    d = diagnose(dataclasses.replace(facts, backend_env="qemu"))
     assert not d.runnable
     assert "virtualbox (--backend virtualbox)" in d.summary
     assert any("apt-get install qemu-system-x86" in f for f in d.fixes)
     # With KVM loaded, VirtualBox is told it must unload it.
     assert any("modprobe -r kvm_intel" in f for f in d.fixes)
-    d2 = diagnose(dataclasses.replace(facts, backend_env="virtualbox"))
-    assert d2.backend == "virtualbox" and "VirtualBox 7.0.14" in d2.summary
 
 
 def test_broken_virtualbox_and_missing_qemu_img() -> None:
@@ -165,3 +171,61 @@ def test_cli_rendering() -> None:
     text = buf.getvalue()
     assert "Back end: vmwrapper will run VMs with QEMU 7.2.22, emulated (TCG" in text
     assert "To fix:" in text and "enable VT-x/AMD-V" in text
+
+
+VBOX_AND_QEMU = dataclasses.replace(
+    GOOD, vboxmanage_path="/usr/bin/VBoxManage", vbox_version_text="7.0.14r161095\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("facts", "job_backends", "cli", "expected"),
+    [
+        (VBOX_AND_QEMU, (), "", "virtualbox"),  # an existing VirtualBox app version
+        (GOOD, (), "", ""),  # ... on a host with QEMU only: runs nowhere
+        (VBOX_AND_QEMU, ("qemu",), "", "qemu"),  # the QEMU opt-in
+        (GOOD, ("virtualbox", "qemu"), "", "qemu"),  # runs under both: QEMU without VirtualBox
+        (VBOX_AND_QEMU, (), "qemu", "qemu"),  # --backend on the command line
+    ],
+)
+def test_app_backend(
+    facts: HostFacts, job_backends: tuple[str, ...], cli: str, expected: str
+) -> None:
+    answer = app_backend(facts, "app", job_backends=job_backends, command_line_backend=cli)
+    assert answer.backend == expected
+    assert answer.reason
+
+
+def test_app_version_back_ends_are_read_from_job_and_command_line(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "job.xml").write_text(
+        "<vbox_job><os_name>Linux26_64</os_name><vmwrapper_backends>virtualbox qemu"
+        "</vmwrapper_backends></vbox_job>"
+    )
+    (app / "version.xml").write_text(
+        "<version><file><physical_name>job.xml</physical_name>"
+        "<logical_name>vbox_job.xml</logical_name></file></version>"
+    )
+    assert read_app_version_backends(app) == (("virtualbox", "qemu"), "")
+    (app / "version.xml").write_text(
+        "<version><file><physical_name>job.xml</physical_name>"
+        "<logical_name>vbox_job.xml</logical_name></file><cmdline>--backend qemu</cmdline>"
+        "</version>"
+    )
+    assert read_app_version_backends(app) == (("virtualbox", "qemu"), "qemu")
+
+
+def test_installed_back_ends_are_found_where_the_wrapper_looks(tmp_path: Path) -> None:
+    for name in ("VBoxManage", "qemu-system-x86_64"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}
+    assert installed_backends(env) == frozenset({"virtualbox", "qemu", "fake"})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    found = installed_backends({"PATH": str(empty), "HOME": str(tmp_path)})
+    assert "qemu" not in found and "fake" in found
+    # VBoxManage is also looked for in /usr/local/bin and /usr/bin, as the back end does
+    system_vbox = any(Path(d, "VBoxManage").is_file() for d in ("/usr/local/bin", "/usr/bin"))
+    assert ("virtualbox" in found) is system_vbox

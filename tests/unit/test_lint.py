@@ -233,6 +233,13 @@ CASES: list[tuple[str, Callable[[], AppDirFacts]]] = [
             wu=InputTemplate((InputFile("shared/in"),)),
         ),
     ),
+    (
+        "VMW044",
+        lambda: _facts(
+            job=GOOD_JOB.format(extra="<vmwrapper_backends>qemu</vmwrapper_backends>"),
+            plan_class=PlanClass.VBOX64,
+        ),
+    ),
     ("VMW035", lambda: _facts(job=GOOD_JOB.format(extra="<no_such_element/>"))),
     (
         "VMW037",

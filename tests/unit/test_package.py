@@ -37,7 +37,9 @@ from vmwrapper.packaging.version import (
     plan_app_version,
     plan_class_from_dir_name,
     versioned_name,
+    with_job_backends,
 )
+from vmwrapper.spec import parse_job
 
 JOB = """<vbox_job>
   <os_name>Linux26_64</os_name>
@@ -448,3 +450,35 @@ def test_lint_command_options(
     assert vmwrapper(["lint", str(tmp_path / "missing")]) == 2
     assert vmwrapper(["lint", "--codes"]) == 0
     assert "VMW101  warning" in capsys.readouterr().out
+
+
+def test_package_writes_the_back_ends_into_the_shipped_job(sources: Path, tmp_path: Path) -> None:
+    """`--backends qemu` is the QEMU opt-in (docs/compatibility.md#back-end-selection): the
+    shipped vbox_job.xml carries it, the project's own file is left alone, lint accepts it."""
+    out = tmp_path / "x86_64-pc-linux-gnu__vbox64"
+    original = (
+        "<vbox_job><os_name>Linux26_64</os_name><memory_size_mb>512</memory_size_mb>"
+        "<enable_shared_directory/></vbox_job>"
+    )
+    (sources / "job.xml").write_text(original)
+    files = ("--image", str(sources / "debian.vdi"), "--boinc-app", str(sources / "app.sh"))
+    rc = _package(sources, out, *files, "--backends", "virtualbox,qemu")
+    assert rc == 0
+    shipped = (out / "hello_vbox_job_1.02.xml").read_text()
+    assert parse_job(shipped).spec.backends == ("virtualbox", "qemu")
+    assert (sources / "job.xml").read_text() == original
+    assert vmwrapper(["lint", str(out)]) == 0
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        "<vbox_job><os_name>x</os_name></vbox_job>",
+        "<vbox_job><vmwrapper_backends>virtualbox</vmwrapper_backends></vbox_job>",
+        "<vbox_job/>",
+    ],
+)
+def test_with_job_backends_sets_one_element(job: str) -> None:
+    text = with_job_backends(job, ["qemu"])
+    assert text.count("<vmwrapper_backends>") == 1
+    assert parse_job(text).spec.backends == ("qemu",)

@@ -12,11 +12,14 @@ from vmwrapper.hypervisor.qemu.accel import (
     DEBUG_EXIT_PORT,
     PROBE_EXIT_CODE,
     PROBE_EXIT_VALUE,
+    AccelChoice,
     AccelSetting,
     cpu_has_virt_flags,
     probe_boot_sector,
+    software_emulation_refused,
 )
 from vmwrapper.hypervisor.qemu.backend import ACCEL_ENV, QemuBackend
+from vmwrapper.hypervisor.qemu.cmdline import Accel
 
 # What the lab hosts show: a kvm_pvm nested KVM, no vmx/svm flag.
 PVM_CPUINFO = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr pae hypervisor lahf_lm\n"
@@ -60,3 +63,28 @@ def test_qemu_backend_is_a_backend(tmp_path: Path) -> None:
     assert backend.name == "qemu"
     assert backend.status().state is VmState.ABSENT  # nothing created, no process
     assert backend.pid() is None and backend.cpu_time() == 0.0
+
+
+# ---- a 64-bit guest under software emulation (docs/compatibility.md#software-emulation) -----
+
+TCG = AccelChoice(Accel.TCG, "/dev/kvm missing or not accessible")
+KVM = AccelChoice(Accel.KVM, "KVM probe boot succeeded")
+
+
+@pytest.mark.parametrize(
+    ("choice", "os_name", "allowed", "setting", "refused"),
+    [
+        (TCG, "Linux26_64", False, AccelSetting.AUTO, True),  # vboxwrapper's contract
+        (TCG, "Linux26_64", True, AccelSetting.AUTO, False),  # the app version opted in
+        (TCG, "Linux26_64", False, AccelSetting.TCG, False),  # TCG forced on purpose
+        (TCG, "Linux26", False, AccelSetting.AUTO, False),  # a 32-bit guest runs anyway
+        (KVM, "Linux26_64", False, AccelSetting.AUTO, False),  # accelerated: nothing to refuse
+    ],
+)
+def test_software_emulation_rule(
+    choice: AccelChoice, os_name: str, allowed: bool, setting: AccelSetting, refused: bool
+) -> None:
+    why = software_emulation_refused(choice, os_name, allowed=allowed, setting=setting)
+    assert bool(why) is refused
+    if refused:
+        assert "64-bit guest" in why and choice.reason in why

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from vmwrapper.runconfig import (
     WrapperArgs,
     build_run_config,
     build_vm_config,
+    detected_lines,
+    hw_acceleration_usable,
     parse_wrapper_args,
     vm_name_for,
 )
@@ -141,7 +144,9 @@ def test_headless_unless_vbox_window_or_standalone() -> None:
 
 
 def test_backend_choice() -> None:
-    assert config([]).backend == "qemu"
+    # a job without <vmwrapper_backends> is VirtualBox's (docs/compatibility.md#back-end-selection)
+    assert config([]).backend == "virtualbox"
+    assert config(["--backend", "qemu"]).backend == "qemu"
     assert config(["--backend", "virtualbox"]).backend == "virtualbox"
     spec = parse_job("<vbox_job></vbox_job>").spec
     run = build_run_config(WrapperArgs(), spec, AID, standalone=False, backend_from_env="fake")
@@ -220,3 +225,41 @@ def test_console_file_says_how_to_log_in_per_back_end_and_keeps_the_password() -
     assert parse_console_password("password: \n") is None
     assert console_password_bytes("qemu") == 6  # 8 base64 characters: all VNC checks
     assert console_password_bytes("virtualbox") > 6
+
+
+@pytest.mark.parametrize(
+    ("client", "disabled", "cpus", "usable"),
+    [
+        ((7, 2, 16), False, 1, True),
+        ((7, 2, 16), True, 4, False),  # the client says acceleration failed before
+        ((7, 2, 15), False, 1, False),  # old client, one CPU: vboxwrapper's legacy fallback
+        ((7, 2, 15), True, 2, True),  # an old client's flag is not read; several CPUs need it
+        ((0, 0, 0), False, 1, True),  # no version in init_data: taken as a current client
+    ],
+)
+def test_hw_acceleration_rules_of_vboxwrapper(
+    client: tuple[int, int, int], disabled: bool, cpus: int, usable: bool
+) -> None:
+    major, minor, release = client
+    aid = AppInitData(
+        result_name="r",
+        major_version=major,
+        minor_version=minor,
+        release=release,
+        vm_extensions_disabled=disabled,
+        host_info=HostInfo(p_features="fpu vmx sse hypervisor"),
+    )
+    assert hw_acceleration_usable(aid, False, cpus) is usable
+    assert hw_acceleration_usable(aid, True, cpus)  # standalone: never disabled
+    spec = parse_job("<vbox_job></vbox_job>").spec
+    run = build_run_config(WrapperArgs(), spec, aid, standalone=False)
+    assert build_vm_config(run, spec, aid, Path("/s"), Path("/p")).under_hypervisor
+
+
+def test_detected_lines_as_vboxwrapper_logs_them() -> None:
+    assert detected_lines(AID, anonymous_platform=False) == []
+    assert detected_lines(AID, anonymous_platform=True) == ["Detected: Anonymous Platform Enabled"]
+    sandboxed = replace(AID, using_sandbox=True)
+    assert detected_lines(sandboxed, anonymous_platform=False) == [
+        "Detected: Sandbox Configuration Enabled"
+    ]

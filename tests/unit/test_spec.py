@@ -60,10 +60,14 @@ def test_every_element_golden() -> None:
         intermediate_upload_file=("partial_1", "partial_2"),
         pf_guest_port=80,
         port_forward=(PortForward(8022, 22), PortForward(9000, 9100, 3, True)),
+        vmwrapper_backends="virtualbox qemu",
+        vmwrapper_software_emulation=True,
     )
-    # the strict view: the one element vboxwrapper skips, and a boolean written in hex
+    # the strict view: the elements vboxwrapper skips (ours), and a boolean written in hex
     assert [w.split(">")[0] for w in parsed.warnings] == [
         "every_element.xml: <vm_graphics_controller_type",
+        "every_element.xml: <vmwrapper_backends",
+        "every_element.xml: <vmwrapper_software_emulation",
         "every_element.xml: <enable_nat_dns_host_resolver",
     ]
     # the golden covers every element we know
@@ -342,3 +346,19 @@ def test_a_byte_order_mark_fails_like_vboxwrapper() -> None:
     with pytest.raises(SpecError, match="byte-order mark") as info:
         parse_job(b"\xef\xbb\xbf<vbox_job><enable_network/></vbox_job>", "job.xml")
     assert info.value.malformed
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("qemu", ("qemu",)), ("VirtualBox, QEMU", ("virtualbox", "qemu")), ("", ())],
+)
+def test_vmwrapper_backends_is_a_preference_list(text: str, words: tuple[str, ...]) -> None:
+    assert job(f"<vmwrapper_backends>{text}</vmwrapper_backends>").backends == words
+
+
+def test_vmwrapper_backends_names_only_known_back_ends() -> None:
+    found = problems("<vmwrapper_backends>qemu kvm</vmwrapper_backends>")
+    assert found == [
+        "job.xml: <vmwrapper_backends>: error: 'kvm' is no back end (fix: list one or more of "
+        "virtualbox, qemu, in preference order)"
+    ]

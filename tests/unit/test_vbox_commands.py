@@ -250,3 +250,22 @@ def test_net_statistics_reads_both_nic_counters_in_one_call() -> None:
     # a VM that is not running makes VirtualBox refuse: that is an answer, not worth retrying
     # or logging as an error (the back end returns None)
     assert not step.retry and not step.log_error
+
+
+@pytest.mark.parametrize(
+    ("version", "usable"),
+    [("7.0.14r161095", False), ("7.1.6r167084", False), ("7.2.0r168464", True), ("junk", True)],
+)
+def test_host_under_a_hypervisor_needs_virtualbox_7_2(version: str, usable: bool) -> None:
+    """vboxwrapper runs VMs without VT-x on a host that itself runs under a hypervisor when
+    VirtualBox is 7.1.x or older; an unknown version counts as newer."""
+    config = replace(every_option(), hw_acceleration=True, under_hypervisor=True)
+    capabilities = cmd.capabilities(version, HELP_V6)
+    assert cmd.hw_acceleration_usable(config, capabilities) is usable
+    assert cmd.hw_acceleration_usable(replace(config, under_hypervisor=False), capabilities)
+    if usable:
+        assert cmd.acceleration_steps(config, capabilities) == []
+    else:  # a 32-bit guest runs without it; a 64-bit one cannot
+        assert "--hwvirtex" in transcript(cmd.acceleration_steps(config, capabilities))
+        with pytest.raises(HostNotReady, match="ERR_CPU_VM_EXTENSIONS_DISABLED"):
+            cmd.acceleration_steps(replace(config, os_name="Linux26_64"), capabilities)

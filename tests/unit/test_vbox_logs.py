@@ -73,3 +73,17 @@ def test_split_new_keeps_a_partial_line_for_later() -> None:
 
 def test_strip_timestamp() -> None:
     assert logs.strip_timestamp("00:00:05.000000 Console: x") == "Console: x"
+
+
+def test_machine_state_is_the_last_one_the_log_recorded() -> None:
+    log = (
+        "00:00:01.000000 Console: Machine state changed to 'Starting'\n"
+        "00:00:02.000000 Console: Machine state changed to 'Running'\n"
+        "00:00:09.000000 Console: Machine state changed to 'Paused'\n"
+    )
+    assert logs.machine_state(log) == "paused"
+    assert logs.machine_state(log + "00:01 Console: Machine state changed to 'Stuck'\n") == (
+        "gurumeditation"
+    )
+    assert logs.machine_state("x Console: Machine state changed to 'PoweredOff'") == "poweroff"
+    assert logs.machine_state("no state lines") == ""

@@ -264,3 +264,25 @@ def test_net_statistics_adds_exactly_the_byte_counters(
         received=sum(v for _, _, leaf, v in counters if leaf == "ReceiveBytes"),
     )
     assert output.parse_net_statistics(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "bad"),
+    [
+        ("4.2.6r82870", True),
+        ("4.2.18r88780", True),
+        ("4.3.0r89960", True),
+        ("4.2.60r1", False),  # vboxwrapper's substring test would refuse it
+        ("4.3.40r117224", False),
+        ("7.0.14r161095", False),
+        ("garbage", False),
+    ],
+)
+def test_known_bad_virtualbox_versions(text: str, bad: bool) -> None:
+    assert output.is_known_bad(output.parse_version(text)) is bad
+
+
+def test_startvm_success_line_is_recognised() -> None:
+    text = 'Waiting for VM "boinc_x" to power on...\nVM "boinc_x" has been successfully started.\n'
+    assert output.reports_started(text)
+    assert not output.reports_started("VBoxManage: error: VT-x is not available (VERR_VMX_NO_VMX)")

@@ -12,9 +12,15 @@ in the directory named by ``VBOXSIM_STATE`` (created on first use):
   the traffic of each NIC with its cable plugged while the guest runs; default below).
 * ``faults.json`` (optional, counters decremented as they fire) —
   ``lock_contention: {"commands": [...], "times": N}`` (VBOX_E_INVALID_OBJECT_STATE),
-  ``service_down: {"times": N}`` (CO_E_SERVER_EXEC_FAILURE),
+  ``service_down: {"times": N, "host": "windows"|"linux"}`` (VBoxSVC unreachable: Windows
+  prints CO_E_SERVER_EXEC_FAILURE, Linux NS_BASE_STREAM_WOULD_BLOCK),
+  ``output: {"commands": [...], "text": "...", "exit": 1, "times": N}`` (the command prints
+  ``text`` and exits with ``exit``: replays a real VBoxManage error, see tests/data/vbox/real/),
   ``hang: {"commands": [...], "times": N}`` (the command sleeps for an hour),
-  ``start_error: "VERR_..."`` (startvm fails with that VirtualBox status, logged in VBox.log),
+  ``lying_exit: {"commands": [...], "times": N}`` (the command works but exits 1, as
+  VirtualBox 5.0.10's ``startvm`` does),
+  ``start_error: "VERR_..."`` or a list of them (startvm fails with those VirtualBox statuses,
+  one line each as on Windows, logged in VBox.log),
   ``multiattach_registry_bug: true`` (VirtualBox's "4.0 or later" MultiAttach error until the
   parent is closed and reopened).
 
@@ -104,6 +110,9 @@ START_ERRORS = {
     "VERR_SVM_IN_USE": "AMD-V is being used by another hypervisor",
     "VERR_NO_MEMORY": "Failed to allocate memory for the guest",
     "VERR_EM_NO_MEMORY": "Unable to allocate and lock memory. The virtual machine will be paused",
+    "VERR_NEM_NOT_AVAILABLE": "Not in a hypervisor partition (HVP=0)",
+    "VERR_NEM_VM_CREATE_FAILED": "Call to WHvSetupPartition failed: ERROR_SUCCESS (Last=0xc000000d/87)",
+    "VERR_VMX_MSR_LOCKED_OR_DISABLED": "VT-x is disabled in the BIOS",
 }
 
 
@@ -128,16 +137,39 @@ class Fail(Exception):
         self.context = context
 
     def render(self) -> str:
+        """VirtualBox's error block (VBoxManage's GlueHandleComError): the message lines, the
+        ``Details:`` line (``callee`` only for calls through a COM proxy: not for a powering-up
+        console), and ``Context: "<call>" at line N of file VBoxManage<Command>.cpp``."""
         lines = [f"VBoxManage: error: {line}" for line in self.text.splitlines()]
         if self.code is not None:
             name, value = self.code
+            callee = "" if self.component == "ConsoleWrap" else ", callee nsISupports"
             lines.append(
                 f"VBoxManage: error: Details: code {name} (0x{value:08x}), component "
-                f"{self.component}, interface {self.interface}, callee nsISupports"
+                f"{self.component}, interface {self.interface}{callee}"
             )
         if self.context:
-            lines.append(f'VBoxManage: error: Context: "{self.context}"')
+            source, line = CONTEXT_SOURCE
+            lines.append(
+                f'VBoxManage: error: Context: "{self.context}" at line {line} of file {source}'
+            )
         return "\n".join(lines) + "\n"
+
+
+#: VBoxManage's source file per command (for the ``Context:`` line), with a plausible line.
+SOURCE_FILES = {
+    "modifyvm": ("VBoxManageModifyVM.cpp", 462),
+    "startvm": ("VBoxManageMisc.cpp", 727),
+    "controlvm": ("VBoxManageControlVM.cpp", 217),
+    "snapshot": ("VBoxManageSnapshot.cpp", 433),
+    "storageattach": ("VBoxManageStorageController.cpp", 1048),
+    "storagectl": ("VBoxManageStorageController.cpp", 1048),
+    "showvminfo": ("VBoxManageInfo.cpp", 2861),
+    "sharedfolder": ("VBoxManageMisc.cpp", 1002),
+    "bandwidthctl": ("VBoxManageBandwidthControl.cpp", 201),
+    "unregistervm": ("VBoxManageMisc.cpp", 197),
+}
+CONTEXT_SOURCE: tuple[str, int] = ("VBoxManage.cpp", 1)
 
 
 def syntax_error(text: str) -> Fail:
@@ -273,11 +305,24 @@ def version_string() -> str:
 
 
 def version_tuple() -> tuple[int, int, int]:
-    parts = version_string().split(".")
-    try:
-        return (int(parts[0]), int(parts[1]), int(parts[2].split("r")[0]))
-    except (IndexError, ValueError):
+    """The configured version's numbers; a distribution suffix ("6.1.38_Ubuntu") is allowed."""
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", version_string())
+    if match is None:
         return (7, 0, 14)
+    return (int(match.group(1)), int(match.group(2)), int(match.group(3)))
+
+
+#: What VBoxManage prints before any output when the vboxdrv module is not loaded (a real one:
+#: tests/data/vbox/real/version/6.0.12_after_module_warning.txt).
+MODULE_WARNING = (
+    "WARNING: The vboxdrv kernel module is not loaded. Either there is no module\n"
+    "         available for the current kernel (6.1.0-28-amd64) or it failed to\n"
+    "         load. Please recompile the kernel module and install it by\n"
+    "\n"
+    "           sudo /sbin/vboxconfig\n"
+    "\n"
+    "         You will not be able to start VMs until this problem is fixed.\n"
+)
 
 
 def is_v7() -> bool:
@@ -370,8 +415,12 @@ def mr(name: str, value: object, quote_name: bool = False) -> str:
 def showvminfo_mr(reg: Registry, vm: dict[str, Any]) -> str:
     s = vm["settings"]
     folder = Path(vm["basefolder"]) / vm["name"]
-    lines = [
-        mr("name", vm["name"]),
+    lines = [mr("name", vm["name"])]
+    if version_tuple()[:2] == (7, 0):
+        # 7.0 prints this human-readable line even with --machinereadable (a real 7.0 output:
+        # tests/data/vbox/real/showvminfo/vbox70_linux_poweroff_encryption_line.txt)
+        lines.append("Encryption:     disabled")
+    lines += [
         mr("groups", "/"),
         mr("ostype", vm["ostype"]),
         mr("UUID", vm["uuid"]),
@@ -1273,15 +1322,16 @@ def cmd_startvm(reg: Registry, args: Args) -> str:
     rotate_logs(vm)
     error = peek_fault(reg.sdir, "start_error")
     if error:
+        # one status, or several (Windows: "VERR_NEM_NOT_AVAILABLE" first, then the VT-x reason)
+        names = [str(e) for e in error] if isinstance(error, list) else [str(error)]
         log_header(vm, os.getpid())
         set_state(vm, "starting")
-        message = START_ERRORS.get(str(error), "Failed to start the VM")
-        log_line(vm, f"{message} ({error})")
-        log_line(vm, f"Power up failed (vrc={error}, rc=E_FAIL (0X80004005))")
+        text = "\n".join(f"{START_ERRORS.get(n, 'Failed to start the VM')} ({n})" for n in names)
+        for line in text.splitlines():
+            log_line(vm, line)
+        log_line(vm, f"Power up failed (vrc={names[-1]}, rc=E_FAIL (0X80004005))")
         set_state(vm, "poweroff")
-        raise Fail(
-            f"{message} ({error})", NS_ERROR_FAILURE, component="ConsoleWrap", interface="IConsole"
-        )
+        raise Fail(text, NS_ERROR_FAILURE, component="ConsoleWrap", interface="IConsole")
     resume_saved = vm["state"] == "saved"
     vm["net"] = {}  # STAM counters live in the VM process: each start begins at 0
     vm["state"] = "starting"
@@ -1732,13 +1782,7 @@ def cmd_list(reg: Registry, args: Args) -> str:
     what = args.next("what")
     cfg = config()
     if what == "hostinfo":
-        text = ""
-        if cfg.get("kernel_module_missing"):
-            text += (
-                "WARNING: The vboxdrv kernel module is not loaded. Either there is no module\n"
-                "         available for the current kernel or it failed to load.\n"
-            )
-        return text + (
+        return (
             f"Host Information:\n\nHost time: {now_iso()}\nProcessor online count: "
             f"{os.cpu_count()}\nProcessor count: {os.cpu_count()}\nProcessor online core count: "
             f"{os.cpu_count()}\nProcessor core count: {os.cpu_count()}\n"
@@ -1816,18 +1860,37 @@ def run_command(argv: list[str]) -> tuple[str, int]:
         argv = argv[1:]
     if not argv:
         return "Oracle VM VirtualBox Command Line Management Interface (vboxsim)\n", 2
+    if config().get("kernel_module_missing"):
+        out, status = run_command_quietly(sdir, argv)
+        return MODULE_WARNING + out, status
+    return run_command_quietly(sdir, argv)
+
+
+def run_command_quietly(sdir: Path, argv: list[str]) -> tuple[str, int]:
+    """One command's output, without the module warning VBoxManage may print first."""
     command = argv[0]
+    global CONTEXT_SOURCE
+    CONTEXT_SOURCE = SOURCE_FILES.get(command, ("VBoxManage.cpp", 1))
     if command in ("--version", "-v", "-version"):
         return version_string() + "r161095\n", 0
-    if take_fault(sdir, "service_down", command):
+    down = take_fault(sdir, "service_down", command)
+    if down:
+        linux = isinstance(down, dict) and down.get("host") == "linux"
+        code = (
+            "NS_BASE_STREAM_WOULD_BLOCK (0x80470007) - Stream operation would block"
+            if linux
+            else "CO_E_SERVER_EXEC_FAILURE (0x80080005) - Server execution failed"
+        )
         return (
             "VBoxManage: error: Failed to create the VirtualBox object!\n"
-            "VBoxManage: error: Code CO_E_SERVER_EXEC_FAILURE (0x80080005) - Server "
-            "execution failed (extended info not available)\n"
+            f"VBoxManage: error: Code {code} (extended info not available)\n"
             "VBoxManage: error: Most likely, the VirtualBox COM server is not running or "
             "failed to start.\n",
             1,
         )
+    replay = take_fault(sdir, "output", command)
+    if isinstance(replay, dict):
+        return str(replay.get("text", "")), int(replay.get("exit", 1))
     if take_fault(sdir, "hang", command):
         time.sleep(3600)
     if command == "help":
@@ -1869,6 +1932,8 @@ def run_command(argv: list[str]) -> tuple[str, int]:
         with locked(sdir):
             vm = Registry(sdir).find_vm(vm_ref)
         wait_state(sdir, vm["uuid"], ("running", "poweroff", "aborted", "gurumeditation"), 20.0)
+    if take_fault(sdir, "lying_exit", command):
+        return out, 1  # VirtualBox 5.0.10's startvm: exit 1 after a successful start
     return out, 0
 
 

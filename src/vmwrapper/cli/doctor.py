@@ -6,11 +6,21 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from vmwrapper.doctor import Diagnosis, Status, diagnose, probe_host
+from vmwrapper.doctor import (
+    AppVersionBackend,
+    Diagnosis,
+    Status,
+    app_backend,
+    diagnose,
+    probe_host,
+    read_app_version_backends,
+)
+from vmwrapper.errors import InputError, SpecError
 
 NAME = "doctor"
 HELP = "check this host: KVM, QEMU, VirtualBox, other hypervisors, memory, disk"
@@ -19,6 +29,12 @@ _STYLE = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "red", Status.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "app_dir",
+        nargs="?",
+        type=Path,
+        help="an app version directory: say which back end this host gives it, and why",
+    )
     parser.add_argument(
         "--dir", default=".", help="where slots live, for the free-disk check (default: .)"
     )
@@ -38,11 +54,35 @@ def main(args: argparse.Namespace) -> int:
     if args.backend:
         facts = dataclasses.replace(facts, backend_env=args.backend)
     diagnosis = diagnose(facts)
+    app: AppVersionBackend | None = None
+    if args.app_dir is not None:
+        try:
+            job_backends, cli_backend = read_app_version_backends(args.app_dir)
+        except (InputError, SpecError) as exc:
+            print(f"vmwrapper doctor: {exc}", file=sys.stderr)
+            return 2
+        app = app_backend(
+            facts, str(args.app_dir), job_backends=job_backends, command_line_backend=cli_backend
+        )
     if args.json:
-        print(json.dumps(as_dict(diagnosis), indent=2))
+        data = as_dict(diagnosis)
+        if app is not None:
+            data["app_version"] = dataclasses.asdict(app)
+        print(json.dumps(data, indent=2))
     else:
-        render(diagnosis, Console(file=sys.stdout, highlight=False, soft_wrap=True))
+        console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+        render(diagnosis, console)
+        if app is not None:
+            render_app(app, console)
+    if app is not None:
+        return 0 if app.backend else 1
     return 0 if diagnosis.runnable else 1
+
+
+def render_app(app: AppVersionBackend, console: Console) -> None:
+    shown = app.backend or "none (the task would end with a temporary exit and a notice)"
+    console.print(f"[bold]App version {app.app_dir}:[/bold] back end {shown}")
+    console.print(f"  why: {app.reason}")
 
 
 def as_dict(d: Diagnosis) -> dict[str, object]:

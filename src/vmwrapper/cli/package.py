@@ -40,6 +40,7 @@ from vmwrapper.packaging.version import (
     default_app_dir,
     format_version_xml,
     plan_app_version,
+    with_job_backends,
 )
 from vmwrapper.spec import JobSpec, parse_job
 
@@ -110,6 +111,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-output-bytes", type=float, default=1e8, help="upload limit per output file"
     )
     parser.add_argument("--cmdline", default="", help="app-version command line for the wrapper")
+    parser.add_argument(
+        "--backends",
+        default="",
+        metavar="LIST",
+        help="the back ends the image runs on, in preference order (e.g. 'qemu' or "
+        "'virtualbox,qemu'): written to the shipped vbox_job.xml as <vmwrapper_backends>; "
+        "without it (and without one in --job) the app version is VirtualBox's",
+    )
     parser.add_argument("--platform", default=DEFAULT_PLATFORM, help="BOINC platform name")
     parser.add_argument("--api-version", default=DEFAULT_API_VERSION)
     parser.add_argument("--no-gzip", action="store_true", help="do not mark the image <gzip/>")
@@ -175,6 +184,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _package(args: argparse.Namespace) -> int:
+    if args.backends:
+        return _package_with_backends(args)
     spec = _read_job(args.job)
     plan_class = PlanClass(args.plan_class)
     purpose = Purpose(args.purpose)
@@ -191,6 +202,19 @@ def _package(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # no half-written app version left behind
         raise
+
+
+def _package_with_backends(args: argparse.Namespace) -> int:
+    """Ship a copy of --job with ``<vmwrapper_backends>`` set; the copy is checked like any
+    job file (docs/compatibility.md#back-end-selection)."""
+    import tempfile
+
+    backends = args.backends.replace(",", " ").split()
+    text = _need_file(args.job, "--job").read_text(encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="vmwrapper-package-") as tmp:
+        job = Path(tmp) / "vbox_job.xml"
+        job.write_text(with_job_backends(text, backends), encoding="utf-8")
+        return _package(argparse.Namespace(**{**vars(args), "job": job, "backends": ""}))
 
 
 def _write_app_version(

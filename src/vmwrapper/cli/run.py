@@ -28,6 +28,7 @@ from vmwrapper.outcome import (
     ERR_FOPEN,
     ERR_XML_PARSE,
     EXIT_INIT_FAILURE,
+    MAX_TEMPORARY_EXIT_DELAY,
     Finish,
     Outcome,
     TemporaryExit,
@@ -115,10 +116,26 @@ def prepare(argv: Sequence[str], slot_dir: Path) -> Prepared | Outcome:
             aid,
             standalone=standalone,
             backend_from_env=os.environ.get("VMWRAPPER_BACKEND", ""),
+            installed=installed_backends(),
         )
     except CommandLineError as exc:
         return Finish(EXIT_INIT_FAILURE, str(exc))
     return Prepared(slot_dir, args, aid, standalone, job, run)
+
+
+def installed_backends() -> frozenset[str]:
+    from vmwrapper.doctor import installed_backends as probe
+
+    return probe()
+
+
+def no_backend(reason: str) -> TemporaryExit:
+    """A job no back end of this host can run: a temporary exit of a day with a notice naming
+    what is missing (never a hang; docs/compatibility.md#back-end-selection)."""
+    log.error("No back end can run this job here: %s", reason)
+    return TemporaryExit(
+        MAX_TEMPORARY_EXIT_DELAY, f"This VM job cannot run on this computer: {reason}.", notice=True
+    )
 
 
 def describe(prepared: Prepared) -> str:
@@ -129,7 +146,7 @@ def describe(prepared: Prepared) -> str:
         f"standalone:      {'yes' if run.standalone else 'no'}",
         f"result name:     {run.result_name or '(none)'}",
         f"VM name:         {run.vm_name}",
-        f"back end:        {run.backend}",
+        f"back end:        {run.backend or 'none'} ({run.backend_reason})",
         f"disk image:      {run.image_name}",
         f"CPUs:            {run.cpus}",
         f"memory:          {run.memory_mb} MB",
@@ -165,6 +182,8 @@ def run_argv(argv: Sequence[str]) -> int:
         if not isinstance(prepared, Prepared):
             print(getattr(prepared, "message", ""), file=sys.stderr)
             return conclude(prepared, slot_dir)
+        if not prepared.run.backend:
+            return conclude(no_backend(prepared.run.backend_reason), slot_dir)
         return run_vm(prepared, argv)
     finally:
         uninstall()
@@ -244,7 +263,7 @@ def _console_credential(slot_dir: Path, run: RunConfig, port: int) -> str:
 def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
     """Attach to the client, build the back end and run the supervisor to its outcome."""
     from vmwrapper.boinc.app import AppClient
-    from vmwrapper.runconfig import RuntimePorts, build_vm_config
+    from vmwrapper.runconfig import RuntimePorts, build_vm_config, detected_lines
     from vmwrapper.supervisor import checkpoint
     from vmwrapper.supervisor.loop import Settings, run_supervisor
     from vmwrapper.supervisor.select import make_backend
@@ -288,6 +307,9 @@ def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
             run.backend,
             extra={"event": "wrapper_start", "backend": run.backend},
         )
+        log.info("Back end: %s (%s)", run.backend, run.backend_reason)
+        for line in detected_lines(aid, anonymous_platform=(project_dir / "app_info.xml").exists()):
+            log.info("%s", line)
         try:
             backend = make_backend(run.backend, vm_config)
         except CommandLineError as exc:

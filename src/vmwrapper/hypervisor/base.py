@@ -141,6 +141,13 @@ class VmConfig:
     headless: bool = True
     rtc_utc: bool = True  # guest clock in UTC (False: host local time)
     hw_acceleration: bool = True  # False: host lacks/disabled VT-x; 32-bit guests only
+    #: the host itself runs under a hypervisor (CPU flag "hypervisor"): VirtualBox up to 7.1
+    #: cannot use VT-x there (docs/compatibility.md#virtualbox-failures)
+    under_hypervisor: bool = False
+    #: a 64-bit guest may run under software emulation (QEMU's TCG) when no hardware
+    #: acceleration is usable; False follows vboxwrapper's VM-extensions contract instead
+    #: (docs/compatibility.md#software-emulation)
+    allow_software_emulation: bool = True
     arch: str = "x86_64"
     #: enable_screenshots_on_error: the VM gets a screen (QEMU: a VGA device even without VNC)
     #: so that screenshot() has something to capture.

@@ -156,6 +156,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "VMW041": (Severity.WARNING, "copy_to_shared names a file the slot will not have"),
     "VMW042": (Severity.ERROR, "an intermediate upload file has no output in the result template"),
     "VMW043": (Severity.ERROR, "an intermediate upload output has copy_file"),
+    "VMW044": (Severity.WARNING, "a vbox plan class for an app version that avoids VirtualBox"),
     "VMW101": (Severity.WARNING, "a port forward is reachable from other computers"),
     "VMW102": (Severity.WARNING, "bridged networking"),
     "VMW103": (Severity.WARNING, "the project directory is shared with the VM"),
@@ -763,6 +764,17 @@ def _check_job_values(ctx: _Ctx, spec: JobSpec) -> None:
             f"os_name {spec.os_name} is a 64-bit guest, but plan class vbox32 sends the job "
             "to hosts without VT-x/AMD-V, where a 64-bit guest cannot start",
             "use plan class vbox64 (or a 32-bit guest OS type)",
+        )
+    if plan is not None and spec.backends and "virtualbox" not in spec.backends:
+        out(
+            "VMW044",
+            file,
+            f"<vmwrapper_backends> {' '.join(spec.backends)} leaves VirtualBox out, but the "
+            f"scheduler sends plan class {plan.value} only to hosts that report VirtualBox; "
+            "hosts with QEMU alone never get it, hosts with VirtualBox alone cannot run it",
+            "add virtualbox to <vmwrapper_backends> if the image runs there, or publish it "
+            "under a plan class of plan_class_spec.xml without <virtualbox/> "
+            "(docs/compatibility.md#back-end-selection)",
         )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.etree.ElementTree import Element
 
@@ -428,6 +429,25 @@ def plan_app_version(req: PackageRequest) -> PackagePlan:
     if problems:
         raise InputError("; ".join(str(p) for p in problems))
     return PackagePlan(version, tuple(placements))
+
+
+_BACKENDS_ELEMENT = re.compile(
+    r"<vmwrapper_backends\s*>.*?</vmwrapper_backends\s*>|"
+    r"<vmwrapper_backends\s*/>",
+    re.DOTALL,
+)
+
+
+def with_job_backends(job_xml: str, backends: Sequence[str]) -> str:
+    """vbox_job.xml's text with ``<vmwrapper_backends>`` set to ``backends`` (replacing one that
+    is there, else added before ``</vbox_job>``); the rest of the file is kept byte for byte."""
+    element = f"<vmwrapper_backends>{' '.join(backends)}</vmwrapper_backends>"
+    if _BACKENDS_ELEMENT.search(job_xml):
+        return _BACKENDS_ELEMENT.sub(element, job_xml, count=1)
+    end = job_xml.rfind("</vbox_job>")
+    if end < 0:  # <vbox_job/>: an empty job
+        return re.sub(r"<vbox_job\s*/>", f"<vbox_job>\n  {element}\n</vbox_job>", job_xml, count=1)
+    return f"{job_xml[:end]}  {element}\n{job_xml[end:]}"
 
 
 def default_app_dir(app: str, version: str, plan_class: PlanClass, platform: str) -> str:

@@ -68,7 +68,11 @@ JOB_ELEMENTS: dict[str, str] = {
 #: Elements vboxwrapper appends to a list instead of overwriting.
 REPEATED = frozenset({"copy_to_shared", "trickle_trigger_file", "intermediate_upload_file"})
 #: Elements vmwrapper reads that vboxwrapper does not (it skips them as unknown).
-EXTENSIONS: dict[str, str] = {"vm_graphics_controller_type": STRING}
+EXTENSIONS: dict[str, str] = {
+    "vm_graphics_controller_type": STRING,
+    "vmwrapper_backends": STRING,  # docs/compatibility.md#back-end-selection
+    "vmwrapper_software_emulation": BOOL,  # docs/compatibility.md#software-emulation
+}
 PORT_FORWARD_ELEMENTS: dict[str, str] = {
     "is_remote": BOOL,
     "host_port": INT,
@@ -470,7 +474,7 @@ def _extension(reader: _Reader, job: BoincJob, name: str) -> None:
     job.findings.append(
         Finding(
             name,
-            "vboxwrapper does not read this element (vmwrapper's QEMU back end does)"
+            "vboxwrapper does not read this element (vmwrapper does)"
             + ("" if taken else f"; not read ({why})"),
         )
     )

@@ -74,6 +74,11 @@ class JobSpec:
     pf_guest_port: int = 0
     pf_host_port: int = 0
     port_forward: tuple[PortForward, ...] = field(default_factory=tuple)
+    #: our extension: back ends the image runs on, in preference order ("" = VirtualBox only,
+    #: as with vboxwrapper; docs/compatibility.md#back-end-selection)
+    vmwrapper_backends: str = ""
+    #: our extension: a 64-bit guest may run under QEMU's software emulation (TCG)
+    vmwrapper_software_emulation: bool = False
 
     @property
     def shared_dir(self) -> str:
@@ -83,6 +88,11 @@ class JobSpec:
         if self.share_slot_dir:
             return "."
         return ""
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """``<vmwrapper_backends>`` as words (commas or spaces between them), lower case."""
+        return tuple(w for w in self.vmwrapper_backends.lower().replace(",", " ").split() if w)
 
     @property
     def requires_hw_acceleration(self) -> bool:

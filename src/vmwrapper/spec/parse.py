@@ -82,6 +82,12 @@ ELEMENTS: dict[str, Kind] = {
     "pf_guest_port": Kind.INT,
     "pf_host_port": Kind.INT,
     "port_forward": Kind.PORT_FORWARD,
+    # our extension (vboxwrapper ignores it): the back ends the image runs on, in preference
+    # order (docs/compatibility.md#back-end-selection)
+    "vmwrapper_backends": Kind.STR,
+    # our extension: a 64-bit guest may run under software emulation (QEMU without KVM)
+    # instead of ending with the VM-extensions notice (docs/compatibility.md#software-emulation)
+    "vmwrapper_software_emulation": Kind.BOOL,
 }
 
 REPEATABLE = frozenset(f.name for f in fields(JobSpec) if str(f.type).startswith("tuple"))
@@ -288,10 +294,30 @@ _SHARED_DIR_FILES = (
 )
 
 
+#: Back ends <vmwrapper_backends> may name (docs/compatibility.md#back-end-selection).
+JOB_BACKENDS = ("virtualbox", "qemu")
+
+
+def _check_backends(spec: JobSpec, report: _Report) -> None:
+    words = spec.backends
+    if spec.vmwrapper_backends.strip() and not words:
+        report.error("vmwrapper_backends", "names no back end", "write e.g. `qemu`")
+    for word in words:
+        if word not in JOB_BACKENDS:
+            report.error(
+                "vmwrapper_backends",
+                f"{word!r} is no back end",
+                f"list one or more of {', '.join(JOB_BACKENDS)}, in preference order",
+            )
+    if len(set(words)) != len(words):
+        report.warn("vmwrapper_backends", "names a back end twice", "name each once")
+
+
 def _check_values(spec: JobSpec, report: _Report, notes: list[str]) -> JobSpec:
     for check, element, message, fix in ILLEGAL_COMBINATIONS:
         if check(spec):
             report.error(element, message, fix)
+    _check_backends(spec, report)
     if not spec.shared_dir:
         for name in _SHARED_DIR_FILES:
             if getattr(spec, name):

@@ -7,8 +7,9 @@ work for a lock that was held for a second). We classify instead:
 class              examples                                               outcome
 =================  =====================================================  =====================
 ``TRANSIENT``      lock held, QEMU failed to start, low memory, a         temporary exit after
-                   snapshot failed, VM did not come online in time        5 min, doubling per
-                                                                          failure, capped at 3 h
+                   snapshot failed, VM did not come online in time, a     5 min, doubling per
+                   back end error marked ``temporary`` (VBoxSVC not       failure, capped at 3 h
+                   answering, a session lock held after the retries)
 ``HOST_PROBLEM``   no hardware virtualization for a 64-bit guest,         one notice saying what
                    acceleration disabled in the BIOS, foreign hypervisor  to do (see outcomes)
 ``JOB_BUG``        a back end error that carries a final BOINC code,      finish with that code
@@ -69,6 +70,10 @@ def classify(exc: BaseException) -> Failure:
         return Failure(ErrorClass.HOST_PROBLEM, text)
     if isinstance(exc, ImageError):
         return Failure(ErrorClass.JOB_BUG, text, ERR_EXEC)
+    if isinstance(exc, BackendError) and exc.temporary:
+        # e.g. VirtualBox's VBoxSVC unreachable or a session lock still held after the retries
+        # (docs/compatibility.md#virtualbox-failures)
+        return Failure(ErrorClass.TRANSIENT, text)
     if (
         isinstance(exc, BackendError)
         and exc.code is not None

@@ -113,6 +113,23 @@ def _read_cpuinfo() -> str:
 _cache: dict[tuple[str, str], AccelChoice] = {}
 
 
+def software_emulation_refused(
+    choice: AccelChoice, os_name: str, *, allowed: bool, setting: AccelSetting
+) -> str:
+    """Why a 64-bit guest must not run under TCG here ("" when it may): without KVM it runs
+    10-50 times slower and misses deadlines, so it gets vboxwrapper's VM-extensions contract
+    unless the app version opted in, or the operator forced TCG (``setting``: the operator's
+    ``--accel``/``VMWRAPPER_ACCEL``, not the TCG a client report without VT-x implies). Pure."""
+    if choice.accel is not Accel.TCG or "_64" not in os_name:
+        return ""
+    if allowed or setting is AccelSetting.TCG:
+        return ""
+    return (
+        f"os_name {os_name} is a 64-bit guest and this host has no usable hardware "
+        f"acceleration ({choice.reason}); software emulation would be 10-50 times slower"
+    )
+
+
 def choose_accel(
     setting: AccelSetting, arch: str, binary: str, *, probe_timeout: float = 8.0
 ) -> AccelChoice:

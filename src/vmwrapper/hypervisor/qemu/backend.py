@@ -42,7 +42,7 @@ import psutil
 from qemu.qmp import ExecuteError, QMPClient
 
 from vmwrapper.boinc import files
-from vmwrapper.errors import BackendError, CheckpointError, VmStartError
+from vmwrapper.errors import BackendError, CheckpointError, HostNotReady, VmStartError
 from vmwrapper.hostports import free_port
 from vmwrapper.hypervisor.base import (
     GUEST_DONE_MARKER,
@@ -55,7 +55,12 @@ from vmwrapper.hypervisor.base import (
 )
 from vmwrapper.hypervisor.process import PriorityNote, set_vm_priority
 from vmwrapper.hypervisor.qemu import monitor, netcount
-from vmwrapper.hypervisor.qemu.accel import AccelChoice, AccelSetting, choose_accel
+from vmwrapper.hypervisor.qemu.accel import (
+    AccelChoice,
+    AccelSetting,
+    choose_accel,
+    software_emulation_refused,
+)
 from vmwrapper.hypervisor.qemu.cmdline import (
     CACHE_NODE,
     DISK_NODE,
@@ -404,6 +409,7 @@ class QemuBackend:
         self._run_console_start = 0
         self._tool: subprocess.Popen[str] | None = None  # the qemu-img running now, if any
         self._run_stderr_start = 0
+        self._no_hw_acceleration = False  # a 64-bit guest was refused software emulation
         self._pending: list[str] = []
         self._cap_percent = 100
         self._cap: CpuCap | None = None
@@ -570,6 +576,8 @@ class QemuBackend:
         if self.accel is None:
             setting = self.accel_setting if self.config.hw_acceleration else AccelSetting.TCG
             self.accel = choose_accel(setting, self.config.arch, self.binary)
+            # the operator's own choice counts, not the TCG the client's report forces
+            self._refuse_software_emulation(self.accel_setting)
         self._launch_with_free_ports(loadvm)
         try:
             self._after_start()
@@ -1171,7 +1179,32 @@ class QemuBackend:
         return lines
 
     def diagnose(self) -> tuple[Diagnosis, ...]:
-        return monitor.diagnose(self._stderr_text(), self._console_text())
+        found = monitor.diagnose(self._stderr_text(), self._console_text())
+        if self._no_hw_acceleration and Diagnosis.NO_VM_EXTENSIONS not in found:
+            found = (Diagnosis.NO_VM_EXTENSIONS, *found)
+        return found
+
+    def _refuse_software_emulation(self, setting: AccelSetting) -> None:
+        """A 64-bit guest under TCG only with the app version's opt-in; else the supervisor's
+        VM-extensions contract (docs/compatibility.md#software-emulation). The choice is
+        logged either way."""
+        assert self.accel is not None
+        why = software_emulation_refused(
+            self.accel,
+            self.config.os_name,
+            allowed=self.config.allow_software_emulation,
+            setting=setting,
+        )
+        if why:
+            self._no_hw_acceleration = True
+            self.accel = None  # asked again on the next start
+            raise HostNotReady(f"{why} (fix: enable VT-x/AMD-V and KVM on this host)")
+        if self.accel.accel is Accel.TCG and "_64" in self.config.os_name:
+            log.info(
+                "64-bit guest under software emulation (TCG, %s): allowed by %s",
+                self.accel.reason,
+                "--accel tcg" if setting is AccelSetting.TCG else "the app version",
+            )
 
     def _stderr_text(self) -> str:
         return _tail(self.files.stderr, self._run_stderr_start)

@@ -39,8 +39,9 @@ from vmwrapper.hypervisor.base import (
 from vmwrapper.hypervisor.process import PriorityNote, set_vm_priority
 from vmwrapper.hypervisor.text import whole_lines_tail
 from vmwrapper.hypervisor.virtualbox import commands as cmd
-from vmwrapper.hypervisor.virtualbox import logs, output
+from vmwrapper.hypervisor.virtualbox import failures, logs, output
 from vmwrapper.hypervisor.virtualbox.commands import Capabilities, Step
+from vmwrapper.hypervisor.virtualbox.failures import Reaction
 from vmwrapper.hypervisor.virtualbox.lock import MultiattachLock
 from vmwrapper.hypervisor.virtualbox.runner import (
     TRACE_FILE,
@@ -100,6 +101,7 @@ class VirtualBoxBackend:
         self._bandwidth_limited = False
         self._host_checked = False
         self._priority_noted: PriorityNote = None
+        self._start_failure = ""  # output of this run's failed startvm, for diagnose()
 
     # ---- probing -----------------------------------------------------------------------
 
@@ -131,7 +133,19 @@ class VirtualBoxBackend:
     def _ensure_host(self) -> None:
         if not self._host_checked:
             self.check_host()
+            self._refuse_known_bad_version()
             self._host_checked = True
+
+    def _refuse_known_bad_version(self) -> None:
+        """vboxwrapper's known-bad releases end the task with a temporary exit and a notice
+        asking the volunteer to upgrade (docs/compatibility.md#virtualbox-failures)."""
+        caps = self.capabilities
+        if output.is_known_bad(caps.version):
+            raise HostNotReady(
+                f"Incompatible version of VirtualBox detected ({caps.version_text}); please "
+                "upgrade: this release crashes or corrupts VMs while taking or restoring "
+                "snapshots"
+            )
 
     def check_host(self) -> None:
         """vboxwrapper's ``is_system_ready``: ``list hostinfo`` must work and show no driver
@@ -373,21 +387,48 @@ class VirtualBoxBackend:
                 ) from exc
         self._ensure_host()
         before = self._log_file_identity()
+        self._start_failure = ""
         try:
             self._run(cmd.startvm(config))
         except VBoxManageError as exc:
-            raise VmStartError(
-                f"VirtualBox could not start VM {config.name}",
-                argv=exc.argv,
-                exit_code=exc.exit_code,
-                output=exc.output,
-                code=exc.code,
-            ) from exc
+            if exc.hresult is not None or not output.reports_started(exc.output):
+                raise self._start_error(exc, before) from exc
+            # VirtualBox 5.0.10's startvm exits 1 after a successful start: the output counts
+            log.warning("VBoxManage startvm exited %s but says the VM started", exc.exit_code)
         pid = self._wait_for_pid(before)
         self._pid = pid
         self._cpu.process_ended()  # the earlier process's count stays; this one starts at 0
         log.debug("VM %s started, process %d", config.name, pid)
         return pid
+
+    def _start_error(self, exc: VBoxManageError, before: tuple[int, int] | None) -> BackendError:
+        """What a failed ``startvm`` means. VT-x/AMD-V off, missing or held by Hyper-V makes
+        VirtualBox refuse the start at once (NS_ERROR_FAILURE with a ``VERR_VMX_*``,
+        ``VERR_SVM_*`` or ``VERR_NEM_*`` line, also in the fresh VBox.log): that is a host
+        problem for the supervisor's VM-extensions contract, never a retry until the deadline
+        (docs/compatibility.md#virtualbox-failures)."""
+        fresh_log = self._read_log() if self._log_file_identity() != before else ""
+        self._start_failure = exc.output
+        found = logs.diagnose(exc.output + "\n" + fresh_log)
+        host = [d for d in found if d in logs.HOST_DIAGNOSES]
+        if host or exc.reaction is Reaction.HOST:
+            names = ", ".join(failures.vm_extension_errors(exc.output + fresh_log))
+            return HostNotReady(
+                f"VirtualBox could not start VM {self.config.name}: hardware virtualization is "
+                f"not usable ({names or ', '.join(d.value for d in host)})",
+                argv=exc.argv,
+                exit_code=exc.exit_code,
+                output=exc.output,
+            )
+        error = VmStartError(
+            f"VirtualBox could not start VM {self.config.name}",
+            argv=exc.argv,
+            exit_code=exc.exit_code,
+            output=exc.output,
+            code=exc.code,
+        )
+        error.temporary = exc.temporary
+        return error
 
     def _log_path(self) -> Path:
         return cmd.log_dir(self.config) / "VBox.log"
@@ -426,7 +467,13 @@ class VirtualBoxBackend:
             return ""
 
     def status(self) -> VmStatus:
-        info = self._vminfo()
+        try:
+            info = self._vminfo()
+        except VBoxManageError as exc:
+            from_log = self._state_from_log(exc)
+            if from_log is None:
+                raise
+            return from_log
         if info is None:
             return VmStatus(VmState.ABSENT, "not registered")
         # the supervisor logs state changes ("VM state change detected."), once for every back
@@ -436,6 +483,23 @@ class VirtualBoxBackend:
         if not state.online:
             self._note_process_end()
         return VmStatus(state, raw)
+
+    def _state_from_log(self, exc: VBoxManageError) -> VmStatus | None:
+        """When showvminfo cannot answer for now (VBoxSVC busy or away, a lock, a timeout), the
+        state this run's VBox.log last recorded, as newer vboxwrapper reads it; a series of
+        failed queries is then no crash (docs/compatibility.md#virtualbox-failures)."""
+        if not exc.temporary or self._log_identity is None:
+            return None
+        if self._log_file_identity() != self._log_identity:
+            return None  # not the log of the VM this run started
+        raw = logs.machine_state(self._read_log())
+        if not raw:
+            return None
+        log.debug("showvminfo failed (%s); VBox.log says %s", exc.cause.value, raw)
+        state = output.vm_state(raw)
+        if not state.online:
+            self._note_process_end()
+        return VmStatus(state, f"{raw} (from VBox.log)")
 
     def pid(self) -> int | None:
         if self._pid is not None and not psutil.pid_exists(self._pid):
@@ -466,10 +530,10 @@ class VirtualBoxBackend:
     # ---- run-time control ---------------------------------------------------------------
 
     def pause(self) -> None:
-        self._run(cmd.controlvm(self.config, "pause"))
+        self._run_tolerant(cmd.controlvm(self.config, "pause"))
 
     def resume(self) -> None:
-        self._run(cmd.controlvm(self.config, "resume"))
+        self._run_tolerant(cmd.controlvm(self.config, "resume"))
 
     def checkpoint(self, name: str) -> None:
         """Pause, snapshot, resume (vboxwrapper's order); the VM is resumed even on failure."""
@@ -588,18 +652,18 @@ class VirtualBoxBackend:
         return output.parse_snapshot_list(result.output) if result.ok else ()
 
     def set_cpu_cap(self, percent: int) -> None:
-        self._run(cmd.cpu_cap(self.config, percent))
+        self._run_tolerant(cmd.cpu_cap(self.config, percent))
 
     def set_network(self, connected: bool) -> None:
-        self._run(cmd.link_state(self.config, connected))
+        self._run_tolerant(cmd.link_state(self.config, connected))
 
     def set_bandwidth(self, bytes_per_sec: float) -> None:
         """Limit the NIC's bandwidth group; 0 lifts an earlier limit
         (docs/compatibility.md#network)."""
         if bytes_per_sec <= 0 and not self._bandwidth_limited:
             return
-        self._run(cmd.set_bandwidth(self.config, bytes_per_sec))
-        self._bandwidth_limited = bytes_per_sec > 0
+        if self._run_tolerant(cmd.set_bandwidth(self.config, bytes_per_sec)):
+            self._bandwidth_limited = bytes_per_sec > 0
 
     def set_priority(self, nice: int) -> None:
         """Renice every thread of the VM process (vboxwrapper's lower/reset_vm_process_priority
@@ -655,8 +719,10 @@ class VirtualBoxBackend:
 
     def diagnose(self) -> tuple[Diagnosis, ...]:
         """Re-read the whole current log each call (vboxwrapper's cached log was stale,
-        docs/compatibility.md#virtualbox-state-and-logs)."""
-        return logs.diagnose(self._read_log())
+        docs/compatibility.md#virtualbox-state-and-logs),
+        together with the output of a ``startvm`` that failed in this run (VirtualBox prints the
+        VT-x/AMD-V reason there even when it wrote no log)."""
+        return logs.diagnose(self._read_log() + "\n" + self._start_failure)
 
     def log_tail(self, limit: int = 8192) -> str:
         """The end of VBox.log cut to whole lines (for the hypervisor log dump)."""
@@ -699,6 +765,24 @@ class VirtualBoxBackend:
         return path if shot.ok and path.is_file() else None
 
     # ---- helpers ------------------------------------------------------------------------
+
+    def _run_tolerant(self, step: Step) -> bool:
+        """Run a step whose failure vboxwrapper shrugs off (pause, resume, a throttle): an
+        ignorable failure is logged and False returned; the loop asks again when it still
+        matters. A held session lock or an unreachable VBoxSVC still raises (temporary)."""
+        try:
+            self._run(step)
+        except VBoxManageError as exc:
+            if not exc.ignorable:
+                raise
+            log.warning(
+                "VBoxManage %s failed (%s, %s); going on",
+                step.item,
+                exc.cause.value,
+                exc.error_name or exc.code,
+            )
+            return False
+        return True
 
     def _run(self, step: Step) -> CommandResult | None:
         if step.fatal:

@@ -325,6 +325,20 @@ def devices_off_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
     return steps
 
 
+#: The last VirtualBox release that cannot use VT-x inside another hypervisor's VM.
+LAST_VERSION_WITHOUT_NESTED = (7, 1, 99)
+
+
+def hw_acceleration_usable(config: VmConfig, caps: Capabilities) -> bool:
+    """The host's acceleration (``config.hw_acceleration``) minus vboxwrapper's rule for hosts
+    that run under a hypervisor: VirtualBox up to 7.1 runs VMs there without VT-x (an unknown
+    version counts as newer, as in vboxwrapper)."""
+    if not config.hw_acceleration:
+        return False
+    nested_unsupported = caps.version is not None and caps.version <= LAST_VERSION_WITHOUT_NESTED
+    return not (config.under_hypervisor and nested_unsupported)
+
+
 def acceleration_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
     """Hardware acceleration off when the host lacks it (docs/compatibility.md#creating-the-vm).
 
@@ -332,7 +346,7 @@ def acceleration_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
     (docs/compatibility.md#vm-extensions): both are reported as HostNotReady carrying BOINC's
     ERR_CPU_VM_EXTENSIONS_DISABLED token instead of failing later at start.
     """
-    if config.hw_acceleration:
+    if hw_acceleration_usable(config, caps):
         return []
     if is_64bit_guest(config) or not caps.hwvirtex_option:
         reason = (

@@ -31,11 +31,55 @@ _PATTERNS: tuple[tuple[Diagnosis, tuple[str, ...]], ...] = (
         ),
     ),
     (Diagnosis.NO_VM_EXTENSIONS, ("VERR_VMX_NO_VMX", "VERR_SVM_NO_SVM")),
-    (Diagnosis.FOREIGN_HYPERVISOR, ("VERR_VMX_IN_VMX_ROOT_MODE", "VERR_SVM_IN_USE")),
+    (
+        Diagnosis.FOREIGN_HYPERVISOR,
+        (
+            "VERR_VMX_IN_VMX_ROOT_MODE",
+            "VERR_SVM_IN_USE",
+            # Hyper-V holds VT-x and VirtualBox's NEM mode over it failed (Windows 10/11 with
+            # Hyper-V, WSL2, Device Guard); VERR_NEM_NOT_AVAILABLE alone only says "no
+            # Hyper-V", printed before the real VT-x reason, so it is no diagnosis
+            "VERR_NEM_VM_CREATE_FAILED",
+            "VERR_NEM_INIT_FAILED",
+            "VERR_SUPDRV_NO_RAW_MODE_HYPER_V_ROOT",
+        ),
+    ),
     (Diagnosis.HOST_OUT_OF_MEMORY, ("VERR_EM_NO_MEMORY", "VERR_NO_MEMORY")),
     (Diagnosis.GUEST_OUT_OF_MEMORY, (GUEST_OOM_MARKER,)),
     (Diagnosis.GURU_MEDITATION, ("Guru Meditation",)),
 )
+
+#: Diagnoses that say the host cannot run this VM now (the VM-extensions contract and the
+#: foreign-hypervisor / memory notices), as opposed to what the guest did.
+HOST_DIAGNOSES = frozenset(
+    {
+        Diagnosis.VM_EXTENSIONS_DISABLED,
+        Diagnosis.NO_VM_EXTENSIONS,
+        Diagnosis.FOREIGN_HYPERVISOR,
+        Diagnosis.HOST_OUT_OF_MEMORY,
+    }
+)
+
+_STATE_RE = re.compile(r"Console: Machine state changed to '([A-Za-z]+)'")
+#: VBox.log's machine state names (MachineState_*) -> showvminfo's short names
+_LOG_STATE_NAMES = {
+    "PoweredOff": "poweroff",
+    "Stuck": "gurumeditation",
+    "DeletingSnapshotOnline": "deletingsnapshotlive",
+    "DeletingSnapshotPaused": "deletingsnapshotlivepaused",
+}
+
+
+def machine_state(log_text: str) -> str:
+    """The VM's last state the log recorded, as showvminfo names it ("" when none): newer
+    vboxwrapper reads the state here when VBoxManage cannot tell
+    (docs/compatibility.md#virtualbox-failures)."""
+    found = _STATE_RE.findall(log_text)
+    if not found:
+        return ""
+    last: str = found[-1]
+    return _LOG_STATE_NAMES.get(last, last.lower())
+
 
 _PID_RE = re.compile(r"^\S*\s*Process ID: (\d+)\s*$", re.MULTILINE)
 _TIMESTAMP_RE = re.compile(r"^\s*\d+:\d+:\d+\.\d+\s+")

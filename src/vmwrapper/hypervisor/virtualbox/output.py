@@ -45,9 +45,28 @@ def parse_version(text: str) -> Version | None:
     return None
 
 
+#: VirtualBox releases vboxwrapper refuses: 4.2.6 crashes while taking snapshots, 4.2.18
+#: restores them wrongly, 4.3.0 likewise (docs/compatibility.md#virtualbox-failures).
+KNOWN_BAD_VERSIONS: frozenset[Version] = frozenset({(4, 2, 6), (4, 2, 18), (4, 3, 0)})
+
+
+def is_known_bad(version: Version | None) -> bool:
+    """A release no job may run on (exact match; vboxwrapper's substring test also caught
+    4.2.60 and 14.3.0)."""
+    return version in KNOWN_BAD_VERSIONS
+
+
 def is_newer(version: Version | None, than: Version) -> bool:
     """vboxwrapper's ``is_virtualbox_version_newer``: strictly greater, and True when unknown."""
     return version is None or version > than
+
+
+_STARTED_RE = re.compile(r'^VM "[^"]*" has been successfully started\.\s*$', re.MULTILINE)
+
+
+def reports_started(text: str) -> bool:
+    """``startvm`` printed its success line (VirtualBox 5.0.10 exits 1 even then)."""
+    return _STARTED_RE.search(text) is not None
 
 
 def error_code(output: str) -> int | None:
@@ -92,14 +111,32 @@ def _split_quoted(text: str, start: int) -> tuple[str, int]:
     return text[start + 1 :], len(text)
 
 
+def _closed(quoted: str) -> bool:
+    """Does the ``"...`` token starting ``quoted`` end (an unescaped quote) in this text?"""
+    i = 1
+    while i < len(quoted):
+        if quoted[i] == "\\":
+            i += 2
+            continue
+        if quoted[i] == '"':
+            return True
+        i += 1
+    return False
+
+
 def parse_machinereadable(text: str) -> dict[str, str]:
     """``showvminfo --machinereadable`` → {name: value}; names and values unescaped.
 
     Names may be quoted (``"SATA-0-0"="/path"``); values may be unquoted numbers
-    (``memory=512``). Lines that are not ``name=value`` (warnings) are skipped.
+    (``memory=512``) and may span lines (a ``description`` with a line break). Lines that are
+    not ``name=value`` (warnings, 7.0's stray ``Encryption:`` line) are skipped.
     """
     values: dict[str, str] = {}
-    for line in text.replace("\r", "").splitlines():
+    lines = text.replace("\r", "").splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        index += 1
         if not line or "=" not in line:
             continue
         if line.startswith('"'):
@@ -110,9 +147,14 @@ def parse_machinereadable(text: str) -> dict[str, str]:
             rest = line[end + 1 :]
         else:
             name, _, rest = line.partition("=")
-            if not re.fullmatch(r"[A-Za-z0-9_\-().]+", name):
+            # vrdeproperty[TCP/Ports]=..., and 7.0's unquoted "BIOS NVRAM File=..."
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_\-().\[\]/ ]*", name):
                 continue
         if rest.startswith('"'):
+            # a value with a line break (a description) goes on until its closing quote
+            while not _closed(rest) and index < len(lines):
+                rest += "\n" + lines[index]
+                index += 1
             raw_value, end = _split_quoted(rest, 0)
             # BandwidthGroupN="name",Network,1024: text after the quotes belongs to the value
             values[name] = _unescape(raw_value) + rest[end:].rstrip()

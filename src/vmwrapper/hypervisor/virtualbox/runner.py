@@ -6,10 +6,13 @@ no timeout there, and replaces the real error code with ERR_TIMEOUT after retryi
 
 * takes the exit status *and* the first ``(0x...)`` HRESULT of the output;
 * kills a command that runs longer than its timeout (45 s by default, as on Windows);
-* always retries VBOX_E_INVALID_OBJECT_STATE (a session lock held by someone else) and
-  CO_E_SERVER_EXEC_FAILURE (VBoxSVC not reachable) with doubling sleeps 1, 2, 4, 8, 16 s, other
-  failures 1 s apart when the step allows it, never the MultiAttach "VirtualBox 4.0" error;
-* keeps the last attempt's original code in the raised :class:`VBoxManageError`;
+* always retries VBOX_E_INVALID_OBJECT_STATE (a session lock held by someone else) and every
+  sign of an unreachable VBoxSVC (CO_E_SERVER_EXEC_FAILURE on Windows, NS_BASE_STREAM_WOULD_BLOCK
+  on Linux, RPC_E_*, ...: :func:`.failures.service_unreachable`) with doubling sleeps 1, 2, 4, 8,
+  16 s, other failures 1 s apart when the step allows it, never the MultiAttach "VirtualBox 4.0"
+  error;
+* keeps the last attempt's original code in the raised :class:`VBoxManageError`, with its cause
+  and the wrapper's reaction (:mod:`.failures`, docs/compatibility.md#virtualbox-failures);
 * appends every attempt to ``vbox_trace.txt`` and ``vbox_replay.txt`` in the slot
   (docs/compatibility.md#vboxmanage-runner).
 
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmwrapper.errors import BackendError
-from vmwrapper.hypervisor.virtualbox import output
+from vmwrapper.hypervisor.virtualbox import failures, output
 from vmwrapper.hypervisor.virtualbox.commands import Step
 
 log = logging.getLogger(__name__)
@@ -102,14 +105,26 @@ class CommandResult:
 
 
 class VBoxManageError(BackendError):
-    """A VBoxManage command failed for good. ``hresult`` is VirtualBox's original code."""
+    """A VBoxManage command failed (after the runner's retries). ``hresult`` is VirtualBox's
+    original code; ``cause`` and ``reaction`` say what it means for the task
+    (docs/compatibility.md#virtualbox-failures). ``temporary`` is true when a later retry on this
+    host can help, so the supervisor ends the task with a temporary exit, not an error."""
 
-    def __init__(self, item: str, result: CommandResult, notes: str = "") -> None:
+    def __init__(
+        self,
+        item: str,
+        result: CommandResult,
+        notes: str = "",
+        operation: failures.Operation | None = None,
+    ) -> None:
         self.item = item
         self.result = result
         self.hresult = result.hresult
         self.error_name = output.error_name(result.output)
         self.timed_out = result.timed_out
+        self.operation = operation or failures.operation_of(result.argv[2:])
+        self.cause = failures.cause_of(result.output, result.hresult, timed_out=result.timed_out)
+        self.reaction = failures.reaction(self.operation, self.cause)
         text = result.output + (f"\nNotes:\n\n{notes}" if notes else "")
         what = "timed out" if result.timed_out else f"failed ({result.code})"
         super().__init__(
@@ -119,10 +134,16 @@ class VBoxManageError(BackendError):
             output=text,
             code=result.code,
         )
+        self.temporary = self.reaction is failures.Reaction.TEMPORARY
 
     @property
     def lock_error(self) -> bool:
-        return self.hresult == output.VBOX_E_INVALID_OBJECT_STATE
+        return self.cause is failures.Cause.SESSION_LOCKED
+
+    @property
+    def ignorable(self) -> bool:
+        """vboxwrapper goes on after this failure (a pause, a throttle, a clean-up step)."""
+        return self.reaction is failures.Reaction.IGNORE
 
 
 Sleep = Callable[[float], None]
@@ -196,7 +217,7 @@ class VBoxManage:
             if result.ok:
                 return result, notes
             lock = result.hresult == output.VBOX_E_INVALID_OBJECT_STATE
-            service = result.hresult == output.CO_E_SERVER_EXEC_FAILURE
+            service = failures.service_unreachable(result.hresult, result.output)
             if lock and is_multiattach_40_error(result.output):
                 return result, notes
             if lock and _LOCK_NOTE not in notes:
