@@ -211,9 +211,10 @@ def test_python_app_side_under_the_harness(tmp_path: Path) -> None:
     assert [t.body for t in report.trickles] == [
         f"<n>{n}</n>\n<msg>trickle & body {n}</msg>\n" for n in range(2)
     ]
-    assert [(u.logical_name, u.status) for u in report.uploads] == [("out", 0)]
+    # the client's status after a good upload: 1, FILE_PRESENT (what boinc-client writes)
+    assert [(u.logical_name, u.status) for u in report.uploads] == [("out", 1)]
     assert Path(report.uploads[0].path).read_text() == "done 40 steps\n"
-    assert "upload status 0" in report.stderr_tail
+    assert "upload status 1" in report.stderr_tail
 
 
 def test_cpp_app_over_system_v_shared_memory(cpp_app: Path, tmp_path: Path) -> None:

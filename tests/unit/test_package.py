@@ -470,6 +470,27 @@ def test_package_writes_the_back_ends_into_the_shipped_job(sources: Path, tmp_pa
     assert vmwrapper(["lint", str(out)]) == 0
 
 
+def test_package_writes_an_intermediate_upload_as_the_client_uploads_it(
+    sources: Path, tmp_path: Path
+) -> None:
+    """An --output the job names in <intermediate_upload_file> is opened under its own name
+    without <copy_file/> (what the real client uploads while the task runs); lint accepts it."""
+    out = tmp_path / "x86_64-pc-linux-gnu__vbox64"
+    (sources / "job.xml").write_text(
+        "<vbox_job><os_name>Linux26_64</os_name><memory_size_mb>512</memory_size_mb>"
+        "<enable_shared_directory/><intermediate_upload_file>partial</intermediate_upload_file>"
+        "</vbox_job>"
+    )
+    files = ("--image", str(sources / "debian.vdi"), "--boinc-app", str(sources / "app.sh"))
+    assert _package(sources, out, *files, "--output", "result", "--output", "partial") == 0
+    template = parse_output_template((out / "templates" / "output_template.xml").read_text())
+    assert [(f.open_name, f.copy_file) for f in template.files] == [
+        ("shared/result", True),
+        ("partial", False),
+    ]
+    assert vmwrapper(["lint", str(out)]) == 0
+
+
 @pytest.mark.parametrize(
     "job",
     [

@@ -183,6 +183,15 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
 
+def _output_file(name: str, spec: JobSpec, max_nbytes: float) -> OutputFile:
+    """An output the guest writes to shared/NAME; an intermediate upload of the job is opened
+    under its own name without <copy_file/>, the way the client uploads it while the task runs
+    (docs/compatibility.md#intermediate-uploads)."""
+    if name in spec.intermediate_upload_file:
+        return OutputFile(name, max_nbytes, copy_file=False)
+    return OutputFile(f"shared/{name}", max_nbytes)
+
+
 def _package(args: argparse.Namespace) -> int:
     if args.backends:
         return _package_with_backends(args)
@@ -316,7 +325,7 @@ def _write_templates(
     text = format_input_template(InputTemplate(tuple(files), bounds=bounds))
     (templates / "input_template.xml").write_text(text)
     if args.output:
-        outputs = tuple(OutputFile(f"shared/{n}", args.max_output_bytes) for n in args.output)
+        outputs = tuple(_output_file(n, spec, args.max_output_bytes) for n in args.output)
         (templates / "output_template.xml").write_text(
             format_output_template(OutputTemplate(outputs))
         )
