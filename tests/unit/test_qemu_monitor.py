@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vmwrapper.errors import CheckpointError, CheckpointRefused
 from vmwrapper.hypervisor.base import Diagnosis, VmState
 from vmwrapper.hypervisor.qemu import monitor
+from vmwrapper.hypervisor.qemu.console import ConsoleLines
+from vmwrapper.hypervisor.qemu.monitor import StopCause
 
 # The reply text QEMU 7.2 gives to HMP `savevm` while a 9p export is mounted in the guest.
 REFUSAL = (
@@ -65,3 +69,32 @@ def test_exit_detail_prefers_the_guest_error() -> None:
     assert monitor.exit_detail(1, None, "a\nqemu: bad thing\n") == (
         "QEMU exited with code 1: qemu: bad thing"
     )
+
+
+def test_exited_status_why_it_stopped_comes_first() -> None:
+    console = ConsoleLines()
+    console.feed(b"VMWRAPPER_GUEST_DONE status=0\n")
+    saved = monitor.exited_status(0, StopCause.SAVED, console, "")
+    assert (saved.state, saved.detail) == (VmState.SAVED, "state saved in a snapshot")
+    stopped = monitor.exited_status(-9, StopCause.WRAPPER, console, "")
+    assert (stopped.state, stopped.detail) == (VmState.POWERED_OFF, "stopped by the wrapper")
+    assert stopped.exit_code == -9
+
+
+def test_exited_status_by_itself() -> None:
+    console = ConsoleLines()
+    off = monitor.exited_status(0, StopCause.NONE, console, "")
+    assert off.state is VmState.POWERED_OFF
+    assert off.detail == "guest powered off (no VMWRAPPER_GUEST_DONE line)"
+    console.feed(b"VMWRAPPER_GUEST_DONE status=3\nVMWRAPPER_GUEST_ERROR: disk full\n")
+    done = monitor.exited_status(0, StopCause.NONE, console, "")
+    assert done.detail == "guest powered off (VMWRAPPER_GUEST_DONE status=3)"
+    crashed = monitor.exited_status(1, StopCause.NONE, console, "qemu: boom\n")
+    assert (crashed.state, crashed.detail) == (VmState.CRASHED, "guest error: disk full")
+
+
+def test_checkpoint_tags() -> None:
+    monitor.check_tag("ckpt_1.a:b-c")
+    for bad in ("", "with space", "x" * 129, "semi;colon"):
+        with pytest.raises(CheckpointError, match="not usable as a QEMU snapshot tag"):
+            monitor.check_tag(bad)

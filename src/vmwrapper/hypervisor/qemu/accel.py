@@ -22,11 +22,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmwrapper.errors import HostNotReady
+from vmwrapper.errors import BackendError, HostNotReady
 from vmwrapper.hypervisor.qemu.cmdline import Accel
 
 log = logging.getLogger(__name__)
 
+#: Environment variable that forces the accelerator when the back end is not told.
+ACCEL_ENV = "VMWRAPPER_ACCEL"
 DEBUG_EXIT_PORT = 0xF4
 PROBE_EXIT_VALUE = 0x21
 #: isa-debug-exit makes QEMU exit with (value << 1) | 1.
@@ -128,6 +130,34 @@ def software_emulation_refused(
         f"os_name {os_name} is a 64-bit guest and this host has no usable hardware "
         f"acceleration ({choice.reason}); software emulation would be 10-50 times slower"
     )
+
+
+def accept_software_emulation(
+    choice: AccelChoice, os_name: str, *, allowed: bool, setting: AccelSetting
+) -> None:
+    """A 64-bit guest under TCG only with the app version's opt-in; else HostNotReady, the
+    supervisor's VM-extensions contract (docs/compatibility.md#software-emulation). The
+    choice is logged either way."""
+    why = software_emulation_refused(choice, os_name, allowed=allowed, setting=setting)
+    if why:
+        raise HostNotReady(f"{why} (fix: enable VT-x/AMD-V and KVM on this host)")
+    if choice.accel is Accel.TCG and "_64" in os_name:
+        log.info(
+            "64-bit guest under software emulation (TCG, %s): allowed by %s",
+            choice.reason,
+            "--accel tcg" if setting is AccelSetting.TCG else "the app version",
+        )
+
+
+def accel_setting(accel: AccelSetting | str | None) -> AccelSetting:
+    """The back end's ``accel`` argument, else ``$VMWRAPPER_ACCEL``, else auto."""
+    value = accel if accel is not None else os.environ.get(ACCEL_ENV, "") or "auto"
+    try:
+        return AccelSetting(value)
+    except ValueError:
+        raise BackendError(
+            f"acceleration {value!r} is not one of auto, kvm, tcg (fix: --accel or ${ACCEL_ENV})"
+        ) from None
 
 
 def choose_accel(

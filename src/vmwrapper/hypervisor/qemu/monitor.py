@@ -7,11 +7,41 @@ Replies come from QMP (``query-status``, ``query-named-block-nodes``), from HMP 
 
 from __future__ import annotations
 
+import enum
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vmwrapper.errors import CheckpointError, CheckpointRefused
-from vmwrapper.hypervisor.base import GUEST_OOM_MARKER, Diagnosis, VmState
+from vmwrapper.hypervisor.base import (
+    GUEST_DONE_MARKER,
+    GUEST_OOM_MARKER,
+    Diagnosis,
+    VmState,
+    VmStatus,
+)
+from vmwrapper.hypervisor.qemu.console import ConsoleLines
+
+
+class StopCause(enum.Enum):
+    """Why the QEMU of this run ended (or will): what status() reports once it has exited."""
+
+    NONE = "none"  # by itself: the guest powered off, or QEMU crashed
+    WRAPPER = "wrapper"  # poweroff() or save_state() stopped it
+    SAVED = "saved"  # save_state() wrote its snapshot, then QEMU quit
+
+
+_TAG_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def check_tag(name: str) -> None:
+    """A checkpoint name QEMU takes as a snapshot tag, else CheckpointError."""
+    if not _TAG_RE.match(name):
+        raise CheckpointError(
+            f"checkpoint name {name!r} is not usable as a QEMU snapshot tag "
+            "(use letters, digits, '_', '.', ':' or '-', at most 128)"
+        )
+
 
 #: QMP RunState → our VmState (QEMU's qapi/run-state.json).
 RUN_STATES: dict[str, VmState] = {
@@ -100,3 +130,20 @@ def exit_detail(exit_code: int, guest_error: str | None, stderr_tail: str) -> st
         return f"QEMU killed by signal {-exit_code}"
     last = stderr_tail.strip().splitlines()[-1:] if stderr_tail.strip() else []
     return f"QEMU exited with code {exit_code}" + (f": {last[0]}" if last else "")
+
+
+def exited_status(code: int, stop: StopCause, console: ConsoleLines, stderr: str) -> VmStatus:
+    """The VM's status once QEMU has exited with ``code``: why it stopped decides first,
+    then the exit code, the guest's console and QEMU's messages of this run."""
+    if stop is StopCause.SAVED:
+        return VmStatus(VmState.SAVED, "state saved in a snapshot", code)
+    if stop is StopCause.WRAPPER:
+        return VmStatus(VmState.POWERED_OFF, "stopped by the wrapper", code)
+    if code == 0:
+        if console.done_status is None:  # e.g. a panic before pvpanic was loaded
+            detail = f"guest powered off (no {GUEST_DONE_MARKER} line)"
+        else:
+            detail = f"guest powered off ({GUEST_DONE_MARKER} status={console.done_status})"
+        return VmStatus(VmState.POWERED_OFF, detail, code)
+    detail = exit_detail(code, console.guest_error, stderr)
+    return VmStatus(VmState.CRASHED, detail, code)

@@ -1,0 +1,133 @@
+"""A synchronous face on ``qemu.qmp.QMPClient``: one event loop, every call with a timeout.
+
+``qemu.qmp`` is asyncio; the back end owns one event loop and runs each call to completion
+within a timeout, so every back end method is synchronous and bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import ExecuteError, QMPClient
+
+from vmwrapper.errors import BackendError
+
+
+class Qmp:
+    """One QMP session (connected again after a lost one) on the back end's event loop."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: QMPClient | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def _run(self, coro: Any, timeout: float) -> Any:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    def connect(self, path: Path, timeout: float, *, quiet: bool = False) -> None:
+        """Connect to QEMU's QMP socket; ``quiet``: a refusal is expected (QEMU starting)."""
+        client = QMPClient("vmwrapper")
+        qmp_log = logging.getLogger("qemu.qmp")
+        level = qmp_log.level
+        if quiet:  # qemu.qmp logs a refused connect as an ERROR; we retry it instead
+            qmp_log.setLevel(logging.CRITICAL)
+        try:
+            self._run(client.connect(str(path)), timeout)
+        except (Exception, asyncio.CancelledError) as exc:
+            raise BackendError(f"cannot connect to QMP at {path}: {exc}") from exc
+        finally:
+            qmp_log.setLevel(level)
+        self._client = client
+
+    def execute(self, cmd: str, args: dict[str, object] | None, timeout: float) -> Any:
+        if self._client is None:
+            raise BackendError(f"QMP not connected (for {cmd})")
+        try:
+            return self._run(self._client.execute(cmd, args), timeout)
+        except ExecuteError as exc:  # QEMU answered with an error: the session is fine
+            raise BackendError(f"QMP {cmd} failed: {exc}", argv=(cmd,)) from exc
+        except (Exception, asyncio.CancelledError) as exc:  # lost or stuck: start afresh
+            self.disconnect()
+            raise BackendError(f"QMP {cmd}: no answer ({type(exc).__name__}: {exc})") from exc
+
+    def disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            # the error that broke the session comes back here; it was reported already
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                self._run(client.disconnect(), 5.0)
+
+    def close(self) -> None:
+        self.disconnect()
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+
+class QmpChannel:
+    """QMP commands for the running QEMU: connected on demand, each with a timeout, and
+    held in the CPU cap's running phase (a stopped QEMU cannot answer)."""
+
+    def __init__(
+        self,
+        qmp: Qmp,
+        socket: Path,
+        timeout: float,
+        *,
+        vm_name: str,
+        alive: Callable[[], bool],
+        hold: Callable[[], contextlib.AbstractContextManager[None]],
+    ) -> None:
+        self.qmp = qmp
+        self.socket = socket
+        self.timeout = timeout
+        self.vm_name = vm_name
+        self._alive = alive
+        self._hold = hold
+
+    def execute(self, cmd: str, args: dict[str, object] | None = None, timeout: float = 0) -> Any:
+        if not self._alive():
+            raise BackendError(f"VM {self.vm_name} is not running (QMP {cmd})")
+        if not self.qmp.connected:
+            self.qmp.connect(self.socket, timeout=self.timeout)
+        with self._hold():
+            return self.qmp.execute(cmd, args, timeout or self.timeout)
+
+    def hmp(self, line: str, timeout: float = 0) -> str:
+        """A human monitor command through QMP; its reply text."""
+        return str(self.execute("human-monitor-command", {"command-line": line}, timeout))
+
+    def connect_at_start(
+        self, deadline: float, clock: Callable[[], float], sleep: Callable[[float], None]
+    ) -> None:
+        """Connect to a QEMU that is starting, once it has made its socket, retried until
+        ``deadline``: ProcessLookupError if QEMU exits first, TimeoutError (with the last
+        refusal) at the deadline."""
+        last: BaseException | None = None
+        while clock() < deadline:
+            if not self._alive():
+                raise ProcessLookupError("QEMU exited during start")
+            if self.socket.exists():
+                try:
+                    self.qmp.connect(self.socket, self.timeout, quiet=True)
+                    return
+                except BackendError as exc:
+                    last = exc
+            sleep(0.05)
+        raise TimeoutError(str(last))
+
+    def screendump(self, path: Path, sleep: Callable[[float], None]) -> None:
+        """The screen as PNG at ``path``, after a key press that wakes a blanked console."""
+        self.execute("send-key", {"keys": [{"type": "qcode", "data": "shift"}]})
+        sleep(1.0)  # as vboxwrapper: let the guest redraw
+        self.execute("screendump", {"filename": str(path), "format": "png"})
