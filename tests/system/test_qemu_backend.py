@@ -561,8 +561,16 @@ def test_aarch64_guest_runs_from_the_same_table(tmp_path: Path) -> None:
         assert vm.status().state is VmState.RUNNING
         vm.checkpoint("ckpt_1")
         assert vm.checkpoints() == ("ckpt_1",)
+        # the firmware's console, whenever it gets to it on this host (guest_log() hands each
+        # line out once, so keep them)
+        lines: list[str] = []
+
+        def firmware_spoke() -> bool:
+            lines.extend(vm.guest_log())
+            return any("UEFI" in line for line in lines)
+
+        assert wait_for(firmware_spoke, 180, 0.5), lines[-20:]
         vm.poweroff(timeout=0)
-        assert any("UEFI" in line for line in vm.guest_log())  # the firmware's console
 
 
 def test_cancel_cuts_a_long_conversion_short(tmp_path: Path) -> None:
