@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 from helpers.fault_fixtures import package_app
-from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
-from helpers.vbox_fixtures import VBoxHost, vbox_sim_fixture  # noqa: F401
+from helpers.vbox_fixtures import VBoxHost
 from vmwrapper.harness.job import JobOutcome, JobReport, JobRequest, run_job
 from vmwrapper.harness.slot import host_info
 from vmwrapper.hypervisor.qemu.accel import AccelSetting, choose_accel
@@ -104,7 +103,7 @@ def test_existing_virtualbox_app_version_runs_on_virtualbox_with_qemu_installed(
 def test_qemu_opt_in_runs_on_qemu_with_virtualbox_installed(
     vbox_sim: VBoxHost,
     tmp_path: Path,
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
 ) -> None:
     need_qemu()
     app = package_app(tmp_path, default_guest_image, APP, QEMU_JOB, name="opted", backend="")

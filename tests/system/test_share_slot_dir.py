@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from helpers.image_fixtures import default_guest_image  # noqa: F401 (fixture)
 from helpers.supervisor_fixtures import LAUNCHER
 from vmwrapper.harness.job import JobRequest, run_job
 from vmwrapper.packaging.templates import (
@@ -105,7 +104,7 @@ def private(name: str) -> bool:
 
 def test_share_slot_dir_with_the_project_dir_like_samples_worker(
     tmp_path: Path,
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
 ) -> None:
     app = worker_app_dir(tmp_path, default_guest_image, WORKER_APP, "<share_project_dir/>")
     out, listing, slot = run(app, tmp_path / "work")
@@ -119,7 +118,7 @@ def test_share_slot_dir_with_the_project_dir_like_samples_worker(
 
 def test_share_slot_dir_with_the_scratch_directory(
     tmp_path: Path,
-    default_guest_image: Path,  # noqa: F811
+    default_guest_image: Path,
 ) -> None:
     app = worker_app_dir(tmp_path, default_guest_image, SCRATCH_APP, "<enable_scratch_directory/>")
     out, listing, _slot = run(app, tmp_path / "work")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_vbox_backend import fast_backend, make_config, vminfo
 
-from helpers.vbox_fixtures import VBoxHost, vbox_sim_fixture  # noqa: F401
+from helpers.vbox_fixtures import VBoxHost
 from helpers.vbox_real import CONTEXT_RE, DETAILS_RE, ERRORS, EXPECTED
 from vmwrapper.errors import HostNotReady
 from vmwrapper.hypervisor.base import VmState
