@@ -751,15 +751,7 @@ class Supervisor:
 
     def _report_held(self) -> None:
         """A status message while a long call runs: nothing is asked of the back end."""
-        rt = self.rt
-        self.client.report_status(
-            cpu_time=rt.cpu.total,
-            checkpoint_cpu_time=rt.checkpoint_cpu,
-            fraction_done=rt.fraction,
-            other_pid=None,
-            bytes_sent=rt.net.sent,
-            bytes_received=rt.net.received,
-        )
+        self._send_status(self.rt.cpu.total, self.rt.fraction, None)
 
     def _do_PrepareVm(self, action: m.PrepareVm) -> None:
         backend = self.backend
@@ -1139,21 +1131,25 @@ class Supervisor:
         if self.rt.net != before:
             self._report(m.State.DONE)
 
-    def _report(self, state: m.State, other_pid: int | None = None) -> None:
+    def _send_status(self, cpu: float, fraction: float, other_pid: int | None) -> None:
         rt = self.rt
-        cpu = self._cpu_time()
-        fraction = self._fraction_done()
-        pid = other_pid if other_pid is not None else self._pid()
         self.client.report_status(
             cpu_time=cpu,
             checkpoint_cpu_time=rt.checkpoint_cpu,
             fraction_done=fraction,
-            other_pid=pid,
+            other_pid=other_pid,
             # episode totals in every message: the client counts what grew since the last one
             # it read, and drops a message it has not read yet
             bytes_sent=rt.net.sent,
             bytes_received=rt.net.received,
         )
+
+    def _report(self, state: m.State, other_pid: int | None = None) -> None:
+        rt = self.rt
+        cpu = self._cpu_time()
+        fraction = self._fraction_done()
+        pid = other_pid if other_pid is not None else self._pid()
+        self._send_status(cpu, fraction, pid)
         if self.job.enable_graphics_support:
             cs = self.rt.client
             status = GraphicsStatus(
