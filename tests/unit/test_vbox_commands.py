@@ -273,3 +273,47 @@ def test_host_under_a_hypervisor_needs_virtualbox_7_2(version: str, usable: bool
         assert "--hwvirtex" in transcript(creation.acceleration_steps(config, capabilities))
         with pytest.raises(HostNotReady, match="ERR_CPU_VM_EXTENSIONS_DISABLED"):
             creation.acceleration_steps(replace(config, os_name="Linux26_64"), capabilities)
+
+
+# ---- live snapshots (docs/compatibility.md#checkpoints) -------------------------------------
+
+REAL_HELP = Path(__file__).resolve().parents[1] / "data" / "vbox" / "real" / "help"
+
+
+@pytest.mark.parametrize(
+    ("version", "help_file", "live"),
+    [
+        # the help text decides, whatever the version says
+        ("7.0.14r161095", "snapshot_synopsis_6.0.txt", True),
+        ("7.0.14r161095", "snapshot_usage_4.1.22.txt", False),
+        ("4.1.22r80657", "snapshot_usage_4.1.22.txt", False),
+        ("4.1.22r80657", "snapshot_synopsis_6.0.txt", True),
+    ],
+)
+def test_live_snapshot_follows_the_snapshot_help(version: str, help_file: str, live: bool) -> None:
+    help_text = (REAL_HELP / help_file).read_text()
+    assert vbox_caps.capabilities(version, HELP_V7, help_snapshot=help_text).live_snapshot is live
+
+
+@pytest.mark.parametrize(
+    ("version", "live"),
+    [("4.1.22r80657", False), ("4.2.0r80737", True), ("7.0.14r161095", True), ("garbage", True)],
+)
+def test_live_snapshot_falls_back_to_the_version(version: str, live: bool) -> None:
+    """No usable help text (empty, or a failed command): 4.2 and later, or an unknown version,
+    have --live."""
+    for nothing in ("", "VBoxManage: error: Unknown command 'help'"):
+        assert vbox_caps.capabilities(version, HELP_V7, help_snapshot=nothing).live_snapshot is live
+
+
+def test_snapshot_take_adds_live_only_when_asked() -> None:
+    config = every_option()
+    assert cmd.snapshot_take(config, "boinc_10").args == (
+        "snapshot",
+        config.name,
+        "take",
+        "boinc_10",
+    )
+    live = cmd.snapshot_take(config, "boinc_10", live=True)
+    assert live.args == ("snapshot", config.name, "take", "boinc_10", "--live")
+    assert live.item == "create snapshot" and live.fatal and live.retry

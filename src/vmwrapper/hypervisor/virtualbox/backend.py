@@ -295,26 +295,34 @@ class VirtualBoxBackend:
         self._run_tolerant(cmd.controlvm(self.config, "resume"))
 
     def checkpoint(self, name: str) -> None:
-        """Pause, snapshot, resume (vboxwrapper's order); the VM is resumed even on failure."""
-        config = self.config
+        """Snapshot the VM. A running VM keeps running where VirtualBox has ``snapshot take
+        --live`` (4.2+); elsewhere vboxwrapper's pause, snapshot, resume, with the VM resumed
+        even on failure (docs/compatibility.md#checkpoints)."""
         info = self._vminfo()
-        was_running = info is not None and info.state is VmState.RUNNING
-        if was_running:
-            self.pause()
+        running = info is not None and info.state is VmState.RUNNING
+        if running and self.capabilities.live_snapshot:
+            self._take_snapshot(name, live=True)
+        else:
+            if running:
+                self.pause()
+            try:
+                self._take_snapshot(name, live=False)
+            finally:
+                if running:
+                    self.resume()
+        log.info("Checkpoint completed.")
+
+    def _take_snapshot(self, name: str, *, live: bool) -> None:
         try:
-            self._run(cmd.snapshot_take(config, name))
+            self._run(cmd.snapshot_take(self.config, name, live=live))
         except VBoxManageError as exc:
             raise CheckpointError(
-                f"snapshot {name} of VM {config.name} failed",
+                f"snapshot {name} of VM {self.config.name} failed",
                 argv=exc.argv,
                 exit_code=exc.exit_code,
                 output=exc.output,
                 code=exc.code,
             ) from exc
-        finally:
-            if was_running:
-                self.resume()
-        log.info("Checkpoint completed.")
 
     def _snapshots(self) -> tuple[output.SnapshotEntry, ...]:
         result = self.runner.probe(cmd.snapshot_list(self.config))

@@ -53,6 +53,7 @@ class Capabilities:
     nic_types: tuple[str, ...] = ()  # NIC models `help modifyvm` lists
     guest_additions_iso: str = ""  # existing Guest Additions ISO, attached as an extra DVD
     lpt_ports: bool = True  # not on macOS hosts
+    live_snapshot: bool = True  # `snapshot take --live` (4.2+): the guest keeps running
 
     @property
     def display_version(self) -> str:
@@ -76,10 +77,11 @@ def capabilities(
     version_text: str,
     help_modifyvm: str,
     *,
+    help_snapshot: str = "",
     guest_additions_iso: str = "",
     macos: bool = False,
 ) -> Capabilities:
-    """Decide syntax and features from `--version` and `help modifyvm` output.
+    """Decide syntax and features from `--version`, `help modifyvm` and `help snapshot` output.
 
     The help text decides; when it says nothing useful (empty, or a failed command) the version
     does (> 6.9.99 → 7 syntax), and an unparseable version counts as new, as in vboxwrapper.
@@ -106,4 +108,21 @@ def capabilities(
         nic_types=tuple(m for m in _NIC_MODELS if m in help_modifyvm),
         guest_additions_iso=guest_additions_iso,
         lpt_ports=not macos,
+        live_snapshot=live_snapshot(version, help_snapshot),
     )
+
+
+#: The last VirtualBox release whose ``snapshot take`` has no ``--live`` (4.1's knew only
+#: ``--pause``; docs/compatibility.md#checkpoints).
+LAST_VERSION_WITHOUT_LIVE = (4, 1, 99)
+
+
+def live_snapshot(version: Version | None, help_snapshot: str) -> bool:
+    """Can ``snapshot take`` keep the VM running (``--live``)? ``help snapshot`` decides: it
+    lists ``take`` with or without ``--live``; when it says nothing (empty, or a failed
+    command) the version does, and an unparseable version counts as new."""
+    if output.help_mentions(help_snapshot, "--live"):
+        return True
+    if output.help_mentions(help_snapshot, "take"):
+        return False
+    return output.is_newer(version, LAST_VERSION_WITHOUT_LIVE)

@@ -130,8 +130,11 @@ def net_statistics(config: VmConfig) -> Step:
     )
 
 
-def snapshot_take(config: VmConfig, name: str) -> Step:
-    return Step(("snapshot", config.name, "take", name), "create snapshot")
+def snapshot_take(config: VmConfig, name: str, *, live: bool = False) -> Step:
+    """``snapshot take``; ``live`` adds ``--live`` (VirtualBox 4.2+), which keeps a running VM
+    running while its state is saved (docs/compatibility.md#checkpoints)."""
+    args = ("snapshot", config.name, "take", name, *(("--live",) if live else ()))
+    return Step(args, "create snapshot")
 
 
 def snapshot_list(config: VmConfig) -> Step:

@@ -28,7 +28,7 @@ class HostProbe:
     @property
     def capabilities(self) -> Capabilities:
         """VirtualBox's version and syntax, probed once (``--version``, ``help modifyvm``,
-        ``list systemproperties``)."""
+        ``help snapshot``, ``list systemproperties``)."""
         if self._caps is None:
             version = self.runner.run(Step(("--version",), "version", retry=False))
             text = version.output.replace("\r", "").strip()
@@ -37,6 +37,9 @@ class HostProbe:
             help_text = self.runner.probe(
                 Step(("help", "modifyvm"), "help modifyvm", retry=False, log_error=False)
             ).output
+            help_snapshot = self.runner.probe(
+                Step(("help", "snapshot"), "help snapshot", retry=False, log_error=False)
+            ).output
             props = self.runner.probe(
                 Step(("list", "systemproperties"), "systemproperties", retry=False, log_error=False)
             ).output
@@ -44,6 +47,7 @@ class HostProbe:
             self._caps = capability_rules.capabilities(
                 text,
                 help_text,
+                help_snapshot=help_snapshot,
                 guest_additions_iso=additions if additions and os.path.isfile(additions) else "",
                 macos=platform.system() == "Darwin",
             )
