@@ -4,6 +4,6 @@
 stages the project and slot (``staging.py``, ``slot.py``), runs the main program episode by
 episode (``task.py``: the client's 1 s poll over the shared segment) under the client's rules
 (``control.py``: control queue, exit classification), checks and copies the outputs
-(``outputs.py``) and returns a :class:`~vmwrapper.harness.report.JobReport`. ``vmwrapper job`` is its command line. See
-docs/harness.md.
+(``outputs.py``) and returns a :class:`~vmwrapper.harness.report.JobReport`. ``vmwrapper job``
+is its command line. See docs/harness.md.
 """
