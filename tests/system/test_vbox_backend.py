@@ -595,6 +595,32 @@ def test_checkpoint_is_live_where_virtualbox_has_it(
         backend.cleanup()
 
 
+def test_failed_live_snapshot_is_a_checkpoint_error_and_the_vm_runs_on(
+    vbox_sim: VBoxHost, tmp_path: Path
+) -> None:
+    """A live snapshot that VirtualBox refuses raises CheckpointError (the supervisor's
+    checkpoint-failure path) and leaves the VM running: it was never paused."""
+    real_error = Path(__file__).resolve().parents[1] / "data" / "vbox" / "real" / "errors"
+    text = (real_error / "hostonly_ns_error_failure.txt").read_text()
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    try:
+        backend.start()
+        assert backend.capabilities.live_snapshot
+        vbox_sim.inject(output={"commands": ["snapshot"], "text": text, "exit": 1, "times": 100})
+        with pytest.raises(CheckpointError) as info:
+            backend.checkpoint("boinc_10")
+        assert "--live" in info.value.argv
+        vbox_sim.inject(output={"times": 0})
+        assert backend.status().state is VmState.RUNNING
+        replay = (config.slot_dir / "vbox_replay.txt").read_text().splitlines()
+        assert not any(line.endswith((" pause", " resume")) for line in replay)
+        assert backend.checkpoints() == ()
+    finally:
+        backend.cleanup()
+
+
 def test_stale_vm_holding_the_slot_disk_is_removed(vbox_sim: VBoxHost, tmp_path: Path) -> None:
     old = make_config(tmp_path, name="boinc_old000000000000", remote_desktop=None)
     fast_backend(old).create()

@@ -6,7 +6,8 @@ in the directory named by ``VBOXSIM_STATE`` (created on first use):
 
 * ``registry.json`` — VMs (settings, storage, NICs, shares, bandwidth groups, snapshots, state),
   media (location, type, parent/children, attachments); changed under ``registry.lock`` (flock).
-* ``config.json`` (optional) — ``version`` ("7.0.14", "6.1.50", or anything unparseable),
+* ``config.json`` (optional) — ``version`` ("7.0.14", "6.1.50", "4.1.22" (no ``snapshot take
+  --live``), or anything unparseable),
   ``extpack`` (bool), ``bridged_interfaces``, ``guest_additions_iso``, ``kernel_module_missing``,
   ``guest`` (the default guest script, below), ``nic_bytes_per_s`` (``{"sent": n, "received": n}``:
   the traffic of each NIC with its cable plugged while the guest runs; default below).
