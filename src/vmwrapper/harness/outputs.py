@@ -18,8 +18,6 @@ from vmwrapper.harness.staging import Staged
 from vmwrapper.outcome import ERR_FILE_MISSING
 
 ERR_FILE_TOO_BIG = -131
-
-
 #: The last this many bytes of stderr.txt go into the report (the client keeps 63 KB).
 STDERR_TAIL = 64 * 1024
 

@@ -13,18 +13,10 @@ from vmwrapper.packaging.version import AppVersion, PlanClass
 from vmwrapper.spec import JobSpec
 
 VERSION_XML = "version.xml"
-
-
-VDI_DIFF = 4
-
-
+VDI_DIFF = 4  # the VDI header's image type of a differencing (child) image
 #: Files the client (or the wrapper) puts into every slot, besides the logical names.
 SLOT_FILES = frozenset({"init_data.xml", "boinc_task_state.xml"})
-
-
 INPUTS_DIR = "inputs"
-
-
 MIB = 1024 * 1024
 
 
