@@ -31,11 +31,10 @@ from vmwrapper.harness.job import (
     JobReport,
     JobRequest,
     ScheduledAction,
-    parse_command_line,
     run_job,
-    stage_job,
 )
 from vmwrapper.harness.slot import build_init_data, escape_project_url, host_info
+from vmwrapper.harness.staging import parse_command_line, stage_job
 from vmwrapper.harness.task import Limits, TaskEvent, limits_for
 from vmwrapper.outcome import ERR_FILE_MISSING
 

@@ -547,6 +547,80 @@ def test_syntax_follows_the_probed_virtualbox(
     backend.cleanup()
 
 
+@pytest.mark.parametrize(
+    ("version", "live"), [("7.0.14", True), ("6.1.50", True), ("4.1.22", False)]
+)
+def test_checkpoint_is_live_where_virtualbox_has_it(
+    vbox_sim: VBoxHost, tmp_path: Path, version: str, live: bool
+) -> None:
+    """docs/compatibility.md#checkpoints: `snapshot take --live` keeps the guest running where
+    `help snapshot` lists it; the simulated 4.1 lists only --pause (and refuses --live, see
+    test_vbox_backend_simulator.py), so the VM is paused, snapshotted and resumed there."""
+    vbox_sim.configure(version=version)
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    try:
+        backend.start()
+        assert backend.capabilities.live_snapshot is live
+        backend.checkpoint("boinc_10")
+        assert backend.status().state is VmState.RUNNING
+        assert backend.checkpoints() == ("boinc_10",)
+        replay = (config.slot_dir / "vbox_replay.txt").read_text().splitlines()
+        take = [line for line in replay if " snapshot " in line and " take " in line]
+        pauses = [line for line in replay if line.endswith(" pause")]
+        log = (config.slot_dir / config.name / "Logs" / "VBox.log").read_text()
+        if live:
+            assert take == [f"VBoxManage -q snapshot {config.name} take boinc_10 --live"]
+            assert pauses == []
+            assert "Machine state changed to 'LiveSnapshotting'" in log
+            assert "Machine state changed to 'Paused'" not in log  # the guest never stopped
+        else:
+            assert take == [f"VBoxManage -q snapshot {config.name} take boinc_10"]
+            assert pauses == [f"VBoxManage -q controlvm {config.name} pause"]
+            assert "Machine state changed to 'Paused'" in log
+            assert "LiveSnapshotting" not in log
+        # a paused VM is snapshotted as it is, and stays paused
+        backend.pause()
+        backend.checkpoint("boinc_20")
+        assert backend.status().state is VmState.PAUSED
+        assert backend.checkpoints() == ("boinc_10", "boinc_20")
+        last_take = [
+            line
+            for line in (config.slot_dir / "vbox_replay.txt").read_text().splitlines()
+            if " take boinc_20" in line
+        ]
+        assert last_take == [f"VBoxManage -q snapshot {config.name} take boinc_20"]
+    finally:
+        backend.cleanup()
+
+
+def test_failed_live_snapshot_is_a_checkpoint_error_and_the_vm_runs_on(
+    vbox_sim: VBoxHost, tmp_path: Path
+) -> None:
+    """A live snapshot that VirtualBox refuses raises CheckpointError (the supervisor's
+    checkpoint-failure path) and leaves the VM running: it was never paused."""
+    real_error = Path(__file__).resolve().parents[1] / "data" / "vbox" / "real" / "errors"
+    text = (real_error / "hostonly_ns_error_failure.txt").read_text()
+    config = make_config(tmp_path, remote_desktop=None)
+    backend = fast_backend(config)
+    backend.create()
+    try:
+        backend.start()
+        assert backend.capabilities.live_snapshot
+        vbox_sim.inject(output={"commands": ["snapshot"], "text": text, "exit": 1, "times": 100})
+        with pytest.raises(CheckpointError) as info:
+            backend.checkpoint("boinc_10")
+        assert "--live" in info.value.argv
+        vbox_sim.inject(output={"times": 0})
+        assert backend.status().state is VmState.RUNNING
+        replay = (config.slot_dir / "vbox_replay.txt").read_text().splitlines()
+        assert not any(line.endswith((" pause", " resume")) for line in replay)
+        assert backend.checkpoints() == ()
+    finally:
+        backend.cleanup()
+
+
 def test_stale_vm_holding_the_slot_disk_is_removed(vbox_sim: VBoxHost, tmp_path: Path) -> None:
     old = make_config(tmp_path, name="boinc_old000000000000", remote_desktop=None)
     fast_backend(old).create()

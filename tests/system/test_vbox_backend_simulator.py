@@ -202,6 +202,42 @@ def test_version_6_refuses_version_7_spellings(vbox_sim: VBoxHost, tmp_path: Pat
     assert code == 2
 
 
+@pytest.mark.parametrize(("version", "live"), [("7.0.14", True), ("4.1.22", False)])
+def test_snapshot_take_live_as_the_version_has_it(
+    vbox_sim: VBoxHost, tmp_path: Path, version: str, live: bool
+) -> None:
+    """`snapshot take --live` (4.2+) keeps a running VM running (LiveSnapshotting); 4.1 lists and
+    knows only --pause, refuses --live with its usage and exit 1, and takes nothing then."""
+    vbox_sim.configure(version=version)
+    usage = ok(vbox_sim, "help", "snapshot")
+    assert ("[--live]" in usage) is live and ("[--pause]" in usage) is not live
+    ok(vbox_sim, "createvm", "--name", "vm1", "--basefolder", str(tmp_path), "--register")
+    ok(vbox_sim, "startvm", "vm1", "--type", "headless")
+    try:
+        if live:
+            assert ok(vbox_sim, "snapshot", "vm1", "take", "s1", "--live").startswith(
+                "Snapshot taken. UUID: "
+            )
+        else:
+            code, text = refused(vbox_sim, "snapshot", "vm1", "take", "s1", "--live")
+            assert code == 1 and "Unknown option: --live" in text and "[--pause]" in text
+            assert (
+                "This machine does not have any snapshots"
+                in refused(vbox_sim, "snapshot", "vm1", "list")[1]
+            )
+        ok(vbox_sim, "snapshot", "vm1", "take", "s2")  # pauses the guest for the snapshot
+        values = output.parse_machinereadable(
+            ok(vbox_sim, "showvminfo", "vm1", "--machinereadable")
+        )
+        assert values["VMState"] == "running" and values["CurrentSnapshotName"] == "s2"
+        log = (tmp_path / "vm1" / "Logs" / "VBox.log").read_text()
+        assert ("Machine state changed to 'LiveSnapshotting'" in log) is live
+        stopped = "'OnlineSnapshotting'" if live else "'Paused'"
+        assert f"Machine state changed to {stopped}" in log
+    finally:
+        vbox_sim.vboxmanage("controlvm", "vm1", "poweroff")
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -6,7 +6,8 @@ in the directory named by ``VBOXSIM_STATE`` (created on first use):
 
 * ``registry.json`` — VMs (settings, storage, NICs, shares, bandwidth groups, snapshots, state),
   media (location, type, parent/children, attachments); changed under ``registry.lock`` (flock).
-* ``config.json`` (optional) — ``version`` ("7.0.14", "6.1.50", or anything unparseable),
+* ``config.json`` (optional) — ``version`` ("7.0.14", "6.1.50", "4.1.22" (no ``snapshot take
+  --live``), or anything unparseable),
   ``extpack`` (bool), ``bridged_interfaces``, ``guest_additions_iso``, ``kernel_module_missing``,
   ``guest`` (the default guest script, below), ``nic_bytes_per_s`` (``{"sent": n, "received": n}``:
   the traffic of each NIC with its cable plugged while the guest runs; default below).
@@ -75,6 +76,7 @@ ONLINE = (
     "saving",
     "restoring",
     "livesnapshotting",
+    "onlinesnapshotting",
     "gurumeditation",
 )
 RUNNING_ISH = (
@@ -85,6 +87,7 @@ RUNNING_ISH = (
     "saving",
     "restoring",
     "livesnapshotting",
+    "onlinesnapshotting",
     "gurumeditation",
 )
 STATE_LOG_NAMES = {
@@ -99,6 +102,7 @@ STATE_LOG_NAMES = {
     "saving": "Saving",
     "restoring": "Restoring",
     "livesnapshotting": "LiveSnapshotting",
+    "onlinesnapshotting": "OnlineSnapshotting",
 }
 START_ERRORS = {
     "VERR_VMX_MSR_ALL_VMX_DISABLED": "VT-x is disabled in the BIOS for all CPU modes",
@@ -1622,6 +1626,99 @@ def snapshot_by_ref(vm: dict[str, Any], ref: str) -> dict[str, Any]:
     )
 
 
+#: The first release whose ``snapshot take`` has ``--live`` (4.1's VBoxManage knew only
+#: ``--pause`` and paused a running VM itself; from 4.2 pausing is the default and ``--live``
+#: keeps the VM running).
+FIRST_VERSION_WITH_LIVE = (4, 2, 0)
+
+#: ``VBoxManage help snapshot`` of VirtualBox 4.1 (the usage a 4.1.22 prints) and of later releases.
+HELP_SNAPSHOT_OLD = """Usage:
+
+VBoxManage snapshot         <uuid>|<name>
+                            take <name> [--description <desc>] [--pause] |
+                            delete <uuid>|<name> |
+                            restore <uuid>|<name> |
+                            restorecurrent |
+                            edit <uuid>|<name>|--current
+                                 [--name <name>]
+                                 [--description <desc>] |
+                            list [--details|--machinereadable]
+                            showvminfo <uuid>|<name>
+"""
+HELP_SNAPSHOT = """Usage:
+
+VBoxManage snapshot         <uuid|vmname>
+                            take <name> [--description <desc>] [--live]
+                                 [--uniquename Number,Timestamp,Space,Force] |
+                            delete <uuid|snapname> |
+                            restore <uuid|snapname> |
+                            restorecurrent |
+                            edit <uuid|snapname>|--current
+                                 [--name <name>]
+                                 [--description <desc>] |
+                            list [--details|--machinereadable]
+                            showvminfo <uuid|snapname>
+"""
+
+
+def has_live_snapshots() -> bool:
+    return version_tuple() >= FIRST_VERSION_WITH_LIVE
+
+
+def help_snapshot() -> str:
+    return HELP_SNAPSHOT if has_live_snapshots() else HELP_SNAPSHOT_OLD
+
+
+def take_snapshot(vm: dict[str, Any], args: Args) -> str:
+    """``snapshot <vm> take <name> [--description d] [--pause] [--live]``.
+
+    From 4.2 a running VM is paused for the snapshot unless ``--live`` is given: the machine
+    state is then LiveSnapshotting and the guest keeps running, otherwise OnlineSnapshotting
+    with the guest stopped. 4.1's VBoxManage refuses ``--live`` (usage, then the error; exit 1)
+    and pauses a running VM itself (Paused, then Running again)."""
+    name = args.next("name")
+    live = False
+    while args.more():
+        token = args.next("option")
+        if token == "--description":
+            args.next("description")
+        elif token == "--live" and not has_live_snapshots():
+            raise Fail(help_snapshot().rstrip() + "\nUnknown option: --live")
+        elif token == "--live":
+            live = True
+        elif token != "--pause":
+            raise syntax_error(f"Invalid parameter '{token}'")
+    if vm["state"] in ("saving", "restoring", "starting", "stopping", "gurumeditation"):
+        raise Fail(
+            f"Cannot take a snapshot of the machine while it is changing the state "
+            f"(machine state: {STATE_LOG_NAMES.get(vm['state'], vm['state'])})",
+            VBOX_E_INVALID_VM_STATE,
+        )
+    was = vm["state"]
+    if was == "running":
+        if live:
+            set_state(vm, "livesnapshotting")
+        elif has_live_snapshots():
+            set_state(vm, "onlinesnapshotting")
+        else:
+            set_state(vm, "paused")
+    snap = {
+        "name": name,
+        "uuid": str(uuidlib.uuid4()),
+        "parent": vm["current_snapshot"],
+        "online": was in ("running", "paused"),
+        "live": live and was == "running",
+        "guest_time": vm.get("guest_time", 0.0),
+    }
+    vm["snapshots"].append(snap)
+    vm["current_snapshot"] = snap["uuid"]
+    if was in RUNNING_ISH:
+        kind = "live" if snap["live"] else "online"
+        log_line(vm, f"Snapshot: taking {kind} snapshot '{name}'")
+    set_state(vm, was)
+    return f"Snapshot taken. UUID: {snap['uuid']}\n"
+
+
 def cmd_snapshot(reg: Registry, args: Args) -> str:
     vm = reg.find_vm(args.next("VM"))
     action = args.next("action")
@@ -1630,31 +1727,7 @@ def cmd_snapshot(reg: Registry, args: Args) -> str:
             raise Fail("", exit_code=RTEXITCODE_FAILURE)  # printed on stdout, see main()
         return snapshot_tree(vm)
     if action == "take":
-        name = args.next("name")
-        while args.more():
-            token = args.next("option")
-            if token == "--description":
-                args.next("description")
-            elif token not in ("--live", "--pause"):
-                raise syntax_error(f"Invalid parameter '{token}'")
-        if vm["state"] in ("saving", "restoring", "starting", "stopping", "gurumeditation"):
-            raise Fail(
-                f"Cannot take a snapshot of the machine while it is changing the state "
-                f"(machine state: {STATE_LOG_NAMES.get(vm['state'], vm['state'])})",
-                VBOX_E_INVALID_VM_STATE,
-            )
-        snap = {
-            "name": name,
-            "uuid": str(uuidlib.uuid4()),
-            "parent": vm["current_snapshot"],
-            "online": vm["state"] in ("running", "paused"),
-            "guest_time": vm.get("guest_time", 0.0),
-        }
-        vm["snapshots"].append(snap)
-        vm["current_snapshot"] = snap["uuid"]
-        if vm["state"] in RUNNING_ISH:
-            log_line(vm, f"Snapshot: taking live snapshot '{name}'")
-        return f"Snapshot taken. UUID: {snap['uuid']}\n"
+        return take_snapshot(vm, args)
     if action in ("delete", "restore", "restorecurrent"):
         if action == "restorecurrent":
             if vm["current_snapshot"] is None:
@@ -1897,6 +1970,8 @@ def run_command_quietly(sdir: Path, argv: list[str]) -> tuple[str, int]:
         topic = argv[1] if len(argv) > 1 else ""
         if topic == "modifyvm":
             return help_modifyvm(), 0
+        if topic == "snapshot":
+            return help_snapshot(), 0
         return "Usage: VBoxManage [<general option>] <command>\n", 0
     if take_fault(sdir, "lock_contention", command):
         name = argv[1] if len(argv) > 1 else "?"

@@ -6,27 +6,22 @@ wait the delay (optionally capped, for tests and impatient people); stop on fini
 abort. Afterwards the outputs are checked and copied back by logical name, and the slot is
 emptied (unless kept). Time comes from an injected ``clock`` / ``sleep``, so lifecycle tests
 can run the 60 s and 180 s rules in a moment.
+
+The request and the report are in :mod:`.request` and :mod:`.report`, staging in
+:mod:`.staging`, the outputs at the end in :mod:`.outputs`.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-import os
-import shutil
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from vmwrapper.boinc import files
 from vmwrapper.boinc.init_data import HostInfo, format_init_data
 from vmwrapper.boinc.shmem import sysv_key
 from vmwrapper.cputime import CpuTotal
-from vmwrapper.errors import HarnessError
-from vmwrapper.harness.appdir import DEFAULT_MAX_NBYTES, AppDir, load_app_dir
 from vmwrapper.harness.control import (
     ERR_TOO_MANY_EXITS,
     MAX_PREMATURE_EXITS,
@@ -35,327 +30,33 @@ from vmwrapper.harness.control import (
     ExitVerdict,
     classify_exit,
 )
+from vmwrapper.harness.outputs import collect_outputs, copy_outputs, outcome_of, read_stderr_tail
+from vmwrapper.harness.report import (
+    CopiedOutput,
+    JobOutcome,
+    JobReport,
+    Progress,
+    ReceivedTrickle,
+    Upload,
+)
+from vmwrapper.harness.request import Action, JobRequest, ScheduledAction
 from vmwrapper.harness.slot import (
     FLOPS,
     SHM_KEY_MMAP,
-    DataDir,
-    StagedFile,
-    TaskIdentity,
     build_init_data,
     clean_slot,
     host_info,
-    setup_output_link,
-    setup_slot_file,
-    stage_project_file,
 )
+from vmwrapper.harness.staging import Staged, stage_job
 from vmwrapper.harness.task import (
-    NICE_HIGH_PRIORITY,
-    NICE_NORMAL,
     ActiveTask,
-    LaunchSpec,
     TaskEvent,
     UploadTarget,
-    client_environment,
     limits_for,
 )
-from vmwrapper.outcome import ERR_FILE_MISSING, EXIT_ABORTED_VIA_GUI
-from vmwrapper.packaging.templates import InputFile, OutputFile
+from vmwrapper.outcome import EXIT_ABORTED_VIA_GUI
 
 log = logging.getLogger(__name__)
-
-ERR_FILE_TOO_BIG = -131
-#: The last this many bytes of stderr.txt go into the report (the client keeps 63 KB).
-STDERR_TAIL = 64 * 1024
-
-
-class Action(enum.Enum):
-    """What a user of the BOINC Manager can do to a running task."""
-
-    SUSPEND = "suspend"
-    RESUME = "resume"
-    QUIT = "quit"
-    ABORT = "abort"
-
-
-@dataclass(frozen=True)
-class ScheduledAction:
-    """``action`` ``at`` seconds after the job started or, with ``after_checkpoint`` N > 0,
-    after the task reported its Nth checkpoint: a moment tied to what the task did, not to
-    how fast this host runs it (a slow host's boot must not outlast a fixed time)."""
-
-    at: float
-    action: Action
-    after_checkpoint: int = 0
-
-
-class JobOutcome(enum.Enum):
-    SUCCESS = "success"
-    ERROR = "error"
-    ABORTED = "aborted"
-    POSTPONED = "temporary exit"  # stopped while postponed: restarts disabled or exhausted
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    app_dir: Path
-    workdir: Path
-    inputs: Mapping[str, Path] = field(default_factory=dict)
-    outputs: Mapping[str, Path] = field(default_factory=dict)
-    keep_slot: bool = False
-    schedule: tuple[ScheduledAction, ...] = ()
-    checkpoint_period: float = 60.0
-    poll_interval: float = 1.0
-    #: cap on a temporary exit's delay before the restart; None = the full delay
-    max_restart_delay: float | None = None
-    #: stop after this many episodes (0 = no limit but the client's own 100-exits rule)
-    max_episodes: int = 0
-    #: the client also sets SCHED_IDLE for normal jobs; off by default on a busy test host
-    sched_idle: bool = False
-    extra_env: Mapping[str, str] = field(default_factory=dict)
-    #: trickle-down messages from the "project": (seconds after the start, body)
-    trickle_downs: tuple[tuple[float, str], ...] = ()
-    #: the volunteer's "transfer at most N MB a day" preference (the wrapper then reports the
-    #: VM's network bytes); 0 = no limit
-    daily_xfer_limit_mb: float = 0.0
-
-
-@dataclass(frozen=True)
-class CopiedOutput:
-    logical_name: str
-    physical_name: str
-    destination: str
-    size: int
-
-
-@dataclass(frozen=True)
-class ReceivedTrickle:
-    variety: str
-    body: str
-    path: str
-
-
-@dataclass(frozen=True)
-class Upload:
-    logical_name: str
-    status: int | None
-    path: str
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A snapshot for progress displays (once per poll)."""
-
-    elapsed: float
-    episode: int
-    state: str
-    fraction_done: float
-    cpu_time: float
-    checkpoint_cpu_time: float
-
-
-@dataclass(frozen=True)
-class JobReport:
-    outcome: JobOutcome
-    message: str
-    exit_status: int
-    process_exit_code: int | None
-    finish_status: int | None
-    finish_message: str
-    episodes: int
-    elapsed: float
-    cpu_time: float
-    checkpoint_cpu_time: float
-    fraction_done: float
-    checkpoints: int
-    outputs: tuple[CopiedOutput, ...]
-    trickles: tuple[ReceivedTrickle, ...]
-    uploads: tuple[Upload, ...]
-    temporary_exits: tuple[tuple[float, str], ...]
-    web_graphics_url: str | None
-    remote_desktop_addr: str | None
-    bytes_sent: float  # network bytes the app reported, over all episodes (client accounting)
-    bytes_received: float
-    workdir: str
-    slot_dir: str
-    stderr_tail: str
-    events: tuple[tuple[float, str, str], ...]
-
-    @property
-    def success(self) -> bool:
-        return self.outcome is JobOutcome.SUCCESS
-
-    def to_json(self) -> dict[str, Any]:
-        """The report as plain JSON types (``vmwrapper job --json``)."""
-        return {
-            "outcome": self.outcome.value,
-            "message": self.message,
-            "exit_status": self.exit_status,
-            "process_exit_code": self.process_exit_code,
-            "finish_status": self.finish_status,
-            "finish_message": self.finish_message,
-            "episodes": self.episodes,
-            "elapsed": round(self.elapsed, 3),
-            "cpu_time": self.cpu_time,
-            "checkpoint_cpu_time": self.checkpoint_cpu_time,
-            "fraction_done": self.fraction_done,
-            "checkpoints": self.checkpoints,
-            "outputs": [o.__dict__ for o in self.outputs],
-            "trickles": [t.__dict__ for t in self.trickles],
-            "uploads": [u.__dict__ for u in self.uploads],
-            "temporary_exits": [{"delay": d, "reason": r} for d, r in self.temporary_exits],
-            "web_graphics_url": self.web_graphics_url,
-            "remote_desktop_addr": self.remote_desktop_addr,
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-            "workdir": self.workdir,
-            "slot_dir": self.slot_dir,
-            "stderr_tail": self.stderr_tail,
-            "events": [{"t": round(t, 3), "kind": k, "detail": d} for t, k, d in self.events],
-        }
-
-
-# ---------------------------------------------------------------------------------------------
-# staging
-
-
-@dataclass(frozen=True)
-class _Staged:
-    app: AppDir
-    data_dir: DataDir
-    slot: int
-    slot_dir: Path
-    identity: TaskIdentity
-    slot_files: tuple[StagedFile, ...]
-    outputs: tuple[tuple[OutputFile, StagedFile], ...]
-    launch: LaunchSpec
-
-
-def _parse_mapping(items: Mapping[str, Path], what: str) -> dict[str, Path]:
-    out = {}
-    for logical, path in items.items():
-        if not logical or logical.startswith("/") or ".." in Path(logical).parts:
-            raise HarnessError(f"{what} {logical!r}: a logical name is relative, without '..'")
-        out[logical] = Path(path)
-    return out
-
-
-def stage_job(request: JobRequest) -> _Staged:
-    """Make the data dir, project dir and slot, and put every file in place."""
-    app = load_app_dir(request.app_dir)
-    data_dir = DataDir(Path(request.workdir))
-    data_dir.make()
-    app_name = app.name
-    wu_name = f"{app_name}_wu"
-    result_name = f"{wu_name}_0"
-    # app version files
-    slot_files: list[StagedFile] = []
-    for vf in app.version.files:
-        stage_project_file(
-            data_dir,
-            app.path / vf.physical_name,
-            vf.physical_name,
-            vf.main_program or vf.executable,
-        )
-        slot_files.append(StagedFile(vf.physical_name, vf.open_name, vf.copy_file))
-    # workunit inputs: template refs, then extra --input names
-    given = _parse_mapping(request.inputs, "--input")
-    refs = list(app.workunit.files)
-    for logical in given:
-        if all(r.open_name != logical for r in refs):
-            refs.append(InputFile(logical, copy_file=True))
-    for number, ref in enumerate(refs):
-        source = given.get(ref.open_name, app.default_input(ref))
-        if not source.is_file():
-            if ref.optional:
-                continue
-            raise HarnessError(
-                f"input {ref.open_name!r}: {source} does not exist "
-                f"(give it with --input {ref.open_name}=PATH)"
-            )
-        physical = f"{wu_name}_{number}_{Path(ref.open_name).name}"
-        stage_project_file(data_dir, source, physical, executable=False)
-        slot_files.append(StagedFile(physical, ref.open_name, ref.copy_file))
-    # result outputs: template refs, then extra --output names
-    wanted = _parse_mapping(request.outputs, "--output")
-    out_refs = list(app.outputs)
-    for logical in wanted:
-        if all(r.open_name != logical for r in out_refs):
-            out_refs.append(OutputFile(logical, DEFAULT_MAX_NBYTES, copy_file=True))
-    # the server names output n (<OUTFILE_n/>) "<result>_<n>"
-    outputs = tuple(
-        (ref, StagedFile(f"{result_name}_{n}", ref.open_name, ref.copy_file))
-        for n, ref in enumerate(out_refs)
-    )
-    slot, slot_dir = data_dir.free_slot()
-    for staged in slot_files:
-        setup_slot_file(data_dir, slot_dir, staged)
-    for _, staged in outputs:
-        setup_output_link(data_dir, slot_dir, staged)
-    identity = TaskIdentity(
-        app_name=app_name,
-        wu_name=wu_name,
-        result_name=result_name,
-        app_version=app.version.version_num,
-        ncpus=app.version.avg_ncpus,
-        checkpoint_period=request.checkpoint_period,
-        rsc_fpops_est=app.workunit.bounds.rsc_fpops_est,
-        rsc_fpops_bound=app.workunit.bounds.rsc_fpops_bound,
-        rsc_memory_bound=app.workunit.bounds.rsc_memory_bound,
-        rsc_disk_bound=app.workunit.bounds.rsc_disk_bound,
-        app_files=tuple(f.physical_name for f in app.version.files),
-        daily_xfer_limit_mb=request.daily_xfer_limit_mb,
-    )
-    if not app.version.uses_mmap:
-        log.info(
-            "%s has no <api_version> >= 6.0: System V shared memory, as the client does",
-            app.path / "version.xml",
-        )
-    command_line = " ".join(x for x in (app.workunit.command_line, app.version.cmdline) if x)
-    high_priority = app.version.is_wrapper or app.version.avg_ncpus < 1
-    launch = LaunchSpec(
-        exec_path=data_dir.link_target(app.version.main_program.physical_name),
-        args=tuple(parse_command_line(command_line)),
-        env=client_environment(
-            os.environ,
-            data_dir.project_dir.name,
-            {"VMWRAPPER_PYTHON": sys.executable, **request.extra_env},
-        ),
-        nice=NICE_HIGH_PRIORITY if high_priority else NICE_NORMAL,
-        sched_idle=request.sched_idle and not high_priority,
-    )
-    return _Staged(app, data_dir, slot, slot_dir, identity, tuple(slot_files), outputs, launch)
-
-
-def parse_command_line(text: str) -> list[str]:
-    """``parse_command_line`` (``lib/str_util.cpp``): white space splits, quotes group, no
-    escapes."""
-    args: list[str] = []
-    current: list[str] = []
-    quote = ""
-    in_arg = False
-    for ch in text:
-        if quote:
-            if ch == quote:
-                quote = ""
-            else:
-                current.append(ch)
-        elif ch in "'\"":
-            quote = ch
-            in_arg = True
-        elif ch.isspace():
-            if in_arg:
-                args.append("".join(current))
-                current, in_arg = [], False
-        else:
-            current.append(ch)
-            in_arg = True
-    if in_arg:
-        args.append("".join(current))
-    return args
-
-
-# ---------------------------------------------------------------------------------------------
-# running
 
 
 @dataclass
@@ -500,7 +201,7 @@ def run_job(
     return _finish_job(staged, state, request, verdict, last_code, clock)
 
 
-def _write_init_data(staged: _Staged, state: _JobState, host: HostInfo) -> int:
+def _write_init_data(staged: Staged, state: _JobState, host: HostInfo) -> int:
     """init_data.xml for the next run; returns the shm_key in it (-1: boinc_mmap_file)."""
     init_path = staged.slot_dir / files.INIT_DATA_FILE
     shm_key = SHM_KEY_MMAP
@@ -607,12 +308,8 @@ def _wait_postponed(
     return False
 
 
-# ---------------------------------------------------------------------------------------------
-# the end of a job
-
-
 def _finish_job(
-    staged: _Staged,
+    staged: Staged,
     state: _JobState,
     request: JobRequest,
     verdict: ExitVerdict,
@@ -620,15 +317,15 @@ def _finish_job(
     clock: Callable[[], float],
 ) -> JobReport:
     finish = files.read_finish_file(staged.slot_dir)
-    outcome, message, exit_status = _outcome(verdict)
+    outcome, message, exit_status = outcome_of(verdict)
     copied: list[CopiedOutput] = []
     if verdict.disposition is Disposition.FINISHED:
-        problem = _collect_outputs(staged)
+        problem = collect_outputs(staged)
         if problem is not None:
             outcome, message, exit_status = JobOutcome.ERROR, problem[1], problem[0]
         else:
-            copied = _copy_outputs(staged, request)
-    stderr_tail = _stderr_tail(staged.slot_dir)
+            copied = copy_outputs(staged, request)
+    stderr_tail = read_stderr_tail(staged.slot_dir)
     if not request.keep_slot:
         clean_slot(staged.slot_dir)
     return JobReport(
@@ -659,70 +356,12 @@ def _finish_job(
     )
 
 
-def _outcome(verdict: ExitVerdict) -> tuple[JobOutcome, str, int]:
-    if verdict.disposition is Disposition.FINISHED:
-        return JobOutcome.SUCCESS, verdict.message, 0
-    if verdict.disposition is Disposition.ABORTED:
-        return JobOutcome.ABORTED, verdict.message, verdict.exit_status
-    if verdict.disposition is Disposition.ERROR:
-        return JobOutcome.ERROR, verdict.message, verdict.exit_status
-    # the run stopped (episode limit) while the client would restart the task
-    return JobOutcome.POSTPONED, verdict.message, 0
-
-
-def _collect_outputs(staged: _Staged) -> tuple[int, str] | None:
-    """``app_finished``: move copied outputs into the project dir; check every output."""
-    for ref, sf in staged.outputs:
-        dest = staged.data_dir.project_dir / sf.physical_name
-        if ref.copy_file:
-            source = staged.slot_dir / ref.open_name
-            if source.is_file():
-                shutil.move(source, dest)
-        if not dest.is_file():
-            if ref.optional:
-                continue
-            return ERR_FILE_MISSING, f"output file {ref.open_name} ({sf.physical_name}) absent"
-        size = dest.stat().st_size
-        if size > ref.max_nbytes:
-            return (
-                ERR_FILE_TOO_BIG,
-                f"output file {ref.open_name}: {size} bytes, over <max_nbytes> "
-                f"{ref.max_nbytes:.0f}",
-            )
-    return None
-
-
-def _copy_outputs(staged: _Staged, request: JobRequest) -> list[CopiedOutput]:
-    wanted = {k: Path(v) for k, v in request.outputs.items()}
-    copied = []
-    for ref, sf in staged.outputs:
-        source = staged.data_dir.project_dir / sf.physical_name
-        if not source.is_file():
-            continue
-        dest = wanted.get(
-            ref.open_name, staged.data_dir.root / "outputs" / Path(ref.open_name).name
-        )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, dest)
-        copied.append(CopiedOutput(ref.open_name, sf.physical_name, str(dest), dest.stat().st_size))
-    return copied
-
-
-def _stderr_tail(slot_dir: Path) -> str:
-    path = slot_dir / files.STDERR_FILE
-    try:
-        with path.open("rb") as f:
-            f.seek(max(path.stat().st_size - STDERR_TAIL, 0))
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 __all__: Sequence[str] = (
     "Action",
     "JobOutcome",
     "JobReport",
     "JobRequest",
+    "Progress",
     "ScheduledAction",
     "run_job",
 )
