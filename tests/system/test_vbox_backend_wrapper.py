@@ -110,7 +110,10 @@ def test_abort_reports_network_bytes_screenshot_and_logs(
             app_dir=app,
             workdir=tmp_path / "client",
             keep_slot=True,
-            schedule=(ScheduledAction(6.0, Action.ABORT),),
+            # after the first checkpoint, so the VM runs when the abort comes: at a fixed 6 s a
+            # busy host was still creating the VM and there was no screen to capture
+            checkpoint_period=2.0,
+            schedule=(ScheduledAction(0.5, Action.ABORT, after_checkpoint=1),),
             max_episodes=1,
             daily_xfer_limit_mb=10.0,
             extra_env=vbox_sim.env,
