@@ -70,6 +70,21 @@ def _drain(stream: Any, sink: list[bytes]) -> None:
         sink.append(chunk)
 
 
+def _wrapper_after_exit(slot: Path, wait: float = 10.0) -> tuple[int | None, bool]:
+    """The pid the wrapper's stderr lines carry (a one-file exe runs as two processes: that
+    is the Python child, not the pid we started), and whether it still runs ``wait`` s after
+    the started process ended (it must not: the client's kill has to reach it)."""
+    try:
+        first = (slot / "stderr.txt").read_text(errors="replace").splitlines()[0]
+        pid = int(first.split("(", 1)[1].split(")", 1)[0])
+    except (OSError, IndexError, ValueError):
+        return None, False
+    deadline = time.monotonic() + wait
+    while winproc.process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pid, winproc.process_alive(pid)
+
+
 def main(scenario_path: str) -> int:
     sc = json.loads(Path(scenario_path).read_text())
     slot = Path(sc["slot"])
@@ -175,6 +190,7 @@ def main(scenario_path: str) -> int:
         time.sleep(POLL)
     report["exit_code"] = proc.wait()
     report["alive_after_exit"] = winproc.process_alive(proc.pid)
+    report["wrapper_pid"], report["wrapper_alive_after"] = _wrapper_after_exit(slot)
     report["client_output"] = b"".join(out).decode(errors="replace")[-4000:]
     segment.close()
     Path(sc["report"]).write_text(json.dumps(report, indent=1))
