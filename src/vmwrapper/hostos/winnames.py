@@ -8,7 +8,7 @@ No I/O here: callers pass in what they read (environment, registry value, probe 
 from __future__ import annotations
 
 import ntpath
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -65,31 +65,6 @@ def client_command_line(exec_path: str, wu_command_line: str = "", resource_args
     return f"{exec_path} {wu_command_line} {resource_args}"
 
 
-def quote_argument(arg: str) -> str:
-    """One argument quoted so the Microsoft C runtime's parser gives it back unchanged
-    (the rules of ``CommandLineToArgvW``: backslashes double only before a quote)."""
-    if arg and not any(c in arg for c in ' \t\n\v"'):
-        return arg
-    out = ['"']
-    backslashes = 0
-    for c in arg:
-        if c == "\\":
-            backslashes += 1
-            continue
-        if c == '"':
-            out.append("\\" * (2 * backslashes + 1) + '"')
-        else:
-            out.append("\\" * backslashes + c)
-        backslashes = 0
-    out.append("\\" * (2 * backslashes) + '"')
-    return "".join(out)
-
-
-def join_command_line(argv: Sequence[str]) -> str:
-    """argv as one Windows command line (each argument through :func:`quote_argument`)."""
-    return " ".join(quote_argument(a) for a in argv)
-
-
 NORMAL_PRIORITY_CLASS: Final = 0x00000020
 ABOVE_NORMAL_PRIORITY_CLASS: Final = 0x00008000
 HIGH_PRIORITY_CLASS: Final = 0x00000080
@@ -110,15 +85,6 @@ _NICE_OF_CLASS: Final = {
 def nice_of_priority_class(priority_class: int) -> int:
     """The nice value a priority class stands for (0 for a value Windows does not define)."""
     return _NICE_OF_CLASS.get(priority_class, 0)
-
-
-def priority_class_of_nice(nice: int) -> int:
-    """The priority class to give a process that should run at ``nice`` (the VM): the class
-    whose nice is the closest at or above it, never above normal."""
-    for cls, value in sorted(_NICE_OF_CLASS.items(), key=lambda kv: -kv[1]):
-        if nice >= value:
-            return cls
-    return NORMAL_PRIORITY_CLASS
 
 
 def priority_class(high_priority: bool) -> int:
