@@ -107,12 +107,15 @@ _POLL = 0.1  # s between attempts of a blocking lock on Windows (msvcrt has no w
 
 def try_lock(fd: int) -> bool:
     """Take the exclusive lock on the open file ``fd`` now; False when another holds it."""
-    try:
-        if WINDOWS:
-            os.lseek(fd, 0, os.SEEK_SET)
+    if WINDOWS:
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
             getattr(msvcrt, "locking")(fd, getattr(msvcrt, "LK_NBLCK"), 1)  # noqa: B009
-        else:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EACCES on Windows, errno 0 under Wine: the region is locked
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except (BlockingIOError, PermissionError):
         return False
     except OSError as exc:
