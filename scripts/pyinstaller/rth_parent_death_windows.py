@@ -2,10 +2,11 @@
 
 On Windows, too, a one-file executable is two processes: the bootloader (the pid the BOINC
 client started) and the Python child that runs vmwrapper. The Windows client ends a task with
-``TerminateProcess`` on the pid it started (docs/windows.md#how-the-windows-client-controls-an-app),
-which would leave the child running its VM for a slot the client thinks is free. Windows has
-no parent-death signal: a daemon thread waits on a handle to the parent and ends this process
-when the parent is gone, as the client's kill would have.
+``TerminateProcess`` on the pid it started
+(docs/compatibility.md#how-the-windows-client-controls-an-app), which would leave the child
+running its VM for a slot the client thinks is free. Windows has no parent-death signal: a
+daemon thread waits on a handle to the parent and ends this process when the parent is gone, as
+the client's kill would have.
 """
 
 import os

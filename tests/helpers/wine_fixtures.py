@@ -83,6 +83,16 @@ def _digest(paths: Iterable[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+#: Exes of older source trees kept in the cache (12 MB each).
+KEEP_EXES = 3
+
+
+def _prune(folder: Path, keep: int) -> None:
+    builds = sorted(folder.glob("exe-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def windows_exe(wine_toolchain: Toolchain) -> Path:
     """dist/vmwrapper.exe of this source tree: built once (about 80 s), then from the cache."""
@@ -110,6 +120,7 @@ def windows_exe(wine_toolchain: Toolchain) -> Path:
                 )
                 assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
                 shutil.rmtree(out / "build", ignore_errors=True)
+                _prune(out.parent, keep=KEEP_EXES)
         finally:
             locks.unlock(lock.fileno())
     return path

@@ -1,5 +1,5 @@
 """vmwrapper.hostos on Linux, and its pure Windows rules (winnames) from BOINC's sources
-(docs/windows.md#what-the-windows-client-does). The Windows I/O modules run under Wine in
+(docs/compatibility.md#windows-hosts). The Windows I/O modules run under Wine in
 tests/windows/test_hostos_windows.py."""
 
 from __future__ import annotations

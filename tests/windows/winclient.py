@@ -1,5 +1,5 @@
 """A Windows BOINC client stand-in for one task, run by Windows Python under Wine (or on Windows):
-it does what the Windows client does for an app (docs/windows.md#what-the-windows-client-does)
+it does what the Windows client does for an app (docs/compatibility.md#windows-hosts)
 and writes down what it saw, for tests/windows/test_protocol.py to check on the Linux side.
 
     python.exe winclient.py SCENARIO.json

@@ -152,7 +152,8 @@ class AppClient:
             log.info("standalone mode: %s", exc, extra={"event": "boinc_standalone"})
         else:
             if init_data.comm_obj_name:
-                # the Windows client: a named file mapping (docs/windows.md#shared-memory)
+                # the Windows client: a named file mapping
+                # (docs/compatibility.md#shared-memory-on-windows)
                 segment = Segment.attach_named(init_data.comm_obj_name)
             elif init_data.shm_key != SHM_KEY_MMAP:
                 # an app version without api_version >= 6.0: System V shared memory

@@ -1,4 +1,4 @@
-"""File locks per host OS (docs/windows.md#the-lock-file).
+"""File locks per host OS (docs/compatibility.md#the-lock-file-on-windows).
 
 Two kinds:
 

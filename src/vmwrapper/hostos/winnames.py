@@ -1,4 +1,4 @@
-"""Windows host facts as pure rules (docs/windows.md#what-the-windows-client-does): the names of
+"""Windows host facts as pure rules (docs/compatibility.md#windows-hosts): the names of
 the client/app shared memory, the command line the client starts an app with, the priority
 class, where VirtualBox is installed, and which QEMU accelerator to ask for.
 

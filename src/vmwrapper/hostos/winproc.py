@@ -1,6 +1,7 @@
-"""Windows processes as the client and the API handle them (docs/windows.md#processes):
-liveness by handle (never ``os.kill(pid, 0)``, which terminates on Windows) and
-``TerminateProcess`` with the client's exit codes."""
+"""Windows processes as the client and the API handle them
+(docs/compatibility.md#how-the-windows-client-controls-an-app): liveness by handle (never
+``os.kill(pid, 0)``, which terminates on Windows) and ``TerminateProcess`` with the client's
+exit codes."""
 
 from __future__ import annotations
 

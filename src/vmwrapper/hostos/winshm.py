@@ -1,6 +1,7 @@
 """Named file mappings: the shared memory of the Windows client and its apps
-(docs/windows.md#shared-memory). The only module that maps them; the names come from
-:mod:`~vmwrapper.hostos.winnames`, the channels from :class:`vmwrapper.boinc.shmem.Segment`.
+(docs/compatibility.md#shared-memory-on-windows). The only module that maps them; the names
+come from :mod:`~vmwrapper.hostos.winnames`, the channels from
+:class:`vmwrapper.boinc.shmem.Segment`.
 """
 
 from __future__ import annotations

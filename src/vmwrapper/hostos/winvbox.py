@@ -1,6 +1,7 @@
-"""VBoxManage.exe found as vboxwrapper finds it on Windows (docs/windows.md#virtualbox): the
-``InstallDir`` value under ``HKLM\\SOFTWARE\\Oracle\\VirtualBox``, put first on PATH; then the
-installers' ``VBOX_MSI_INSTALL_PATH`` / ``VBOX_INSTALL_PATH``. The rule is
+"""VBoxManage.exe found as vboxwrapper finds it on Windows
+(docs/compatibility.md#vboxmanage-on-windows): the ``InstallDir`` value under
+``HKLM\\SOFTWARE\\Oracle\\VirtualBox``, put first on PATH; then the installers'
+``VBOX_MSI_INSTALL_PATH`` / ``VBOX_INSTALL_PATH``. The rule is
 :func:`vmwrapper.hostos.winnames.find_vboxmanage`; this module reads the registry."""
 
 from __future__ import annotations
