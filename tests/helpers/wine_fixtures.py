@@ -46,6 +46,11 @@ class Toolchain:
     def python(self) -> Path:
         return self.root / "python" / "python.exe"
 
+    @property
+    def qemu(self) -> Path:
+        """QEMU for Windows: qemu-system-x86_64.exe, qemu-img.exe, firmware in share/qemu."""
+        return self.root / "qemu"
+
     def env(self) -> dict[str, str]:
         return {**os.environ, "WINEPREFIX": str(self.root / "prefix"), "WINEDEBUG": "-all"}
 

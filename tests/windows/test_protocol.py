@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from helpers.wine_fixtures import Toolchain, make_slot, run_client
 from vmwrapper.boinc import files
 from vmwrapper.boinc.init_data import parse_init_data
@@ -79,31 +81,31 @@ def test_suspend_then_resume_pauses_the_guest(
     assert files.read_finish_file(slot) is not None
 
 
-def test_quit_exits_zero_for_a_restart(
-    wine_toolchain: Toolchain, windows_exe: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("control", "exit_code", "finish_status"),
+    [
+        # quit: exit 0 and no finish file (nor a temporary-exit file): the client restarts it
+        ("quit", 0, None),
+        ("abort", EXIT_ABORTED_BY_CLIENT, EXIT_ABORTED_BY_CLIENT),
+    ],
+)
+def test_quit_and_abort(
+    wine_toolchain: Toolchain,
+    windows_exe: Path,
+    tmp_path: Path,
+    control: str,
+    exit_code: int,
+    finish_status: int | None,
 ) -> None:
     slot = make_slot(tmp_path, LONG)
     report = run_client(
-        wine_toolchain, windows_exe, slot, actions=[{"when": {"fraction": 0.25}, "do": "quit"}]
+        wine_toolchain, windows_exe, slot, actions=[{"when": {"fraction": 0.25}, "do": control}]
     )
-    assert report["exit_code"] == 0, report["client_output"]
-    assert "quit" in events(slot)
-    # no finish and no temporary-exit file: the client restarts the task by itself
-    assert not (slot / files.FINISH_FILE).exists()
-    assert not (slot / files.TEMPORARY_EXIT_FILE).exists()
-
-
-def test_abort_finishes_with_the_abort_code(
-    wine_toolchain: Toolchain, windows_exe: Path, tmp_path: Path
-) -> None:
-    slot = make_slot(tmp_path, LONG)
-    report = run_client(
-        wine_toolchain, windows_exe, slot, actions=[{"when": {"fraction": 0.25}, "do": "abort"}]
-    )
-    assert report["exit_code"] == EXIT_ABORTED_BY_CLIENT, report["client_output"]
-    assert "abort" in events(slot)
+    assert report["exit_code"] == exit_code, report["client_output"]
+    assert control in events(slot)
     finish = files.read_finish_file(slot)
-    assert finish is not None and finish.status == EXIT_ABORTED_BY_CLIENT
+    assert (finish and finish.status) == finish_status
+    assert not (slot / files.TEMPORARY_EXIT_FILE).exists()
 
 
 def test_temporary_exit_trigger(
