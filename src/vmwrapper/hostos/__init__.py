@@ -3,7 +3,7 @@
 
 * :func:`pid_alive`: is a process still there (the API's ``client_pid`` probe). On POSIX it is
   ``kill(pid, 0)``; on Windows ``os.kill(pid, 0)`` would *terminate* the process, so the
-  Windows probe asks for the exit code instead (:mod:`~vmwrapper.hostos.winproc`).
+  Windows probe waits on a process handle instead (:mod:`~vmwrapper.hostos.winproc`).
 * :data:`NOFOLLOW`, :data:`NONBLOCK`: ``open()`` flags where the OS has them.
 * :func:`sync_directory`: make a rename durable (POSIX fsyncs the directory; Windows cannot
   open one and its file systems journal renames).
@@ -12,8 +12,9 @@
   BOINC API's diagnostics open ``stderr.txt`` themselves; the POSIX client redirects it for us.
 * :mod:`~vmwrapper.hostos.locks`: the BOINC lock file and our own advisory locks.
 * Windows only: :mod:`~vmwrapper.hostos.winnames` (pure: names, command lines, install paths
-  and accelerator rules), :mod:`~vmwrapper.hostos.winshm` (named file mappings) and
-  :mod:`~vmwrapper.hostos.winproc` (processes), the latter two through ctypes.
+  and accelerator rules), :mod:`~vmwrapper.hostos.winshm` (named file mappings),
+  :mod:`~vmwrapper.hostos.winproc` (processes), both through ctypes
+  (:mod:`~vmwrapper.hostos._win32`), and :mod:`~vmwrapper.hostos.winvbox` (the registry).
 """
 
 from __future__ import annotations
