@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit system deps venv dist bench faults clean
+.PHONY: demo test lint typecheck unit system deps venv dist dist-windows windows-deps bench faults clean
 
 deps:
 	@scripts/install-deps.sh
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: deps $(STAMP)
+
+# Wine, the embeddable Windows CPython and the Windows wheels, cached under $VMWRAPPER_CACHE
+# (docs/windows.md). Without them (no network, no apt) the Windows suite is skipped.
+windows-deps: venv
+	@scripts/windows-toolchain.sh >/dev/null || echo "make: no Windows toolchain; tests/windows will be skipped"
 
 lint: venv
 	$(BIN)/ruff check src tests bench
@@ -33,7 +38,7 @@ system: venv
 
 # Two workers, a test file each (its module fixtures stay in one process): the suite spends
 # half its time waiting on guests and clients, so two files at once halve the wall time.
-test: lint typecheck
+test: lint typecheck windows-deps
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
 
 demo: venv
@@ -42,6 +47,10 @@ demo: venv
 dist: venv
 	@$(BIN)/pip install -q -e '.[dist]'
 	@scripts/build-dist.sh
+
+# dist/vmwrapper.exe for Windows hosts, built under Wine (docs/windows.md).
+dist-windows: venv
+	@scripts/build-dist-windows.sh
 
 bench: venv
 	@for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

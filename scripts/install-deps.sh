@@ -9,6 +9,8 @@ PKGS=(
   genisoimage                           # ISO checks in tests (images are written with pycdlib)
   python3-venv                          # the .venv
   boinc-client libboinc-app-dev g++     # interop with the real BOINC client and API
+  wine wine64                           # dist/vmwrapper.exe and tests/windows (docs/windows.md);
+                                        # the rest of the Windows toolchain: windows-toolchain.sh
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -22,13 +22,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
+from vmwrapper import hostos
 from vmwrapper.boinc import files
 from vmwrapper.boinc.init_data import AppInitData, parse_init_data
 from vmwrapper.boinc.messages import (
@@ -78,14 +78,9 @@ class ClientStatus:
 
 
 def pid_alive(pid: int) -> bool:
-    """``kill(pid, 0)`` as the API uses it: only ESRCH means gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """``kill(pid, 0)`` as the API uses it: only ESRCH means gone (on Windows: the process
+    handle, vmwrapper.hostos)."""
+    return hostos.pid_alive(pid)
 
 
 class AppClient:
@@ -156,7 +151,11 @@ class AppClient:
         except (OSError, InitDataError) as exc:
             log.info("standalone mode: %s", exc, extra={"event": "boinc_standalone"})
         else:
-            if init_data.shm_key != SHM_KEY_MMAP:
+            if init_data.comm_obj_name:
+                # the Windows client: a named file mapping
+                # (docs/compatibility.md#shared-memory-on-windows)
+                segment = Segment.attach_named(init_data.comm_obj_name)
+            elif init_data.shm_key != SHM_KEY_MMAP:
                 # an app version without api_version >= 6.0: System V shared memory
                 segment = Segment.attach_sysv(init_data.shm_key, slot_dir / files.INIT_DATA_FILE)
             else:

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmwrapper import hostos
 from vmwrapper.boinc.messages import parse_str
 from vmwrapper.errors import ProtocolError
+from vmwrapper.hostos import locks
 from vmwrapper.outcome import MAX_TEMPORARY_EXIT_DELAY, Finish, TemporaryExit
 
 FINISH_FILE = "boinc_finish_called"
@@ -65,11 +66,7 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    hostos.sync_directory(path.parent)
 
 
 def _read_text(path: Path) -> str | None:
@@ -337,7 +334,8 @@ class LockfileBusy(ProtocolError):
 
 
 class Lockfile:
-    """``boinc_lockfile`` with a whole-file POSIX write lock (``fcntl``, not ``flock``).
+    """``boinc_lockfile`` locked as the API locks it: a whole-file POSIX write lock (``fcntl``,
+    not ``flock``) on POSIX, the file opened unshared on Windows (:mod:`vmwrapper.hostos.locks`).
 
     The real client and API use ``F_SETLK``, so only a POSIX lock excludes a C++ app.
     """
@@ -354,27 +352,22 @@ class Lockfile:
         """Lock now or raise :class:`LockfileBusy` (the caller decides how long to wait)."""
         if self._fd is not None:
             return
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o664)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno == errno.ENOSYS:  # no locking on this file system: the API goes on
-                self._fd = os.open(self.path, os.O_WRONLY)
-                return
+            self._fd = locks.lock_boinc_file(self.path)
+        except BlockingIOError as exc:
             raise LockfileBusy(
                 f"{self.path} is locked by another process: is a second copy of the app "
                 "running in this slot?"
             ) from exc
-        self._fd = fd
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise
+            # no locking on this file system: the API goes on
+            self._fd = os.open(self.path, os.O_WRONLY)
 
     def release(self) -> None:
         """Unlock, close and delete the lock file, as ``boinc_exit`` does."""
         if self._fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        with contextlib.suppress(OSError):
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
+        locks.release_boinc_file(self._fd, self.path)
         self._fd = None

@@ -192,6 +192,8 @@ class AppInitData:
     authenticator: str = ""
     wu_name: str = ""
     result_name: str = ""
+    #: the Windows client's segment name (``boinc_N``); it writes this instead of ``shm_key``
+    comm_obj_name: str = ""
     shm_key: int = 0
     slot: int = 0
     client_pid: int = 0
@@ -248,6 +250,7 @@ _OPTIONAL_STRINGS = frozenset(
         "authenticator",
         "wu_name",
         "result_name",
+        "comm_obj_name",
     }
 )
 _ESCAPED_TOP = frozenset({"team_name", "user_name"})
@@ -328,6 +331,8 @@ def format_init_data(aid: AppInitData) -> str:
         value = getattr(aid, name)
         if name in _OPTIONAL_STRINGS and not value:
             continue
+        if name == "shm_key" and aid.comm_obj_name:
+            continue  # the Windows client writes the segment's name instead of a key
         if name == "project_preferences":
             out.append(f"<project_preferences>\n{value}</project_preferences>\n")
             continue

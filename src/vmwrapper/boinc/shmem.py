@@ -5,7 +5,9 @@ start (:meth:`Segment.create`), the app attaches to what the client made
 (:meth:`Segment.attach`). That is the
 file ``boinc_mmap_file`` for app versions with api_version >= 6.0; for older ones the client
 uses System V shared memory under the key in ``<shm_key>`` (``create_sysv`` / ``attach_sysv``,
-through libc with ctypes), as 7.20.5's ``--run_test_app`` always does. Sending
+through libc with ctypes), as 7.20.5's ``--run_test_app`` always does. The Windows client
+makes a named file mapping instead and writes its name into init_data.xml
+(``create_named`` / ``attach_named``, through vmwrapper.hostos.winshm). Sending
 follows ``MSG_CHANNEL::send_msg``: only into an empty channel, text and NUL first, the flag
 byte last, so a reader that sees the flag also sees the whole text (there are no locks; each
 direction has one writer). Receiving copies the text, then clears the flag.
@@ -115,6 +117,34 @@ class Segment:
         """The app side for ``<shm_key>`` other than -1; None (standalone) if there is none."""
         shmid = _libc().shmget(key, SEGMENT_SIZE, 0)
         return None if shmid < 0 else cls._shmat(shmid, origin)
+
+    @classmethod
+    def create_named(cls, number: int) -> Segment | None:
+        """The Windows client's side: a new file mapping ``shm_boinc_<number>``, zeroed; None
+        when that name is taken (the client then tries the next number). Windows only."""
+        from vmwrapper.hostos import winnames, winshm
+
+        name = winnames.client_mapping_name(number)
+        made = winshm.create_mapping(name, SEGMENT_SIZE)
+        if made is None:
+            return None
+        view, closer = made
+        segment = cls(Path(name), view, closer=closer)
+        segment.zero()
+        return segment
+
+    @classmethod
+    def attach_named(cls, comm_obj_name: str) -> Segment | None:
+        """The app side on Windows: open the mapping init_data.xml's ``<comm_obj_name>`` names
+        (global name first), never create it; None (standalone) when there is none."""
+        from vmwrapper.hostos import winnames, winshm
+
+        names = winnames.app_mapping_names(comm_obj_name)
+        opened = winshm.open_mapping(names, SEGMENT_SIZE) if names else None
+        if opened is None:
+            return None
+        view, closer = opened
+        return cls(Path(names[-1]), view, closer=closer)
 
     @classmethod
     def _shmat(cls, shmid: int, origin: Path) -> Segment | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
-import fcntl
 import logging
 import os
 import shutil
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from vmwrapper.hostos import locks
 from vmwrapper.supervisor import events
 
 NAME = "gc"
@@ -91,20 +91,8 @@ def plan_slot(slot: SlotFacts) -> list[GcAction]:
 
 
 def lock_held(path: Path) -> bool:
-    """True if another process holds a POSIX/flock lock on ``path``."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    """True if another process holds the BOINC lock on ``path`` (vmwrapper.hostos.locks)."""
+    return locks.boinc_file_held(path)
 
 
 def live_qemu(pidfile: Path) -> int | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmwrapper import WRAPPER_RELEASE, __version__
+from vmwrapper import WRAPPER_RELEASE, __version__, hostos
 from vmwrapper.boinc.files import LockfileBusy
 from vmwrapper.boinc.init_data import FILE_NAME as INIT_DATA_FILE
 from vmwrapper.boinc.init_data import AppInitData, parse_init_data
@@ -176,6 +176,7 @@ def run_argv(argv: Sequence[str]) -> int:
         return 0
     from vmwrapper.supervisor import events
 
+    hostos.redirect_stderr(slot_dir)
     limit = prepared.args.guest_log_limit if isinstance(prepared, Prepared) else GUEST_LOG_LIMIT
     uninstall = events.install(slot_dir, guest_log_limit=limit)
     try:
@@ -249,7 +250,7 @@ def _console_credential(slot_dir: Path, run: RunConfig, port: int) -> str:
     password = password or secrets.token_urlsafe(console_password_bytes(run.backend))
     text = format_console_file(run.backend, port, password, run.result_name)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | hostos.NOFOLLOW, 0o640)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             os.fchmod(fh.fileno(), 0o640)  # an older file may have had a wider mode
             fh.write(text)

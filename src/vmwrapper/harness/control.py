@@ -30,9 +30,12 @@ MAX_PREMATURE_EXITS = 100
 
 ERR_TOO_MANY_EXITS = -226
 
-#: Signals the client treats as "killed from outside": the task restarts.
-RESTART_SIGNALS = frozenset(
-    {signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP}
+#: Signals the client treats as "killed from outside": the task restarts. (POSIX names;
+#: a Windows build of the package has only some of them, and no client of its own.)
+RESTART_SIGNALS: frozenset[int] = frozenset(
+    getattr(signal, name)
+    for name in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM", "SIGSTOP")
+    if hasattr(signal, name)
 )
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vmwrapper.errors import ImageError
+from vmwrapper.hostos import locks
 from vmwrapper.images.tools import run
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,11 @@ def locked(lock_path: Path) -> Iterator[None]:
     """An exclusive flock, so parallel test sessions build or download one at a time."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        locks.lock(fh.fileno())
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            locks.unlock(fh.fileno())
 
 
 APT_LISTS = Path("/var/lib/apt/lists")

@@ -17,6 +17,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from vmwrapper import hostos
 from vmwrapper.errors import InputError
 from vmwrapper.shared_dir.heartbeat import MISSING, UNREADABLE
 from vmwrapper.shared_dir.triggers import (
@@ -98,7 +99,7 @@ class SharedDir:
     def read(self, name: str, limit: int = MAX_TRIGGER_BYTES) -> bytes | None:
         """The file's first ``limit`` bytes, or None if it is absent, a symlink or not a file."""
         try:
-            fd = os.open(self.file(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(self.file(name), os.O_RDONLY | hostos.NOFOLLOW | hostos.NONBLOCK)
         except (OSError, InputError):
             return None
         try:
@@ -151,7 +152,7 @@ class SharedDir:
 
     def _tail(self, name: str, size: int) -> str | None:
         try:
-            fd = os.open(self.file(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(self.file(name), os.O_RDONLY | hostos.NOFOLLOW | hostos.NONBLOCK)
         except (OSError, InputError):
             return None
         try:
@@ -175,7 +176,7 @@ class SharedDir:
     def copy_out(self, name: str, dest: Path) -> None:
         """Copy shared/<name> to ``dest`` (temp + rename), never through a symlink."""
         src = self.file(name)
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(src, os.O_RDONLY | hostos.NOFOLLOW)
         with os.fdopen(fd, "rb") as fin:
             if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
                 raise InputError(f"{src} is not a regular file")

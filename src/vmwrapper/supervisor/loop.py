@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, TypeVar, assert_never
 
+from vmwrapper import hostos
 from vmwrapper.boinc import files
 from vmwrapper.boinc.app import ClientStatus
 from vmwrapper.boinc.init_data import AppInitData
@@ -234,7 +234,7 @@ class Supervisor:
                 self.job.minimum_heartbeat_interval, last_check=record.elapsed_time
             )
         aid = client.init_data
-        self.own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+        self.own_nice = hostos.own_nice()
         self.vm_nice = report.vm_nice(aid.no_priority_change, aid.process_priority, self.own_nice)
 
     # -- the loop -------------------------------------------------------------------------

@@ -3,14 +3,14 @@
 
 vboxwrapper uses a POSIX shared-memory object created with O_EXCL, which outlives a crashed
 wrapper and then blocks every other task for 90 s before failing
-(docs/compatibility.md#multiattach-lock). An ``fcntl.flock`` on a lock file is released by the
-kernel when its holder dies, so a crash cannot wedge the parent. The file name keeps vboxwrapper's
+(docs/compatibility.md#multiattach-lock). An ``flock`` on a lock file (a byte-range lock on
+Windows: vmwrapper.hostos.locks) is released by the kernel when its holder dies, so a crash
+cannot wedge the parent. The file name keeps vboxwrapper's
 ``boinc_lock_`` + 16 hex of MD5(parent path).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from vmwrapper.errors import BackendError
+from vmwrapper.hostos import locks
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +75,16 @@ class MultiattachLock:
                 code=ERR_FOPEN,
             ) from exc
         deadline = self._clock() + self.timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if self._clock() >= deadline:
-                    os.close(fd)
-                    raise BackendError(
-                        f"another task held the multiattach lock for {self.parent} longer than "
-                        f"{self.timeout:.0f} s ({self.path})",
-                        code=ERR_TIMEOUT,
-                    ) from None
-                # vboxwrapper's randomised back-off: 0.7 s + up to 2.4 s
-                self._sleep(0.7 + 2.4 * self._rng.random())
+        while not locks.try_lock(fd):
+            if self._clock() >= deadline:
+                os.close(fd)
+                raise BackendError(
+                    f"another task held the multiattach lock for {self.parent} longer than "
+                    f"{self.timeout:.0f} s ({self.path})",
+                    code=ERR_TIMEOUT,
+                ) from None
+            # vboxwrapper's randomised back-off: 0.7 s + up to 2.4 s
+            self._sleep(0.7 + 2.4 * self._rng.random())
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -97,7 +94,7 @@ class MultiattachLock:
         if self._fd is None:
             return
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            locks.unlock(self._fd)
         finally:
             os.close(self._fd)
             self._fd = None

@@ -318,13 +318,19 @@ def vbox_environment(
 
     VBoxManage is looked up on the existing PATH first (so a test's simulator or a user's
     install wins); only if it is not there are /usr/local/bin and /usr/bin appended when they
-    hold it. The profile dir is VBOX_USER_HOME when set; else ``$HOME/.config/VirtualBox`` on
-    Linux when ``$HOME/.config`` exists; else ``<boinc_dir>/projects/VirtualBox``.
+    hold it. On Windows the registry's install directory comes first, as in vboxwrapper.
+    The profile dir is VBOX_USER_HOME when set; else ``$HOME/.config/VirtualBox`` on Linux
+    when ``$HOME/.config`` exists; else ``<boinc_dir>/projects/VirtualBox``.
     """
     system = system or platform.system()
     env = dict(environ)
     path = env.get("PATH", "")
     found = shutil.which("VBoxManage", path=path) if path else None
+    if system == "Windows":
+        # the registry's install dir first on PATH, as vboxwrapper (vmwrapper.hostos.winvbox)
+        from vmwrapper.hostos.winvbox import locate_vboxmanage
+
+        found = locate_vboxmanage(env, is_file) or found
     if found is None:
         for folder in ("/usr/local/bin", "/usr/bin"):
             candidate = os.path.join(folder, "VBoxManage")

@@ -1,0 +1,81 @@
+"""What differs between host operating systems (docs/windows.md), chosen here and in the
+``hostos`` modules only, so the rest of the wrapper never asks which OS it runs on.
+
+* :func:`pid_alive`: is a process still there (the API's ``client_pid`` probe). On POSIX it is
+  ``kill(pid, 0)``; on Windows ``os.kill(pid, 0)`` would *terminate* the process, so the
+  Windows probe waits on a process handle instead (:mod:`~vmwrapper.hostos.winproc`).
+* :data:`NOFOLLOW`, :data:`NONBLOCK`: ``open()`` flags where the OS has them.
+* :func:`sync_directory`: make a rename durable (POSIX fsyncs the directory; Windows cannot
+  open one and its file systems journal renames).
+* :func:`own_nice`: this process's priority as a nice value (Windows: from its priority class).
+* :func:`redirect_stderr`: the Windows client starts an app without standard handles and the
+  BOINC API's diagnostics open ``stderr.txt`` themselves; the POSIX client redirects it for us.
+* :mod:`~vmwrapper.hostos.locks`: the BOINC lock file and our own advisory locks.
+* Windows only: :mod:`~vmwrapper.hostos.winnames` (pure: names, command lines, install paths
+  and accelerator rules), :mod:`~vmwrapper.hostos.winshm` (named file mappings),
+  :mod:`~vmwrapper.hostos.winproc` (processes), both through ctypes
+  (:mod:`~vmwrapper.hostos._win32`), and :mod:`~vmwrapper.hostos.winvbox` (the registry).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Final
+
+#: True on a Windows host (the frozen vmwrapper.exe, or Windows Python under Wine in tests).
+WINDOWS: Final = sys.platform == "win32"
+
+#: ``O_NOFOLLOW`` where it exists; Windows has no such flag (its symlinks need an
+#: administrator to create, and a BOINC slot holds none the client made).
+NOFOLLOW: Final[int] = getattr(os, "O_NOFOLLOW", 0)
+#: ``O_NONBLOCK`` where it exists (a FIFO planted in a share must not hang an open); Windows
+#: has neither the flag nor FIFOs in a directory.
+NONBLOCK: Final[int] = getattr(os, "O_NONBLOCK", 0)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists (a zombie counts, as for the API's probe)."""
+    if WINDOWS:
+        from vmwrapper.hostos.winproc import process_alive
+
+        return process_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sync_directory(path: Path) -> None:
+    """fsync the directory ``path`` after a rename in it (nothing to do on Windows)."""
+    if WINDOWS:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def own_nice() -> int:
+    """This process's nice value; on Windows the nice of its priority class."""
+    if WINDOWS:
+        from vmwrapper.hostos import winnames, winproc
+
+        return winnames.nice_of_priority_class(winproc.own_priority_class())
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def redirect_stderr(slot_dir: Path, name: str = "stderr.txt") -> None:
+    """On Windows, append this process's stderr (fd 2 and ``sys.stderr``) to the slot's
+    ``stderr.txt``, as ``boinc_init_diagnostics`` does there; elsewhere the client already has."""
+    if not WINDOWS:
+        return
+    fd = os.open(slot_dir / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
