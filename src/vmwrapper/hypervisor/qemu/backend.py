@@ -60,7 +60,9 @@ from vmwrapper.hypervisor.qemu.overlays import SNAPSHOT_SAFE_FORMATS, Overlays, 
 from vmwrapper.hypervisor.qemu.ports import Picker, QemuPorts, pick_ports, unbound_picked_ports
 from vmwrapper.hypervisor.qemu.process import Exit, QemuProcess, Runstate
 from vmwrapper.hypervisor.qemu.qmp import Qmp, QmpChannel
+from vmwrapper.hypervisor.qemu.shareport import chardev_source_port
 from vmwrapper.hypervisor.qemu.slotfiles import RunLogs, SlotFiles
+from vmwrapper.shared_dir.fileservice import FileService
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,7 @@ class QemuBackend:
         self._no_hw_acceleration = False  # a 64-bit guest was refused software emulation
         self._bandwidth_warned = False
         self._priority_noted: PriorityNote = None
+        self._share_service: FileService | None = None  # a "serial" share's file service
 
     # --- context manager ---------------------------------------------------------------
 
@@ -240,6 +243,7 @@ class QemuBackend:
             port_rules=ports.forwards if self.config.network.enabled else (),
             vnc_port=ports.vnc,
             loadvm=loadvm,
+            share_service_port=self._share_service_port(),
         )
         self.argv = tuple(build_argv(self.config, options, self.binary))
         self._spawn()
@@ -281,7 +285,24 @@ class QemuBackend:
             )
         raise VmStartError(what, argv=self.argv, exit_code=code, output=output)
 
+    def _share_service_port(self) -> int | None:
+        """The file service of a "serial" share, listening before QEMU connects to it."""
+        share = next((s for s in self.config.shares if s.transport == "serial"), None)
+        if share is None:
+            return None
+        if self._share_service is None:
+            self._share_service = FileService(share.host_path)
+        return self._share_service.listen()
+
+    def _attach_share_service(self) -> None:
+        """Serve the connection that QEMU says is its own (docs/shared-transport.md)."""
+        service = self._share_service
+        if service is not None:
+            source = chardev_source_port(self._execute("query-chardev"), service.port)
+            service.attach(source, timeout=self.qmp_timeout)
+
     def _after_start(self) -> None:
+        self._attach_share_service()
         rd = self.config.remote_desktop
         if rd is not None:
             self._execute("set_password", {"protocol": "vnc", "password": rd.password})
@@ -475,6 +496,9 @@ class QemuBackend:
     def _release(self) -> None:
         try:
             self._qmp.close()
+            if self._share_service is not None:
+                self._share_service.close()
+                self._share_service = None
         finally:
             self.files.remove(self.config.slot_dir)
             self._net.reset()

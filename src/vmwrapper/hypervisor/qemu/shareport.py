@@ -1,0 +1,47 @@
+"""The QEMU side of the ``serial`` share transport (pure): the virtio-serial port's argv and
+which source port QEMU's chardev connected from (docs/shared-transport.md).
+
+QEMU connects to the wrapper's file service as a TCP client (``server=off``): TCP is the
+chardev every QEMU host has (Windows has no unix sockets to rely on), and as the client QEMU
+needs no port of its own picked in advance. ``query-chardev`` then names QEMU's end of the
+connection, which is how the file service tells our QEMU from any other local program.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from vmwrapper.errors import BackendError
+
+#: The chardev and device ids in the argv; the guest finds the port by its name.
+CHARDEV_ID = "sharefs0"
+SERIAL_BUS_ID = "vser0"
+PORT_NAME = "org.boinc.vmwrapper.shared"
+
+# "tcp:127.0.0.1:37094 <-> 127.0.0.1:38109": QEMU's end first, then the peer (ours)
+_CONNECTED = re.compile(r"tcp:[^ ]*:(\d+) <-> [^ ]*:(\d+)")
+
+
+def serial_share_args(port: int) -> list[str]:
+    """A virtio-serial controller with one named port, wired to 127.0.0.1:``port``."""
+    return [
+        "-chardev", f"socket,id={CHARDEV_ID},host=127.0.0.1,port={port},server=off",
+        "-device", f"virtio-serial-pci,id={SERIAL_BUS_ID}",
+        "-device", f"virtserialport,bus={SERIAL_BUS_ID}.0,chardev={CHARDEV_ID},name={PORT_NAME}",
+    ]  # fmt: skip
+
+
+def chardev_source_port(reply: Any, service_port: int) -> int:
+    """QEMU's own port of its connection to ``service_port``, from ``query-chardev``."""
+    for chardev in reply if isinstance(reply, list) else ():
+        if not isinstance(chardev, dict) or chardev.get("label") != CHARDEV_ID:
+            continue
+        match = _CONNECTED.match(str(chardev.get("filename", "")))
+        if match is not None and int(match.group(2)) == service_port:
+            return int(match.group(1))
+        raise BackendError(
+            f"QEMU's share channel {CHARDEV_ID} is not connected to port {service_port} "
+            f"(query-chardev says {chardev.get('filename')!r})"
+        )
+    raise BackendError(f"QEMU has no chardev {CHARDEV_ID} (query-chardev: {reply!r:.200})")
