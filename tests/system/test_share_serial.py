@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,6 +79,10 @@ echo "counted from $start to $i" > out
 """
 
 
+def _count_above(limit: int) -> Callable[[str], bool]:
+    return lambda line: line.startswith("count ") and int(line[6:]) > limit
+
+
 def test_checkpoints_while_files_flow_are_never_refused_and_a_restore_finishes(
     tmp_path: Path, guest_image: Path
 ) -> None:
@@ -92,9 +97,7 @@ def test_checkpoints_while_files_flow_are_never_refused_and_a_restore_finishes(
         # refused (CheckpointRefused); here each one is taken at the first try.
         for n in range(3):
             first.checkpoint(f"ckpt_{n}")
-            watch.wait_line(
-                lambda line, n=n: line.startswith("count ") and int(line[6:]) > 8 + 2 * n
-            )
+            watch.wait_line(_count_above(8 + 2 * n))
         watch.poll()
         assert (shared / "progress").exists()
         after = max(counts(watch.lines))

@@ -62,12 +62,14 @@ def test_every_element_golden() -> None:
         port_forward=(PortForward(8022, 22), PortForward(9000, 9100, 3, True)),
         vmwrapper_backends="virtualbox qemu",
         vmwrapper_software_emulation=True,
+        vmwrapper_share_transport="serial",
     )
     # the strict view: the elements vboxwrapper skips (ours), and a boolean written in hex
     assert [w.split(">")[0] for w in parsed.warnings] == [
         "every_element.xml: <vm_graphics_controller_type",
         "every_element.xml: <vmwrapper_backends",
         "every_element.xml: <vmwrapper_software_emulation",
+        "every_element.xml: <vmwrapper_share_transport",
         "every_element.xml: <enable_nat_dns_host_resolver",
     ]
     # the golden covers every element we know

@@ -10,9 +10,11 @@ connection, which is how the file service tells our QEMU from any other local pr
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from vmwrapper.errors import BackendError
+from vmwrapper.hypervisor.base import Share
 
 #: The chardev and device ids in the argv; the guest finds the port by its name.
 CHARDEV_ID = "sharefs0"
@@ -30,6 +32,23 @@ def serial_share_args(port: int) -> list[str]:
         "-device", f"virtio-serial-pci,id={SERIAL_BUS_ID}",
         "-device", f"virtserialport,bus={SERIAL_BUS_ID}.0,chardev={CHARDEV_ID},name={PORT_NAME}",
     ]  # fmt: skip
+
+
+def has_virtio_9p(device_help: str) -> bool:
+    """Whether ``qemu-system-* -device help`` lists virtio-9p (QEMU on Windows has none)."""
+    return re.search(r'name "virtio-9p-(pci|device)"', device_help) is not None
+
+
+def resolve_transports(shares: tuple[Share, ...], with_9p: bool) -> tuple[Share, ...]:
+    """``auto`` → 9p where QEMU has it, else serial (docs/shared-transport.md#the-default);
+    only ``shared`` can go over serial (project and scratch are mounted on demand)."""
+    resolved = []
+    for share in shares:
+        transport = share.transport
+        if share.name != "shared" or transport not in ("serial", "9p"):
+            transport = "9p" if with_9p or share.name != "shared" else "serial"
+        resolved.append(replace(share, transport=transport))
+    return tuple(resolved)
 
 
 def chardev_source_port(reply: Any, service_port: int) -> int:
