@@ -71,10 +71,15 @@ class FileService:
         return self.port
 
     @property
-    def port(self) -> int:
+    def address(self) -> tuple[str, int]:
         if self._listener is None:
             raise BackendError("the file service is not listening")
-        return int(self._listener.getsockname()[1])
+        host, port = self._listener.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
 
     def attach(self, qemu_port: int, timeout: float = 10.0) -> None:
         """Accept connections until the one from ``qemu_port`` (QEMU's side of its chardev);
@@ -140,6 +145,7 @@ class FileService:
                     return
                 if not line.endswith(b"\n"):
                     _skip_line(reader)
+                    self.refused += 1
                     self._send(conn, Err(f"header longer than {fsproto.MAX_LINE} bytes"))
                     continue
                 self._handle(conn, reader, line)

@@ -188,7 +188,9 @@ def encode_reply(reply: Reply) -> bytes:
 
 def parse_reply(line: bytes) -> Reply:
     """One header line from the host (tests and benches act as the guest with it)."""
-    words = _words(line) if line.strip() != b"ERR" else ["ERR"]
+    if line.startswith(b"ERR ") and line.endswith(b"\n"):
+        return Err(line[4:-1].decode("ascii", "replace"))
+    words = _words(line)
     match words:
         case ["HELLO", nonce] if _NONCE.fullmatch(nonce):
             return Hello(nonce)
@@ -198,6 +200,4 @@ def parse_reply(line: bytes) -> Reply:
             return Go()
         case ["OK"]:
             return Ok()
-        case ["ERR", *reason]:
-            return Err(" ".join(reason))
     raise FsProtocolError(f"unknown reply {words[0][:40]!r}")
