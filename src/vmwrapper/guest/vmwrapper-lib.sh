@@ -222,7 +222,12 @@ serial_push_files() { # LIST
     return $rc
 }
 
+since() { # UPTIME: seconds since then, for the log lines
+    awk -v a="$1" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.2f", b - a }'
+}
+
 share_pull() {
+    pull_start=$(cut -d' ' -f1 /proc/uptime)
     if [ -n "$SERIAL_PORT" ]; then
         serial_pull || return 1
         # the host serves its exclusion list (share_slot_dir) for us, not for the app
@@ -230,7 +235,7 @@ share_pull() {
         [ -f "$WORK/$EXCLUDE_FILE" ] && mv "$WORK/$EXCLUDE_FILE" "$STATE/exclude"
         share_list > "$STATE/pulled"
         cp "$STATE/pulled" "$STATE/pushed"
-        say "pulled $(wc -l < "$STATE/pulled") files from the host into $WORK (serial)"
+        say "pulled $(wc -l < "$STATE/pulled") files from the host into $WORK in $(since "$pull_start") s (serial)"
         return 0
     fi
     share_mount shared "$HOSTMNT" || return 1
@@ -250,7 +255,7 @@ share_pull() {
     [ $rc -eq 0 ] || return 1
     share_list > "$STATE/pulled"
     cp "$STATE/pulled" "$STATE/pushed"
-    say "pulled $(wc -l < "$STATE/pulled") files from the host into $WORK"
+    say "pulled $(wc -l < "$STATE/pulled") files from the host into $WORK in $(since "$pull_start") s (9p)"
 }
 
 # Paths (./x) of the files in list NEW that are not in list OLD (new, or another mtime, size
