@@ -364,3 +364,25 @@ def test_vmwrapper_backends_names_only_known_back_ends() -> None:
         "job.xml: <vmwrapper_backends>: error: 'kvm' is no back end (fix: list one or more of "
         "virtualbox, qemu, in preference order)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("serial", "serial"), ("9p", "9p"), ("auto", "auto"), ("", "")]
+)
+def test_vmwrapper_share_transport_is_read(text: str, value: str) -> None:
+    body = (
+        f"<enable_shared_directory/><vmwrapper_share_transport>{text}</vmwrapper_share_transport>"
+    )
+    assert job(body).vmwrapper_share_transport == value
+
+
+def test_vmwrapper_share_transport_names_a_transport_and_needs_a_share() -> None:
+    found = problems("<vmwrapper_share_transport>virtiofs</vmwrapper_share_transport>")
+    assert found == [
+        "job.xml: <vmwrapper_share_transport>: error: 'virtiofs' is no share transport (fix: "
+        "write one of auto, 9p, serial (or leave the element out: auto))"
+    ]
+    parsed = parse_job(
+        "<vbox_job><vmwrapper_share_transport>serial</vmwrapper_share_transport></vbox_job>"
+    )
+    assert any("has no effect" in w for w in parsed.warnings)
