@@ -44,13 +44,18 @@ from vmwrapper.hypervisor.base import Share, VmConfig
 from vmwrapper.hypervisor.qemu.backend import QemuBackend
 
 TRANSPORTS = ("9p", "serial")
-TRIGGERS = 4
+#: The app's pauses before each trigger file: uneven, so the files meet the agent's 1 s
+#: period at different phases (an even 1.3 s locks onto a 1.3 s agent cycle).
+PAUSES = ("0.7", "1.6", "1.1", "1.9", "0.9", "1.4", "0.5", "1.2")
+TRIGGERS = len(PAUSES)
 POLL = 0.01
 TIMEOUT = 300.0
 
 APP = """#!/bin/sh
-for n in $(seq 1 {triggers}); do
-    sleep 1.3
+n=0
+for pause in {pauses}; do
+    n=$((n + 1))
+    sleep "$pause"
     echo "$n" > "trigger_$n"
     echo "BENCH_MARK trigger $n"
 done
@@ -76,7 +81,7 @@ def make_slot(root: Path, image: Path, transport: str, mib: int) -> VmConfig:
     shared = slot / "shared"
     for d in (shared, project):
         d.mkdir(parents=True)
-    (shared / "boinc_app").write_text(APP.format(triggers=TRIGGERS))
+    (shared / "boinc_app").write_text(APP.format(pauses=" ".join(PAUSES)))
     (shared / "boinc_app").chmod(0o755)
     (shared / "in.bin").write_bytes(os.urandom(mib * 1024 * 1024))
     shutil.copyfile(image, slot / "vm_image.vdi")
@@ -120,7 +125,9 @@ def measure(config: VmConfig, mib: int) -> Sample:
         raise RuntimeError(f"incomplete run: pull {pull_s}, marks {marks}, landed {landed}")
     return Sample(
         pull_s=pull_s,
-        triggers_s=tuple(landed[f"trigger {n}"] - marks[f"trigger {n}"] for n in range(1, 5)),
+        triggers_s=tuple(
+            landed[f"trigger {n}"] - marks[f"trigger {n}"] for n in range(1, TRIGGERS + 1)
+        ),
         out_s=landed["out"] - marks["out"],
     )
 

@@ -252,7 +252,7 @@ def test_a_serial_share_is_a_virtio_serial_port_to_the_file_service_not_9p() -> 
     argv = build_argv(config, replace(OPTIONS, share_service_port=41234))
     start = argv.index("-chardev", argv.index("-pidfile"))
     assert argv[start : start + 6] == [
-        "-chardev", "socket,id=sharefs0,host=127.0.0.1,port=41234,server=off",
+        "-chardev", "socket,id=sharefs0,host=127.0.0.1,port=41234,server=off,nodelay=on",
         "-device", "virtio-serial-pci,id=vser0",
         "-device", "virtserialport,bus=vser0.0,chardev=sharefs0,name=org.boinc.vmwrapper.shared",
     ]  # fmt: skip

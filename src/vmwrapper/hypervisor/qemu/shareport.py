@@ -28,7 +28,8 @@ _CONNECTED = re.compile(r"tcp:[^ ]*:(\d+) <-> [^ ]*:(\d+)")
 def serial_share_args(port: int) -> list[str]:
     """A virtio-serial controller with one named port, wired to 127.0.0.1:``port``."""
     return [
-        "-chardev", f"socket,id={CHARDEV_ID},host=127.0.0.1,port={port},server=off",
+        # nodelay: a request line goes out at once, not after the previous reply's ACK
+        "-chardev", f"socket,id={CHARDEV_ID},host=127.0.0.1,port={port},server=off,nodelay=on",
         "-device", f"virtio-serial-pci,id={SERIAL_BUS_ID}",
         "-device", f"virtserialport,bus={SERIAL_BUS_ID}.0,chardev={CHARDEV_ID},name={PORT_NAME}",
     ]  # fmt: skip
