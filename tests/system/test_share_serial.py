@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from helpers.common import wait_for
 from helpers.fault_fixtures import package_app
 from helpers.qemu_fixtures import GuestWatch, counts, make_guest_slot, qemu_backend
 from vmwrapper.harness.job import JobRequest, Progress, run_job
@@ -78,10 +79,13 @@ i=$start
 while [ $i -lt 40 ]; do
     i=$((i+1)); echo "count $i"; echo $i > progress
     head -c 65536 /dev/urandom > "chunk_$((i % 4))"
+    # a big result now and then: its push takes a while, a checkpoint lands in the middle
+    case $i in 6|16) cp big_in .vmwrapper-tmp.big && mv .vmwrapper-tmp.big "big_$i" ;; esac
     sleep 0.25
 done
 echo "counted from $start to $i" > out
 """
+BIG = 24 * 1024 * 1024
 
 
 def _count_above(limit: int) -> Callable[[str], bool]:
@@ -92,19 +96,26 @@ def test_checkpoints_while_files_flow_are_never_refused_and_a_restore_finishes(
     tmp_path: Path, guest_image: Path
 ) -> None:
     slot, _project, config = make_guest_slot(tmp_path, guest_image, COUNTER_APP, {"in": "0\n"})
-    config = _serial(config)
+    config = replace(_serial(config), memory_mb=512)
     shared = slot / "shared"
+    big = os.urandom(BIG)
+    (shared / "big_in").write_bytes(big)
     with qemu_backend(config) as first:
         pid = first.start()
         watch = GuestWatch(first)
-        watch.wait_line(lambda line: line == "count 6")
-        # The agent pushes about once a second all along: under 9p some of these would be
-        # refused (CheckpointRefused); here each one is taken at the first try.
-        for n in range(3):
-            first.checkpoint(f"ckpt_{n}")
+        # The host writes a pushed file under a temp name until its last byte: a checkpoint
+        # now stops the VM in the middle of the transfer. Under 9p it would be refused.
+        in_flight = shared / ".vmwrapper-tmp.big_6"
+        assert wait_for(in_flight.exists, timeout=120, interval=0.005)
+        first.checkpoint("ckpt_0")
+        assert in_flight.exists() or (shared / "big_6").exists()
+        # The agent pushes about once a second all along; each checkpoint is taken at once.
+        for n in (1, 2):
             watch.wait_line(_count_above(8 + 2 * n))
+            first.checkpoint(f"ckpt_{n}")
+        watch.wait_line(_count_above(12))
         watch.poll()
-        assert (shared / "progress").exists()
+        assert (shared / "big_6").read_bytes() == big  # the interrupted transfer completed
         after = max(counts(watch.lines))
         os.kill(pid, signal.SIGKILL)
         assert watch.wait_stopped(10).state is VmState.CRASHED
@@ -118,6 +129,8 @@ def test_checkpoints_while_files_flow_are_never_refused_and_a_restore_finishes(
             assert numbers[0] <= after + 1 and numbers[-1] == 40
     assert (shared / "out").read_text() == "counted from 0 to 40\n"
     assert (shared / "progress").read_text() == "40\n"
+    assert (shared / "big_16").read_bytes() == big
+    assert not list(shared.glob(".vmwrapper-tmp.*"))
 
 
 # A hostile app: it stops nothing and asks nobody, it talks to the port itself with the
