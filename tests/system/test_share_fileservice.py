@@ -153,6 +153,10 @@ def test_a_hostile_guest_writes_nothing_outside_the_share(tmp_path: Path) -> Non
             "huge": guest.ask(Put(10**18, 0, ("big",))),
             "over the quota": guest.put("big", b"x" * 1001),
         }
+        # the quota counts growth: a result pushed again (replaced) costs nothing more
+        assert guest.put("result", b"r" * 600) == Ok()
+        assert guest.put("result", b"R" * 600) == Ok()
+        refused["past the quota"] = guest.put("another", b"a" * 600)
         for raw in (b"PUT 4 1.0 2e2e2f6574632f706173737764\n", b"\xff\xfe\n", b"A" * 10000 + b"\n"):
             sock.sendall(raw)
             refused[repr(raw[:12])] = guest.reply()
@@ -165,6 +169,7 @@ def test_a_hostile_guest_writes_nothing_outside_the_share(tmp_path: Path) -> Non
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
     assert (share / "file_link").read_bytes() == b"safe" and not (share / "file_link").is_symlink()
     assert not (share / "big").exists() and not (share / "vm_image.vdi").exists()
+    assert (share / "result").read_bytes() == b"R" * 600 and not (share / "another").exists()
 
 
 def test_a_guest_gone_mid_file_leaves_no_half_file(tmp_path: Path) -> None:

@@ -33,7 +33,8 @@ from vmwrapper.shared_dir.watch import EXCLUDE_FILE
 
 log = logging.getLogger(__name__)
 
-#: What the guest may write in one run, all files together, unless the caller says otherwise.
+#: How much the guest may grow the share by in one run (bytes added, less the size of the files
+#: they replace: pushing one result again costs nothing more), unless the caller says otherwise.
 DEFAULT_QUOTA = 16 * 1024**3
 #: The guest agent's own temp prefix: never served, and what the host writes under too.
 TMP_PREFIX = ".vmwrapper-tmp."
@@ -214,16 +215,22 @@ class FileService:
         name = put.path[-1]
         if self._is_excluded(put.path[0]) or name.startswith(TMP_PREFIX):
             raise FsProtocolError(f"{'/'.join(put.path)!r} is the host's own file")
-        if self.written + put.size > self.quota:
-            raise FsProtocolError(
-                f"{put.size} bytes would pass the share's quota of {self.quota} bytes"
-            )
+        if put.size > self.quota:  # before touching anything
+            raise FsProtocolError(f"{put.size} bytes: more than the share's quota")
         parent = self._make_parents(put.path[:-1])
         target = parent / name
+        replaced = 0
         with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISDIR(os.lstat(target).st_mode):
+            mode = os.lstat(target)
+            if stat.S_ISDIR(mode.st_mode):
                 raise FsProtocolError(f"{'/'.join(put.path)!r} is a directory on the host")
-        self.written += put.size  # counted before the bytes come: a refused PUT sends none
+            replaced = mode.st_size if stat.S_ISREG(mode.st_mode) else 0
+        growth = put.size - replaced
+        if self.written + growth > self.quota:
+            raise FsProtocolError(
+                f"{put.size} bytes would grow the share past its quota of {self.quota} bytes"
+            )
+        self.written += growth  # counted before the bytes come: a refused PUT sends none
         temp = parent / f"{TMP_PREFIX}{name}"[: fsproto.MAX_NAME_BYTES]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)  # a stale one (a killed run), or a symlink: unlink never follows
