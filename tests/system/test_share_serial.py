@@ -5,22 +5,30 @@ a restore, and a hostile guest that talks the protocol itself (docs/shared-trans
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import psutil
 import pytest
 
 from helpers.common import wait_for
-from helpers.fault_fixtures import package_app
+from helpers.fault_fixtures import (
+    COUNTING_JOB,
+    EXPECTED_OUTPUT,
+    RESUMABLE_APP,
+    events,
+    kill_wrapper,
+    no_qemu_left,
+    output_text,
+    package_app,
+    run,
+)
 from helpers.qemu_fixtures import GuestWatch, counts, make_guest_slot, qemu_backend
-from vmwrapper.harness.job import JobRequest, Progress, run_job
+from vmwrapper.harness.job import Progress
 from vmwrapper.hypervisor.base import VmConfig, VmState
-from vmwrapper.supervisor.events import CHECKPOINT_DISKS, CHECKPOINT_REFUSED, read_events
+from vmwrapper.supervisor.events import CHECKPOINT_DISKS, CHECKPOINT_REFUSED
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
 
@@ -194,44 +202,20 @@ def test_a_hostile_guest_cannot_write_or_read_outside_the_share(
     assert "secret_link" not in pulled and "link_out" not in pulled and "boinc_app" in pulled
 
 
-WRAPPER_JOB = """<vbox_job>
-  <os_name>Linux26_64</os_name>
-  <vmwrapper_backends>qemu</vmwrapper_backends>
-  <vmwrapper_software_emulation/>
-  <vmwrapper_share_transport>serial</vmwrapper_share_transport>
-  <memory_size_mb>256</memory_size_mb>
-  <enable_shared_directory/>
-  <completion_trigger_file>done</completion_trigger_file>
-  <trickle_trigger_file>trickle_a</trickle_trigger_file>
-  <fraction_done_filename>progress</fraction_done_filename>
-  <minimum_checkpoint_interval>2</minimum_checkpoint_interval>
-</vbox_job>
-"""
-
-# Deterministic however often it is snapshotted, killed and restored: `result` is rewritten
-# whole from the counter each step.
-WRAPPER_APP = """#!/bin/sh
-i=0
-while [ $i -lt 10 ]; do
-  i=$((i+1))
-  seq 1 $i | sed 's/^/step /' > result
-  echo "$i" | awk '{ print $1 / 10 }' > progress
-  sleep 1
-done
-echo "<steps>$i</steps>" > trickle_a
-sleep 2
-printf '0\\n1\\nCounted to %s.\\n' "$i" > done
-sleep 60
-"""
+#: The fault tests' counting job, its shared directory over the serial transport.
+SERIAL_COUNTING_JOB = COUNTING_JOB.replace(
+    "<enable_shared_directory/>",
+    "<enable_shared_directory/>\n  <vmwrapper_share_transport>serial</vmwrapper_share_transport>",
+)
 
 
 def test_the_wrapper_runs_a_serial_job_checkpoints_it_and_restores_it_after_kill_9(
     tmp_path: Path, guest_image: Path
 ) -> None:
-    """vmwrapper run under the harness: trigger, trickle, progress through the serial share;
-    checkpoints every ~2 s while the guest pushes (none refused); the wrapper killed, the task
-    restarted from its checkpoint, the same output."""
-    app = package_app(tmp_path / "app", guest_image, WRAPPER_APP, WRAPPER_JOB, name="serial")
+    """vmwrapper run under the harness: progress and the completion trigger through the
+    serial share; checkpoints while the guest pushes (none refused); the wrapper killed, the
+    task restarted from its checkpoint, the output of an uninterrupted run."""
+    app = package_app(tmp_path / "app", guest_image, RESUMABLE_APP, SERIAL_COUNTING_JOB)
     work = tmp_path / "client"
     slot = work / "slots" / "0"
     killed: list[int] = []
@@ -242,35 +226,19 @@ def test_the_wrapper_runs_a_serial_job_checkpoints_it_and_restores_it_after_kill
         result = slot / "shared" / "result"
         if killed or progress.checkpoint_cpu_time <= 0 or not result.exists():
             return
-        if result.read_text().count("step") < 4:
-            return
-        for proc in psutil.process_iter(["cmdline", "cwd"]):
-            with contextlib.suppress(psutil.Error):
-                cmd = " ".join(proc.info["cmdline"] or [])
-                if proc.info["cwd"] == str(slot) and "-m vmwrapper" in cmd:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed.append(proc.pid)
+        if result.read_text().count("step") >= 4:
+            killed.extend(kill_wrapper(slot))
 
-    request = JobRequest(
-        app_dir=app,
-        workdir=work,
-        keep_slot=True,
-        checkpoint_period=1.0,
-        max_restart_delay=1.0,
-        max_episodes=4,
-    )
-    report = run_job(request, on_progress=kill_after_checkpoint)
+    report = run(app, work, on_progress=kill_after_checkpoint)
     assert killed, "the wrapper was never killed"
     assert report.episodes == 2, report.message + report.stderr_tail
     assert report.finish_status == 0 and report.finish_message == "Counted to 10."
-    assert [(t.variety, t.body) for t in report.trickles] == [("trickle_a", "<steps>10</steps>\n")]
     assert any(0.1 <= f <= 0.9 for f in fractions)
-    out = Path(next(o.destination for o in report.outputs)).read_text()
-    assert out == "".join(f"step {i}\n" for i in range(1, 11))
-    logged = list(read_events(slot))
-    names = [e["event"] for e in logged]
+    assert output_text(report) == EXPECTED_OUTPUT
+    names = [e["event"] for e in events(slot)]
     assert names.count("checkpoint") >= 2
     # never refused, never the disks-only fallback: nothing is mounted in the guest
     assert CHECKPOINT_REFUSED not in names and CHECKPOINT_DISKS not in names, names
-    starts = [e for e in logged if e["event"] == "vm_started"]
-    assert starts[-1]["snapshot"].startswith("boinc_")  # the second episode restored
+    starts = events(slot, "vm_started")
+    assert str(starts[-1]["snapshot"]).startswith("boinc_")  # the second episode restored
+    no_qemu_left(slot)
