@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import os
+import resource
+import signal
 import socket
 import tarfile
 from collections.abc import Iterator
@@ -185,3 +187,23 @@ def test_a_guest_gone_mid_file_leaves_no_half_file(tmp_path: Path) -> None:
         assert wait_for(lambda: not list(tmp_path.iterdir()), timeout=10)
     finally:
         service.close()
+
+
+def test_a_failed_write_on_the_host_refuses_that_file_and_the_channel_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The host's disk says no (here: a file-size limit, EFBIG, as root cannot be refused by
+    permissions): that file gets ERR, its half is removed, the stream stays in step."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, limit[1]))
+    try:
+        with served(tmp_path, quota=1 << 30) as (_service, guest):
+            answer = guest.put("too_big.bin", b"x" * (3 << 20))
+            assert isinstance(answer, Err) and "failed" in answer.reason, answer
+            assert guest.ask(Hello("after")) == Hello("after")
+            assert guest.put("small", b"fine") == Ok()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small"]

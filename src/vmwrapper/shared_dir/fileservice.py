@@ -39,6 +39,8 @@ DEFAULT_QUOTA = 16 * 1024**3
 #: The guest agent's own temp prefix: never served, and what the host writes under too.
 TMP_PREFIX = ".vmwrapper-tmp."
 _CHUNK = 256 * 1024
+#: Refused requests logged as warnings per service; the rest go to debug.
+MAX_LOGGED_REFUSALS = 10
 
 
 class FileService:
@@ -167,9 +169,13 @@ class FileService:
                     self._put(conn, reader, request)
         except FsProtocolError as exc:
             self.refused += 1
-            log.warning(
-                "Share channel: refused a request from the guest: %s",
+            # a hostile guest could ask forever: the first few are warnings, then debug lines
+            level = logging.WARNING if self.refused <= MAX_LOGGED_REFUSALS else logging.DEBUG
+            log.log(
+                level,
+                "Share channel: refused a request from the guest: %s%s",
                 exc,
+                " (further refusals are not logged)" if self.refused == MAX_LOGGED_REFUSALS else "",
                 extra={"event": "share_request_refused", "reason": str(exc)},
             )
             self._send(conn, Err(str(exc)))
@@ -212,13 +218,37 @@ class FileService:
         return any(fnmatch.fnmatchcase(top_name, p) for p in self._excluded)
 
     def _put(self, conn: socket.socket, reader: BinaryIO, put: Put) -> None:
-        name = put.path[-1]
-        if self._is_excluded(put.path[0]) or name.startswith(TMP_PREFIX):
-            raise FsProtocolError(f"{'/'.join(put.path)!r} is the host's own file")
+        shown = "/".join(put.path)
+        if self._is_excluded(put.path[0]) or put.path[-1].startswith(TMP_PREFIX):
+            raise FsProtocolError(f"{shown!r} is the host's own file")
         if put.size > self.quota:  # before touching anything
             raise FsProtocolError(f"{put.size} bytes: more than the share's quota")
+        try:
+            target, temp, fd = self._open_for(put)
+        except OSError as exc:  # the host's file system said no: the channel goes on
+            raise FsProtocolError(f"cannot write {shown!r} on the host: {exc.strerror}") from exc
+        self._send(conn, Go())
+        try:
+            with os.fdopen(fd, "wb") as out:
+                failed = _receive(reader, out, put.size)
+            if failed is None:
+                os.utime(temp, ns=(put.mtime_ns, put.mtime_ns))
+                os.replace(temp, target)  # replaces a symlink itself, never what it points to
+        except ConnectionError:
+            raise  # the guest is gone: nothing to answer
+        except OSError as exc:
+            failed = exc
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)  # gone after the rename; else a half file
+        if failed is not None:  # a disk full, say: this file failed, the next may not
+            raise FsProtocolError(f"writing {shown!r} on the host failed: {failed}")
+        self._send(conn, Ok())
+
+    def _open_for(self, put: Put) -> tuple[Path, Path, int]:
+        """(target, temp name, fd of the new temp file), after the checks and the quota."""
         parent = self._make_parents(put.path[:-1])
-        target = parent / name
+        target = parent / put.path[-1]
         replaced = 0
         with contextlib.suppress(FileNotFoundError):
             mode = os.lstat(target)
@@ -230,24 +260,13 @@ class FileService:
             raise FsProtocolError(
                 f"{put.size} bytes would grow the share past its quota of {self.quota} bytes"
             )
-        self.written += growth  # counted before the bytes come: a refused PUT sends none
-        temp = parent / f"{TMP_PREFIX}{name}"[: fsproto.MAX_NAME_BYTES]
+        temp = parent / f"{TMP_PREFIX}{put.path[-1]}"[: fsproto.MAX_NAME_BYTES]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)  # a stale one (a killed run), or a symlink: unlink never follows
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        flags |= getattr(os, "O_BINARY", 0)
-        fd = os.open(temp, flags, 0o644)
-        self._send(conn, Go())
-        try:
-            with os.fdopen(fd, "wb") as out:
-                _copy_exact(reader, out, put.size)
-            os.utime(temp, ns=(put.mtime_ns, put.mtime_ns))
-            os.replace(temp, target)  # replaces a symlink itself, never what it points to
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        self._send(conn, Ok())
+        fd = os.open(temp, flags | getattr(os, "O_BINARY", 0), 0o644)
+        self.written += growth  # counted before the bytes come: a refused PUT sends none
+        return target, temp, fd
 
     def _make_parents(self, parts: tuple[str, ...]) -> Path:
         """root/parts..., each a real directory (made when missing), none a symlink."""
@@ -264,14 +283,27 @@ class FileService:
         return here
 
 
-def _copy_exact(reader: BinaryIO, out: BinaryIO, size: int) -> None:
-    left = size
+def _receive(reader: BinaryIO, out: BinaryIO, size: int) -> OSError | None:
+    """Read exactly ``size`` payload bytes into ``out``. A failed write (the host's disk) is
+    returned, and the rest of the payload read and dropped so the stream stays in step; a
+    guest gone mid-file raises ConnectionError."""
+    left, failed = size, None
     while left:
         chunk = reader.read(min(left, _CHUNK))
         if not chunk:
-            raise OSError(f"the guest closed the channel {left} bytes short")
-        out.write(chunk)
+            raise ConnectionError(f"the guest closed the channel {left} bytes short")
         left -= len(chunk)
+        if failed is None:
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                failed = exc
+    if failed is None:
+        try:
+            out.flush()
+        except OSError as exc:
+            failed = exc
+    return failed
 
 
 def _skip_line(reader: BinaryIO) -> None:
