@@ -139,7 +139,11 @@ share_list() {
 # --- the serial transport: docs/shared-transport.md has the protocol ----------------------
 SERIAL_NAME=org.boinc.vmwrapper.shared
 SERIAL_PORT=""   # /dev/vportNpM when the VM has the file service's port
-SERIAL_WAIT=600  # seconds to wait for one reply (a big file under TCG takes a while)
+# Seconds to wait for a reply. The host answers GO, OK and HELLO at once; a restore from a
+# snapshot taken mid-window leaves the guest waiting for a reply the new QEMU's file service
+# never sends, so this bounds that wait before the next window puts both sides in step.
+SERIAL_WAIT=15
+PULL_WAIT=600  # the host packs the whole share before it answers a PULL
 
 find_serial_port() {
     for port in /sys/class/virtio-ports/*; do
@@ -158,7 +162,7 @@ serial_open() {
     exec 3<>"$SERIAL_PORT" || return 1
     nonce="$(cut -d' ' -f1 /proc/uptime | tr -d .)x$$x$RANDOM"
     printf 'HELLO %s\n' "$nonce" >&3
-    while IFS= read -r -t 30 reply <&3; do
+    while IFS= read -r -t "$SERIAL_WAIT" reply <&3; do
         [ "$reply" = "HELLO $nonce" ] && return 0
     done
     exec 3>&-
@@ -167,8 +171,10 @@ serial_open() {
 
 serial_close() { exec 3>&-; }
 
-serial_reply() { # EXPECTED: read one reply line, say what it was when it is not EXPECTED
-    IFS= read -r -t "$SERIAL_WAIT" reply <&3 || { say "share channel: no reply"; return 1; }
+# Read one reply line: 0 when it is EXPECTED; 1 for another reply (ERR: the stream is still
+# in step); 2 for none (the stream may be out of step: end the window).
+serial_reply() { # EXPECTED
+    IFS= read -r -t "$SERIAL_WAIT" reply <&3 || { say "share channel: no reply"; return 2; }
     [ "$reply" = "$1" ] && return 0
     say "share channel: $reply"
     return 1
@@ -188,7 +194,7 @@ serial_read_exact() { # N
 serial_pull() {
     serial_open || return 1
     printf 'PULL\n' >&3
-    IFS= read -r -t "$SERIAL_WAIT" reply <&3 || { serial_close; return 1; }
+    IFS= read -r -t "$PULL_WAIT" reply <&3 || { serial_close; return 1; }
     case "$reply" in
         "DATA "*) ;;
         *) say "share channel: $reply"; serial_close; return 1 ;;
@@ -212,9 +218,9 @@ serial_put() {
     cp "$src" "$STATE/xfer" || return 1
     size=$(stat -c %s "$STATE/xfer")
     hex=$(printf %s "${1#./}" | od -An -tx1 -v | tr -d ' \n')
-    printf 'PUT %s %s.%s %s\n' "$size" "${stamp%% *}" "$frac" "$hex" >&3
-    serial_reply GO || return 1
-    cat "$STATE/xfer" >&3 || return 1
+    printf 'PUT %s %s.%s %s\n' "$size" "${stamp%% *}" "$frac" "$hex" >&3 || return 2
+    serial_reply GO || return
+    cat "$STATE/xfer" >&3 || return 2
     serial_reply OK
 }
 
@@ -225,7 +231,12 @@ serial_push_files() { # LIST
         [ -f "$WORK/$path" ] && [ ! -L "$WORK/$path" ] || continue
         top=${path#./}
         excluded "${top%%/*}" && continue  # never over the host's own files
-        serial_put "$path" || rc=1
+        serial_put "$path"
+        case $? in
+            0) ;;
+            1) rc=1 ;;            # refused (ERR): the next file may go
+            *) rc=1; break ;;     # out of step: the next window starts with HELLO
+        esac
     done < "$1"
     serial_close
     rm -f "$STATE/xfer"
