@@ -51,7 +51,7 @@ def test_a_vm_job_checkpoints_quits_and_resumes_under_windows_qemu(
     assert not first["timed_out"], first["client_output"] + stderr[-3000:]
     assert [c["do"] for c in first["controls_sent"]] == ["quit"], stderr[-3000:]
     assert first["exit_code"] == 0 and files.read_finish_file(slot) is None, stderr[-3000:]
-    assert _event(slot, "share_transport")["shares"] == {"shared": "serial"}  # no 9p here
+    assert "shared directory transport: shared serial" in stderr  # no 9p in this QEMU
     assert events(slot, "checkpoint"), stderr[-3000:]
     counted_before_quit = (slot / "shared" / "result").read_text().count("step")
     assert 0 < counted_before_quit < len(EXPECTED_OUTPUT.splitlines())
@@ -72,9 +72,3 @@ def test_a_vm_job_checkpoints_quits_and_resumes_under_windows_qemu(
     # the second episode restored the checkpoint (a snapshot name), it did not boot afresh
     assert str(events(slot, "vm_started")[-1]["snapshot"]).startswith("boinc_"), stderr[-3000:]
     assert (slot / "shared" / "result").read_text() == EXPECTED_OUTPUT
-
-
-def _event(slot: Path, name: str) -> dict[str, object]:
-    found = events(slot, name)
-    assert found, f"no {name} event in {slot}"
-    return found[-1]
