@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from vmwrapper.outcome import Outcome
 from vmwrapper.spec.model import JobSpec
 from vmwrapper.supervisor import events
 from vmwrapper.supervisor.loop import Settings, Supervisor
+from vmwrapper.supervisor.timers import Timers
 
 
 @dataclass
@@ -144,17 +145,19 @@ def run_job(
     client = AppClient.attach(slot, clock=clock, sleep=clock.sleep)
     try:
         # trigger_poll 0: one sleep a tick, so the client side polls once a second as the
-        # client does (tests of the between-tick watch turn it on)
+        # client does (tests of the between-tick watch turn it on); `settings` names Settings
+        # fields and Timers fields alike
+        given = dict(settings or {})
+        timer_names = {f.name for f in fields(Timers)}
+        timers = {k: given.pop(k) for k in list(given) if k in timer_names}
         base = Settings(
             job=job,
             slot_dir=slot,
             seed=1,
             argv=("vmwrapper", "--nthreads", "1"),
-            trigger_poll=0.0,
+            timers=Timers(**{"trigger_poll": 0.0, **timers}),
         )
-        sup = Supervisor(
-            fake, client, replace(base, **(settings or {})), clock=clock, sleep=clock.sleep
-        )
+        sup = Supervisor(fake, client, replace(base, **given), clock=clock, sleep=clock.sleep)
         outcome = sup.run()
         client.write_outcome(outcome)
         side.poll()

@@ -49,7 +49,7 @@ def test_booting_waits_then_goes_online_and_applies_preferences() -> None:
 
 
 def test_boot_timeout_is_a_transient_exit_with_backoff_delay() -> None:
-    obs = m.Observation(vm=VmState.STARTING, boot_timed_out=True, transient_delay=600.0)
+    obs = m.Observation(vm=VmState.STARTING, booting_for=301.0, transient_delay=600.0)
     step = m.step(S.BOOTING, obs, CFG)
     assert step.state is S.DONE
     assert step.outcome == TemporaryExit(600.0, m.MSG_BOOT_TIMEOUT)
@@ -71,7 +71,7 @@ def test_boot_timeout_is_a_transient_exit_with_backoff_delay() -> None:
     ],
 )
 def test_host_problems_seen_at_boot(diagnosis: Diagnosis, expected: object) -> None:
-    obs = m.Observation(vm=VmState.STARTING, boot_timed_out=True, diagnoses=(diagnosis,))
+    obs = m.Observation(vm=VmState.STARTING, booting_for=301.0, diagnoses=(diagnosis,))
     assert m.step(S.BOOTING, obs, CFG).outcome == expected
 
 
@@ -304,7 +304,9 @@ _observations = st.builds(
     heartbeat_failure=st.none() | st.just(ERR_TIMEOUT),
     guest_oom=st.booleans(),
     checkpoint_due=st.booleans(),
-    boot_timed_out=st.booleans(),
+    booting_for=st.sampled_from([0.0, 301.0]),
+    status_failures=st.sampled_from([0, 61]),
+    restore_failed=st.sampled_from(["", "boinc_1"]),
     failure=st.none() | st.builds(Failure, st.sampled_from(ErrorClass), st.just("x")),
     trickles=st.lists(st.tuples(st.just("t"), st.text(max_size=5)), max_size=2).map(tuple),
     network_connected=st.booleans(),
