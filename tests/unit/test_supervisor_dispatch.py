@@ -26,8 +26,7 @@ def _defined_actions() -> set[type]:
     return {
         cls
         for _, cls in inspect.getmembers(actions, inspect.isclass)
-        if cls.__module__ == actions.__name__
-        and first <= inspect.getsourcelines(cls)[1] <= last
+        if cls.__module__ == actions.__name__ and first <= inspect.getsourcelines(cls)[1] <= last
     }
 
 
