@@ -20,7 +20,8 @@ from vmwrapper.boinc.app import AppClient
 from vmwrapper.boinc.init_data import AppInitData, GlobalPrefs, format_init_data
 from vmwrapper.boinc.messages import Channel
 from vmwrapper.boinc.shmem import Segment
-from vmwrapper.hypervisor.fake import FakeBackend, FakeScript
+from vmwrapper.hypervisor.base import Backend
+from vmwrapper.hypervisor.fake import CoreOnlyBackend, FakeBackend, FakeScript
 from vmwrapper.outcome import Outcome
 from vmwrapper.spec.model import JobSpec
 from vmwrapper.supervisor import events
@@ -118,6 +119,7 @@ def run_job(
     before_tick: Callable[[FakeClock, FakeBackend], None] | None = None,
     heartbeat: str = "",
     init_data: dict[str, Any] | None = None,
+    core_only: bool = False,
 ) -> Run:
     """One wrapper episode in ``tmp``'s slot; returns its outcome (and leaves the slot)."""
     clock = clock or FakeClock()
@@ -157,7 +159,9 @@ def run_job(
             argv=("vmwrapper", "--nthreads", "1"),
             timers=Timers(**{"trigger_poll": 0.0, **timers}),
         )
-        sup = Supervisor(fake, client, replace(base, **given), clock=clock, sleep=clock.sleep)
+        # core_only: the supervisor sees the lifecycle core alone; the test still reads the fake
+        served: Backend = CoreOnlyBackend(fake) if core_only else fake
+        sup = Supervisor(served, client, replace(base, **given), clock=clock, sleep=clock.sleep)
         outcome = sup.run()
         client.write_outcome(outcome)
         side.poll()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from vmwrapper.errors import InputError
 from vmwrapper.hypervisor.base import Backend
-from vmwrapper.outcome import Finish, Outcome, PlainExit, TemporaryExit
+from vmwrapper.outcome import Finish, Outcome, TemporaryExit
 from vmwrapper.shared_dir.watch import write_slot_exclusions
 from vmwrapper.supervisor import backoff, events
 from vmwrapper.supervisor import machine as m
@@ -68,11 +68,12 @@ class Supervisor:
 
     def run(self) -> Outcome:
         """Run the job to its outcome. Never raises for anything the job or host does."""
-        outcome = self._start_up_files()
-        if outcome is not None:
-            return self._conclude(outcome)
-        self._log_start()
         ctx, state = self.ctx, m.State.STARTING
+        if not self._start_up_files():
+            setup = m.step(state, m.Observation(setup_failed=True), self.config)
+            assert setup.outcome is not None  # an ending row
+            return self._conclude(setup.outcome)
+        self._log_start()
         while True:
             tick_start = ctx.clock()
             self._account_elapsed(tick_start)
@@ -175,8 +176,9 @@ class Supervisor:
 
     # -- start-up -------------------------------------------------------------------------
 
-    def _start_up_files(self) -> Outcome | None:
-        """Shared dir, copy_to_shared, cmdline, --sporadic (docs/compatibility.md#start-up)."""
+    def _start_up_files(self) -> bool:
+        """Shared dir, copy_to_shared, cmdline, --sporadic (docs/compatibility.md#start-up).
+        False when the job cannot start (the machine decides the outcome)."""
         job = self.ctx.job
         if job.enable_shared_directory:
             try:
@@ -200,7 +202,7 @@ class Supervisor:
                 self.ctx.shared.make_sporadic_files()
             except (OSError, InputError) as exc:
                 log.error("--sporadic: could not create ac/ca files: %s", exc)
-                return PlainExit(1)
+                return False
         for name in job.copy_to_shared:
             try:
                 if self.ctx.shared.copy_in(self.ctx.client.resolve(name), name):
@@ -212,7 +214,7 @@ class Supervisor:
                 self.ctx.shared.write_cmdline(self.ctx.settings.argv)
             except (OSError, InputError) as exc:
                 log.error("copy_cmdline_to_shared: %s", exc)
-        return None
+        return True
 
     def _log_start(self) -> None:
         rec = self.ctx.rt.record

@@ -98,6 +98,7 @@ class Event(enum.Enum):
     SUSPEND = "suspend"
     RESUME = "resume"
     CHECKPOINT_DUE = "checkpoint_due"
+    SETUP_FAILED = "setup_failed"  # the slot could not be set up (--sporadic's files)
     RESTORE_FAILED = "restore_failed"  # the checkpoint could not be restored: boot fresh
     TICK = "tick"
 
@@ -140,6 +141,7 @@ class Observation:
     status_error: str = ""  # the last failed query's error
     failure: Failure | None = None
     restore_failed: str = ""  # the checkpoint whose restore just failed
+    setup_failed: bool = False  # the slot's start-up files could not be made (--sporadic)
     trickles: tuple[tuple[str, str], ...] = ()  # (trigger file name = variety, its text)
     uploads_ready: tuple[str, ...] = ()  # intermediate upload files present, not yet requested
     periodic_trickle: str | None = None  # --trickle body due now
@@ -189,6 +191,8 @@ def classify(state: State, obs: Observation, config: MachineConfig) -> Event:
     if state is State.DONE:
         raise ValueError("the machine is done; no more observations")
     client = obs.client
+    if obs.setup_failed and state is State.STARTING:
+        return Event.SETUP_FAILED
     if obs.restore_failed and state is State.BOOTING:  # (only StartVm restores)
         return Event.RESTORE_FAILED
     if obs.failure is not None:
@@ -310,6 +314,11 @@ def _quit_booting(obs: Observation, config: MachineConfig) -> Actions:
 
 def _quit_running(obs: Observation, config: MachineConfig) -> Actions:
     return [SaveState() if config.savestate_on_quit else PowerOff(), Exit(PlainExit(0))]
+
+
+def _on_setup_failed(obs: Observation, config: MachineConfig) -> Actions:
+    # a bare exit status 1, as vboxwrapper's (docs/compatibility.md#start-up)
+    return [Exit(PlainExit(1))]
 
 
 def _on_register_only(obs: Observation, config: MachineConfig) -> Actions:
@@ -491,6 +500,7 @@ TRANSITIONS: dict[tuple[State, Event], Row] = {
     (State.BOOTING, Event.NO_HEARTBEAT): _ending(_quit_booting),
     (State.BOOTING, Event.TEMPORARY_EXIT): _ending(_temporary_exit_booting),
     (State.BOOTING, Event.RESTORE_FAILED): Row(State.BOOTING, _on_restore_failed),
+    (State.STARTING, Event.SETUP_FAILED): _ending(_on_setup_failed),
     (State.STARTING, Event.FAILURE): _ending(_on_failure),
     (State.STARTING, Event.ABORT): _ending(_abort_before_vm),
     (State.STARTING, Event.QUIT): _ending(_quit_before_vm),
