@@ -277,7 +277,7 @@ def _shares(spec: JobSpec, slot_dir: Path, project_dir: Path) -> tuple[Share, ..
     return tuple(shares)
 
 
-def _network(spec: JobSpec, ports: RuntimePorts) -> NetworkConfig:
+def _network(spec: JobSpec, ports: RuntimePorts, count_bytes: bool) -> NetworkConfig:
     if not spec.enable_network:
         return NetworkConfig(enabled=False)  # forwards need a network (vboxwrapper skips them)
     rules: list[PortRule] = []
@@ -292,6 +292,7 @@ def _network(spec: JobSpec, ports: RuntimePorts) -> NetworkConfig:
         driver=spec.vm_network_driver,
         nat_dns_host_resolver=spec.enable_nat_dns_host_resolver,
         port_rules=tuple(rules),
+        count_bytes=count_bytes,
     )
 
 
@@ -364,7 +365,7 @@ def build_vm_config(
         floppy_image=slot_dir / run.floppy_name if spec.enable_floppyio else None,
         boot_iso=spec.boot_iso,
         shares=_shares(spec, slot_dir, project_dir),
-        network=_network(spec, ports),
+        network=_network(spec, ports, aid.global_prefs.daily_xfer_limit_mb > 0),
         remote_desktop=remote,
         headless=run.headless,
         rtc_utc=True,

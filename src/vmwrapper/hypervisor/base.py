@@ -103,6 +103,9 @@ class NetworkConfig:
     driver: str = ""  # vm_network_driver (NIC model); "" = back end default
     nat_dns_host_resolver: bool = False
     port_rules: tuple[PortRule, ...] = ()
+    #: the volunteer set a daily transfer limit: count the NIC's bytes from start() on
+    #: (QEMU arms its counters then; they cost a file write per frame, so only when asked)
+    count_bytes: bool = False
 
 
 @dataclass(frozen=True)
