@@ -12,8 +12,10 @@ import pytest
 
 from vmwrapper.errors import HostNotReady
 from vmwrapper.hypervisor.base import NetworkConfig, PortRule, RemoteDesktop, Share, VmConfig
+from vmwrapper.hypervisor.virtualbox import capabilities as vbox_caps
 from vmwrapper.hypervisor.virtualbox import commands as cmd
-from vmwrapper.hypervisor.virtualbox.commands import Capabilities, Syntax
+from vmwrapper.hypervisor.virtualbox import creation
+from vmwrapper.hypervisor.virtualbox.capabilities import Capabilities, Syntax
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "vbox"
 
@@ -67,7 +69,7 @@ def every_option() -> VmConfig:
 def caps(syntax: Syntax) -> Capabilities:
     help_text = HELP_V7 if syntax is Syntax.V7 else HELP_V6
     version = "7.0.14r161095" if syntax is Syntax.V7 else "6.0.24r139119"
-    return cmd.capabilities(
+    return vbox_caps.capabilities(
         version, help_text, guest_additions_iso="/usr/share/virtualbox/VBoxGuestAdditions.iso"
     )
 
@@ -83,9 +85,9 @@ def test_golden_create_transcript(syntax: Syntax) -> None:
     if syntax is Syntax.V7:
         # VirtualBox 7 has no --hwvirtex: a 32-bit guest without VT-x cannot be defined
         with pytest.raises(HostNotReady, match="ERR_CPU_VM_EXTENSIONS_DISABLED"):
-            cmd.create_steps(config, c, nic_type="virtio")
+            creation.create_steps(config, c, nic_type="virtio")
         config = replace(config, hw_acceleration=True)
-    text = transcript(cmd.create_steps(config, c, nic_type="virtio"))
+    text = transcript(creation.create_steps(config, c, nic_type="virtio"))
     golden = GOLDEN / f"create_every_option_v{syntax.value}.txt"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +109,9 @@ def test_golden_iso_mode_transcript() -> None:
         hw_acceleration=True,
         network=NetworkConfig(enabled=False, bridged=True),
     )
-    steps = cmd.create_steps(config, caps(Syntax.V7), nic_type="82540EM", bridge_interface="eth0")
+    steps = creation.create_steps(
+        config, caps(Syntax.V7), nic_type="82540EM", bridge_interface="eth0"
+    )
     text = transcript(steps)
     golden = GOLDEN / "create_iso_mode_v7.txt"
     if os.environ.get("UPDATE_GOLDEN") == "1":
@@ -116,16 +120,16 @@ def test_golden_iso_mode_transcript() -> None:
 
 
 def test_port_forwards_bind_loopback_unless_remote() -> None:
-    steps = cmd.port_forward_steps(every_option(), caps(Syntax.V7))
+    steps = creation.port_forward_steps(every_option(), caps(Syntax.V7))
     assert [s.args[-1] for s in steps] == [",tcp,127.0.0.1,31416,,80", ",tcp,,31417,,22"]
     off = replace(
         every_option(), network=NetworkConfig(enabled=False, port_rules=(PortRule(1, 2),))
     )
-    assert cmd.port_forward_steps(off, caps(Syntax.V7)) == []
+    assert creation.port_forward_steps(off, caps(Syntax.V7)) == []
 
 
 def test_remote_desktop_is_loopback_with_a_task_password() -> None:
-    steps = cmd.remote_desktop_steps(every_option(), caps(Syntax.V7))
+    steps = creation.remote_desktop_steps(every_option(), caps(Syntax.V7))
     args = steps[0].args
     assert args[args.index("--vrde-address") + 1] == "127.0.0.1"
     assert args[args.index("--vrde-auth-type") + 1] == "external"
@@ -142,7 +146,7 @@ def test_remote_desktop_is_loopback_with_a_task_password() -> None:
 
 
 def test_bandwidth_group_is_attached_to_the_nic() -> None:
-    steps = cmd.bandwidth_steps(every_option(), caps(Syntax.V6))
+    steps = creation.bandwidth_steps(every_option(), caps(Syntax.V6))
     assert steps[0].args[:4] == (
         "bandwidthctl",
         "boinc_0123456789abcdef",
@@ -184,16 +188,16 @@ def test_runtime_network_uses_setlinkstate() -> None:
 def test_64bit_guest_without_acceleration_is_refused_with_the_client_token() -> None:
     config = replace(every_option(), os_name="Ubuntu_64")
     with pytest.raises(HostNotReady, match="ERR_CPU_VM_EXTENSIONS_DISABLED") as info:
-        cmd.acceleration_steps(config, caps(Syntax.V6))
+        creation.acceleration_steps(config, caps(Syntax.V6))
     assert info.value.code == -148
-    assert cmd.acceleration_steps(replace(config, hw_acceleration=True), caps(Syntax.V6)) == []
+    assert creation.acceleration_steps(replace(config, hw_acceleration=True), caps(Syntax.V6)) == []
 
 
 def test_capabilities_from_help_text_not_from_version() -> None:
     # a 7.x version string with 6.x help text: the help text decides
-    c = cmd.capabilities("7.1.0r1", HELP_V6)
+    c = vbox_caps.capabilities("7.1.0r1", HELP_V6)
     assert c.syntax is Syntax.V6 and not c.audio_enabled_option and c.hwvirtex_option
-    c = cmd.capabilities("6.1.0r1", HELP_V7)
+    c = vbox_caps.capabilities("6.1.0r1", HELP_V7)
     assert c.syntax is Syntax.V7 and c.audio_enabled_option and not c.hwvirtex_option
     assert c.accepts_nic_type("virtio") and not c.accepts_nic_type("e1000")
 
@@ -203,7 +207,7 @@ def test_capabilities_from_help_text_not_from_version() -> None:
     [("6.1.50r161033", Syntax.V6), ("7.0.2r1", Syntax.V7), ("garbage", Syntax.V7), ("", Syntax.V7)],
 )
 def test_capabilities_fall_back_to_the_version(version: str, syntax: Syntax) -> None:
-    c = cmd.capabilities(version, "")
+    c = vbox_caps.capabilities(version, "")
     assert c.syntax is syntax
     if version == "garbage":
         assert c.version is None
@@ -217,7 +221,7 @@ def test_iso_mode_piix4_is_fixed_up_to_sata() -> None:
         disk_controller_type="ide",
         disk_controller_model="PIIX4",
     )
-    args = cmd.controller_steps(config, caps(Syntax.V7))[0].args
+    args = creation.controller_steps(config, caps(Syntax.V7))[0].args
     assert args[args.index("--add") + 1] == "sata"
     assert args[args.index("--controller") + 1] == "IntelAHCI"
 
@@ -260,12 +264,12 @@ def test_host_under_a_hypervisor_needs_virtualbox_7_2(version: str, usable: bool
     """vboxwrapper runs VMs without VT-x on a host that itself runs under a hypervisor when
     VirtualBox is 7.1.x or older; an unknown version counts as newer."""
     config = replace(every_option(), hw_acceleration=True, under_hypervisor=True)
-    capabilities = cmd.capabilities(version, HELP_V6)
-    assert cmd.hw_acceleration_usable(config, capabilities) is usable
-    assert cmd.hw_acceleration_usable(replace(config, under_hypervisor=False), capabilities)
+    capabilities = vbox_caps.capabilities(version, HELP_V6)
+    assert creation.hw_acceleration_usable(config, capabilities) is usable
+    assert creation.hw_acceleration_usable(replace(config, under_hypervisor=False), capabilities)
     if usable:
-        assert cmd.acceleration_steps(config, capabilities) == []
+        assert creation.acceleration_steps(config, capabilities) == []
     else:  # a 32-bit guest runs without it; a 64-bit one cannot
-        assert "--hwvirtex" in transcript(cmd.acceleration_steps(config, capabilities))
+        assert "--hwvirtex" in transcript(creation.acceleration_steps(config, capabilities))
         with pytest.raises(HostNotReady, match="ERR_CPU_VM_EXTENSIONS_DISABLED"):
-            cmd.acceleration_steps(replace(config, os_name="Linux26_64"), capabilities)
+            creation.acceleration_steps(replace(config, os_name="Linux26_64"), capabilities)

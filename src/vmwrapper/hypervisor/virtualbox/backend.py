@@ -2,10 +2,17 @@
 (docs/compatibility.md#creating-the-vm).
 
 ``VirtualBoxBackend(config, runner=None, ...)`` implements :class:`vmwrapper.hypervisor.base.
-Backend`. Commands come from :mod:`.commands` (pure tables), output is parsed by :mod:`.output`,
-the VM's ``VBox.log`` by :mod:`.logs`; this module does the I/O: it runs the steps through the
-injected :class:`.runner.VBoxManage`, probes the installed VirtualBox once, reads the log, takes
-the multiattach lock, measures the VM process's CPU time with psutil and renices its threads.
+Backend`: the VM's lifecycle (start, state, pause, snapshots, power-off), its throttles and its
+accounting. It composes, each in a module of its own:
+
+- :mod:`.host`: probing the installed VirtualBox once (version, syntax, readiness);
+- :mod:`.registration`: creating the VM (steps from :mod:`.creation`), the multiattach parent
+  under its lock, what earlier runs left, and the teardown;
+- :mod:`.vmlog`: this run's ``VBox.log`` (the VM process id, guest lines, the log dump).
+
+Commands come from :mod:`.commands` (pure tables), output is parsed by :mod:`.output`; every
+call goes through the injected :class:`.runner.VBoxManage`. This module measures the VM
+process's CPU time with psutil and renices its threads.
 
 State comes from ``showvminfo --machinereadable`` (never from the log,
 docs/compatibility.md#virtualbox-state-and-logs). vboxwrapper's visible log lines are kept ("Create
@@ -18,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -39,23 +45,23 @@ from vmwrapper.hypervisor.base import (
 from vmwrapper.hypervisor.process import PriorityNote, set_vm_priority
 from vmwrapper.hypervisor.text import whole_lines_tail
 from vmwrapper.hypervisor.virtualbox import commands as cmd
-from vmwrapper.hypervisor.virtualbox import failures, logs, output
-from vmwrapper.hypervisor.virtualbox.commands import Capabilities, Step
+from vmwrapper.hypervisor.virtualbox import creation, failures, logs, output, vmlog
+from vmwrapper.hypervisor.virtualbox.capabilities import Capabilities
+from vmwrapper.hypervisor.virtualbox.commands import Step
 from vmwrapper.hypervisor.virtualbox.failures import Reaction
-from vmwrapper.hypervisor.virtualbox.lock import MultiattachLock
+from vmwrapper.hypervisor.virtualbox.host import HostProbe
+from vmwrapper.hypervisor.virtualbox.registration import Registrar, vm_info
 from vmwrapper.hypervisor.virtualbox.runner import (
-    TRACE_FILE,
     CommandResult,
     VBoxManage,
     VBoxManageError,
-    is_multiattach_40_error,
     vbox_environment,
 )
+from vmwrapper.hypervisor.virtualbox.vmlog import Identity, VmLog
 from vmwrapper.outcome import ERR_NOT_EXITED
 
 log = logging.getLogger(__name__)
 
-PID_TIMEOUT = 45.0  # vboxwrapper waits ~45 s for "Process ID:" in VBox.log
 STATE_TIMEOUT = 300.0  # poweroff / savestate wait (vboxwrapper's 300 s)
 
 
@@ -80,7 +86,6 @@ class VirtualBoxBackend:
         self._clock = clock
         self._sleep = sleep
         self._poll_interval = poll_interval
-        self._lock_dir = lock_dir
         boinc_dir = boinc_dir or _boinc_dir_of(config.project_dir)
         env = vbox_environment(
             dict(os.environ if environ is None else environ), boinc_dir=boinc_dir
@@ -93,13 +98,12 @@ class VirtualBoxBackend:
             if "VBOX_USER_HOME" not in (environ or os.environ):
                 _mkdir_quietly(env.profile_dir)
         self.runner = runner
-        self._caps: Capabilities | None = None
+        self._host = HostProbe(runner)
+        self._registrar = Registrar(config, runner, lock_dir=lock_dir, clock=clock, sleep=sleep)
+        self._vm_log = VmLog(config, clock=clock, sleep=sleep, poll_interval=poll_interval)
         self._pid: int | None = None
         self._cpu = CpuTotal()  # CPU seconds of this run's VM processes
-        self._log_identity: tuple[int, int] | None = None
-        self._log_offset = 0
         self._bandwidth_limited = False
-        self._host_checked = False
         self._priority_noted: PriorityNote = None
         self._start_failure = ""  # output of this run's failed startvm, for diagnose()
 
@@ -107,71 +111,17 @@ class VirtualBoxBackend:
 
     @property
     def capabilities(self) -> Capabilities:
-        """VirtualBox's version and syntax, probed once (``--version``, ``help modifyvm``,
-        ``list systemproperties``)."""
-        if self._caps is None:
-            version = self.runner.run(Step(("--version",), "version", retry=False))
-            text = version.output.replace("\r", "").strip()
-            if output.parse_version(text) is None:
-                log.warning("VirtualBox version not recognised: %r; assuming a current one", text)
-            help_text = self.runner.probe(
-                Step(("help", "modifyvm"), "help modifyvm", retry=False, log_error=False)
-            ).output
-            props = self.runner.probe(
-                Step(("list", "systemproperties"), "systemproperties", retry=False, log_error=False)
-            ).output
-            additions = output.guest_additions_iso(props)
-            self._caps = cmd.capabilities(
-                text,
-                help_text,
-                guest_additions_iso=additions if additions and os.path.isfile(additions) else "",
-                macos=platform.system() == "Darwin",
-            )
-            log.info("Detected: %s", self._caps.display_version)
-        return self._caps
-
-    def _ensure_host(self) -> None:
-        if not self._host_checked:
-            self.check_host()
-            self._refuse_known_bad_version()
-            self._host_checked = True
-
-    def _refuse_known_bad_version(self) -> None:
-        """vboxwrapper's known-bad releases end the task with a temporary exit and a notice
-        asking the volunteer to upgrade (docs/compatibility.md#virtualbox-failures)."""
-        caps = self.capabilities
-        if output.is_known_bad(caps.version):
-            raise HostNotReady(
-                f"Incompatible version of VirtualBox detected ({caps.version_text}); please "
-                "upgrade: this release crashes or corrupts VMs while taking or restoring "
-                "snapshots"
-            )
+        """VirtualBox's version and syntax, probed once (see :class:`.host.HostProbe`)."""
+        return self._host.capabilities
 
     def check_host(self) -> None:
-        """vboxwrapper's ``is_system_ready``: ``list hostinfo`` must work and show no driver
-        warnings. Raises HostNotReady (a temporary condition, unlike vboxwrapper's exit 1)."""
-        result = self.runner.probe(Step(("list", "hostinfo"), "list hostinfo", retry=False))
-        info = output.parse_hostinfo(result.output)
-        if not result.ok or not info.ready:
-            problems = "; ".join(info.problems) or result.output.strip()[-300:]
-            raise HostNotReady(
-                f"VirtualBox is not ready on this host: {problems}; fix: install or repair "
-                "VirtualBox (kernel modules loaded, matching VBoxManage)",
-                argv=result.argv,
-                exit_code=result.exit_code,
-                output=result.output,
-            )
+        """vboxwrapper's ``is_system_ready`` (see :meth:`.host.HostProbe.check_host`)."""
+        self._host.check_host()
 
     # ---- registration --------------------------------------------------------------------
 
-    def _vminfo(self, vm: str | None = None) -> output.VmInfo | None:
-        """showvminfo of the VM (None when VirtualBox does not know it)."""
-        result = self.runner.probe(cmd.showvminfo(vm or self.config.name), trace=False)
-        if result.ok:
-            return output.parse_vminfo(result.output)
-        if result.hresult == output.VBOX_E_OBJECT_NOT_FOUND:
-            return None
-        raise VBoxManageError("showvminfo", result)
+    def _vminfo(self) -> output.VmInfo | None:
+        return vm_info(self.runner, self.config.name)
 
     def exists(self) -> bool:
         """Registered with VirtualBox now. (Settings left in the slot by an unregistered VM are
@@ -187,171 +137,18 @@ class VirtualBoxBackend:
             log.info("Register VM. (%s)", config.name)
             self._run(Step(("registervm", str(cmd.settings_file(config))), "register"))
             return
-        self._ensure_host()
-        self._remove_stale_vm()
+        self._host.ensure_ready()
+        self._registrar.remove_stale_vm()
         caps = self.capabilities
-        acceleration = cmd.acceleration_steps(config, caps)  # refuses before anything is made
+        acceleration = creation.acceleration_steps(config, caps)  # refuses before anything is made
         log.info("Create VM. (%s, slot#%s)", config.name, config.slot_dir.name)
         try:
-            self._define(caps, acceleration)
+            self._registrar.define(caps, acceleration)
         except BaseException:
             # never leave a half-built VM that a later create() would "reuse"
             log.warning("Creating VM %s failed; removing what was made", config.name)
-            self._teardown(config.name)
+            self._registrar.teardown(config.name)
             raise
-
-    def _define(self, caps: Capabilities, acceleration: list[Step]) -> None:
-        config = self.config
-        for step in cmd.define_steps(config, caps):
-            self._run(step)
-        info = self._vminfo()
-        nic_type = self._nic_type(caps, info)
-        bridge = ""
-        if config.network.bridged:
-            bridge = output.first_bridged_interface(
-                self.runner.probe(Step(("list", "bridgedifs"), "list bridgedifs")).output
-            )
-        steps: list[Step] = [
-            *cmd.network_steps(config, caps, nic_type, bridge),
-            *cmd.devices_off_steps(config, caps),
-            *acceleration,
-            *cmd.controller_steps(config, caps),
-            *cmd.media_steps(config, caps),
-        ]
-        for step in steps:
-            self._run(step)
-        if config.multiattach_parent is not None and config.iso_image is None:
-            self._attach_multiattach_parent(config.multiattach_parent)
-        later = [
-            *cmd.guest_additions_after_multiattach(config, caps),
-            *cmd.floppy_steps(config),
-            *cmd.bandwidth_steps(config, caps),
-            *cmd.port_forward_steps(config, caps),
-            *self._remote_desktop_steps(caps),
-            *cmd.shared_folder_steps(config),
-        ]
-        for step in later:
-            self._run(step)
-
-    def _nic_type(self, caps: Capabilities, info: output.VmInfo | None) -> str:
-        driver = self.config.network.driver
-        if driver:
-            if caps.accepts_nic_type(driver):
-                return driver
-            log.warning(
-                "Invalid Network Driver Specified: %s (not in `VBoxManage help modifyvm`);"
-                " using the default",
-                driver,
-            )
-        if info is None:
-            return ""
-        return cmd.default_nic_type(info.nic_type, info.paravirt_provider)
-
-    def _remote_desktop_steps(self, caps: Capabilities) -> list[Step]:
-        if self.config.remote_desktop is None:
-            return []
-        packs = self.runner.probe(Step(("list", "extpacks"), "list extpacks", retry=False))
-        if not output.has_vrde_extpack(packs.output):
-            log.warning("Required extension pack not installed, remote desktop not enabled.")
-            return []
-        log.info("Enabling remote desktop for VM.")
-        return cmd.remote_desktop_steps(self.config, caps)
-
-    def _remove_stale_vm(self) -> None:
-        """A VM of an earlier run may still hold this slot's disk
-        (docs/compatibility.md#creating-the-vm): unregister it when `showhdinfo` names it, else
-        forget the slot's media."""
-        config = self.config
-        disk = config.cache_disk if config.iso_image is not None else config.disk_image
-        if disk is None or config.multiattach_parent is not None or not disk.is_file():
-            return
-        result = self.runner.probe(cmd.showhdinfo(str(disk)))
-        if not result.ok:
-            return
-        info = output.parse_hdinfo(result.output)
-        for vm_name, vm_uuid in info.in_use_by:
-            log.info("Deregistering stale VM %s (%s) that still uses %s", vm_name, vm_uuid, disk)
-            self._teardown(vm_uuid, delete=False)
-        for step in cmd.close_media_steps(config):
-            self.runner.probe(step)
-
-    def _attach_multiattach_parent(self, parent: Path) -> None:
-        """Attach the project's shared parent image in multiattach mode
-        (docs/compatibility.md#creating-the-vm), under the per-parent lock; orphaned children left
-        by crashed runs are removed once."""
-        config = self.config
-        with MultiattachLock(parent, lock_dir=self._lock_dir, clock=self._clock, sleep=self._sleep):
-            for attempt in (1, 2):
-                hd = self.runner.probe(cmd.showhdinfo(str(parent)))
-                setuuid = False
-                if not hd.ok:
-                    text = hd.output
-                    if "Cannot register the hard disk" in text and "already exists" in text:
-                        setuuid = True
-                        log.warning(
-                            "%s has the UUID of another registered disk; attaching with "
-                            "a new UUID (re-clone the image on the server)",
-                            parent,
-                        )
-                    else:
-                        raise VBoxManageError("showhdinfo (multiattach parent)", hd)
-                info = output.parse_hdinfo(hd.output)
-                if attempt == 1 and info.multiattach and info.child_uuids:
-                    # children of VMs that are gone (crashed or stale runs) only fill the disk
-                    self._remove_disk_orphans(parent, close_parent=False)
-                if not info.multiattach:  # registers it (with a new UUID on a clash)
-                    self._run(
-                        cmd.attach_step(
-                            config,
-                            0,
-                            "hdd",
-                            str(parent),
-                            setuuid=setuuid,
-                            item="storage attach (fixed disk)",
-                        )
-                    )
-                    self._run(
-                        cmd.attach_step(config, 0, "", "none", item="storage detach (fixed disk)")
-                    )
-                try:
-                    self._run(
-                        cmd.attach_step(
-                            config,
-                            0,
-                            "hdd",
-                            str(parent),
-                            mtype="multiattach",
-                            item="storage attach (fixed disk - multiattach)",
-                        )
-                    )
-                    return
-                except VBoxManageError as exc:
-                    if attempt == 1 and is_multiattach_40_error(exc.output):
-                        self._remove_disk_orphans(parent)
-                        continue
-                    raise
-
-    def _remove_disk_orphans(self, parent: Path, *, close_parent: bool = True) -> None:
-        """Delete every differencing child of ``parent`` that no VM (or snapshot) uses, children
-        first; with ``close_parent`` also close the parent itself, so VirtualBox forgets a broken
-        registry entry (docs/compatibility.md#creating-the-vm). Runs under the parent's lock."""
-        info = output.parse_hdinfo(self.runner.probe(cmd.showhdinfo(str(parent))).output)
-        for child in info.child_uuids:
-            self._remove_orphan_tree(child, parent)
-        if close_parent:
-            self.runner.probe(cmd.closemedium("disk", info.location or str(parent)))
-
-    def _remove_orphan_tree(self, uuid: str, parent: Path) -> bool:
-        result = self.runner.probe(cmd.showhdinfo(uuid))
-        if not result.ok:
-            return False
-        info = output.parse_hdinfo(result.output)
-        if info.in_use_by:
-            return False
-        if not all([self._remove_orphan_tree(child, parent) for child in info.child_uuids]):
-            return False  # a descendant is still in use: keep the chain
-        log.info("Removing orphaned child disk %s of %s", info.location or uuid, parent)
-        return self.runner.probe(cmd.closemedium("disk", uuid, delete=True)).ok
 
     # ---- start and state -------------------------------------------------------------------
 
@@ -385,8 +182,8 @@ class VirtualBoxBackend:
                     output=exc.output,
                     code=exc.code,
                 ) from exc
-        self._ensure_host()
-        before = self._log_file_identity()
+        self._host.ensure_ready()
+        before = self._vm_log.identity()
         self._start_failure = ""
         try:
             self._run(cmd.startvm(config))
@@ -395,19 +192,19 @@ class VirtualBoxBackend:
                 raise self._start_error(exc, before) from exc
             # VirtualBox 5.0.10's startvm exits 1 after a successful start: the output counts
             log.warning("VBoxManage startvm exited %s but says the VM started", exc.exit_code)
-        pid = self._wait_for_pid(before)
+        pid = self._vm_log.wait_for_pid(before)
         self._pid = pid
         self._cpu.process_ended()  # the earlier process's count stays; this one starts at 0
         log.debug("VM %s started, process %d", config.name, pid)
         return pid
 
-    def _start_error(self, exc: VBoxManageError, before: tuple[int, int] | None) -> BackendError:
+    def _start_error(self, exc: VBoxManageError, before: Identity | None) -> BackendError:
         """What a failed ``startvm`` means. VT-x/AMD-V off, missing or held by Hyper-V makes
         VirtualBox refuse the start at once (NS_ERROR_FAILURE with a ``VERR_VMX_*``,
         ``VERR_SVM_*`` or ``VERR_NEM_*`` line, also in the fresh VBox.log): that is a host
         problem for the supervisor's VM-extensions contract, never a retry until the deadline
         (docs/compatibility.md#virtualbox-failures)."""
-        fresh_log = self._read_log() if self._log_file_identity() != before else ""
+        fresh_log = self._vm_log.read() if self._vm_log.identity() != before else ""
         self._start_failure = exc.output
         found = logs.diagnose(exc.output + "\n" + fresh_log)
         host = [d for d in found if d in logs.HOST_DIAGNOSES]
@@ -429,42 +226,6 @@ class VirtualBoxBackend:
         )
         error.temporary = exc.temporary
         return error
-
-    def _log_path(self) -> Path:
-        return cmd.log_dir(self.config) / "VBox.log"
-
-    def _log_file_identity(self) -> tuple[int, int] | None:
-        try:
-            st = self._log_path().stat()
-        except OSError:
-            return None
-        return (st.st_ino, int(st.st_ctime_ns))
-
-    def _wait_for_pid(self, before: tuple[int, int] | None) -> int:
-        """The VM process id from the *new* VBox.log (VirtualBox rotates it at start,
-        docs/compatibility.md#virtualbox-state-and-logs)."""
-        deadline = self._clock() + PID_TIMEOUT
-        while True:
-            identity = self._log_file_identity()
-            if identity is not None and identity != before:
-                pid = logs.process_id(self._read_log())
-                if pid is not None and psutil.pid_exists(pid):
-                    self._log_identity = identity
-                    self._log_offset = 0
-                    return pid
-            if self._clock() >= deadline:
-                raise VmStartError(
-                    f"VM {self.config.name} was started but its log {self._log_path()} named no "
-                    f"process within {PID_TIMEOUT:.0f} s",
-                    code=-182,
-                )
-            self._sleep(self._poll_interval)
-
-    def _read_log(self) -> str:
-        try:
-            return self._log_path().read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
 
     def status(self) -> VmStatus:
         try:
@@ -488,11 +249,9 @@ class VirtualBoxBackend:
         """When showvminfo cannot answer for now (VBoxSVC busy or away, a lock, a timeout), the
         state this run's VBox.log last recorded, as newer vboxwrapper reads it; a series of
         failed queries is then no crash (docs/compatibility.md#virtualbox-failures)."""
-        if not exc.temporary or self._log_identity is None:
+        if not exc.temporary or not self._vm_log.is_this_runs():
             return None
-        if self._log_file_identity() != self._log_identity:
-            return None  # not the log of the VM this run started
-        raw = logs.machine_state(self._read_log())
+        raw = logs.machine_state(self._vm_log.read())
         if not raw:
             return None
         log.debug("showvminfo failed (%s); VBox.log says %s", exc.cause.value, raw)
@@ -592,7 +351,7 @@ class VirtualBoxBackend:
         result = self.runner.probe(cmd.controlvm(self.config, "poweroff", retry=False))
         if self._wait_offline(STATE_TIMEOUT if result.ok else 5.0):
             return
-        pid = self._pid or logs.process_id(self._read_log())
+        pid = self._pid or logs.process_id(self._vm_log.read())
         if pid is not None and psutil.pid_exists(pid):
             log.warning("VM %s did not power off; killing process %d", self.config.name, pid)
             with contextlib.suppress(ProcessLookupError):
@@ -614,42 +373,11 @@ class VirtualBoxBackend:
         """Power off, delete snapshots, unregister with --delete, forget the media
         (docs/compatibility.md#creating-the-vm)."""
         if self._vminfo() is None:
-            for step in cmd.close_media_steps(self.config):
-                self.runner.probe(step)
+            self._registrar.close_media()
             return
         self.poweroff(timeout=0)
-        self._teardown(self.config.name)
-        for step in cmd.close_media_steps(self.config):
-            self.runner.probe(step)
-
-    def _teardown(self, vm: str, *, delete: bool = True) -> None:
-        """Delete snapshots, the bandwidth group, the floppy controller; unregister (with
-        ``--delete`` for our own VM; a stale VM's disks are this slot's, so they stay)."""
-        config = self.config
-        target = config if vm == config.name else _renamed(config, vm)
-        for entry in reversed(self._snapshots_of(vm)):
-            self.runner.probe(cmd.snapshot_delete(target, entry.uuid))
-        steps = cmd.teardown_steps(target, delete=delete)
-        unregister = steps[-1]
-        for step in steps[:-1]:
-            self.runner.probe(step)
-        if config.multiattach_parent is not None:
-            try:
-                with MultiattachLock(
-                    config.multiattach_parent,
-                    lock_dir=self._lock_dir,
-                    clock=self._clock,
-                    sleep=self._sleep,
-                ):
-                    self.runner.probe(unregister)
-            except BackendError:
-                self.runner.probe(unregister)  # as vboxwrapper: go on without the lock
-        else:
-            self.runner.probe(unregister)
-
-    def _snapshots_of(self, vm: str) -> tuple[output.SnapshotEntry, ...]:
-        result = self.runner.probe(Step(("snapshot", vm, "list"), "snapshot list", retry=False))
-        return output.parse_snapshot_list(result.output) if result.ok else ()
+        self._registrar.teardown(self.config.name)
+        self._registrar.close_media()
 
     def set_cpu_cap(self, percent: int) -> None:
         self._run_tolerant(cmd.cpu_cap(self.config, percent))
@@ -701,53 +429,25 @@ class VirtualBoxBackend:
 
     def guest_log(self) -> list[str]:
         """New ``Guest Log:`` lines of the current VBox.log (a rotated log restarts at 0)."""
-        identity = self._log_file_identity()
-        if identity is None or self._log_identity is None:
-            return []  # not started by us yet: the log is an earlier run's
-        if identity != self._log_identity:
-            self._log_identity = identity
-            self._log_offset = 0
-        try:
-            with open(self._log_path(), "rb") as handle:
-                handle.seek(self._log_offset)
-                data = handle.read()
-        except OSError:
-            return []
-        chunk = logs.split_new(data, self._log_offset)
-        self._log_offset = chunk.offset
-        return logs.guest_lines(chunk.lines)
+        return self._vm_log.guest_lines()
 
     def diagnose(self) -> tuple[Diagnosis, ...]:
         """Re-read the whole current log each call (vboxwrapper's cached log was stale,
         docs/compatibility.md#virtualbox-state-and-logs),
         together with the output of a ``startvm`` that failed in this run (VirtualBox prints the
         VT-x/AMD-V reason there even when it wrote no log)."""
-        return logs.diagnose(self._read_log() + "\n" + self._start_failure)
+        return logs.diagnose(self._vm_log.read() + "\n" + self._start_failure)
 
     def log_tail(self, limit: int = 8192) -> str:
         """The end of VBox.log cut to whole lines (for the hypervisor log dump)."""
-        return whole_lines_tail(self._read_log(), limit)
+        return whole_lines_tail(self._vm_log.read(), limit)
 
     def hypervisor_logs(self, limit: int = 8192) -> dict[str, str]:
         """vboxwrapper's hypervisor log dump (docs/compatibility.md#logging-and-error-reports): the
         tails of VBoxSVC.log, VBox.log, vbox_trace.txt and VBoxStartup.log under its section titles.
         Call it *before* cleanup(), which deletes the VM's Logs folder
         (docs/compatibility.md#logging-and-error-reports)."""
-        sources = {
-            "Hypervisor System Log": self.profile_dir / "VBoxSVC.log",
-            "VM Execution Log": self._log_path(),
-            "VM Startup Log": cmd.log_dir(self.config) / "VBoxStartup.log",
-            "VM Trace Log": self.config.slot_dir / TRACE_FILE,
-        }
-        dump: dict[str, str] = {}
-        for title, path in sources.items():
-            try:
-                dump[title] = whole_lines_tail(
-                    path.read_text(encoding="utf-8", errors="replace"), limit
-                )
-            except OSError:
-                continue
-        return dump
+        return vmlog.hypervisor_logs(self.config, self.profile_dir, limit)
 
     def screenshot(self) -> Path | None:
         """vboxwrapper's error screenshot: wake the screen (scancode 39), wait 1 s, save
@@ -785,21 +485,12 @@ class VirtualBoxBackend:
         return True
 
     def _run(self, step: Step) -> CommandResult | None:
-        if step.fatal:
-            return self.runner.run(step)
-        self.runner.probe(step)
-        return None
+        return self.runner.perform(step)
 
 
 def _holds_session(info: output.VmInfo) -> bool:
     """The VM process still exists: online, or stuck in a guru meditation (CRASHED but alive)."""
     return info.state.online or info.state_name.lower() in ("gurumeditation", "stuck")
-
-
-def _renamed(config: VmConfig, vm: str) -> VmConfig:
-    from dataclasses import replace
-
-    return replace(config, name=vm)
 
 
 def _boinc_dir_of(project_dir: Path) -> Path:

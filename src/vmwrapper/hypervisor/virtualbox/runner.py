@@ -188,6 +188,14 @@ class VBoxManage:
             )
         raise error
 
+    def perform(self, step: Step) -> CommandResult | None:
+        """A step as its table says: a fatal one is run (raising on failure), any other is
+        probed and its failure shrugged off."""
+        if step.fatal:
+            return self.run(step)
+        self.probe(step)
+        return None
+
     def probe(
         self, step: Step, *, timeout: float | None = None, trace: bool = True
     ) -> CommandResult:
