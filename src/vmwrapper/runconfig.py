@@ -22,6 +22,7 @@ from vmwrapper.hypervisor.base import (
     Share,
     VmConfig,
 )
+from vmwrapper.hypervisor.virtualbox.options import VirtualBoxOptions
 from vmwrapper.spec.model import MIN_MEMORY_SIZE_MB, JobSpec
 from vmwrapper.supervisor.select import choose_backend
 
@@ -327,6 +328,19 @@ def hw_acceleration_usable(aid: AppInitData, standalone: bool, cpus: int = 1) ->
     return cpus > 1
 
 
+def virtualbox_options(spec: JobSpec) -> VirtualBoxOptions:
+    """The job's settings only VirtualBox reads."""
+    controller = (spec.vm_disk_controller_type, spec.vm_disk_controller_model)
+    if spec.enable_isocontextualization and spec.vm_disk_controller_model == "PIIX4":
+        controller = ("sata", "IntelAHCI")  # vboxwrapper forces this for ISO contextualization
+    return VirtualBoxOptions(
+        vram_mb=int(spec.vram_size_mb),
+        graphics_controller=spec.vm_graphics_controller_type,
+        disk_controller_type=controller[0],
+        disk_controller_model=controller[1],
+    )
+
+
 def build_vm_config(
     run: RunConfig,
     spec: JobSpec,
@@ -337,9 +351,6 @@ def build_vm_config(
 ) -> VmConfig:
     """The back-end-neutral VM definition for this run."""
     iso_mode = spec.enable_isocontextualization
-    controller = (spec.vm_disk_controller_type, spec.vm_disk_controller_model)
-    if iso_mode and spec.vm_disk_controller_model == "PIIX4":
-        controller = ("sata", "IntelAHCI")  # vboxwrapper forces this for ISO contextualization
     multiattach = project_dir / spec.multiattach_vdi_file if spec.multiattach_vdi_file else None
     remote = (
         RemoteDesktop(ports.remote_desktop_port, ports.console_password)
@@ -354,10 +365,6 @@ def build_vm_config(
         os_name=spec.os_name,
         memory_mb=run.memory_mb,
         cpus=run.cpus,
-        vram_mb=int(spec.vram_size_mb),
-        graphics_controller=spec.vm_graphics_controller_type,
-        disk_controller_type=controller[0],
-        disk_controller_model=controller[1],
         disk_image=None if (iso_mode or multiattach) else slot_dir / run.image_name,
         multiattach_parent=None if iso_mode else multiattach,
         iso_image=slot_dir / "vm_isocontext.iso" if iso_mode else None,

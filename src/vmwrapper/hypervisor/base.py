@@ -128,10 +128,6 @@ class VmConfig:
     os_name: str = ""
     memory_mb: int = 512
     cpus: int = 1
-    vram_mb: int = 16
-    graphics_controller: str = "VBoxVGA"
-    disk_controller_type: str = "sata"
-    disk_controller_model: str = "IntelAHCI"
     disk_image: Path | None = None  # slot/vm_image.vdi (None in ISO mode or with multiattach)
     multiattach_parent: Path | None = None  # project/<multiattach_vdi_file>, never written
     iso_image: Path | None = None  # slot/vm_isocontext.iso
