@@ -26,6 +26,7 @@ from vmwrapper.outcome import Outcome
 from vmwrapper.spec.model import JobSpec
 from vmwrapper.supervisor import events
 from vmwrapper.supervisor.loop import Settings, Supervisor
+from vmwrapper.supervisor.runtime import Context
 from vmwrapper.supervisor.timers import Timers
 
 
@@ -161,7 +162,8 @@ def run_job(
         )
         # core_only: the supervisor sees the lifecycle core alone; the test still reads the fake
         served: Backend = CoreOnlyBackend(fake) if core_only else fake
-        sup = Supervisor(served, client, replace(base, **given), clock=clock, sleep=clock.sleep)
+        ctx = Context(served, client, replace(base, **given), clock=clock, sleep=clock.sleep)
+        sup = Supervisor(ctx)
         outcome = sup.run()
         client.write_outcome(outcome)
         side.poll()

@@ -38,19 +38,12 @@ log = logging.getLogger(__name__)
 
 
 class Supervisor:
-    def __init__(
-        self,
-        backend: Backend,
-        client: Client,
-        settings: Settings,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        wallclock: Callable[[], float] = time.time,
-    ) -> None:
-        ctx = Context(backend, client, settings, clock=clock, sleep=sleep, wallclock=wallclock)
+    """One job episode, from a :class:`~.runtime.Context` (the back end, the client, the
+    settings and the injected clock)."""
+
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        job = settings.job
+        settings, job = ctx.settings, ctx.job
         self.config = m.MachineConfig(
             job_duration=job.job_duration,
             register_only=settings.register_only,
@@ -290,7 +283,7 @@ def run_supervisor(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
     """Run one job episode to its outcome (the entry point cli/run.py calls)."""
-    supervisor = Supervisor(backend, client, settings, clock=clock, sleep=sleep)
+    supervisor = Supervisor(Context(backend, client, settings, clock=clock, sleep=sleep))
     # The client never signals us (it SIGKILLs); a person running the wrapper by hand does:
     # stop like a quit (VM powered off, checkpoints kept) instead of leaving the VM running.
     handlers = {}
