@@ -53,7 +53,7 @@ class Performer:
         self.ctx = ctx
         self.status = status
         self.observer = observer
-        self.checkpoints = Checkpointer(ctx, status, self.serving)
+        self.checkpointer = Checkpointer(ctx, status, self.serving)
 
     def perform(self, step: m.Step) -> Feedback:
         """Do the step's actions; return what stopped them (live states only)."""
@@ -109,7 +109,7 @@ class Performer:
             case m.TakeCheckpoint(final=final):
                 if final:
                     self.vm_priority(lowered=False)  # the VM stops next: save at full speed
-                self.checkpoints.take(final=final)
+                self.checkpointer.take(final=final)
             case m.SaveState():
                 self._save_state()
             case m.PowerOff():
@@ -139,7 +139,7 @@ class Performer:
                 ctx.rt.retry = ctx.rt.retry.bumped(reason)
                 backoff.save(ctx.settings.slot_dir, ctx.rt.retry)
             case m.ResetBackoff():
-                self.checkpoints.reset_backoff()
+                self.checkpointer.reset_backoff()
             case m.Exit():
                 pass  # perform() stops at the Exit; the loop returns its outcome
             case _:
@@ -246,7 +246,7 @@ class Performer:
             addr = f"localhost:{ctx.settings.remote_desktop_port}"
             ctx.client.remote_desktop_addr(addr)
             log.info("Detected: Remote Desktop Enabled (%s)", addr)
-        self.checkpoints.write_record(ctx.rt.record)
+        self.checkpointer.write_record(ctx.rt.record)
 
     def _apply_preferences(self, reread: bool) -> None:
         ctx, backend = self.ctx, self.ctx.backend
@@ -289,7 +289,7 @@ class Performer:
             backend.poweroff(ctx.timers.poweroff_grace)  # the VM still stops
             return
         try:
-            self.checkpoints.take(final=True)
+            self.checkpointer.take(final=True)
         except VmWrapperError as exc:
             log.warning("Checkpoint before saving the VM state failed: %s", exc)
         backend.save_state()
