@@ -292,7 +292,7 @@ class QemuBackend:
         if self._cap.percent < 100:
             self._apply_cap()
         if self.config.network.enabled and self.config.network.count_bytes:
-            self._net.totals()  # arms the counters: net_usage() counts from start()
+            self._net.totals()  # arms the counters: net_usage() counts from start() on
 
     def ports(self) -> QemuPorts:
         """The host ports of this VM (chosen once per back end; stable across restarts,
@@ -527,8 +527,7 @@ class QemuBackend:
             self._priority_noted = set_vm_priority(pid, nice, self._priority_noted)
 
     def net_usage(self) -> NetUsage | None:
-        """Bytes through the NIC since start(), counted by filter-dump files armed by start()
-        when the config asks to count (``network.count_bytes``), else on the first call."""
+        """NIC bytes since start(): filter-dump counters armed there (count_bytes), else here."""
         if not self.config.network.enabled or not self._process.alive():
             return None
         try:
