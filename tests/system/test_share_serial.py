@@ -154,6 +154,7 @@ try() { # LABEL PATH SIZE
     echo "hostile $1: $reply"
     [ "$reply" = GO ] || return 0
     head -c "$3" /dev/zero >&3
+    printf 'END %s\\n' "$(hex "$2")" >&3
     IFS= read -r -t 30 reply <&3
     echo "hostile $1 sent: $reply"
 }

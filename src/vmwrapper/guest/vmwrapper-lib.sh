@@ -161,7 +161,8 @@ find_serial_port() {
 serial_open() {
     exec 3<>"$SERIAL_PORT" || return 1
     nonce="$(cut -d' ' -f1 /proc/uptime | tr -d .)x$$x$RANDOM"
-    printf 'HELLO %s\n' "$nonce" >&3
+    # the newline first ends whatever partial line an interrupted window left on the host
+    printf '\nHELLO %s\n' "$nonce" >&3
     while IFS= read -r -t "$SERIAL_WAIT" reply <&3; do
         [ "$reply" = "HELLO $nonce" ] && return 0
     done
@@ -221,6 +222,7 @@ serial_put() {
     printf 'PUT %s %s.%s %s\n' "$size" "${stamp%% *}" "$frac" "$hex" >&3 || return 2
     serial_reply GO || return
     cat "$STATE/xfer" >&3 || return 2
+    printf 'END %s\n' "$hex" >&3 || return 2  # the trailer: these bytes were this file
     serial_reply OK
 }
 
