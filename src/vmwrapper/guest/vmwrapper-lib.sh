@@ -142,7 +142,7 @@ SERIAL_PORT=""   # /dev/vportNpM when the VM has the file service's port
 # Seconds to wait for a reply. The host answers GO, OK and HELLO at once; a restore from a
 # snapshot taken mid-window leaves the guest waiting for a reply the new QEMU's file service
 # never sends, so this bounds that wait before the next window puts both sides in step.
-SERIAL_WAIT=15
+SERIAL_WAIT=5
 PULL_WAIT=600  # the host packs the whole share before it answers a PULL
 
 find_serial_port() {
