@@ -37,7 +37,14 @@ PYTHON = sys.executable
 VMWRAPPER = [PYTHON, "-m", "vmwrapper"]
 
 # The order of the figures in the summary table (a section's key decides its row).
-ORDER = ("e2e", "wrapper_cpu_rss", "checkpoint_pause", "trigger_exit", "disk_multiattach")
+ORDER = (
+    "e2e",
+    "wrapper_cpu_rss",
+    "checkpoint_pause",
+    "trigger_exit",
+    "disk_multiattach",
+    "share_transport",
+)
 
 # ---------------------------------------------------------------------------------------------
 # statistics (pure)

@@ -267,10 +267,11 @@ def parse_console_password(text: str) -> str | None:
 
 def _shares(spec: JobSpec, slot_dir: Path, project_dir: Path) -> tuple[Share, ...]:
     shares: list[Share] = []
+    transport = spec.vmwrapper_share_transport.strip().lower() or "auto"
     if spec.enable_shared_directory:
-        shares.append(Share("shared", slot_dir / "shared"))
+        shares.append(Share("shared", slot_dir / "shared", transport=transport))
     elif spec.share_slot_dir:
-        shares.append(Share("shared", slot_dir))
+        shares.append(Share("shared", slot_dir, transport=transport))
     if spec.share_project_dir:
         shares.append(Share("project", project_dir))
     elif spec.enable_scratch_directory:

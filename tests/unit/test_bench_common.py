@@ -95,7 +95,7 @@ def test_rewriting_a_figure_replaces_only_its_section_and_row() -> None:
 
 def test_sections_and_rows_follow_the_figure_order_whatever_order_scripts_ran() -> None:
     doc = ""
-    for key in ("disk_multiattach", "e2e", "trigger_exit", "wrapper_cpu_rss"):
+    for key in ("disk_multiattach", "share_transport", "e2e", "trigger_exit", "wrapper_cpu_rss"):
         doc = bc.update_document(doc, result(key))
     keys = [k for k in bc.ORDER if k != "checkpoint_pause"]
     positions = [doc.index(f"## Figure {k}") for k in keys]

@@ -239,3 +239,26 @@ def test_screen_for_error_screenshots_adds_a_display_device_without_vnc() -> Non
     # with VNC the one display device serves both
     both = build_argv(replace(CONFIG, screen=True), replace(OPTIONS, vnc_port=5901))
     assert both.count("VGA") == 1 and "-vnc" in both
+
+
+def test_a_serial_share_is_a_virtio_serial_port_to_the_file_service_not_9p() -> None:
+    config = replace(
+        CONFIG,
+        shares=(
+            Share("shared", SLOT / "shared", transport="serial"),
+            Share("project", PROJECT, read_only=True),
+        ),
+    )
+    argv = build_argv(config, replace(OPTIONS, share_service_port=41234))
+    start = argv.index("-chardev", argv.index("-pidfile"))
+    assert argv[start : start + 6] == [
+        "-chardev", "socket,id=sharefs0,host=127.0.0.1,port=41234,server=off,nodelay=on",
+        "-device", "virtio-serial-pci,id=vser0",
+        "-device", "virtserialport,bus=vser0.0,chardev=sharefs0,name=org.boinc.vmwrapper.shared",
+    ]  # fmt: skip
+    # the project share stays 9p (mounted on demand); `shared` has no 9p export at all
+    assert [a for a in argv if a.startswith("virtio-9p-pci")] == [
+        "virtio-9p-pci,fsdev=fs1,mount_tag=project"
+    ]
+    with pytest.raises(BackendError, match="no port"):
+        build_argv(config, OPTIONS)

@@ -265,3 +265,16 @@ def test_detected_lines_as_vboxwrapper_logs_them() -> None:
     assert detected_lines(sandboxed, anonymous_platform=False) == [
         "Detected: Sandbox Configuration Enabled"
     ]
+
+
+@pytest.mark.parametrize(
+    ("element", "transport"), [("", "auto"), ("Serial", "serial"), ("9p", "9p")]
+)
+def test_the_shared_directorys_transport_comes_from_the_job(element: str, transport: str) -> None:
+    body = "<enable_shared_directory/><share_project_dir/>"
+    if element:
+        body += f"<vmwrapper_share_transport>{element}</vmwrapper_share_transport>"
+    spec = parse_job(f"<vbox_job>{body}</vbox_job>").spec
+    slot, project = Path("/s/slots/7"), Path("/s/projects/p")
+    vm = build_vm_config(config([], body), spec, AID, slot, project, RuntimePorts(0, 0, "pw"))
+    assert [(s.name, s.transport) for s in vm.shares] == [("shared", transport), ("project", "9p")]

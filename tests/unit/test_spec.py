@@ -62,12 +62,14 @@ def test_every_element_golden() -> None:
         port_forward=(PortForward(8022, 22), PortForward(9000, 9100, 3, True)),
         vmwrapper_backends="virtualbox qemu",
         vmwrapper_software_emulation=True,
+        vmwrapper_share_transport="serial",
     )
     # the strict view: the elements vboxwrapper skips (ours), and a boolean written in hex
     assert [w.split(">")[0] for w in parsed.warnings] == [
         "every_element.xml: <vm_graphics_controller_type",
         "every_element.xml: <vmwrapper_backends",
         "every_element.xml: <vmwrapper_software_emulation",
+        "every_element.xml: <vmwrapper_share_transport",
         "every_element.xml: <enable_nat_dns_host_resolver",
     ]
     # the golden covers every element we know
@@ -362,3 +364,25 @@ def test_vmwrapper_backends_names_only_known_back_ends() -> None:
         "job.xml: <vmwrapper_backends>: error: 'kvm' is no back end (fix: list one or more of "
         "virtualbox, qemu, in preference order)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("serial", "serial"), ("9p", "9p"), ("auto", "auto"), ("", "")]
+)
+def test_vmwrapper_share_transport_is_read(text: str, value: str) -> None:
+    body = (
+        f"<enable_shared_directory/><vmwrapper_share_transport>{text}</vmwrapper_share_transport>"
+    )
+    assert job(body).vmwrapper_share_transport == value
+
+
+def test_vmwrapper_share_transport_names_a_transport_and_needs_a_share() -> None:
+    found = problems("<vmwrapper_share_transport>virtiofs</vmwrapper_share_transport>")
+    assert found == [
+        "job.xml: <vmwrapper_share_transport>: error: 'virtiofs' is no share transport (fix: "
+        "write one of auto, 9p, serial (or leave the element out: auto))"
+    ]
+    parsed = parse_job(
+        "<vbox_job><vmwrapper_share_transport>serial</vmwrapper_share_transport></vbox_job>"
+    )
+    assert any("has no effect" in w for w in parsed.warnings)

@@ -1,7 +1,9 @@
 # Shell functions shared by the guest scripts (busybox sh). Sourced, not run.
-# Under QEMU the host's shared directory is a virtio-9p export. QEMU refuses every snapshot
-# while a 9p export is mounted in the guest, so the guest keeps /root/shared on its own RAM
-# disk (inside every snapshot) and mounts the host share only in short "sync windows":
+# Under QEMU the host's shared directory is a virtio-9p export, or (the "serial" transport)
+# a file service in the wrapper behind a virtio-serial port named org.boinc.vmwrapper.shared.
+# QEMU refuses every snapshot while a 9p export is mounted in the guest, so the guest keeps
+# /root/shared on its own RAM disk (inside every snapshot) and talks to the host share only
+# in short "sync windows" (a 9p mount, or one exchange on the port: never blocks a snapshot):
 #   pull      once at start: host -> /root/shared
 #   push      about once a second, only when something changed: new or changed regular files
 #             go to the host as a temp name, then a rename (the host never sees half a file),
@@ -134,7 +136,131 @@ share_list() {
     (cd "$WORK" && find . -type f ! -name "$TMP_PREFIX*" -exec stat -c '%y %s %i %n' {} + 2>/dev/null) | sort -k1,2 -k5,5n
 }
 
+# --- the serial transport: docs/shared-transport.md has the protocol ----------------------
+SERIAL_NAME=org.boinc.vmwrapper.shared
+SERIAL_PORT=""   # /dev/vportNpM when the VM has the file service's port
+# Seconds to wait for a reply. The host answers GO, OK and HELLO at once; a restore from a
+# snapshot taken mid-window leaves the guest waiting for a reply the new QEMU's file service
+# never sends, so this bounds that wait before the next window puts both sides in step.
+SERIAL_WAIT=5
+PULL_WAIT=600  # the host packs the whole share before it answers a PULL
+
+find_serial_port() {
+    for port in /sys/class/virtio-ports/*; do
+        if [ "$(cat "$port/name" 2>/dev/null)" = "$SERIAL_NAME" ]; then
+            SERIAL_PORT=/dev/${port##*/}
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Open a window on fd 3 and agree on where the stream is: HELLO with a fresh nonce, and skip
+# whatever comes before its echo (after a restore from a snapshot, or a timed-out window,
+# replies meant for an older window can still be on their way).
+serial_open() {
+    exec 3<>"$SERIAL_PORT" || return 1
+    nonce="$(cut -d' ' -f1 /proc/uptime | tr -d .)x$$x$RANDOM"
+    # the newline first ends whatever partial line an interrupted window left on the host
+    printf '\nHELLO %s\n' "$nonce" >&3
+    while IFS= read -r -t "$SERIAL_WAIT" reply <&3; do
+        [ "$reply" = "HELLO $nonce" ] && return 0
+    done
+    exec 3>&-
+    return 1
+}
+
+serial_close() { exec 3>&-; }
+
+# Read one reply line: 0 when it is EXPECTED; 1 for another reply (ERR: the stream is still
+# in step); 2 for none (the stream may be out of step: end the window).
+serial_reply() { # EXPECTED
+    IFS= read -r -t "$SERIAL_WAIT" reply <&3 || { say "share channel: no reply"; return 2; }
+    [ "$reply" = "$1" ] && return 0
+    say "share channel: $reply"
+    return 1
+}
+
+# Exactly N bytes from the port to stdout: dd with fullblock reads whole blocks and never
+# past the last (busybox head -c copies byte by byte: 15 times slower under TCG).
+serial_read_exact() { # N
+    blocks=$(($1 / 65536))
+    rest=$(($1 % 65536))
+    {
+        [ "$blocks" -eq 0 ] || dd bs=65536 count="$blocks" iflag=fullblock 2>/dev/null
+        [ "$rest" -eq 0 ] || dd bs="$rest" count=1 iflag=fullblock 2>/dev/null
+    } <&3
+}
+
+serial_pull() {
+    serial_open || return 1
+    printf 'PULL\n' >&3
+    IFS= read -r -t "$PULL_WAIT" reply <&3 || { serial_close; return 1; }
+    case "$reply" in
+        "DATA "*) ;;
+        *) say "share channel: $reply"; serial_close; return 1 ;;
+    esac
+    serial_read_exact "${reply#DATA }" | tar -xf - -C "$WORK"
+    rc=$?
+    serial_close
+    return $rc
+}
+
+# One file (./path below $WORK): a copy first, so the size sent is the size of what is sent
+# while the app goes on writing; the mtime is the original's as listed before.
+serial_put() {
+    src="$WORK/$1"
+    stamp=$(stat -c '%Y %y' "$src") || return 1
+    frac=${stamp#* * }
+    case "$frac" in
+        *.*) frac=${frac#*.}; frac=${frac%% *} ;;
+        *) frac=0 ;;
+    esac
+    cp "$src" "$STATE/xfer" || return 1
+    size=$(stat -c %s "$STATE/xfer")
+    hex=$(printf %s "${1#./}" | od -An -tx1 -v | tr -d ' \n')
+    printf 'PUT %s %s.%s %s\n' "$size" "${stamp%% *}" "$frac" "$hex" >&3 || return 2
+    serial_reply GO || return
+    cat "$STATE/xfer" >&3 || return 2
+    printf 'END %s\n' "$hex" >&3 || return 2  # the trailer: these bytes were this file
+    serial_reply OK
+}
+
+serial_push_files() { # LIST
+    serial_open || return 1
+    rc=0
+    while IFS= read -r path; do
+        [ -f "$WORK/$path" ] && [ ! -L "$WORK/$path" ] || continue
+        top=${path#./}
+        excluded "${top%%/*}" && continue  # never over the host's own files
+        serial_put "$path"
+        case $? in
+            0) ;;
+            1) rc=1 ;;            # refused (ERR): the next file may go
+            *) rc=1; break ;;     # out of step: the next window starts with HELLO
+        esac
+    done < "$1"
+    serial_close
+    rm -f "$STATE/xfer"
+    return $rc
+}
+
+since() { # UPTIME: seconds since then, for the log lines
+    awk -v a="$1" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.2f", b - a }'
+}
+
 share_pull() {
+    pull_start=$(cut -d' ' -f1 /proc/uptime)
+    if [ -n "$SERIAL_PORT" ]; then
+        serial_pull || return 1
+        # the host serves its exclusion list (share_slot_dir) for us, not for the app
+        rm -f "$STATE/exclude"
+        [ -f "$WORK/$EXCLUDE_FILE" ] && mv "$WORK/$EXCLUDE_FILE" "$STATE/exclude"
+        share_list > "$STATE/pulled"
+        cp "$STATE/pulled" "$STATE/pushed"
+        say "pulled $(wc -l < "$STATE/pulled") files from the host into $WORK in $(since "$pull_start") s (serial)"
+        return 0
+    fi
     share_mount shared "$HOSTMNT" || return 1
     rm -f "$STATE/exclude"
     [ -f "$HOSTMNT/$EXCLUDE_FILE" ] && cp "$HOSTMNT/$EXCLUDE_FILE" "$STATE/exclude"
@@ -152,7 +278,7 @@ share_pull() {
     [ $rc -eq 0 ] || return 1
     share_list > "$STATE/pulled"
     cp "$STATE/pulled" "$STATE/pushed"
-    say "pulled $(wc -l < "$STATE/pulled") files from the host into $WORK"
+    say "pulled $(wc -l < "$STATE/pulled") files from the host into $WORK in $(since "$pull_start") s (9p)"
 }
 
 # Paths (./x) of the files in list NEW that are not in list OLD (new, or another mtime, size
@@ -169,6 +295,10 @@ share_changed() { # OLD NEW
 # Copy the files named in $1 (one ./path a line) to the host in one window.
 share_push_files() {
     [ -s "$1" ] || return 0
+    if [ -n "$SERIAL_PORT" ]; then
+        serial_push_files "$1"
+        return
+    fi
     share_mount shared "$HOSTMNT" || return 1
     rc=0
     while IFS= read -r path; do

@@ -85,6 +85,10 @@ class Share:
     name: str
     host_path: Path
     read_only: bool = False
+    #: how QEMU carries it: "9p" (virtio-9p), "serial" (the file service on a virtio-serial
+    #: port, `shared` only) or "auto" (the QEMU back end picks; docs/shared-transport.md);
+    #: VirtualBox ignores it
+    transport: str = "9p"
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,17 @@ BUILDER_VERSION = "1"
 ImageFormat = Literal["vdi", "qcow2", "raw"]
 FORMATS: tuple[ImageFormat, ...] = ("vdi", "qcow2", "raw")
 
-#: Loaded by /init at every boot, in dependency order: shares (9p over virtio-pci), virtio
-#: disks and NICs, pvpanic (a guest panic makes QEMU exit non-zero), and the ACPI power
-#: button with evdev (busybox acpid powers the guest off when the host presses it).
+#: Loaded by /init at every boot, in dependency order: shares (9p over virtio-pci, or the
+#: file service on a virtio-serial port: virtio_console), virtio disks and NICs, pvpanic (a
+#: guest panic makes QEMU exit non-zero), and the ACPI power button with evdev (busybox
+#: acpid powers the guest off when the host presses it).
 BOOT_MODULES: tuple[str, ...] = (
     "9p",
     "9pnet_virtio",
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
+    "virtio_console",
     "pvpanic_mmio",
     "button",
     "evdev",

@@ -72,6 +72,7 @@ EXTENSIONS: dict[str, str] = {
     "vm_graphics_controller_type": STRING,
     "vmwrapper_backends": STRING,  # docs/compatibility.md#back-end-selection
     "vmwrapper_software_emulation": BOOL,  # docs/compatibility.md#software-emulation
+    "vmwrapper_share_transport": STRING,  # docs/shared-transport.md
 }
 PORT_FORWARD_ELEMENTS: dict[str, str] = {
     "is_remote": BOOL,

@@ -79,6 +79,9 @@ class JobSpec:
     vmwrapper_backends: str = ""
     #: our extension: a 64-bit guest may run under QEMU's software emulation (TCG)
     vmwrapper_software_emulation: bool = False
+    #: our extension: how QEMU carries the shared directory, "9p", "serial" or "" (auto: 9p
+    #: where QEMU has it, else serial; docs/shared-transport.md)
+    vmwrapper_share_transport: str = ""
 
     @property
     def shared_dir(self) -> str:

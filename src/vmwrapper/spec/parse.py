@@ -88,6 +88,8 @@ ELEMENTS: dict[str, Kind] = {
     # our extension: a 64-bit guest may run under software emulation (QEMU without KVM)
     # instead of ending with the VM-extensions notice (docs/compatibility.md#software-emulation)
     "vmwrapper_software_emulation": Kind.BOOL,
+    # our extension: the shared directory's transport under QEMU (docs/shared-transport.md)
+    "vmwrapper_share_transport": Kind.STR,
 }
 
 REPEATABLE = frozenset(f.name for f in fields(JobSpec) if str(f.type).startswith("tuple"))
@@ -313,11 +315,32 @@ def _check_backends(spec: JobSpec, report: _Report) -> None:
         report.warn("vmwrapper_backends", "names a back end twice", "name each once")
 
 
+#: Values of <vmwrapper_share_transport> (docs/shared-transport.md); "" and "auto" are one.
+SHARE_TRANSPORTS = ("auto", "9p", "serial")
+
+
+def _check_share_transport(spec: JobSpec, report: _Report) -> None:
+    value = spec.vmwrapper_share_transport.strip().lower()
+    if value and value not in SHARE_TRANSPORTS:
+        report.error(
+            "vmwrapper_share_transport",
+            f"{value!r} is no share transport",
+            f"write one of {', '.join(SHARE_TRANSPORTS)} (or leave the element out: auto)",
+        )
+    elif value not in ("", "auto") and not spec.shared_dir:
+        report.warn(
+            "vmwrapper_share_transport",
+            "has no effect: the job has no shared directory",
+            "add <enable_shared_directory/> or drop the element",
+        )
+
+
 def _check_values(spec: JobSpec, report: _Report, notes: list[str]) -> JobSpec:
     for check, element, message, fix in ILLEGAL_COMBINATIONS:
         if check(spec):
             report.error(element, message, fix)
     _check_backends(spec, report)
+    _check_share_transport(spec, report)
     if not spec.shared_dir:
         for name in _SHARED_DIR_FILES:
             if getattr(spec, name):

@@ -12,7 +12,9 @@ Every method is synchronous and bounded in time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +62,13 @@ from vmwrapper.hypervisor.qemu.overlays import SNAPSHOT_SAFE_FORMATS, Overlays, 
 from vmwrapper.hypervisor.qemu.ports import Picker, QemuPorts, pick_ports, unbound_picked_ports
 from vmwrapper.hypervisor.qemu.process import Exit, QemuProcess, Runstate
 from vmwrapper.hypervisor.qemu.qmp import Qmp, QmpChannel
+from vmwrapper.hypervisor.qemu.shareport import (
+    chardev_source_port,
+    has_virtio_9p,
+    resolve_transports,
+)
 from vmwrapper.hypervisor.qemu.slotfiles import RunLogs, SlotFiles
+from vmwrapper.shared_dir.fileservice import FileService
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +142,7 @@ class QemuBackend:
         self._no_hw_acceleration = False  # a 64-bit guest was refused software emulation
         self._bandwidth_warned = False
         self._priority_noted: PriorityNote = None
+        self._share_service: FileService | None = None  # a "serial" share's file service
 
     # --- context manager ---------------------------------------------------------------
 
@@ -240,6 +249,7 @@ class QemuBackend:
             port_rules=ports.forwards if self.config.network.enabled else (),
             vnc_port=ports.vnc,
             loadvm=loadvm,
+            share_service_port=self._share_service_port(),
         )
         self.argv = tuple(build_argv(self.config, options, self.binary))
         self._spawn()
@@ -281,7 +291,44 @@ class QemuBackend:
             )
         raise VmStartError(what, argv=self.argv, exit_code=code, output=output)
 
+    def _share_service_port(self) -> int | None:
+        """The file service of a "serial" share, listening before QEMU connects to it."""
+        self._resolve_share_transports()
+        share = next((s for s in self.config.shares if s.transport == "serial"), None)
+        if share is None:
+            return None
+        if self._share_service is None:
+            self._share_service = FileService(share.host_path)
+        return self._share_service.listen()
+
+    def _resolve_share_transports(self) -> None:
+        """ "auto" → 9p where this QEMU has it, else serial (docs/shared-transport.md)."""
+        if not any(s.transport not in ("9p", "serial") for s in self.config.shares):
+            return
+        try:
+            help_text = subprocess.run(
+                [self.binary, "-device", "help"],
+                capture_output=True, text=True, timeout=60, check=False,
+            ).stdout  # fmt: skip
+        except OSError as exc:
+            raise VmStartError(f"cannot run {self.binary}: {exc}") from exc
+        shares = resolve_transports(self.config.shares, has_virtio_9p(help_text))
+        self.config = dataclasses.replace(self.config, shares=shares)
+        log.info(
+            "shared directory transport: %s",
+            ", ".join(f"{s.name} {s.transport}" for s in shares),
+            extra={"event": "share_transport", "shares": {s.name: s.transport for s in shares}},
+        )
+
+    def _attach_share_service(self) -> None:
+        """Serve the connection that QEMU says is its own (docs/shared-transport.md)."""
+        service = self._share_service
+        if service is not None:
+            source = chardev_source_port(self._execute("query-chardev"), service.port)
+            service.attach(source, timeout=self.qmp_timeout)
+
     def _after_start(self) -> None:
+        self._attach_share_service()
         rd = self.config.remote_desktop
         if rd is not None:
             self._execute("set_password", {"protocol": "vnc", "password": rd.password})
@@ -477,6 +524,9 @@ class QemuBackend:
     def _release(self) -> None:
         try:
             self._qmp.close()
+            if self._share_service is not None:
+                self._share_service.close()
+                self._share_service = None
         finally:
             self.files.remove(self.config.slot_dir)
             self._net.reset()

@@ -10,7 +10,8 @@ vm_image.vdi            a qcow2 overlay in the slot over it (``-blockdev``, virt
                         overlay is where snapshots live and the VDI is never written
 multiattach_vdi_file    the same overlay, over the read-only parent in the project dir
 shares                  virtio-9p (``-fsdev local,security_model=none`` + ``virtio-9p-pci``,
-                        mount_tag = share name)
+                        mount_tag = share name); a ``serial`` share: a virtio-serial port to
+                        the wrapper's file service (shareport.py)
 network off             ``-nic none``: the guest has no NIC at all
 network on              user-mode NAT; ``hostfwd`` bound to 127.0.0.1 unless is_remote
 ISO contextualization   a CD-ROM (IDE on x86_64, SCSI on aarch64); cache disk = a 2nd disk
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from vmwrapper.errors import BackendError
 from vmwrapper.hypervisor.base import PortRule, VmConfig
+from vmwrapper.hypervisor.qemu.shareport import serial_share_args
 
 #: The first TCP port a VNC display can use (display N listens on 5900 + N).
 VNC_BASE_PORT = 5900
@@ -132,6 +134,7 @@ class QemuOptions:
     port_rules: tuple[PortRule, ...] = ()  # host ports resolved (none is 0)
     vnc_port: int | None = None
     loadvm: str | None = None
+    share_service_port: int | None = None  # the file service of a "serial" share
 
 
 def arch_profile(arch: str) -> ArchProfile:
@@ -161,7 +164,7 @@ def build_argv(config: VmConfig, options: QemuOptions, binary: str | None = None
         *_machine_args(config, options, arch),
         *_control_args(config, options),
         *_disk_args(config, options, arch),
-        *_share_args(config),
+        *_share_args(config, options),
         *_network_args(config, options, arch),
         *_display_args(config, options, arch),
         *(["-loadvm", options.loadvm] if options.loadvm else []),
@@ -247,9 +250,14 @@ def _disk_args(config: VmConfig, options: QemuOptions, arch: ArchProfile) -> lis
     return args
 
 
-def _share_args(config: VmConfig) -> list[str]:
+def _share_args(config: VmConfig, options: QemuOptions) -> list[str]:
     args: list[str] = []
     for index, share in enumerate(config.shares):
+        if share.transport == "serial":
+            if options.share_service_port is None:
+                raise BackendError(f"share {share.name!r} is served over serial: no port given")
+            args += serial_share_args(options.share_service_port)
+            continue
         fsdev = f"fs{index}"
         readonly = ",readonly=on" if share.read_only else ""
         args += [
