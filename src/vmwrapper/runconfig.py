@@ -22,6 +22,7 @@ from vmwrapper.hypervisor.base import (
     Share,
     VmConfig,
 )
+from vmwrapper.hypervisor.virtualbox.options import VirtualBoxOptions
 from vmwrapper.spec.model import MIN_MEMORY_SIZE_MB, JobSpec
 from vmwrapper.supervisor.select import choose_backend
 
@@ -278,7 +279,7 @@ def _shares(spec: JobSpec, slot_dir: Path, project_dir: Path) -> tuple[Share, ..
     return tuple(shares)
 
 
-def _network(spec: JobSpec, ports: RuntimePorts) -> NetworkConfig:
+def _network(spec: JobSpec, ports: RuntimePorts, count_bytes: bool) -> NetworkConfig:
     if not spec.enable_network:
         return NetworkConfig(enabled=False)  # forwards need a network (vboxwrapper skips them)
     rules: list[PortRule] = []
@@ -293,6 +294,7 @@ def _network(spec: JobSpec, ports: RuntimePorts) -> NetworkConfig:
         driver=spec.vm_network_driver,
         nat_dns_host_resolver=spec.enable_nat_dns_host_resolver,
         port_rules=tuple(rules),
+        count_bytes=count_bytes,
     )
 
 
@@ -327,6 +329,19 @@ def hw_acceleration_usable(aid: AppInitData, standalone: bool, cpus: int = 1) ->
     return cpus > 1
 
 
+def virtualbox_options(spec: JobSpec) -> VirtualBoxOptions:
+    """The job's settings only VirtualBox reads."""
+    controller = (spec.vm_disk_controller_type, spec.vm_disk_controller_model)
+    if spec.enable_isocontextualization and spec.vm_disk_controller_model == "PIIX4":
+        controller = ("sata", "IntelAHCI")  # vboxwrapper forces this for ISO contextualization
+    return VirtualBoxOptions(
+        vram_mb=int(spec.vram_size_mb),
+        graphics_controller=spec.vm_graphics_controller_type,
+        disk_controller_type=controller[0],
+        disk_controller_model=controller[1],
+    )
+
+
 def build_vm_config(
     run: RunConfig,
     spec: JobSpec,
@@ -337,9 +352,6 @@ def build_vm_config(
 ) -> VmConfig:
     """The back-end-neutral VM definition for this run."""
     iso_mode = spec.enable_isocontextualization
-    controller = (spec.vm_disk_controller_type, spec.vm_disk_controller_model)
-    if iso_mode and spec.vm_disk_controller_model == "PIIX4":
-        controller = ("sata", "IntelAHCI")  # vboxwrapper forces this for ISO contextualization
     multiattach = project_dir / spec.multiattach_vdi_file if spec.multiattach_vdi_file else None
     remote = (
         RemoteDesktop(ports.remote_desktop_port, ports.console_password)
@@ -354,10 +366,6 @@ def build_vm_config(
         os_name=spec.os_name,
         memory_mb=run.memory_mb,
         cpus=run.cpus,
-        vram_mb=int(spec.vram_size_mb),
-        graphics_controller=spec.vm_graphics_controller_type,
-        disk_controller_type=controller[0],
-        disk_controller_model=controller[1],
         disk_image=None if (iso_mode or multiattach) else slot_dir / run.image_name,
         multiattach_parent=None if iso_mode else multiattach,
         iso_image=slot_dir / "vm_isocontext.iso" if iso_mode else None,
@@ -365,7 +373,7 @@ def build_vm_config(
         floppy_image=slot_dir / run.floppy_name if spec.enable_floppyio else None,
         boot_iso=spec.boot_iso,
         shares=_shares(spec, slot_dir, project_dir),
-        network=_network(spec, ports),
+        network=_network(spec, ports, aid.global_prefs.daily_xfer_limit_mb > 0),
         remote_desktop=remote,
         headless=run.headless,
         rtc_utc=True,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,14 @@ from vmwrapper.boinc.app import AppClient
 from vmwrapper.boinc.init_data import AppInitData, GlobalPrefs, format_init_data
 from vmwrapper.boinc.messages import Channel
 from vmwrapper.boinc.shmem import Segment
-from vmwrapper.hypervisor.fake import FakeBackend, FakeScript
+from vmwrapper.hypervisor.base import Backend
+from vmwrapper.hypervisor.fake import CoreOnlyBackend, FakeBackend, FakeScript
 from vmwrapper.outcome import Outcome
 from vmwrapper.spec.model import JobSpec
 from vmwrapper.supervisor import events
 from vmwrapper.supervisor.loop import Settings, Supervisor
+from vmwrapper.supervisor.runtime import Context
+from vmwrapper.supervisor.timers import Timers
 
 
 @dataclass
@@ -117,6 +120,7 @@ def run_job(
     before_tick: Callable[[FakeClock, FakeBackend], None] | None = None,
     heartbeat: str = "",
     init_data: dict[str, Any] | None = None,
+    core_only: bool = False,
 ) -> Run:
     """One wrapper episode in ``tmp``'s slot; returns its outcome (and leaves the slot)."""
     clock = clock or FakeClock()
@@ -144,17 +148,22 @@ def run_job(
     client = AppClient.attach(slot, clock=clock, sleep=clock.sleep)
     try:
         # trigger_poll 0: one sleep a tick, so the client side polls once a second as the
-        # client does (tests of the between-tick watch turn it on)
+        # client does (tests of the between-tick watch turn it on); `settings` names Settings
+        # fields and Timers fields alike
+        given = dict(settings or {})
+        timer_names = {f.name for f in fields(Timers)}
+        timers = {k: given.pop(k) for k in list(given) if k in timer_names}
         base = Settings(
             job=job,
             slot_dir=slot,
             seed=1,
             argv=("vmwrapper", "--nthreads", "1"),
-            trigger_poll=0.0,
+            timers=Timers(**{"trigger_poll": 0.0, **timers}),
         )
-        sup = Supervisor(
-            fake, client, replace(base, **(settings or {})), clock=clock, sleep=clock.sleep
-        )
+        # core_only: the supervisor sees the lifecycle core alone; the test still reads the fake
+        served: Backend = CoreOnlyBackend(fake) if core_only else fake
+        ctx = Context(served, client, replace(base, **given), clock=clock, sleep=clock.sleep)
+        sup = Supervisor(ctx)
         outcome = sup.run()
         client.write_outcome(outcome)
         side.poll()

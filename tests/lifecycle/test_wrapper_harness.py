@@ -180,9 +180,10 @@ def test_abort_puts_the_screenshot_and_logs_into_stderr(tmp_path: Path) -> None:
         FakeScript(),
         with_output=False,
     )
-    report = run_job(
-        request(app, tmp_path / "work", schedule=(ScheduledAction(2.0, Action.ABORT),))
-    )
+    # the abort comes once the VM runs (its first checkpoint), not at a fixed time: a wrapper
+    # still starting up on a busy host has no VM to report on yet
+    abort = ScheduledAction(0.0, Action.ABORT, after_checkpoint=1)
+    report = run_job(request(app, tmp_path / "work", schedule=(abort,)))
     assert report.outcome is JobOutcome.ABORTED
     assert "Screen Shot Information (Base64 Encoded PNG):" in report.stderr_tail
     assert "Fake Hypervisor Log:" in report.stderr_tail

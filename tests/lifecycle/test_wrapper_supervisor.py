@@ -22,6 +22,7 @@ from helpers.supervisor_fixtures import ClientSide, run_job, write_init_data
 from vmwrapper.boinc import files
 from vmwrapper.boinc.app import AppClient
 from vmwrapper.boinc.init_data import GlobalPrefs
+from vmwrapper.errors import CheckpointError
 from vmwrapper.hypervisor.base import VmState
 from vmwrapper.hypervisor.fake import FakeBackend, FakeScript, GuestStep
 from vmwrapper.outcome import (
@@ -36,7 +37,7 @@ from vmwrapper.outcome import (
     TemporaryExit,
 )
 from vmwrapper.spec.model import JobSpec
-from vmwrapper.supervisor import backoff, checkpoint, machine
+from vmwrapper.supervisor import backoff, checkpoint, events, machine
 from vmwrapper.supervisor.loop import Settings, run_supervisor
 
 SHARED = JobSpec(enable_shared_directory=True, completion_trigger_file="done")
@@ -871,3 +872,36 @@ def test_sigterm_when_run_by_hand_stops_like_a_quit(tmp_path: Path) -> None:
         outcome = run_supervisor(backend, client, settings, clock=clock, sleep=clock.sleep)
     assert outcome == PlainExit(0) and backend.state is VmState.POWERED_OFF
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # our handler is gone again
+
+
+class DamagedSnapshots(FakeBackend):
+    """A hypervisor that lists the snapshots but cannot restore them (a damaged state file)."""
+
+    def start(self, restore: str | None = None) -> int:
+        if restore:
+            self.calls.append(f"start:{restore}")
+            raise CheckpointError(f"cannot load snapshot {restore}: damaged")
+        return super().start(restore)
+
+
+def test_a_snapshot_that_cannot_be_restored_boots_afresh_keeping_time(tmp_path: Path) -> None:
+    job = JobSpec(
+        enable_shared_directory=True,
+        completion_trigger_file="done",
+        minimum_checkpoint_interval=100,
+    )
+    script = FakeScript(steps=steps(done_at(600)))
+    first = run_job(tmp_path, job, script, control=[(260, "<quit/>")])
+    record = checkpoint.read_record(first.slot)
+    assert record.snapshot and record.cpu_time > 0
+    clock = FakeClock()
+    backend = DamagedSnapshots(
+        vm_config(first.slot, job=job), script, clock=clock, state_file=first.slot / "fake_vm.json"
+    )
+    earlier = len(backend.calls)  # the first run's, kept in the state file
+    second = run_job(tmp_path, job, script, backend=backend, clock=clock)
+    assert second.outcome == Finish(0)
+    starts = [c for c in backend.calls[earlier:] if c.startswith(("start:", "poweroff"))]
+    assert starts[:3] == [f"start:{record.snapshot}", "poweroff", "start:"]
+    assert last_status(second.client)["current_cpu_time"] >= record.cpu_time
+    assert events.FAILURE not in second.codes()  # not a failure: the job goes on

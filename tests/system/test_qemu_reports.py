@@ -34,6 +34,10 @@ while true; do sleep 1; done
 """
 
 
+#: the counter files present right after start(), before anything asked for a count
+ARMED_BY_START: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def running_vm(
     tmp_path_factory: pytest.TempPathFactory,
@@ -43,11 +47,13 @@ def running_vm(
     _slot, _project, config = make_guest_slot(root, default_guest_image, EXCHANGE_APP, {})
     config = replace(
         config,
-        network=NetworkConfig(enabled=True, port_rules=(PortRule(0, 8080),)),
+        # count_bytes: a daily transfer limit is set, so start() arms the counters
+        network=NetworkConfig(enabled=True, port_rules=(PortRule(0, 8080),), count_bytes=True),
         screen=True,  # enable_screenshots_on_error
     )
     with qemu_backend(config) as vm:
         vm.start()
+        ARMED_BY_START.extend(sorted(p.name for p in config.slot_dir.glob("qemu-net-*.pcap")))
         watch = GuestWatch(vm)
         watch.wait_line(lambda line: line == "serving")
         yield vm, watch
@@ -68,7 +74,8 @@ def test_net_usage_counts_each_direction_from_the_guests_side(
     running_vm: tuple[QemuBackend, GuestWatch],
 ) -> None:
     vm, _watch = running_vm
-    before = vm.net_usage()  # the first call arms the counters
+    assert ARMED_BY_START == ["qemu-net-received.0.pcap", "qemu-net-sent.0.pcap"]
+    before = vm.net_usage()  # counted since start()
     assert before is not None
     got = 0
     deadline = time.monotonic() + 30

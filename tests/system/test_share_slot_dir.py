@@ -102,11 +102,16 @@ def private(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in SLOT_PRIVATE_PATTERNS)
 
 
+@pytest.mark.parametrize(
+    "transport",
+    ["", "<vmwrapper_share_transport>serial</vmwrapper_share_transport>"],
+    ids=["9p", "serial"],  # serial: the slot through the file service, the project still 9p
+)
 def test_share_slot_dir_with_the_project_dir_like_samples_worker(
-    tmp_path: Path,
-    default_guest_image: Path,
+    tmp_path: Path, default_guest_image: Path, transport: str
 ) -> None:
-    app = worker_app_dir(tmp_path, default_guest_image, WORKER_APP, "<share_project_dir/>")
+    extra = "<share_project_dir/>" + transport
+    app = worker_app_dir(tmp_path, default_guest_image, WORKER_APP, extra)
     out, listing, slot = run(app, tmp_path / "work")
     assert out == "worker: 7 squared is 49; the project says forty-two\n"
     # the job's files came in ...

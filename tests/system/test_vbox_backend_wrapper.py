@@ -63,7 +63,13 @@ def package(tmp: Path, job: str = JOB, app: str = APP) -> Path:
 
 def test_wrapper_runs_a_job_on_the_virtualbox_back_end(vbox_sim: VBoxHost, tmp_path: Path) -> None:
     vbox_sim.configure(guest=[{"run_shared_app": True}])
-    app = package(tmp_path)
+    # settings only VirtualBox reads reach it (VirtualBoxOptions, not the neutral VmConfig)
+    job = JOB.replace(
+        "<enable_network/>",
+        "<enable_network/>\n  <vram_size_mb>32</vram_size_mb>\n"
+        "  <vm_graphics_controller_type>VMSVGA</vm_graphics_controller_type>",
+    )
+    app = package(tmp_path, job)
     report = run_job(
         JobRequest(
             app_dir=app,
@@ -93,6 +99,7 @@ def test_wrapper_runs_a_job_on_the_virtualbox_back_end(vbox_sim: VBoxHost, tmp_p
     replay = (slot / "vbox_replay.txt").read_text()
     assert "VBoxManage -q createvm --name boinc_" in replay
     assert "VBoxManage -q startvm boinc_" in replay
+    assert " --vram 32 --graphicscontroller VMSVGA" in replay
     assert "unregistervm" in replay  # cleaned up after the completion
     assert vbox_sim.registry()["vms"] == {}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +22,7 @@ from vmwrapper.outcome import (
 from vmwrapper.shared_dir.triggers import CompletionTrigger, TemporaryExitTrigger
 from vmwrapper.supervisor import machine as m
 from vmwrapper.supervisor.backoff import ErrorClass, Failure
+from vmwrapper.supervisor.timers import Timers
 
 S, E = m.State, m.Event
 RUN = m.Observation(vm=VmState.RUNNING)
@@ -49,7 +52,7 @@ def test_booting_waits_then_goes_online_and_applies_preferences() -> None:
 
 
 def test_boot_timeout_is_a_transient_exit_with_backoff_delay() -> None:
-    obs = m.Observation(vm=VmState.STARTING, boot_timed_out=True, transient_delay=600.0)
+    obs = m.Observation(vm=VmState.STARTING, booting_for=301.0, transient_delay=600.0)
     step = m.step(S.BOOTING, obs, CFG)
     assert step.state is S.DONE
     assert step.outcome == TemporaryExit(600.0, m.MSG_BOOT_TIMEOUT)
@@ -71,7 +74,7 @@ def test_boot_timeout_is_a_transient_exit_with_backoff_delay() -> None:
     ],
 )
 def test_host_problems_seen_at_boot(diagnosis: Diagnosis, expected: object) -> None:
-    obs = m.Observation(vm=VmState.STARTING, boot_timed_out=True, diagnoses=(diagnosis,))
+    obs = m.Observation(vm=VmState.STARTING, booting_for=301.0, diagnoses=(diagnosis,))
     assert m.step(S.BOOTING, obs, CFG).outcome == expected
 
 
@@ -304,7 +307,9 @@ _observations = st.builds(
     heartbeat_failure=st.none() | st.just(ERR_TIMEOUT),
     guest_oom=st.booleans(),
     checkpoint_due=st.booleans(),
-    boot_timed_out=st.booleans(),
+    booting_for=st.sampled_from([0.0, 301.0]),
+    status_failures=st.sampled_from([0, 61]),
+    restore_failed=st.sampled_from(["", "boinc_1"]),
     failure=st.none() | st.builds(Failure, st.sampled_from(ErrorClass), st.just("x")),
     trickles=st.lists(st.tuples(st.just("t"), st.text(max_size=5)), max_size=2).map(tuple),
     network_connected=st.booleans(),
@@ -363,3 +368,77 @@ def test_fatal_exits_report_before_the_vm_is_removed(state: m.State, obs: m.Obse
 )
 def test_normal_endings_write_no_error_report(state: m.State, obs: m.Observation) -> None:
     assert m.DumpLogs not in kinds(m.step(state, obs, CFG))
+
+
+# -- rules that live in the machine (timers, recovery, chores) -------------------------------
+
+
+def test_boot_timeout_is_the_timers_value() -> None:
+    cfg = m.MachineConfig(timers=Timers(boot_timeout=30.0))
+    booting = m.Observation(vm=VmState.STARTING, booting_for=30.0)
+    assert m.step(S.BOOTING, booting, cfg).event is E.TICK
+    late = m.Observation(vm=VmState.STARTING, booting_for=30.5)
+    assert m.step(S.BOOTING, late, cfg).event is E.BOOT_TIMEOUT
+    assert m.needs_diagnosis(S.BOOTING, late, cfg)
+    assert not m.needs_diagnosis(S.BOOTING, booting, cfg)
+
+
+def test_failed_status_queries_keep_the_last_state_until_the_limit() -> None:
+    cfg = m.MachineConfig(timers=Timers(max_status_failures=3))
+    held = m.Observation(vm=VmState.RUNNING, status_failures=3, status_error="no answer")
+    assert m.step(S.RUNNING, held, cfg).event is E.TICK
+    assert not m.needs_diagnosis(S.RUNNING, held, cfg)
+    lost = m.Observation(vm=VmState.RUNNING, status_failures=4, status_error="no answer")
+    step = m.step(S.RUNNING, lost, cfg)
+    assert step.event is E.VM_CRASHED and m.needs_diagnosis(S.RUNNING, lost, cfg)
+    assert step.outcome == Finish(
+        EXIT_ABORTED_BY_CLIENT, f"{m.MSG_PREMATURE} (status unknown for 4 s: no answer)"
+    )
+
+
+def test_a_refused_checkpoint_waits_for_its_retry_time() -> None:
+    due = m.Observation(
+        vm=VmState.RUNNING, checkpoint_due=True, now=99.0, checkpoint_retry_at=100.0
+    )
+    assert m.step(S.RUNNING, due, CFG).event is E.TICK
+    assert m.step(S.RUNNING, replace(due, now=100.0), CFG).actions == (m.TakeCheckpoint(),)
+
+
+def test_a_restore_that_fails_boots_afresh() -> None:
+    obs = m.Observation(vm=VmState.ABSENT, restore_failed="boinc_600")
+    step = m.step(S.BOOTING, obs, CFG)
+    assert (step.state, step.event) == (S.BOOTING, E.RESTORE_FAILED)
+    assert step.actions == (m.PowerOff(), m.StartVm(""))
+
+
+def test_start_up_files_that_cannot_be_made_end_with_a_bare_status_1() -> None:
+    step = m.step(S.STARTING, m.Observation(setup_failed=True), CFG)
+    assert step.actions == (m.Exit(PlainExit(1)),) and step.state is S.DONE
+
+
+UPLOAD, TRICKLE = m.RequestUpload("out"), m.SendTrickle("cpu_time", "<x/>")
+PREFS, PLUG = m.ApplyPreferences(reread=True), m.SetNetwork(connected=True)
+
+
+@pytest.mark.parametrize(
+    ("state", "vm", "suspended", "expected"),
+    [
+        # coming online: uploads and the periodic trickle, not yet the client's preferences
+        (S.BOOTING, VmState.RUNNING, False, (m.BringUp(), PREFS, UPLOAD, TRICKLE)),
+        (S.RUNNING, VmState.RUNNING, False, (UPLOAD, TRICKLE, PREFS, PLUG)),
+        (S.SUSPENDED, VmState.RUNNING, False, (m.ResumeVm(), UPLOAD, TRICKLE, PREFS, PLUG)),
+        (S.RUNNING, VmState.PAUSED, True, (m.PauseVm(), PREFS, PLUG)),
+        (S.BOOTING, VmState.STARTING, False, ()),
+    ],
+)
+def test_each_row_does_its_chores(
+    state: m.State, vm: VmState, suspended: bool, expected: tuple[m.Action, ...]
+) -> None:
+    busy = m.Observation(
+        vm=vm,
+        uploads_ready=("out",),
+        periodic_trickle="<x/>",
+        client=client(reread_init_data=True, suspended=suspended),
+        network_connected=False,
+    )
+    assert m.step(state, busy, m.MachineConfig(enable_network=True)).actions == expected

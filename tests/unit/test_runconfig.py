@@ -19,6 +19,7 @@ from vmwrapper.runconfig import (
     detected_lines,
     hw_acceleration_usable,
     parse_wrapper_args,
+    virtualbox_options,
     vm_name_for,
 )
 from vmwrapper.spec import parse_job
@@ -173,7 +174,7 @@ def test_vm_config_maps_the_job() -> None:
     rules = [(r.host_port, r.guest_port, r.bind) for r in vm.network.port_rules]
     assert rules == [(0, 80, "127.0.0.1"), (2000, 22, ""), (2001, 23, "")]
     assert vm.remote_desktop is not None and vm.remote_desktop.bind == "127.0.0.1"
-    assert vm.vram_mb == 32 and vm.memory_mb == 512
+    assert virtualbox_options(spec).vram_mb == 32 and vm.memory_mb == 512
 
 
 def test_vm_config_network_off_drops_forwards_and_iso_mode() -> None:
@@ -187,7 +188,8 @@ def test_vm_config_network_off_drops_forwards_and_iso_mode() -> None:
     assert not vm.network.enabled and vm.network.port_rules == ()
     assert vm.disk_image is None and vm.multiattach_parent is None
     assert vm.iso_image == Path("/s/vm_isocontext.iso") and vm.cache_disk == Path("/s/vm_cache.vdi")
-    assert (vm.disk_controller_type, vm.disk_controller_model) == ("sata", "IntelAHCI")
+    options = virtualbox_options(spec)
+    assert (options.disk_controller_type, options.disk_controller_model) == ("sata", "IntelAHCI")
 
 
 def test_multiattach_parent_in_project_dir() -> None:

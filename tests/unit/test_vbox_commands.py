@@ -16,6 +16,7 @@ from vmwrapper.hypervisor.virtualbox import capabilities as vbox_caps
 from vmwrapper.hypervisor.virtualbox import commands as cmd
 from vmwrapper.hypervisor.virtualbox import creation
 from vmwrapper.hypervisor.virtualbox.capabilities import Capabilities, Syntax
+from vmwrapper.hypervisor.virtualbox.options import VirtualBoxOptions
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "vbox"
 
@@ -42,10 +43,6 @@ def every_option() -> VmConfig:
         os_name="Linux26",
         memory_mb=2048,
         cpus=4,
-        vram_mb=32,
-        graphics_controller="VMSVGA",
-        disk_controller_type="sata",
-        disk_controller_model="IntelAHCI",
         disk_image=slot / "vm_image.vdi",
         floppy_image=slot / "vm_floppy_3.img",
         boot_iso=True,
@@ -64,6 +61,16 @@ def every_option() -> VmConfig:
         rtc_utc=True,
         hw_acceleration=False,
     )
+
+
+#: every_option()'s VirtualBox-only settings
+OPTIONS = VirtualBoxOptions(
+    vram_mb=32,
+    graphics_controller="VMSVGA",
+    disk_controller_type="sata",
+    disk_controller_model="IntelAHCI",
+)
+PIIX4 = replace(OPTIONS, disk_controller_type="ide", disk_controller_model="PIIX4")
 
 
 def caps(syntax: Syntax) -> Capabilities:
@@ -85,9 +92,9 @@ def test_golden_create_transcript(syntax: Syntax) -> None:
     if syntax is Syntax.V7:
         # VirtualBox 7 has no --hwvirtex: a 32-bit guest without VT-x cannot be defined
         with pytest.raises(HostNotReady, match="ERR_CPU_VM_EXTENSIONS_DISABLED"):
-            creation.create_steps(config, c, nic_type="virtio")
+            creation.create_steps(config, c, nic_type="virtio", options=OPTIONS)
         config = replace(config, hw_acceleration=True)
-    text = transcript(creation.create_steps(config, c, nic_type="virtio"))
+    text = transcript(creation.create_steps(config, c, nic_type="virtio", options=OPTIONS))
     golden = GOLDEN / f"create_every_option_v{syntax.value}.txt"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.parent.mkdir(parents=True, exist_ok=True)
@@ -102,15 +109,13 @@ def test_golden_iso_mode_transcript() -> None:
         disk_image=None,
         iso_image=slot / "vm_isocontext.iso",
         cache_disk=slot / "vm_cache.vdi",
-        disk_controller_type="ide",
-        disk_controller_model="PIIX4",
         floppy_image=None,
         remote_desktop=None,
         hw_acceleration=True,
         network=NetworkConfig(enabled=False, bridged=True),
     )
     steps = creation.create_steps(
-        config, caps(Syntax.V7), nic_type="82540EM", bridge_interface="eth0"
+        config, caps(Syntax.V7), nic_type="82540EM", bridge_interface="eth0", options=PIIX4
     )
     text = transcript(steps)
     golden = GOLDEN / "create_iso_mode_v7.txt"
@@ -218,10 +223,8 @@ def test_iso_mode_piix4_is_fixed_up_to_sata() -> None:
     config = replace(
         every_option(),
         iso_image=Path("/s/vm_isocontext.iso"),
-        disk_controller_type="ide",
-        disk_controller_model="PIIX4",
     )
-    args = creation.controller_steps(config, caps(Syntax.V7))[0].args
+    args = creation.controller_steps(config, caps(Syntax.V7), PIIX4)[0].args
     assert args[args.index("--add") + 1] == "sata"
     assert args[args.index("--controller") + 1] == "IntelAHCI"
 

@@ -264,7 +264,12 @@ def _console_credential(slot_dir: Path, run: RunConfig, port: int) -> str:
 def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
     """Attach to the client, build the back end and run the supervisor to its outcome."""
     from vmwrapper.boinc.app import AppClient
-    from vmwrapper.runconfig import RuntimePorts, build_vm_config, detected_lines
+    from vmwrapper.runconfig import (
+        RuntimePorts,
+        build_vm_config,
+        detected_lines,
+        virtualbox_options,
+    )
     from vmwrapper.supervisor import checkpoint
     from vmwrapper.supervisor.loop import Settings, run_supervisor
     from vmwrapper.supervisor.select import make_backend
@@ -312,7 +317,9 @@ def run_vm(prepared: Prepared, argv: Sequence[str]) -> int:
         for line in detected_lines(aid, anonymous_platform=(project_dir / "app_info.xml").exists()):
             log.info("%s", line)
         try:
-            backend = make_backend(run.backend, vm_config)
+            # the settings only VirtualBox reads go to it alone
+            opts = {"options": virtualbox_options(spec)} if run.backend == "virtualbox" else {}
+            backend = make_backend(run.backend, vm_config, **opts)
         except CommandLineError as exc:
             return conclude(Finish(EXIT_INIT_FAILURE, str(exc)), slot_dir, client)
         try:

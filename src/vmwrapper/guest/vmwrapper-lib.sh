@@ -142,7 +142,7 @@ SERIAL_PORT=""   # /dev/vportNpM when the VM has the file service's port
 # Seconds to wait for a reply. The host answers GO, OK and HELLO at once; a restore from a
 # snapshot taken mid-window leaves the guest waiting for a reply the new QEMU's file service
 # never sends, so this bounds that wait before the next window puts both sides in step.
-SERIAL_WAIT=15
+SERIAL_WAIT=5
 PULL_WAIT=600  # the host packs the whole share before it answers a PULL
 
 find_serial_port() {
@@ -161,7 +161,8 @@ find_serial_port() {
 serial_open() {
     exec 3<>"$SERIAL_PORT" || return 1
     nonce="$(cut -d' ' -f1 /proc/uptime | tr -d .)x$$x$RANDOM"
-    printf 'HELLO %s\n' "$nonce" >&3
+    # the newline first ends whatever partial line an interrupted window left on the host
+    printf '\nHELLO %s\n' "$nonce" >&3
     while IFS= read -r -t "$SERIAL_WAIT" reply <&3; do
         [ "$reply" = "HELLO $nonce" ] && return 0
     done
@@ -221,6 +222,7 @@ serial_put() {
     printf 'PUT %s %s.%s %s\n' "$size" "${stamp%% *}" "$frac" "$hex" >&3 || return 2
     serial_reply GO || return
     cat "$STATE/xfer" >&3 || return 2
+    printf 'END %s\n' "$hex" >&3 || return 2  # the trailer: these bytes were this file
     serial_reply OK
 }
 

@@ -107,6 +107,9 @@ class NetworkConfig:
     driver: str = ""  # vm_network_driver (NIC model); "" = back end default
     nat_dns_host_resolver: bool = False
     port_rules: tuple[PortRule, ...] = ()
+    #: the volunteer set a daily transfer limit: count the NIC's bytes from start() on
+    #: (QEMU arms its counters then; they cost a file write per frame, so only when asked)
+    count_bytes: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,10 +132,6 @@ class VmConfig:
     os_name: str = ""
     memory_mb: int = 512
     cpus: int = 1
-    vram_mb: int = 16
-    graphics_controller: str = "VBoxVGA"
-    disk_controller_type: str = "sata"
-    disk_controller_model: str = "IntelAHCI"
     disk_image: Path | None = None  # slot/vm_image.vdi (None in ISO mode or with multiattach)
     multiattach_parent: Path | None = None  # project/<multiattach_vdi_file>, never written
     iso_image: Path | None = None  # slot/vm_isocontext.iso
@@ -187,7 +186,10 @@ class DiskCheckpoints(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """One VM's hypervisor. Every call is synchronous and bounded in time."""
+    """One VM's hypervisor: the lifecycle core every back end has. Every call is synchronous
+    and bounded in time. The extras are capabilities a back end may have (:class:`Checkpointing`,
+    :class:`Reporting`, :class:`Throttling`, :class:`Accounting`); the supervisor asks with
+    ``isinstance`` and skips (logged once) what a back end lacks."""
 
     name: str  # "qemu", "virtualbox", "fake"
 
@@ -200,7 +202,8 @@ class Backend(Protocol):
         ...
 
     def start(self, restore: str | None = None) -> int:
-        """Start the VM (from checkpoint ``restore`` if given); return the hypervisor's PID."""
+        """Start the VM (from checkpoint ``restore`` if given); return the hypervisor's PID.
+        Counting for :meth:`Accounting.net_usage` starts here."""
         ...
 
     def status(self) -> VmStatus: ...
@@ -208,6 +211,21 @@ class Backend(Protocol):
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
+
+    def poweroff(self, timeout: float = 30.0) -> None:
+        """Stop the VM: graceful (ACPI) within ``timeout``, then hard, then kill. Idempotent."""
+        ...
+
+    def cleanup(self) -> None:
+        """Power off and remove the VM and every file it made (overlays, snapshots). Idempotent."""
+        ...
+
+    def pid(self) -> int | None: ...
+
+
+@runtime_checkable
+class Checkpointing(Protocol):
+    """Snapshots of the running VM, and saving its whole state on the way out."""
 
     def checkpoint(self, name: str) -> None:
         """Take snapshot ``name`` of the running VM (pausing it briefly).
@@ -228,26 +246,36 @@ class Backend(Protocol):
         quit). A later ``start`` resumes from it."""
         ...
 
-    def poweroff(self, timeout: float = 30.0) -> None:
-        """Stop the VM: graceful (ACPI) within ``timeout``, then hard, then kill. Idempotent."""
+
+@runtime_checkable
+class Reporting(Protocol):
+    """What the hypervisor can tell about the VM: the guest's lines, diagnoses, error reports."""
+
+    def guest_log(self) -> list[str]:
+        """Guest console lines that arrived since the last call (for `Guest Log:` lines)."""
         ...
 
-    def cleanup(self) -> None:
-        """Power off and remove the VM and every file it made (overlays, snapshots). Idempotent."""
+    def diagnose(self) -> tuple[Diagnosis, ...]:
+        """What the hypervisor's logs say went wrong (re-read each call, never cached)."""
         ...
 
-    def pid(self) -> int | None: ...
-
-    def cpu_time(self) -> float:
-        """CPU seconds used by the hypervisor's process tree in this run (0 when not running)."""
+    def hypervisor_logs(self, limit: int = 8192) -> dict[str, str]:
+        """Tails (at most ``limit`` characters each, whole lines) of the hypervisor's logs for
+        an error report, by section title. Call it before cleanup(), which deletes them."""
         ...
+
+    def screenshot(self) -> Path | None:
+        """Save a PNG of the VM's screen as ``vbox_screenshot.png`` in the slot (error reports,
+        enable_screenshots_on_error); None when the VM is not running or has no screen."""
+        ...
+
+
+@runtime_checkable
+class Throttling(Protocol):
+    """The client's limits applied to the running VM."""
 
     def set_cpu_cap(self, percent: int) -> None:
         """Limit the VM to ``percent`` (1..100) of its CPUs (client cpu_usage_limit)."""
-        ...
-
-    def set_network(self, connected: bool) -> None:
-        """Plug or unplug the NIC at run time (client network suspension)."""
         ...
 
     def set_bandwidth(self, bytes_per_sec: float) -> None:
@@ -260,25 +288,24 @@ class Backend(Protocol):
         priority without privilege) is logged, never raised. No-op when the VM is not running."""
         ...
 
+    def set_network(self, connected: bool) -> None:
+        """Plug or unplug the NIC at run time (client network suspension)."""
+        ...
+
+
+@runtime_checkable
+class Accounting(Protocol):
+    """What the VM used in this run; the supervisor keeps the never-decreasing totals."""
+
+    def cpu_time(self) -> float:
+        """CPU seconds used by the hypervisor's process tree in this run (0 when not running)."""
+        ...
+
     def net_usage(self) -> NetUsage | None:
         """Bytes through the NIC since start() (daily_xfer_limit_mb accounting); None when the
         VM has no NIC, is not running, or the hypervisor cannot count."""
         ...
 
-    def screenshot(self) -> Path | None:
-        """Save a PNG of the VM's screen as ``vbox_screenshot.png`` in the slot (error reports,
-        enable_screenshots_on_error); None when the VM is not running or has no screen."""
-        ...
 
-    def hypervisor_logs(self, limit: int = 8192) -> dict[str, str]:
-        """Tails (at most ``limit`` characters each, whole lines) of the hypervisor's logs for
-        an error report, by section title. Call it before cleanup(), which deletes them."""
-        ...
-
-    def guest_log(self) -> list[str]:
-        """Guest console lines that arrived since the last call (for `Guest Log:` lines)."""
-        ...
-
-    def diagnose(self) -> tuple[Diagnosis, ...]:
-        """What the hypervisor's logs say went wrong (re-read each call, never cached)."""
-        ...
+class FullBackend(Backend, Checkpointing, Reporting, Throttling, Accounting, Protocol):
+    """A back end with every capability (QEMU, VirtualBox, the scripted fake)."""

@@ -403,3 +403,42 @@ def from_slot(config: VmConfig, **opts: Any) -> FakeBackend:
     path = config.slot_dir / SCRIPT_FILE
     script = FakeScript.from_json(path.read_text()) if path.exists() else FakeScript()
     return FakeBackend(config, script, state_file=config.slot_dir / STATE_FILE, **opts)
+
+
+class CoreOnlyBackend:
+    """The lifecycle core and nothing else (after httpx's minimal transport): a scripted
+    :class:`FakeBackend` behind only the :class:`~vmwrapper.hypervisor.base.Backend` methods,
+    so tests prove the supervisor runs a job without checkpoints, reports, limits or
+    accounting."""
+
+    name = "fake-core"
+
+    def __init__(self, vm: FakeBackend) -> None:
+        self._vm = vm
+
+    def exists(self) -> bool:
+        return self._vm.exists()
+
+    def create(self) -> None:
+        self._vm.create()
+
+    def start(self, restore: str | None = None) -> int:
+        return self._vm.start(restore)
+
+    def status(self) -> VmStatus:
+        return self._vm.status()
+
+    def pause(self) -> None:
+        self._vm.pause()
+
+    def resume(self) -> None:
+        self._vm.resume()
+
+    def poweroff(self, timeout: float = 30.0) -> None:
+        self._vm.poweroff(timeout)
+
+    def cleanup(self) -> None:
+        self._vm.cleanup()
+
+    def pid(self) -> int | None:
+        return self._vm.pid()

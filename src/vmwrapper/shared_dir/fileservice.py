@@ -28,7 +28,17 @@ from typing import BinaryIO
 
 from vmwrapper.errors import BackendError
 from vmwrapper.shared_dir import fsproto
-from vmwrapper.shared_dir.fsproto import Data, Err, FsProtocolError, Go, Hello, Ok, Pull, Put
+from vmwrapper.shared_dir.fsproto import (
+    Data,
+    Err,
+    FsProtocolError,
+    Go,
+    Hello,
+    Ok,
+    Pull,
+    Put,
+    Refused,
+)
 from vmwrapper.shared_dir.watch import EXCLUDE_FILE
 
 log = logging.getLogger(__name__)
@@ -141,44 +151,61 @@ class FileService:
 
     def _serve(self, conn: socket.socket) -> None:
         reader = conn.makefile("rb")
+        in_step = False  # a new connection waits for the guest's HELLO (fsproto's docstring)
         try:
             while True:
                 line = reader.readline(fsproto.MAX_LINE + 1)
                 if not line:
                     return
+                if line == b"\n":
+                    continue  # the guest ends any leftover partial line before its HELLO
                 if not line.endswith(b"\n"):
                     _skip_line(reader)
-                    self.refused += 1
-                    self._send(conn, Err(f"header longer than {fsproto.MAX_LINE} bytes"))
-                    continue
-                self._handle(conn, reader, line)
+                    line = b"\0"  # too long: unparsable, like any other junk
+                in_step = self._handle(conn, reader, line, in_step)
         except OSError as exc:
             log.debug("share channel closed: %s", exc)
         finally:
             reader.close()
 
-    def _handle(self, conn: socket.socket, reader: BinaryIO, line: bytes) -> None:
+    def _handle(self, conn: socket.socket, reader: BinaryIO, line: bytes, in_step: bool) -> bool:
+        """Answer one line; whether the two sides are in step after it."""
         try:
             request = fsproto.parse_request(line)
+        except Refused as exc:
+            if in_step:
+                self._refuse(conn, exc)
+            return in_step
+        except FsProtocolError as exc:
+            if in_step:
+                self._refuse(conn, exc)
+            return False  # silent until the next HELLO: the rest may be a payload's bytes
+        if not in_step and not isinstance(request, Hello):
+            return False
+        try:
             match request:
                 case Hello(nonce):
                     self._send(conn, Hello(nonce))
                 case Pull():
                     self._pull(conn)
                 case Put():
-                    self._put(conn, reader, request)
+                    return self._put(conn, reader, request)
         except FsProtocolError as exc:
-            self.refused += 1
-            # a hostile guest could ask forever: the first few are warnings, then debug lines
-            level = logging.WARNING if self.refused <= MAX_LOGGED_REFUSALS else logging.DEBUG
-            log.log(
-                level,
-                "Share channel: refused a request from the guest: %s%s",
-                exc,
-                " (further refusals are not logged)" if self.refused == MAX_LOGGED_REFUSALS else "",
-                extra={"event": "share_request_refused", "reason": str(exc)},
-            )
-            self._send(conn, Err(str(exc)))
+            self._refuse(conn, exc)
+        return True
+
+    def _refuse(self, conn: socket.socket, exc: FsProtocolError) -> None:
+        self.refused += 1
+        # a hostile guest could ask forever: the first few are warnings, then debug lines
+        level = logging.WARNING if self.refused <= MAX_LOGGED_REFUSALS else logging.DEBUG
+        log.log(
+            level,
+            "Share channel: refused a request from the guest: %s%s",
+            exc,
+            " (further refusals are not logged)" if self.refused == MAX_LOGGED_REFUSALS else "",
+            extra={"event": "share_request_refused", "reason": str(exc)},
+        )
+        self._send(conn, Err(str(exc)))
 
     def _send(self, conn: socket.socket, reply: fsproto.Reply) -> None:
         conn.sendall(fsproto.encode_reply(reply))
@@ -217,20 +244,25 @@ class FileService:
     def _is_excluded(self, top_name: str) -> bool:
         return any(fnmatch.fnmatchcase(top_name, p) for p in self._excluded)
 
-    def _put(self, conn: socket.socket, reader: BinaryIO, put: Put) -> None:
+    def _put(self, conn: socket.socket, reader: BinaryIO, put: Put) -> bool:
         shown = "/".join(put.path)
         if self._is_excluded(put.path[0]) or put.path[-1].startswith(TMP_PREFIX):
-            raise FsProtocolError(f"{shown!r} is the host's own file")
+            raise Refused(f"{shown!r} is the host's own file")
         if put.size > self.quota:  # before touching anything
-            raise FsProtocolError(f"{put.size} bytes: more than the share's quota")
+            raise Refused(f"{put.size} bytes: more than the share's quota")
         try:
             target, temp, fd = self._open_for(put)
         except OSError as exc:  # the host's file system said no: the channel goes on
-            raise FsProtocolError(f"cannot write {shown!r} on the host: {exc.strerror}") from exc
+            raise Refused(f"cannot write {shown!r} on the host: {exc.strerror}") from exc
         self._send(conn, Go())
+        in_step = True
         try:
             with os.fdopen(fd, "wb") as out:
                 failed = _receive(reader, out, put.size)
+            if not fsproto.trailer_matches(reader.readline(fsproto.MAX_LINE + 1), put):
+                # these bytes were not the file: the guest gave up on it and went on
+                in_step = False
+                failed = failed or OSError("the payload did not end with its trailer")
             if failed is None:
                 os.utime(temp, ns=(put.mtime_ns, put.mtime_ns))
                 os.replace(temp, target)  # replaces a symlink itself, never what it points to
@@ -241,9 +273,13 @@ class FileService:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(temp)  # gone after the rename; else a half file
-        if failed is not None:  # a disk full, say: this file failed, the next may not
-            raise FsProtocolError(f"writing {shown!r} on the host failed: {failed}")
+        if failed is not None and in_step:  # a disk full, say: this file failed, not the next
+            raise Refused(f"writing {shown!r} on the host failed: {failed}")
+        if failed is not None:
+            log.warning("Share channel: dropped %r (%s)", shown, failed)
+            return False
         self._send(conn, Ok())
+        return True
 
     def _open_for(self, put: Put) -> tuple[Path, Path, int]:
         """(target, temp name, fd of the new temp file), after the checks and the quota."""
@@ -253,11 +289,11 @@ class FileService:
         with contextlib.suppress(FileNotFoundError):
             mode = os.lstat(target)
             if stat.S_ISDIR(mode.st_mode):
-                raise FsProtocolError(f"{'/'.join(put.path)!r} is a directory on the host")
+                raise Refused(f"{'/'.join(put.path)!r} is a directory on the host")
             replaced = mode.st_size if stat.S_ISREG(mode.st_mode) else 0
         growth = put.size - replaced
         if self.written + growth > self.quota:
-            raise FsProtocolError(
+            raise Refused(
                 f"{put.size} bytes would grow the share past its quota of {self.quota} bytes"
             )
         temp = parent / f"{TMP_PREFIX}{put.path[-1]}"[: fsproto.MAX_NAME_BYTES]
@@ -279,7 +315,7 @@ class FileService:
                 os.mkdir(here, 0o755)
                 continue
             if not stat.S_ISDIR(mode):
-                raise FsProtocolError(f"{here.relative_to(self.root)} is not a plain directory")
+                raise Refused(f"{here.relative_to(self.root)} is not a plain directory")
         return here
 
 

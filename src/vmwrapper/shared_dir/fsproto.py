@@ -9,9 +9,18 @@ followed by a payload whose length the header gives::
     guest                                   host
     HELLO <nonce>                     →     HELLO <nonce>       (re-synchronises a window)
     PULL                              →     DATA <n> + n bytes  (a tar of the share)
-    PUT <size> <mtime> <hex path>     →     GO                  (then the guest sends size bytes)
-                                      ←     OK                  (written: temp name, rename)
-    anything else, or a refused PUT   →     ERR <why>
+    PUT <size> <mtime> <hex path>     →     GO                  (then the guest sends size bytes
+    <size bytes>END <hex path>        →     OK                   and the trailer; written: temp
+                                                                 name, rename)
+    a refused request                 →     ERR <why>
+
+The guest starts each window with an empty line (ending any partial line left over) and
+``HELLO``. The host says nothing until a ``HELLO``, and goes silent again after a line it
+cannot parse (until the next ``HELLO``): after a restore from a snapshot the guest may be in
+the middle of a window whose other half died with the old QEMU, and its leftover bytes must
+neither get answers it could take for its own nor be written anywhere. The trailer after a
+payload names the file again: a payload that is really the guest's next window (it gave up
+waiting) does not end in it, so the host drops that file instead of writing those bytes.
 
 ``<mtime>`` is the guest file's modification time, ``SECONDS[.FRACTION]`` (up to 9 digits, as
 ``stat -c %Y`` and the fraction of ``%y`` print it); ``<hex path>`` is the path relative to
@@ -42,6 +51,11 @@ _HEX = re.compile(r"(?:[0-9a-f]{2})+")
 
 class FsProtocolError(VmWrapperError):
     """A message that breaks the protocol; ``str()`` is the reason sent back in ``ERR``."""
+
+
+class Refused(FsProtocolError):
+    """A well-formed request the host will not do (a path outside the share, the quota): the
+    two sides are still in step, unlike after a line that is no request at all."""
 
 
 @dataclass(frozen=True)
@@ -92,21 +106,21 @@ def check_path(text: str) -> tuple[str, ...]:
     names below the share (what a hostile guest must not get past: ``..``, ``/etc``, ``C:``)."""
     raw = text.encode("utf-8", "surrogateescape")
     if not raw:
-        raise FsProtocolError("empty path")
+        raise Refused("empty path")
     if len(raw) > MAX_PATH_BYTES:
-        raise FsProtocolError(f"path longer than {MAX_PATH_BYTES} bytes")
+        raise Refused(f"path longer than {MAX_PATH_BYTES} bytes")
     if "\0" in text or "\\" in text:
-        raise FsProtocolError("path with a NUL or a backslash")
+        raise Refused("path with a NUL or a backslash")
     if text.startswith("/"):
-        raise FsProtocolError("absolute path")
+        raise Refused("absolute path")
     parts = tuple(text.split("/"))
     for part in parts:
         if part in ("", ".", ".."):
-            raise FsProtocolError(f"path component {part!r} (only plain names below the share)")
+            raise Refused(f"path component {part!r} (only plain names below the share)")
         if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-            raise FsProtocolError(f"a name longer than {MAX_NAME_BYTES} bytes")
+            raise Refused(f"a name longer than {MAX_NAME_BYTES} bytes")
         if ":" in part and len(part) >= 2 and part[1] == ":":
-            raise FsProtocolError("a drive-letter path")  # "C:x" is absolute on Windows
+            raise Refused("a drive-letter path")  # "C:x" is absolute on Windows
     return parts
 
 
@@ -168,6 +182,15 @@ def encode_request(request: Request) -> bytes:
         case Put(size, mtime_ns, path):
             hexpath = "/".join(path).encode("utf-8", "surrogateescape").hex()
             return f"PUT {size} {format_mtime(mtime_ns)} {hexpath}\n".encode()
+
+
+def encode_trailer(put: Put) -> bytes:
+    """The line that follows a PUT's payload."""
+    return f"END {'/'.join(put.path).encode('utf-8', 'surrogateescape').hex()}\n".encode()
+
+
+def trailer_matches(line: bytes, put: Put) -> bool:
+    return line == encode_trailer(put)
 
 
 def encode_reply(reply: Reply) -> bytes:

@@ -71,6 +71,7 @@ ERROR_REPORT: Final = "error_report"
 NET_USAGE: Final = "net_usage"
 VM_PRIORITY: Final = "vm_priority"
 GUEST_LOG_DROPPED: Final = "guest_log_dropped"
+CAPABILITY_MISSING: Final = "capability_missing"  # an action the back end cannot do: skipped
 
 #: Of those, the guest's last lines, held back and written when the VM goes down. Small: with
 #: the wrapper's last lines it must fit the 64 KiB tail of stderr.txt the client reports.

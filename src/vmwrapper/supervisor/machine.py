@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vmwrapper.hypervisor.base import Diagnosis, VmState
 from vmwrapper.outcome import (
@@ -28,14 +29,46 @@ from vmwrapper.outcome import (
     EXIT_CHILD_FAILED,
     EXIT_OUT_OF_MEMORY,
     MAX_TEMPORARY_EXIT_DELAY,
-    VM_EXTENSIONS_TOKEN,
     Finish,
     Outcome,
     PlainExit,
     TemporaryExit,
 )
 from vmwrapper.shared_dir.triggers import CompletionTrigger, TemporaryExitTrigger
+from vmwrapper.supervisor.actions import (
+    MSG_BOOT_TIMEOUT,
+    MSG_EXTENSIONS_DISABLED,
+    MSG_FOREIGN_HYPERVISOR,
+    MSG_GUEST_OOM,
+    MSG_HEARTBEAT,
+    MSG_HOST_MEMORY,
+    MSG_NO_EXTENSIONS,
+    MSG_PREMATURE,
+    MSG_REGISTER_ONLY,
+    Action,
+    ApplyPreferences,
+    BringUp,
+    Cleanup,
+    DumpLogs,
+    Exit,
+    PauseVm,
+    PowerOff,
+    PrepareVm,
+    RecordTransientFailure,
+    RemoveTrigger,
+    RequestUpload,
+    ResetBackoff,
+    ResumeVm,
+    SaveState,
+    SendTrickle,
+    SetNetwork,
+    StartVm,
+    TakeCheckpoint,
+    WriteCernOutput,
+    msg_guest_failed,
+)
 from vmwrapper.supervisor.backoff import ErrorClass, Failure
+from vmwrapper.supervisor.timers import Timers
 
 
 class State(enum.Enum):
@@ -65,6 +98,8 @@ class Event(enum.Enum):
     SUSPEND = "suspend"
     RESUME = "resume"
     CHECKPOINT_DUE = "checkpoint_due"
+    SETUP_FAILED = "setup_failed"  # the slot could not be set up (--sporadic's files)
+    RESTORE_FAILED = "restore_failed"  # the checkpoint could not be restored: boot fresh
     TICK = "tick"
 
 
@@ -98,9 +133,15 @@ class Observation:
     heartbeat_failure: int | None = None  # BOINC code when the heartbeat file check failed
     guest_oom: bool = False  # the guest printed EXIT_OUT_OF_MEMORY
     guest_status: int | None = None  # N of the guest's `VMWRAPPER_GUEST_DONE status=N` line
-    checkpoint_due: bool = False
-    boot_timed_out: bool = False
+    now: float = 0.0  # the loop's clock (monotonic seconds)
+    checkpoint_due: bool = False  # the checkpoint policy says one is due by elapsed time
+    checkpoint_retry_at: float = 0.0  # a refused snapshot: not again before this `now`
+    booting_for: float = 0.0  # seconds since the VM was started (BOOTING)
+    status_failures: int = 0  # failed status queries in a row (`vm` is then the last known)
+    status_error: str = ""  # the last failed query's error
     failure: Failure | None = None
+    restore_failed: str = ""  # the checkpoint whose restore just failed
+    setup_failed: bool = False  # the slot's start-up files could not be made (--sporadic)
     trickles: tuple[tuple[str, str], ...] = ()  # (trigger file name = variety, its text)
     uploads_ready: tuple[str, ...] = ()  # intermediate upload files present, not yet requested
     periodic_trickle: str | None = None  # --trickle body due now
@@ -119,176 +160,7 @@ class MachineConfig:
     enable_network: bool = False
     cern_output: bool = False  # enable_cern_dataformat: write `output` when job_duration ends
     temporary_exit_trigger_file: str = ""
-
-
-# -- what the machine asks for ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PrepareVm:
-    """Create the VM or reuse this slot's; power off one left running; drop orphan snapshots."""
-
-
-@dataclass(frozen=True)
-class StartVm:
-    restore: str = ""  # snapshot name, "" = boot fresh
-
-
-@dataclass(frozen=True)
-class BringUp:
-    """The VM is online: lower its priority, contextualize, announce ports, write the record."""
-
-
-@dataclass(frozen=True)
-class ApplyPreferences:
-    """Apply (or re-apply after <reread_app_info/>) cpu_usage_limit, bandwidth, interval."""
-
-    reread: bool = False  # re-read init_data.xml first (the client rewrote it)
-
-
-@dataclass(frozen=True)
-class PauseVm:
-    pass
-
-
-@dataclass(frozen=True)
-class ResumeVm:
-    pass
-
-
-@dataclass(frozen=True)
-class TakeCheckpoint:
-    final: bool = False  # before a temporary exit: a refused snapshot is retried briefly
-
-
-@dataclass(frozen=True)
-class SaveState:
-    """Quit with enable_vm_savestate_usage: checkpoint, then save the VM's state and stop."""
-
-
-@dataclass(frozen=True)
-class PowerOff:
-    """Stop the VM, keep it (and its checkpoints) for the next run."""
-
-
-@dataclass(frozen=True)
-class DumpLogs:
-    """An error report into stderr before the VM goes: the screenshot (with
-    enable_screenshots_on_error, while the VM is still up) and the hypervisor's log tails."""
-
-    exit_code: int | None = None  # the hypervisor process's exit status, when known
-
-
-@dataclass(frozen=True)
-class Cleanup:
-    """The job is over: power off and remove the VM and everything it made."""
-
-
-@dataclass(frozen=True)
-class SetNetwork:
-    connected: bool
-
-
-@dataclass(frozen=True)
-class SendTrickle:
-    variety: str
-    text: str
-    trigger_file: str = ""  # remove this shared-dir file once the trickle is queued
-
-
-@dataclass(frozen=True)
-class RequestUpload:
-    name: str
-
-
-@dataclass(frozen=True)
-class RemoveTrigger:
-    name: str
-
-
-@dataclass(frozen=True)
-class WriteCernOutput:
-    """enable_cern_dataformat and job_duration reached: slot file `output`."""
-
-
-@dataclass(frozen=True)
-class RecordTransientFailure:
-    reason: str
-
-
-@dataclass(frozen=True)
-class ResetBackoff:
-    pass
-
-
-@dataclass(frozen=True)
-class Exit:
-    outcome: Outcome
-
-
-Action = (
-    PrepareVm
-    | StartVm
-    | BringUp
-    | ApplyPreferences
-    | PauseVm
-    | ResumeVm
-    | TakeCheckpoint
-    | SaveState
-    | PowerOff
-    | DumpLogs
-    | Cleanup
-    | SetNetwork
-    | SendTrickle
-    | RequestUpload
-    | RemoveTrigger
-    | WriteCernOutput
-    | RecordTransientFailure
-    | ResetBackoff
-    | Exit
-)
-
-
-@dataclass(frozen=True)
-class Step:
-    state: State
-    event: Event
-    actions: tuple[Action, ...]
-
-    @property
-    def outcome(self) -> Outcome | None:
-        for action in self.actions:
-            if isinstance(action, Exit):
-                return action.outcome
-        return None
-
-
-# -- messages (fixed texts projects and volunteers see) --------------------------------------
-
-MSG_EXTENSIONS_DISABLED = (
-    "Hardware virtualization (VT-x/AMD-V) is disabled in this computer's BIOS/UEFI settings. "
-    "Enable it there and restart the computer to run this VM job. "
-    f"(Error Code: {VM_EXTENSIONS_TOKEN})"
-)
-MSG_NO_EXTENSIONS = (
-    "This job's VM needs hardware virtualization (VT-x/AMD-V), which this processor lacks or "
-    "which another program hides. Run only 32-bit VM jobs on this computer. "
-    f"(Error Code: {VM_EXTENSIONS_TOKEN})"
-)
-MSG_FOREIGN_HYPERVISOR = (
-    "Another hypervisor (e.g. Hyper-V, WSL2, another VM program) holds the hardware "
-    "virtualization features. Close it or turn it off, then resume this task."
-)
-MSG_HOST_MEMORY = "VM Hypervisor was unable to allocate enough memory to start VM."
-MSG_BOOT_TIMEOUT = "VM Hypervisor failed to enter an online state in a timely fashion."
-MSG_PREMATURE = "VM Premature Shutdown Detected."
-MSG_GUEST_OOM = "The guest ran out of memory (EXIT_OUT_OF_MEMORY)."
-MSG_REGISTER_ONLY = "VM registered and left for debugging (--register_only)."
-MSG_HEARTBEAT = "VM Heartbeat file check failed."
-
-
-def msg_guest_failed(status: int) -> str:
-    return f"The guest's app exited with status {status} (VMWRAPPER_GUEST_DONE status={status})."
+    timers: Timers = field(default_factory=Timers)
 
 
 # -- classification --------------------------------------------------------------------------
@@ -296,11 +168,33 @@ def msg_guest_failed(status: int) -> str:
 _LIVE = (State.BOOTING, State.RUNNING, State.SUSPENDED)
 
 
+def vm_seen(obs: Observation, config: MachineConfig) -> VmState:
+    """The VM's state as the machine counts it: after too many failed status queries in a row
+    the last known state no longer stands, and the VM counts as crashed."""
+    if config.timers.status_lost(obs.status_failures):
+        return VmState.CRASHED
+    return obs.vm
+
+
+def boot_timed_out(state: State, obs: Observation, config: MachineConfig) -> bool:
+    return state is State.BOOTING and config.timers.boot_timed_out(obs.booting_for)
+
+
+def needs_diagnosis(state: State, obs: Observation, config: MachineConfig) -> bool:
+    """Whether the loop should read the hypervisor's logs for this tick: the VM is down, or
+    never came up in time."""
+    return not vm_seen(obs, config).online or boot_timed_out(state, obs, config)
+
+
 def classify(state: State, obs: Observation, config: MachineConfig) -> Event:
     """The one event this tick stands for, by vboxwrapper's priority order."""
     if state is State.DONE:
         raise ValueError("the machine is done; no more observations")
     client = obs.client
+    if obs.setup_failed and state is State.STARTING:
+        return Event.SETUP_FAILED
+    if obs.restore_failed and state is State.BOOTING:  # (only StartVm restores)
+        return Event.RESTORE_FAILED
     if obs.failure is not None:
         return Event.FAILURE
     if client.abort_request:
@@ -320,23 +214,24 @@ def classify(state: State, obs: Observation, config: MachineConfig) -> Event:
         return Event.COMPLETION
     if obs.temporary_exit is not None:
         return Event.TEMPORARY_EXIT
-    if not obs.vm.online:
-        if obs.vm in (VmState.CRASHED, VmState.ABSENT):
+    vm = vm_seen(obs, config)
+    if not vm.online:
+        if vm in (VmState.CRASHED, VmState.ABSENT):
             return Event.VM_CRASHED
         return Event.VM_STOPPED
     if obs.guest_oom:
         return Event.GUEST_OUT_OF_MEMORY
     if state is State.BOOTING:
-        if obs.vm in (VmState.RUNNING, VmState.PAUSED):
+        if vm in (VmState.RUNNING, VmState.PAUSED):
             return Event.VM_ONLINE
-        return Event.BOOT_TIMEOUT if obs.boot_timed_out else Event.TICK
+        return Event.BOOT_TIMEOUT if boot_timed_out(state, obs, config) else Event.TICK
     if config.job_duration > 0 and obs.elapsed >= config.job_duration:
         return Event.DURATION_REACHED
-    if state is State.RUNNING and (client.suspended or obs.vm is VmState.PAUSED):
+    if state is State.RUNNING and (client.suspended or vm is VmState.PAUSED):
         return Event.SUSPEND if client.suspended else Event.RESUME
-    if state is State.SUSPENDED and (not client.suspended or obs.vm is VmState.RUNNING):
+    if state is State.SUSPENDED and (not client.suspended or vm is VmState.RUNNING):
         return Event.RESUME if not client.suspended else Event.SUSPEND
-    if state is State.RUNNING and obs.checkpoint_due:
+    if state is State.RUNNING and obs.checkpoint_due and obs.now >= obs.checkpoint_retry_at:
         return Event.CHECKPOINT_DUE
     return Event.TICK
 
@@ -344,7 +239,7 @@ def classify(state: State, obs: Observation, config: MachineConfig) -> Event:
 # -- outcomes --------------------------------------------------------------------------------
 
 Actions = list[Action]
-Builder = Callable[[State, Observation, MachineConfig], Actions]
+Builder = Callable[[Observation, MachineConfig], Actions]
 
 
 def _host_problem(obs: Observation, fallback: str) -> Actions | None:
@@ -381,7 +276,7 @@ def _transient(obs: Observation, reason: str) -> Actions:
     ]
 
 
-def _on_failure(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _on_failure(obs: Observation, config: MachineConfig) -> Actions:
     failure = obs.failure
     assert failure is not None
     if failure.error_class is ErrorClass.HOST_PROBLEM:
@@ -395,39 +290,56 @@ def _on_failure(state: State, obs: Observation, config: MachineConfig) -> Action
     return _fatal(obs, Finish(failure.code, failure.message))
 
 
-def _on_abort(state: State, obs: Observation, config: MachineConfig) -> Actions:
-    if state is State.STARTING:
-        return [Cleanup(), Exit(Finish(EXIT_ABORTED_BY_CLIENT))]  # no VM of this run to report
+def _abort_before_vm(obs: Observation, config: MachineConfig) -> Actions:
+    return [Cleanup(), Exit(Finish(EXIT_ABORTED_BY_CLIENT))]  # no VM of this run to report
+
+
+def _on_abort(obs: Observation, config: MachineConfig) -> Actions:
     return _fatal(obs, Finish(EXIT_ABORTED_BY_CLIENT))
 
 
-def _on_quit(state: State, obs: Observation, config: MachineConfig) -> Actions:
-    # The client restarts the task by itself after a quit (and ignores the exit status), so we
-    # leave no temporary-exit file: vboxwrapper's reasonless 86400 s file is ignored
-    # (docs/compatibility.md#exit-codes-and-temporary-exits), and one with a reason would postpone
-    # the task by a day.
-    if state is State.STARTING:
-        return [Exit(PlainExit(0))]
-    stop: Action = (
-        SaveState() if config.savestate_on_quit and state is not State.BOOTING else PowerOff()
-    )
-    return [stop, Exit(PlainExit(0))]
+# The client restarts the task by itself after a quit (and ignores the exit status), so we
+# leave no temporary-exit file: vboxwrapper's reasonless 86400 s file is ignored
+# (docs/compatibility.md#exit-codes-and-temporary-exits), and one with a reason would postpone
+# the task by a day.
 
 
-def _on_register_only(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _quit_before_vm(obs: Observation, config: MachineConfig) -> Actions:
+    return [Exit(PlainExit(0))]
+
+
+def _quit_booting(obs: Observation, config: MachineConfig) -> Actions:
+    return [PowerOff(), Exit(PlainExit(0))]  # nothing worth saving yet
+
+
+def _quit_running(obs: Observation, config: MachineConfig) -> Actions:
+    return [SaveState() if config.savestate_on_quit else PowerOff(), Exit(PlainExit(0))]
+
+
+def _on_setup_failed(obs: Observation, config: MachineConfig) -> Actions:
+    # a bare exit status 1, as vboxwrapper's (docs/compatibility.md#start-up)
+    return [Exit(PlainExit(1))]
+
+
+def _on_register_only(obs: Observation, config: MachineConfig) -> Actions:
     return [PrepareVm(), Exit(Finish(0, MSG_REGISTER_ONLY))]
 
 
-def _on_start(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _on_start(obs: Observation, config: MachineConfig) -> Actions:
     return [PrepareVm(), StartVm(obs.restore_snapshot)]
 
 
-def _on_heartbeat_file(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _on_restore_failed(obs: Observation, config: MachineConfig) -> Actions:
+    # A damaged snapshot must not lose the job: boot afresh, elapsed and CPU time kept.
+    return [PowerOff(), StartVm("")]
+
+
+def _on_heartbeat_file(obs: Observation, config: MachineConfig) -> Actions:
     assert obs.heartbeat_failure is not None
     return _fatal(obs, Finish(obs.heartbeat_failure, MSG_HEARTBEAT))
 
 
-def _on_completion(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _on_completion(obs: Observation, config: MachineConfig) -> Actions:
     trigger = obs.completion
     assert trigger is not None
     return [
@@ -437,25 +349,33 @@ def _on_completion(state: State, obs: Observation, config: MachineConfig) -> Act
     ]
 
 
-def _on_temporary_exit(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _temporary_exit_booting(obs: Observation, config: MachineConfig) -> Actions:
     trigger = obs.temporary_exit
     assert trigger is not None
-    actions: Actions = [RemoveTrigger(config.temporary_exit_trigger_file)]
-    if state in (State.RUNNING, State.SUSPENDED):
-        actions.append(TakeCheckpoint(final=True))
-    actions += [PowerOff(), Exit(TemporaryExit(trigger.delay, trigger.reason, trigger.notice))]
-    return actions
+    return [
+        RemoveTrigger(config.temporary_exit_trigger_file),
+        PowerOff(),
+        Exit(TemporaryExit(trigger.delay, trigger.reason, trigger.notice)),
+    ]
 
 
-def _on_vm_crashed(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _temporary_exit_running(obs: Observation, config: MachineConfig) -> Actions:
+    first, *rest = _temporary_exit_booting(obs, config)
+    return [first, TakeCheckpoint(final=True), *rest]
+
+
+def _on_vm_crashed(obs: Observation, config: MachineConfig) -> Actions:
     host = _host_problem(obs, "")
     if host is not None:
         return host
-    detail = f" ({obs.vm_detail})" if obs.vm_detail else ""
-    return _fatal(obs, Finish(EXIT_ABORTED_BY_CLIENT, MSG_PREMATURE + detail))
+    detail = obs.vm_detail
+    if config.timers.status_lost(obs.status_failures):
+        detail = f"status unknown for {obs.status_failures} s: {obs.status_error}"
+    message = f"{MSG_PREMATURE} ({detail})" if detail else MSG_PREMATURE
+    return _fatal(obs, Finish(EXIT_ABORTED_BY_CLIENT, message))
 
 
-def _on_vm_stopped(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _on_vm_stopped(obs: Observation, config: MachineConfig) -> Actions:
     host = _host_problem(obs, "")
     if host is not None:
         return host
@@ -468,112 +388,210 @@ def _on_vm_stopped(state: State, obs: Observation, config: MachineConfig) -> Act
     return [Cleanup(), ResetBackoff(), Exit(Finish(0))]  # the guest shut itself down: success
 
 
-def _on_guest_oom(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _on_guest_oom(obs: Observation, config: MachineConfig) -> Actions:
     return _fatal(obs, Finish(EXIT_OUT_OF_MEMORY, MSG_GUEST_OOM))
 
 
-def _on_boot_timeout(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _on_boot_timeout(obs: Observation, config: MachineConfig) -> Actions:
     host = _host_problem(obs, "")
     # A VM that never came up is where its logs matter most (the failure is retried).
     return host if host is not None else [DumpLogs(), *_transient(obs, MSG_BOOT_TIMEOUT)]
 
 
-def _on_duration(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _on_duration(obs: Observation, config: MachineConfig) -> Actions:
     actions: Actions = [Cleanup()]
     if config.cern_output:
         actions.append(WriteCernOutput())
     return [*actions, ResetBackoff(), Exit(Finish(0))]
 
 
-def _on_online(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _on_online(obs: Observation, config: MachineConfig) -> Actions:
     return [BringUp(), ApplyPreferences(reread=obs.client.reread_init_data)]
 
 
-def _pause(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _pause(obs: Observation, config: MachineConfig) -> Actions:
     return [PauseVm()]
 
 
-def _resume(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _resume(obs: Observation, config: MachineConfig) -> Actions:
     return [ResumeVm()]
 
 
-def _checkpoint(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _checkpoint(obs: Observation, config: MachineConfig) -> Actions:
     return [TakeCheckpoint()]
 
 
-def _nothing(state: State, obs: Observation, config: MachineConfig) -> Actions:
+def _nothing(obs: Observation, config: MachineConfig) -> Actions:
     return []
+
+
+# -- per-tick chores (docs/compatibility.md#main-loop) ---------------------------------------
+
+
+def _trickles(obs: Observation, config: MachineConfig) -> Actions:
+    """Trickle files are always forwarded, even on the way out: a guest that writes a trickle
+    and powers off must not lose it."""
+    return [SendTrickle(name, text, trigger_file=name) for name, text in obs.trickles]
+
+
+def _running_chores(obs: Observation, config: MachineConfig) -> Actions:
+    actions: Actions = [RequestUpload(name) for name in obs.uploads_ready]
+    if obs.periodic_trickle is not None:
+        actions.append(SendTrickle("cpu_time", obs.periodic_trickle))
+    return actions
+
+
+def _client_chores(obs: Observation, config: MachineConfig) -> Actions:
+    """Preferences the client re-wrote, and its network suspension, once the VM is up."""
+    actions: Actions = []
+    if obs.client.reread_init_data:
+        actions.append(ApplyPreferences(reread=True))
+    if config.enable_network and obs.network_connected == obs.client.network_suspended:
+        actions.append(SetNetwork(not obs.client.network_suspended))
+    return actions
+
+
+def _online_chores(obs: Observation, config: MachineConfig) -> Actions:
+    return [*_trickles(obs, config), *_running_chores(obs, config)]
+
+
+def _running_all(obs: Observation, config: MachineConfig) -> Actions:
+    return [*_online_chores(obs, config), *_client_chores(obs, config)]
+
+
+def _suspended_chores(obs: Observation, config: MachineConfig) -> Actions:
+    return [*_trickles(obs, config), *_client_chores(obs, config)]
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+class Row(NamedTuple):
+    """One transition: the next state, the actions for the event, the chores of the tick."""
+
+    next: State
+    build: Builder
+    chores: Builder = _trickles
+
+
+def _ending(build: Builder) -> Row:
+    return Row(State.DONE, build)
 
 
 _ENDINGS: dict[Event, Builder] = {
     Event.FAILURE: _on_failure,
     Event.ABORT: _on_abort,
-    Event.QUIT: _on_quit,
-    Event.NO_HEARTBEAT: _on_quit,
     Event.HEARTBEAT_FILE_FAILED: _on_heartbeat_file,
     Event.COMPLETION: _on_completion,
-    Event.TEMPORARY_EXIT: _on_temporary_exit,
     Event.VM_CRASHED: _on_vm_crashed,
     Event.VM_STOPPED: _on_vm_stopped,
     Event.GUEST_OUT_OF_MEMORY: _on_guest_oom,
     Event.DURATION_REACHED: _on_duration,
 }
+_WHILE_UP = (State.RUNNING, State.SUSPENDED)
 
-#: (state, event) -> (next state, action builder). Pairs not listed cannot happen (classify
-#: never yields them); step() raises on them, so a gap is a loud bug, not a silent no-op.
-TRANSITIONS: dict[tuple[State, Event], tuple[State, Builder]] = {
-    **{(s, e): (State.DONE, b) for s in _LIVE for e, b in _ENDINGS.items()},
-    **{
-        (State.STARTING, e): (State.DONE, _ENDINGS[e])
-        for e in (Event.FAILURE, Event.ABORT, Event.QUIT, Event.NO_HEARTBEAT)
-    },
-    (State.STARTING, Event.DURATION_REACHED): (State.DONE, _on_duration),
-    (State.STARTING, Event.REGISTER_ONLY): (State.DONE, _on_register_only),
-    (State.STARTING, Event.START): (State.BOOTING, _on_start),
-    (State.BOOTING, Event.VM_ONLINE): (State.RUNNING, _on_online),
-    (State.BOOTING, Event.BOOT_TIMEOUT): (State.DONE, _on_boot_timeout),
-    (State.BOOTING, Event.TICK): (State.BOOTING, _nothing),
-    (State.RUNNING, Event.SUSPEND): (State.SUSPENDED, _pause),
-    (State.RUNNING, Event.RESUME): (State.RUNNING, _resume),
-    (State.RUNNING, Event.CHECKPOINT_DUE): (State.RUNNING, _checkpoint),
-    (State.RUNNING, Event.TICK): (State.RUNNING, _nothing),
-    (State.SUSPENDED, Event.RESUME): (State.RUNNING, _resume),
-    (State.SUSPENDED, Event.SUSPEND): (State.SUSPENDED, _pause),
-    (State.SUSPENDED, Event.TICK): (State.SUSPENDED, _nothing),
+#: (state, event) -> Row. Pairs not listed cannot happen (classify never yields them); step()
+#: raises on them, so a gap is a loud bug, not a silent no-op.
+TRANSITIONS: dict[tuple[State, Event], Row] = {
+    **{(s, e): _ending(b) for s in _LIVE for e, b in _ENDINGS.items()},
+    **{(s, e): _ending(_quit_running) for s in _WHILE_UP for e in (Event.QUIT, Event.NO_HEARTBEAT)},
+    **{(s, Event.TEMPORARY_EXIT): _ending(_temporary_exit_running) for s in _WHILE_UP},
+    (State.BOOTING, Event.QUIT): _ending(_quit_booting),
+    (State.BOOTING, Event.NO_HEARTBEAT): _ending(_quit_booting),
+    (State.BOOTING, Event.TEMPORARY_EXIT): _ending(_temporary_exit_booting),
+    (State.BOOTING, Event.RESTORE_FAILED): Row(State.BOOTING, _on_restore_failed),
+    (State.STARTING, Event.SETUP_FAILED): _ending(_on_setup_failed),
+    (State.STARTING, Event.FAILURE): _ending(_on_failure),
+    (State.STARTING, Event.ABORT): _ending(_abort_before_vm),
+    (State.STARTING, Event.QUIT): _ending(_quit_before_vm),
+    (State.STARTING, Event.NO_HEARTBEAT): _ending(_quit_before_vm),
+    (State.STARTING, Event.DURATION_REACHED): _ending(_on_duration),
+    (State.STARTING, Event.REGISTER_ONLY): _ending(_on_register_only),
+    (State.STARTING, Event.START): Row(State.BOOTING, _on_start),
+    (State.BOOTING, Event.VM_ONLINE): Row(State.RUNNING, _on_online, _online_chores),
+    (State.BOOTING, Event.BOOT_TIMEOUT): _ending(_on_boot_timeout),
+    (State.BOOTING, Event.TICK): Row(State.BOOTING, _nothing),
+    (State.RUNNING, Event.SUSPEND): Row(State.SUSPENDED, _pause, _suspended_chores),
+    (State.RUNNING, Event.RESUME): Row(State.RUNNING, _resume, _running_all),
+    (State.RUNNING, Event.CHECKPOINT_DUE): Row(State.RUNNING, _checkpoint, _running_all),
+    (State.RUNNING, Event.TICK): Row(State.RUNNING, _nothing, _running_all),
+    (State.SUSPENDED, Event.RESUME): Row(State.RUNNING, _resume, _running_all),
+    (State.SUSPENDED, Event.SUSPEND): Row(State.SUSPENDED, _pause, _suspended_chores),
+    (State.SUSPENDED, Event.TICK): Row(State.SUSPENDED, _nothing, _suspended_chores),
 }
 
 
-def _housekeeping(
-    state: State, next_state: State, obs: Observation, config: MachineConfig
-) -> Actions:
-    """Per-tick chores: trickles, uploads, preferences, network
-    (docs/compatibility.md#main-loop)."""
-    # Trickle files are always forwarded, even on the way out: a guest that writes a trickle and
-    # powers off must not lose it.
-    actions: Actions = [SendTrickle(name, text, trigger_file=name) for name, text in obs.trickles]
-    if next_state is State.DONE:
-        return actions
-    if next_state is State.RUNNING:
-        actions += [RequestUpload(name) for name in obs.uploads_ready]
-        if obs.periodic_trickle is not None:
-            actions.append(SendTrickle("cpu_time", obs.periodic_trickle))
-    if state in (State.RUNNING, State.SUSPENDED) and next_state is not State.BOOTING:
-        if obs.client.reread_init_data:
-            actions.append(ApplyPreferences(reread=True))
-        if config.enable_network and obs.network_connected == obs.client.network_suspended:
-            actions.append(SetNetwork(not obs.client.network_suspended))
-    return actions
+@dataclass(frozen=True)
+class Step:
+    state: State
+    event: Event
+    actions: tuple[Action, ...]
+
+    @property
+    def outcome(self) -> Outcome | None:
+        for action in self.actions:
+            if isinstance(action, Exit):
+                return action.outcome
+        return None
 
 
 def step(state: State, obs: Observation, config: MachineConfig) -> Step:
     """One tick: the event, the next state and the actions, in the order to perform them."""
     event = classify(state, obs, config)
     try:
-        next_state, build = TRANSITIONS[(state, event)]
+        row = TRANSITIONS[(state, event)]
     except KeyError:
         raise AssertionError(f"no transition for {state.name} on {event.name}") from None
-    main = build(state, obs, config)
-    chores = _housekeeping(state, next_state, obs, config)
-    if next_state is State.DONE:
-        return Step(next_state, event, (*chores, *main))
-    return Step(next_state, event, (*main, *chores))
+    main = row.build(obs, config)
+    chores = row.chores(obs, config)
+    if row.next is State.DONE:
+        return Step(row.next, event, (*chores, *main))
+    return Step(row.next, event, (*main, *chores))
+
+
+#: The actions are the machine's words: ``machine.TakeCheckpoint`` reads as well as the table.
+__all__ = [
+    "MSG_BOOT_TIMEOUT",
+    "MSG_EXTENSIONS_DISABLED",
+    "MSG_FOREIGN_HYPERVISOR",
+    "MSG_GUEST_OOM",
+    "MSG_HEARTBEAT",
+    "MSG_HOST_MEMORY",
+    "MSG_NO_EXTENSIONS",
+    "MSG_PREMATURE",
+    "MSG_REGISTER_ONLY",
+    "TRANSITIONS",
+    "Action",
+    "ApplyPreferences",
+    "BringUp",
+    "Cleanup",
+    "ClientView",
+    "DumpLogs",
+    "Event",
+    "Exit",
+    "MachineConfig",
+    "Observation",
+    "PauseVm",
+    "PowerOff",
+    "PrepareVm",
+    "RecordTransientFailure",
+    "RemoveTrigger",
+    "RequestUpload",
+    "ResetBackoff",
+    "ResumeVm",
+    "Row",
+    "SaveState",
+    "SendTrickle",
+    "SetNetwork",
+    "StartVm",
+    "State",
+    "Step",
+    "TakeCheckpoint",
+    "WriteCernOutput",
+    "boot_timed_out",
+    "classify",
+    "msg_guest_failed",
+    "needs_diagnosis",
+    "step",
+    "vm_seen",
+]

@@ -350,6 +350,8 @@ class QemuBackend:
             self.delete_checkpoint(SAVED_STATE_TAG)
         if self._cap.percent < 100:
             self._apply_cap()
+        if self.config.network.enabled and self.config.network.count_bytes:
+            self._net.totals()  # arms the counters: net_usage() counts from start() on
 
     def ports(self) -> QemuPorts:
         """The host ports of this VM (chosen once per back end; stable across restarts,
@@ -587,8 +589,7 @@ class QemuBackend:
             self._priority_noted = set_vm_priority(pid, nice, self._priority_noted)
 
     def net_usage(self) -> NetUsage | None:
-        """Bytes through the NIC since start(), counted by filter-dump files armed on the
-        first call (the supervisor asks once when the VM comes online)."""
+        """NIC bytes since start(): filter-dump counters armed there (count_bytes), else here."""
         if not self.config.network.enabled or not self._process.alive():
             return None
         try:

@@ -50,6 +50,7 @@ from vmwrapper.hypervisor.virtualbox.capabilities import Capabilities
 from vmwrapper.hypervisor.virtualbox.commands import Step
 from vmwrapper.hypervisor.virtualbox.failures import Reaction
 from vmwrapper.hypervisor.virtualbox.host import HostProbe
+from vmwrapper.hypervisor.virtualbox.options import DEFAULT_OPTIONS, VirtualBoxOptions
 from vmwrapper.hypervisor.virtualbox.registration import Registrar, vm_info
 from vmwrapper.hypervisor.virtualbox.runner import (
     CommandResult,
@@ -74,6 +75,7 @@ class VirtualBoxBackend:
         self,
         config: VmConfig,
         *,
+        options: VirtualBoxOptions | None = None,
         runner: VBoxManage | None = None,
         boinc_dir: Path | None = None,
         environ: dict[str, str] | None = None,
@@ -99,7 +101,10 @@ class VirtualBoxBackend:
                 _mkdir_quietly(env.profile_dir)
         self.runner = runner
         self._host = HostProbe(runner)
-        self._registrar = Registrar(config, runner, lock_dir=lock_dir, clock=clock, sleep=sleep)
+        self.options = options or DEFAULT_OPTIONS
+        self._registrar = Registrar(
+            config, runner, options=self.options, lock_dir=lock_dir, clock=clock, sleep=sleep
+        )
         self._vm_log = VmLog(config, clock=clock, sleep=sleep, poll_interval=poll_interval)
         self._pid: int | None = None
         self._cpu = CpuTotal()  # CPU seconds of this run's VM processes

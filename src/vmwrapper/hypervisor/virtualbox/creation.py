@@ -24,6 +24,7 @@ from vmwrapper.hypervisor.virtualbox.commands import (
     is_64bit_guest,
     step,
 )
+from vmwrapper.hypervisor.virtualbox.options import DEFAULT_OPTIONS, VirtualBoxOptions
 from vmwrapper.outcome import VM_EXTENSIONS_TOKEN
 
 #: Job controller types whose host I/O cache vboxwrapper turns off.
@@ -37,7 +38,7 @@ def _createvm_args(config: VmConfig) -> list[str]:
     return [*args, "--register"]
 
 
-def define_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
+def define_steps(config: VmConfig, caps: Capabilities, options: VirtualBoxOptions) -> list[Step]:
     """createvm and the basic machine settings (docs/compatibility.md#creating-the-vm)."""
     vm = config.name
     boot = ("dvd", "disk") if config.boot_iso else ("disk", "dvd")
@@ -71,9 +72,9 @@ def define_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
             "modifyvm",
             vm,
             "--vram",
-            str(config.vram_mb),
+            str(options.vram_mb),
             "--graphicscontroller",
-            config.graphics_controller,
+            options.graphics_controller,
         ),
         step(
             "modifyboot",
@@ -216,11 +217,13 @@ def acceleration_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
     return [step("modifyhwvirtex", "modifyvm", config.name, "--hwvirtex", "off")]
 
 
-def controller_steps(config: VmConfig, caps: Capabilities) -> list[Step]:
+def controller_steps(
+    config: VmConfig, caps: Capabilities, options: VirtualBoxOptions
+) -> list[Step]:
     """storagectl for the disk controller and, with floppyio, the floppy controller
     (docs/compatibility.md#creating-the-vm)."""
     vm = config.name
-    ctl_type, model = config.disk_controller_type, config.disk_controller_model
+    ctl_type, model = options.disk_controller_type, options.disk_controller_model
     if config.iso_image is not None and model == "PIIX4":
         ctl_type, model = "sata", "IntelAHCI"  # vboxwrapper's fix-up for ISO contextualization
     args = ["storagectl", vm, "--name", HDD_CONTROLLER, "--add", ctl_type, "--controller", model]
@@ -481,15 +484,16 @@ def create_steps(
     *,
     nic_type: str,
     bridge_interface: str = "",
+    options: VirtualBoxOptions = DEFAULT_OPTIONS,
 ) -> list[Step]:
     """The whole creation sequence for a VM without a multiattach parent, in vboxwrapper's order
     (the back end runs the same pieces, with the probes and the multiattach lock between)."""
     return [
-        *define_steps(config, caps),
+        *define_steps(config, caps, options),
         *network_steps(config, caps, nic_type, bridge_interface),
         *devices_off_steps(config, caps),
         *acceleration_steps(config, caps),
-        *controller_steps(config, caps),
+        *controller_steps(config, caps, options),
         *media_steps(config, caps),
         *guest_additions_after_multiattach(config, caps),
         *floppy_steps(config),

@@ -21,6 +21,7 @@ from vmwrapper.hypervisor.virtualbox import creation, output
 from vmwrapper.hypervisor.virtualbox.capabilities import Capabilities
 from vmwrapper.hypervisor.virtualbox.commands import Step
 from vmwrapper.hypervisor.virtualbox.lock import MultiattachLock
+from vmwrapper.hypervisor.virtualbox.options import DEFAULT_OPTIONS, VirtualBoxOptions
 from vmwrapper.hypervisor.virtualbox.runner import (
     VBoxManage,
     VBoxManageError,
@@ -48,11 +49,13 @@ class Registrar:
         config: VmConfig,
         runner: VBoxManage,
         *,
+        options: VirtualBoxOptions = DEFAULT_OPTIONS,
         lock_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.config = config
+        self.options = options
         self.runner = runner
         self._lock_dir = lock_dir
         self._clock = clock
@@ -68,7 +71,7 @@ class Registrar:
     def define(self, caps: Capabilities, acceleration: list[Step]) -> None:
         """The creation sequence in vboxwrapper's order, with the probes it needs between."""
         config = self.config
-        for step in creation.define_steps(config, caps):
+        for step in creation.define_steps(config, caps, self.options):
             self.runner.perform(step)
         info = vm_info(self.runner, config.name)
         nic_type = self._nic_type(caps, info)
@@ -81,7 +84,7 @@ class Registrar:
             *creation.network_steps(config, caps, nic_type, bridge),
             *creation.devices_off_steps(config, caps),
             *acceleration,
-            *creation.controller_steps(config, caps),
+            *creation.controller_steps(config, caps, self.options),
             *creation.media_steps(config, caps),
         ]
         for step in steps:
