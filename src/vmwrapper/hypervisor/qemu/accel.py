@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmwrapper import hostos
 from vmwrapper.errors import BackendError, HostNotReady
 from vmwrapper.hostos.winnames import choose_windows_accel
 from vmwrapper.hypervisor.qemu.cmdline import Accel
@@ -120,7 +121,14 @@ def probe_kvm_boot(binary: str, accel: Accel = Accel.KVM, timeout: float = 8.0) 
         image.write_bytes(probe_boot_sector())
         argv = probe_argv(binary, accel, image, bundled_data_dir(binary))
         try:
-            done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+                creationflags=hostos.NO_CONSOLE_WINDOW,
+            )
         except subprocess.TimeoutExpired:
             log.info("%s probe boot did not finish within %.0f s", accel.value, timeout)
             return False
@@ -236,7 +244,13 @@ def _probe(arch: str, binary: str, probe_timeout: float) -> AccelChoice:
 def _accelerators(binary: str) -> frozenset[str]:
     try:
         done = subprocess.run(
-            [binary, "-accel", "help"], capture_output=True, text=True, timeout=30, check=False
+            [binary, "-accel", "help"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            creationflags=hostos.NO_CONSOLE_WINDOW,
         )
     except (OSError, subprocess.TimeoutExpired):
         return frozenset()

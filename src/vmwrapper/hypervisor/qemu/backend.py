@@ -321,8 +321,9 @@ class QemuBackend:
             help_text = subprocess.run(
                 [self.binary, "-device", "help"],
                 capture_output=True, text=True, timeout=60, check=False,
+                stdin=subprocess.DEVNULL, creationflags=hostos.NO_CONSOLE_WINDOW,
             ).stdout  # fmt: skip
-        except OSError as exc:
+        except (OSError, subprocess.TimeoutExpired) as exc:
             raise VmStartError(f"cannot run {self.binary}: {exc}") from exc
         shares = resolve_transports(self.config.shares, has_virtio_9p(help_text))
         self.config = dataclasses.replace(self.config, shares=shares)

@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from vmwrapper import hostos
 from vmwrapper.boinc import files as boinc_files
 from vmwrapper.errors import BackendError, VmStartError
 from vmwrapper.hypervisor.base import VmConfig
@@ -41,7 +42,12 @@ class QemuImg:
         argv = [self.binary, *args]
         try:
             with subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                creationflags=hostos.NO_CONSOLE_WINDOW,  # no window flashing on Windows
             ) as proc:
                 self._tool = proc
                 try:
