@@ -32,7 +32,9 @@ def test_a_vm_job_checkpoints_quits_and_resumes_under_windows_qemu(
     wine_toolchain: Toolchain, windows_exe: Path, default_guest_image: Path, tmp_path: Path
 ) -> None:
     assert "enable_vm_savestate_usage" not in JOB
-    slot = make_client_slot(tmp_path, JOB, checkpoint_period=4)
+    # a checkpoint every 10 s, not the job's 4: each one pauses the guest for seconds under
+    # Wine, and a share transfer in flight then has to wait for it
+    slot = make_client_slot(tmp_path, JOB, checkpoint_period=10)
     shutil.copyfile(default_guest_image, slot / "vm_image.vdi")
     (slot / "shared" / "boinc_app").write_text(RESUMABLE_APP)
     qemu_on_path = [wine_toolchain.qemu]
