@@ -132,6 +132,7 @@ class QemuOptions:
     port_rules: tuple[PortRule, ...] = ()  # host ports resolved (none is 0)
     vnc_port: int | None = None
     loadvm: str | None = None
+    incoming: bool = False  # wait for a migration stream (a live checkpoint's RAM) over QMP
 
 
 def arch_profile(arch: str) -> ArchProfile:
@@ -165,6 +166,7 @@ def build_argv(config: VmConfig, options: QemuOptions, binary: str | None = None
         *_network_args(config, options, arch),
         *_display_args(config, options, arch),
         *(["-loadvm", options.loadvm] if options.loadvm else []),
+        *(["-incoming", "defer"] if options.incoming else []),
     ]
 
 

@@ -76,13 +76,21 @@ class Overlays:
         self.config = config
         self.files = files
         self.img = img
+        self.tops: dict[str, Path] = {}  # node → its top layer, set by the live checkpoints
 
     def disk_parent(self) -> Path | None:
         return self.config.multiattach_parent or self.config.disk_image
 
     @property
     def qcow2_files(self) -> tuple[tuple[str, Path], ...]:
-        """(node, path) of every qcow2 this VM uses; the first holds the VM state."""
+        """(node, path of its top file) of every qcow2 this VM uses; the first holds the VM
+        state. The top is the overlay create() made, or the newest layer a live checkpoint
+        put over it (``tops``)."""
+        return tuple((node, self.tops.get(node, path)) for node, path in self.bottom_files)
+
+    @property
+    def bottom_files(self) -> tuple[tuple[str, Path], ...]:
+        """(node, path) of the overlays create() makes: the bottom of each disk's chain."""
         nodes: list[tuple[str, Path]] = []
         if self.disk_parent() is not None:
             nodes.append((DISK_NODE, self.files.disk_overlay))
@@ -93,7 +101,7 @@ class Overlays:
         return tuple(nodes)
 
     def exists(self) -> bool:
-        return self.qcow2_files[0][1].exists()
+        return self.bottom_files[0][1].exists()
 
     def create(self) -> None:
         """Make the overlays in the slot (kept if present: they hold this job's snapshots)."""
