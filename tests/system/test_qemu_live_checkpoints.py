@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from helpers.common import make_slot, vm_config, wait_for
+from helpers.fault_fixtures import fill, tmpfs
 from helpers.qemu_fixtures import qemu_backend
 from vmwrapper.errors import CheckpointError
 from vmwrapper.hypervisor.base import VmState
@@ -161,28 +162,35 @@ import sys
 from pathlib import Path
 from vmwrapper.hypervisor.base import VmConfig
 from vmwrapper.hypervisor.qemu.backend import QemuBackend
-slot, project = Path(sys.argv[1]), Path(sys.argv[2])
+slot, project, point = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 config = VmConfig(name="boinc_live_kill", description="r", slot_dir=slot,
                   project_dir=project, memory_mb=256, disk_image=slot / "vm_image.vdi")
 vm = QemuBackend(config, accel="tcg")
 vm.start()
 vm.checkpoint("boinc_1")
 print("checkpointed", flush=True)
-while True:
+if point == "ram":  # the RAM is written slowly: the test kills in the middle of it
+    vm.qmp("migrate-set-parameters", {"max-bandwidth": 64 * 1024})
     vm.checkpoint("boinc_2")
+while True:  # checkpoints written, recorded and merged over and over: killed anywhere
+    vm.checkpoint("boinc_2")
+    vm.checkpoint("boinc_3")
     vm.delete_checkpoint("boinc_2")
+    vm.delete_checkpoint("boinc_3")
 """
 
 
+@pytest.mark.parametrize("point", ["ram", "anywhere"])
 @pytest.mark.parametrize("victim", ["wrapper", "qemu"])
 def test_a_kill_during_the_next_checkpoint_leaves_the_previous_one(
-    tmp_path: Path, victim: str
+    tmp_path: Path, victim: str, point: str
 ) -> None:
-    """SIGKILL while checkpoints are being written and merged over and over: the one taken
+    """SIGKILL of the wrapper or of QEMU while the next checkpoint's RAM is half written,
+    or at any moment of a loop that writes, records and merges checkpoints: the one taken
     before is restorable, and what the killed write left is cleared at the next start."""
     slot, project = make_slot(tmp_path)
     wrapper = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRAPPER, str(slot), str(project)],
+        [sys.executable, "-c", KILLED_WRAPPER, str(slot), str(project), point],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -190,17 +198,25 @@ def test_a_kill_during_the_next_checkpoint_leaves_the_previous_one(
         assert wrapper.stdout is not None
         assert wrapper.stdout.readline().strip() == "checkpointed"
         qemu = _qemu_of(slot)
-        assert wait_for(lambda: list(slot.glob("live_boinc_2.*")), 30, 0.005)
+        if point == "ram":
+            tmp = slot / "live_boinc_2.ram.tmp"
+            assert wait_for(lambda: tmp.exists() and tmp.stat().st_size > 4096, 30, 0.01)
+        else:
+            assert wait_for(lambda: (slot / "live_boinc_3.json").exists(), 60, 0.01)
         (wrapper if victim == "wrapper" else qemu).kill()
         wrapper.kill()
         wrapper.wait(timeout=10)
         qemu.kill()
+        qemu.wait(timeout=10)
         config = vm_config(slot, project, name="boinc_live_kill")
         with qemu_backend(config) as vm:
             assert "boinc_1" in vm.checkpoints()
+            if point == "ram":
+                assert "boinc_2" not in vm.checkpoints()  # half written: not a checkpoint
             vm.start(restore="boinc_1")
             assert vm.status().state is VmState.RUNNING
             assert not list(slot.glob("live_*.tmp"))
+            assert len(_layers(slot)) <= 3  # bottom's layers: the restored one's, the top
     finally:
         wrapper.kill()
         wrapper.wait(timeout=10)
@@ -209,3 +225,23 @@ def test_a_kill_during_the_next_checkpoint_leaves_the_previous_one(
 def _qemu_of(slot: Path) -> psutil.Process:
     pid = int((slot / "qemu.pid").read_text())
     return psutil.Process(pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_fails_the_checkpoint_and_keeps_the_previous_one(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "fs", "64m") as root:
+        slot, project = make_slot(root)
+        with qemu_backend(vm_config(slot, project)) as vm:
+            vm.start()
+            vm.checkpoint("ckpt_1")
+            filler = fill(slot)
+            with pytest.raises(CheckpointError):
+                vm.checkpoint("ckpt_2")
+            assert vm.status().state is VmState.RUNNING  # the guest runs on
+            assert vm.checkpoints() == ("ckpt_1",)
+            assert not list(slot.glob("live_ckpt_2*"))
+            filler.unlink()
+            vm.poweroff(timeout=0)
+            vm.start(restore="ckpt_1")
+            assert "-incoming" in vm.argv
+            assert vm.status().state is VmState.RUNNING
