@@ -19,7 +19,6 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from vmwrapper.errors import CheckpointError, CheckpointRefused
@@ -204,10 +203,3 @@ def migration_blocked(reply: Mapping[str, Any], name: str) -> CheckpointRefused 
 def stream_looks_whole(head: bytes, size: int) -> bool:
     """A RAM file a restore can start on: QEMU's stream header, and more than the header."""
     return head.startswith(STREAM_MAGIC) and size > len(STREAM_MAGIC)
-
-
-def relative(path: Path, slot: Path) -> str:
-    """A layer's name as manifests keep it: the file name, the slot being its directory."""
-    if path.parent.resolve() != slot.resolve():
-        raise CheckpointError(f"layer {path} is not in the slot {slot}")
-    return path.name
