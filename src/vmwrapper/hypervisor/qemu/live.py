@@ -19,6 +19,7 @@ the bottom before the merged layers are deleted.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 FD_NAME = "vmwrapper_live"
 #: Seconds between two ``query-migrate`` / ``query-jobs`` while waiting.
 POLL = 0.02
+#: Bytes per second: no rate limit on writing the RAM file (QEMU's default is 128 MiB/s).
+UNLIMITED = 1 << 50
 #: How checkpoints are taken: "auto" (live where the host can, else savevm), "live", "savevm".
 METHODS = ("auto", "live", "savevm")
 
@@ -253,6 +256,10 @@ class LiveCheckpoints:
                 "migrate-set-capabilities",
                 {"capabilities": [{"capability": "background-snapshot", "state": True}]},
             )
+            # QEMU's default rate limit (128 MiB/s) makes its migration thread sleep up to
+            # 100 ms at a time, and a guest's write to a page not yet saved waits for that
+            # thread: unlimited, such a write waits only for one page's copy.
+            self.channel.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
             self._capability_set = True
 
     def _fall_back(self, reason: str) -> None:
@@ -274,20 +281,31 @@ class LiveCheckpoints:
         self._finish_merge(deadline)  # its block job would refuse a new layer
         tmp = self._path(ls.ram_file(name) + ".tmp")
         was_running = self._running()
+        layers = self._prepare_layers()
         if not disks_only:
-            self._hand_over(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                self._hand_over(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            except BackendError:
+                self._drop_layers(layers)
+                raise
         frozen: dict[str, str] = {}
+        marks = [self.clock()]
         self.channel.execute("stop")
         try:
             if not disks_only:
                 blocked = ls.migration_blocked(self.channel.execute("query-migrate"), name)
                 if blocked is not None:
                     raise blocked
-            frozen = self._freeze_disks()
+            marks.append(self.clock())
+            frozen = self._freeze_disks(layers)
+            marks.append(self.clock())
             if not disks_only:
                 self._start_migration(name)
+            marks.append(self.clock())
         except CheckpointRefused:
             self._abandon(tmp, was_running)
+            if not frozen:
+                self._drop_layers(layers)
             raise
         except _MigrateRefused as exc:  # hugepage-backed RAM, a device QEMU cannot save, ...
             self._abandon(tmp, was_running)
@@ -295,10 +313,16 @@ class LiveCheckpoints:
             return False
         except BackendError as exc:
             self._abandon(tmp, was_running)
+            if not frozen:
+                self._drop_layers(layers)
             raise CheckpointError(f"live checkpoint {name!r} failed: {exc}") from exc
         finally:
             if frozen:
                 self._write_tops()
+        log.debug(
+            "live checkpoint %s: stop+check %.1f ms, disk layers %.1f ms, migrate %.1f ms",
+            name, *((b - a) * 1000 for a, b in itertools.pairwise(marks)),
+        )  # fmt: skip
         if disks_only:
             if was_running:
                 self.channel.execute("cont")
@@ -317,26 +341,58 @@ class LiveCheckpoints:
         finally:
             os.close(fd)
 
-    def _freeze_disks(self) -> dict[str, str]:
-        """Each disk's top becomes read-only under a new, empty layer; {node: frozen file}."""
+    def _prepare_layers(self) -> dict[str, tuple[str, Path, str]]:
+        """Before the stopped window: a new, empty layer over each disk's top, made and opened
+        by QEMU as a node of its own (not yet in the disk's chain); {node: (new node, new
+        file, the top it will freeze)}. Making a qcow2 takes milliseconds the guest need
+        not stand still for."""
         number = ls.next_layer_number([p.name for p in self.slot.iterdir()])
+        nodes = self.channel.execute("query-named-block-nodes")
+        layers: dict[str, tuple[str, Path, str]] = {}
+        try:
+            for node, bottom in self._layered():
+                old = self.overlays.tops.get(node, bottom)
+                new = self._path(ls.layer_file(bottom.name, number))
+                new_node = f"{node}-{number}"
+                size = ls.virtual_size(nodes, self.top_node(node))
+                new.unlink(missing_ok=True)
+                layers[node] = (new_node, new, old.name)
+                self.img.run(
+                    "create", "-q", "-f", "qcow2", "-u", "-b", str(old), "-F", "qcow2",
+                    str(new), str(size),
+                )  # fmt: skip
+                self.channel.execute(
+                    "blockdev-add",
+                    {
+                        "driver": "qcow2",
+                        "node-name": new_node,
+                        "file": {"driver": "file", "filename": str(new)},
+                        "backing": None,
+                    },
+                )
+        except BackendError:
+            self._drop_layers(layers)
+            raise
+        return layers
+
+    def _drop_layers(self, layers: Mapping[str, tuple[str, Path, str]]) -> None:
+        """Layers made for a checkpoint that did not happen (the chain never used them)."""
+        for new_node, new, _old in layers.values():
+            with contextlib.suppress(BackendError):
+                self.channel.execute("blockdev-del", {"node-name": new_node})
+            new.unlink(missing_ok=True)
+
+    def _freeze_disks(self, layers: Mapping[str, tuple[str, Path, str]]) -> dict[str, str]:
+        """In the stopped window: each disk's top becomes read-only under its new layer
+        (a change of QEMU's graph, no file to make); {node: frozen file}."""
         frozen: dict[str, str] = {}
-        for node, bottom in self._layered():
-            old = self.overlays.tops.get(node, bottom)
-            new = self._path(ls.layer_file(bottom.name, number))
-            new_node = f"{node}-{number}"
+        for node, (new_node, new, old) in layers.items():
             self.channel.execute(
-                "blockdev-snapshot-sync",
-                {
-                    "node-name": self.top_node(node),
-                    "snapshot-file": str(new),
-                    "snapshot-node-name": new_node,
-                    "format": "qcow2",
-                },
+                "blockdev-snapshot", {"node": self.top_node(node), "overlay": new_node}
             )
             self.top_nodes[node] = new_node
             self.overlays.tops[node] = new
-            frozen[node] = old.name
+            frozen[node] = old
         return frozen
 
     def _start_migration(self, name: str) -> None:

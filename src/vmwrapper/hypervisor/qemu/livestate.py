@@ -172,6 +172,14 @@ def chain_from_node(nodes: Sequence[Mapping[str, Any]], node_name: str) -> list[
     return []
 
 
+def virtual_size(nodes: Sequence[Mapping[str, Any]], node_name: str) -> int:
+    """The disk size in bytes of node ``node_name`` in a ``query-named-block-nodes`` reply."""
+    for node in nodes:
+        if node.get("node-name") == node_name:
+            return int((node.get("image") or {})["virtual-size"])
+    raise CheckpointError(f"QEMU has no block node {node_name!r}")
+
+
 def node_for_file(nodes: Sequence[Mapping[str, Any]], path: str) -> str | None:
     """The qcow2 format node opened on ``path`` (not its protocol node)."""
     for node in nodes:
