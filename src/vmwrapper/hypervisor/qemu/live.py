@@ -195,7 +195,7 @@ class LiveCheckpoints:
                 info = self.img.info(self._path(name))
             except BackendError:
                 continue
-            backing = info.get("full-backing-filename") or info.get("backing-filename")
+            backing = info.full_backing_file or info.backing_file
             if not backing:
                 continue
             path = Path(str(backing))
