@@ -417,13 +417,8 @@ class LiveCheckpoints:
         """Until QEMU has written the whole RAM (the guest running meanwhile); then the
         guest is in the state it was in before (QEMU restarts it itself when its devices
         are saved; a paused guest is paused again)."""
-        reply: Mapping[str, Any] = {}
-        while self.clock() < deadline:
-            reply = self.channel.execute("query-migrate")
-            if reply.get("status") in ("completed", "failed", "cancelled"):
-                break
-            self.sleep(POLL)
-        else:
+        reply = self._migration_end(deadline)
+        if reply is None:
             with contextlib.suppress(BackendError):
                 self.channel.execute("migrate_cancel")
             tmp.unlink(missing_ok=True)
@@ -441,6 +436,15 @@ class LiveCheckpoints:
             reply.get("total-time"),
             extra={"event": "qemu_live_written", "downtime_ms": reply.get("downtime")},
         )
+
+    def _migration_end(self, deadline: float) -> Mapping[str, Any] | None:
+        """QEMU's ``query-migrate`` reply once the migration has ended; None at the deadline."""
+        while self.clock() < deadline:
+            reply: Mapping[str, Any] = self.channel.execute("query-migrate")
+            if reply.get("status") in ("completed", "failed", "cancelled"):
+                return reply
+            self.sleep(POLL)
+        return None
 
     def _restore_runstate(self, was_running: bool) -> None:
         running = self._running()
@@ -477,12 +481,7 @@ class LiveCheckpoints:
         deadline = self.clock() + timeout
         self._hand_over(self._path(ram), os.O_RDONLY)
         self.channel.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
-        reply: Mapping[str, Any] = {}
-        while self.clock() < deadline:
-            reply = self.channel.execute("query-migrate")
-            if reply.get("status") in ("completed", "failed", "cancelled"):
-                break
-            self.sleep(POLL)
+        reply = self._migration_end(deadline) or {"status": "not done in time"}
         failure = ls.migration_failure(reply, name)
         if failure is not None:
             raise failure
