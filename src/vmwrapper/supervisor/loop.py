@@ -723,6 +723,10 @@ class Supervisor:
             except Exception as exc:  # re-raised in the loop's thread
                 failed.append(exc)
 
+        # What the client asked before this call is what the step answers (the save after a
+        # quit, or after the client went away): only a new request cuts the call short.
+        before = self.client.poll()
+        asked_quit = before.quit_request or self.quit_requested
         worker = threading.Thread(target=work, name=f"vmwrapper-{what}", daemon=True)
         worker.start()
         worker.join(SERVE_PERIOD)
@@ -734,9 +738,9 @@ class Supervisor:
             self._report_held()
             self.client.tick()
             wanted = (
-                "abort" if cs.abort_request else
-                "quit" if cs.quit_request or self.quit_requested else
-                "stop (client gone)" if cs.no_heartbeat else ""
+                "abort" if cs.abort_request and not before.abort_request else
+                "quit" if (cs.quit_request or self.quit_requested) and not asked_quit else
+                "stop (client gone)" if cs.no_heartbeat and not before.no_heartbeat else ""
             )  # fmt: skip
             if wanted and not stop:
                 stop = wanted
