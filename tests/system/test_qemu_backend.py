@@ -179,6 +179,8 @@ def test_poweroff_is_idempotent_and_cleanup_removes_everything(tmp_path: Path) -
     vm = QemuBackend(vm_config(slot, project), accel="tcg")
     try:
         pid = vm.start()
+        vm.checkpoint("ckpt_1")  # live: a RAM file, a manifest, disk layers (all removed too)
+        vm.checkpoint("ckpt_2")
         vm.poweroff(timeout=1.0)  # SeaBIOS ignores ACPI: quit follows
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
         assert vm.status().state is VmState.POWERED_OFF

@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from vmwrapper.boinc.messages import parse_str
 from vmwrapper.errors import ProtocolError
 from vmwrapper.outcome import MAX_TEMPORARY_EXIT_DELAY, Finish, TemporaryExit
@@ -80,19 +82,9 @@ def _remove_dead_writers_files(path: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):
             pid = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_text(path: Path) -> str | None:
