@@ -239,3 +239,13 @@ def test_screen_for_error_screenshots_adds_a_display_device_without_vnc() -> Non
     # with VNC the one display device serves both
     both = build_argv(replace(CONFIG, screen=True), replace(OPTIONS, vnc_port=5901))
     assert both.count("VGA") == 1 and "-vnc" in both
+
+
+def test_a_live_restore_waits_for_its_ram_over_qmp() -> None:
+    """A live checkpoint's restore: QEMU starts on the new top layer and waits (``-incoming
+    defer``) for the RAM file the back end hands it; never with ``-loadvm`` as well."""
+    top = SLOT / "vm_disk.7.qcow2"
+    argv = build_argv(CONFIG, replace(OPTIONS, disk_overlay=top, incoming=True))
+    assert argv[-2:] == ["-incoming", "defer"] and "-loadvm" not in argv
+    assert f"file.filename={top}" in " ".join(argv)
+    assert "-incoming" not in build_argv(CONFIG, OPTIONS)
