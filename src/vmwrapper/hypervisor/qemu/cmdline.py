@@ -135,6 +135,7 @@ class QemuOptions:
     vnc_port: int | None = None
     loadvm: str | None = None
     share_service_port: int | None = None  # the file service of a "serial" share
+    incoming: bool = False  # wait for a migration stream (a live checkpoint's RAM) over QMP
 
 
 def arch_profile(arch: str) -> ArchProfile:
@@ -168,6 +169,7 @@ def build_argv(config: VmConfig, options: QemuOptions, binary: str | None = None
         *_network_args(config, options, arch),
         *_display_args(config, options, arch),
         *(["-loadvm", options.loadvm] if options.loadvm else []),
+        *(["-incoming", "defer"] if options.incoming else []),
     ]
 
 
