@@ -15,6 +15,7 @@ it compares, prints its result and rewrites its own section of ``docs/performanc
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -97,6 +98,30 @@ def alternate(variants: Sequence[str], repetitions: int) -> list[tuple[int, str]
         names = list(variants) if rep % 2 == 0 else list(reversed(variants))
         order += [(rep, name) for name in names]
     return order
+
+
+def longest_stall(arrivals: Sequence[float], start: float, end: float) -> float:
+    """The longest gap between consecutive ``arrivals`` (sorted host times at which a guest's
+    output was seen) that overlaps [start, end]: how long the guest was seen to stand still
+    around that interval. 0 when fewer than two arrivals touch it."""
+    longest = 0.0
+    for before, after in itertools.pairwise(arrivals):
+        if after >= start and before <= end:
+            longest = max(longest, after - before)
+    return longest
+
+
+def quiet_stalls(arrivals: Sequence[float], busy: Sequence[tuple[float, float]]) -> list[float]:
+    """The longest gap inside each stretch between the ``busy`` intervals (sorted, not
+    overlapping): the noise floor the same run shows where nothing was done to the guest."""
+    stalls: list[float] = []
+    edges = [(busy[i][1], busy[i + 1][0]) for i in range(len(busy) - 1)]
+    for start, end in edges:
+        inside = [t for t in arrivals if start <= t <= end]
+        gaps = [b - a for a, b in itertools.pairwise(inside)]
+        if gaps:
+            stalls.append(max(gaps))
+    return stalls
 
 
 # ---------------------------------------------------------------------------------------------

@@ -239,7 +239,11 @@ def sweep_heartbeat(base: Path) -> list[Trial]:
     # one run: after its saved exit the client would start the task again (pid known again)
     report = run(app, work, on_event=on_event, on_progress=on_progress, max_episodes=1)
     took = result.get("gone", 0.0) - result.get("frozen", 0.0)
-    saved = "vmwrapper_saved_state" in _snapshots(slot)
+    # savevm keeps it in the overlay; a live checkpoint has its own manifest in the slot
+    saved = (
+        "vmwrapper_saved_state" in _snapshots(slot)
+        or (slot / "live_vmwrapper_saved_state.json").exists()
+    )
     trial = Trial("heartbeat", 0, [f"client frozen; wrapper gone after {took:.1f} s"])
     trial.outcome = report.outcome.value
     trial.episodes = report.episodes

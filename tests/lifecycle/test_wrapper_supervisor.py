@@ -456,6 +456,27 @@ def test_a_long_call_that_finishes_by_itself_goes_on_with_the_step(tmp_path: Pat
     assert run.backend.calls[:2] == ["create", "start:"]
 
 
+def test_the_save_a_quit_asked_for_is_not_cut_short_by_that_quit(tmp_path: Path) -> None:
+    """A checkpoint longer than the serve period (a live one writes the RAM while the guest
+    runs): the quit that started the save must not stop it, or the VM state is lost."""
+
+    class SlowCheckpoint(FakeBackend):
+        def checkpoint(self, name: str) -> None:
+            time.sleep(1.2)  # over SERVE_PERIOD
+            super().checkpoint(name)
+
+    slot, _ = make_slot(tmp_path)
+    clock = FakeClock()
+    job = JobSpec(enable_vm_savestate_usage=True, minimum_checkpoint_interval=10_000)
+    backend = SlowCheckpoint(vm_config(slot, job=job), FakeScript(), clock=clock)
+    run = run_job(tmp_path, job, backend=backend, clock=clock, control=[(50, "<quit/>")])
+    assert run.outcome == PlainExit(0)
+    assert run.backend.calls[-1] == "save_state"
+    assert "cancel" not in run.backend.calls
+    record = checkpoint.read_record(run.slot)
+    assert record.snapshot in run.backend.snapshots and record.elapsed_time >= 49
+
+
 def test_quit_while_booting(tmp_path: Path) -> None:
     script = FakeScript(boot_seconds=1000)
     run = run_job(tmp_path, JobSpec(), script, control=[(5, "<quit/>")])

@@ -53,9 +53,11 @@ pytestmark = pytest.mark.system
 
 
 def test_lifecycle_pause_checkpoint_kill_restore(tmp_path: Path) -> None:
+    """With savevm (the fallback where live checkpoints cannot be taken; those are in
+    test_qemu_live_checkpoints.py)."""
     slot, project = make_slot(tmp_path)
     config = vm_config(slot, project)
-    with qemu_backend(config) as vm:
+    with qemu_backend(config, checkpoint_method="savevm") as vm:
         assert vm.status().state is VmState.ABSENT
         vm.create()
         assert vm.exists()
@@ -109,7 +111,7 @@ def test_restore_of_a_missing_checkpoint_is_refused(tmp_path: Path) -> None:
 def test_save_state_then_start_resumes_once(tmp_path: Path) -> None:
     slot, project = make_slot(tmp_path)
     config = vm_config(slot, project)
-    with qemu_backend(config) as vm:
+    with qemu_backend(config, checkpoint_method="savevm") as vm:
         vm.start()
         vm.save_state()
         assert vm.pid() is None
@@ -136,19 +138,22 @@ def test_a_start_from_a_checkpoint_supersedes_the_saved_state(tmp_path: Path) ->
         assert "-loadvm" not in vm.argv
 
 
-def test_a_snapshot_qemu_cannot_load_is_a_checkpoint_error(tmp_path: Path) -> None:
-    """QEMU dies loading it (here: taken with 256 MB of RAM, loaded into 512); the
+@pytest.mark.parametrize("method", ["savevm", "live"])
+def test_a_snapshot_qemu_cannot_load_is_a_checkpoint_error(tmp_path: Path, method: str) -> None:
+    """QEMU fails loading it (here: taken with 256 MB of RAM, loaded into 512); the
     supervisor then boots afresh, so this must be CheckpointError, not VmStartError."""
     slot, project = make_slot(tmp_path)
     config = vm_config(slot, project)
-    with qemu_backend(config) as first:
+    with qemu_backend(config, checkpoint_method=method) as first:
         first.start()
         first.checkpoint("small")
         first.poweroff(timeout=0)
-        with qemu_backend(replace(config, memory_mb=2 * config.memory_mb)) as vm:
+        bigger = replace(config, memory_mb=2 * config.memory_mb)
+        with qemu_backend(bigger, checkpoint_method=method) as vm:
             with pytest.raises(CheckpointError, match="small") as info:
                 vm.start(restore="small")
-            assert info.value.exit_code not in (0, None)
+            if method == "savevm":  # QEMU exits; a live restore's QEMU is stopped by us
+                assert info.value.exit_code not in (0, None)
             assert vm.pid() is None
             vm.start()
             assert vm.status().state is VmState.RUNNING
@@ -174,6 +179,8 @@ def test_poweroff_is_idempotent_and_cleanup_removes_everything(tmp_path: Path) -
     vm = QemuBackend(vm_config(slot, project), accel="tcg")
     try:
         pid = vm.start()
+        vm.checkpoint("ckpt_1")  # live: a RAM file, a manifest, disk layers (all removed too)
+        vm.checkpoint("ckpt_2")
         vm.poweroff(timeout=1.0)  # SeaBIOS ignores ACPI: quit follows
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
         assert vm.status().state is VmState.POWERED_OFF

@@ -126,6 +126,7 @@ def test_checkpoint_mid_job_survives_killing_qemu_and_the_wrapper(
         watch.poll()
         before = max(counts(watch.lines))
         _checkpoint_with_retries(first, "ckpt_mid")
+        assert (slot / "live_ckpt_mid.ram").is_file()  # live: the guest ran on meanwhile
         watch.poll()
         after = max(counts(watch.lines))
         watch.wait_line(lambda line: line == f"count {after + 12}")
@@ -137,6 +138,7 @@ def test_checkpoint_mid_job_survives_killing_qemu_and_the_wrapper(
         with qemu_backend(config) as second:  # a new wrapper process: state only from files
             assert "ckpt_mid" in second.checkpoints()
             second.start(restore="ckpt_mid")
+            assert "-incoming" in second.argv
             resumed = GuestWatch(second)
             status = resumed.wait_stopped()
             assert status.state is VmState.POWERED_OFF, status
@@ -247,6 +249,8 @@ def test_a_share_kept_mounted_refuses_snapshots_but_not_a_disk_checkpoint(
             vm.checkpoint("full")
         vm.checkpoint_disks("disks1")
         assert "disks1" in vm.checkpoints()
+        assert (slot / "live_disks1.json").is_file()  # a disk layer, no RAM file
+        assert not (slot / "live_disks1.ram").exists()
         assert vm.status().state is VmState.RUNNING  # paused only while the disks were saved
         ticks = max(int(x.split()[1]) for x in watch.poll() + watch.lines if x.startswith("tick"))
         watch.wait_line(lambda line: line == f"tick {ticks + 2}")  # and the guest goes on

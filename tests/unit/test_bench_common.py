@@ -127,3 +127,20 @@ def test_disk_use_of_a_tree_skips_symlinks_and_excluded_files(tmp_path: Path) ->
     use = bc.disk_use(tmp_path, exclude=lambda p: p.suffix == ".sock")
     assert use.apparent == 5000
     assert use.allocated >= 4096
+
+
+def test_the_longest_stall_is_the_widest_gap_touching_the_interval() -> None:
+    arrivals = [0.0, 0.005, 0.010, 0.300, 0.305, 1.0, 1.005]
+    assert bc.longest_stall(arrivals, 0.1, 0.2) == pytest.approx(0.29)  # inside one gap
+    assert bc.longest_stall(arrivals, 0.302, 0.303) == pytest.approx(0.005)
+    assert bc.longest_stall(arrivals, 0.0, 2.0) == pytest.approx(0.695)
+    assert bc.longest_stall([0.5], 0.0, 1.0) == 0.0
+
+
+def test_quiet_stalls_look_between_the_busy_intervals_only() -> None:
+    arrivals = [0.0, 0.01, 0.5, 1.0, 1.01, 1.02, 1.5, 2.0, 2.2, 2.21]
+    busy = [(0.0, 0.02), (0.9, 1.05), (1.9, 2.3)]
+    # between 0.02 and 0.9: 0.5 alone (no gap); between 1.05 and 1.9: 1.5 alone
+    assert bc.quiet_stalls(arrivals, busy) == []
+    arrivals += [0.6, 0.62, 1.6, 1.7]
+    assert bc.quiet_stalls(sorted(arrivals), busy) == pytest.approx([0.1, 0.1])

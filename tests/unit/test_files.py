@@ -80,6 +80,23 @@ def test_write_atomic_replaces_the_file_and_syncs_it_and_its_directory(
     assert oct(target.stat().st_mode & 0o777) == oct(0o644 & ~_umask())
 
 
+def test_write_atomic_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
+    """A wrapper SIGKILLed between its temporary file and the rename leaves the former; the
+    next write removes it, and never the file of a writer that still runs."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    target = tmp_path / "vbox_checkpoint.xml"
+    left = tmp_path / f".vbox_checkpoint.xml.tmp{dead.pid}"
+    running = tmp_path / f".vbox_checkpoint.xml.tmp{os.getppid()}"
+    other = tmp_path / f".vbox_webapi.xml.tmp{dead.pid}"
+    for path in (left, running, other):
+        path.write_text("<vbox_check")
+    files.write_atomic(target, "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [target.name, running.name, other.name]
+    )
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,13 @@ def test_qemu_img_info() -> None:
 def test_qemu_img_info_garbage() -> None:
     with pytest.raises(ImageError):
         parse_info("qemu-img: Could not open")
+
+
+def test_qemu_img_info_of_a_real_overlay_with_a_full_and_a_disk_only_snapshot() -> None:
+    """Real `qemu-img info` output (tests/data/qemu/README.md): `savevm` saved VM state with
+    boinc_120; disk_only has none, so a restore boots from it."""
+    data = Path(__file__).parent.parent / "data" / "qemu"
+    info = parse_info((data / "qemu-img-info-overlay-two-snapshots.json").read_text())
+    assert info.snapshots == ("disk_only", "boinc_120")
+    assert info.disk_only_snapshots == ("disk_only",)
+    assert (info.backing_file, info.full_backing_file) == ("base.qcow2", "base.qcow2")

@@ -284,3 +284,13 @@ def test_whpx_gets_the_default_cpu_model() -> None:
     argv = build_argv(CONFIG, replace(OPTIONS, accel=Accel.WHPX))
     assert argv[argv.index("-accel") + 1] == "whpx"
     assert "-cpu" not in argv  # "host" is KVM's; WHPX runs QEMU's default model
+
+
+def test_a_live_restore_waits_for_its_ram_over_qmp() -> None:
+    """A live checkpoint's restore: QEMU starts on the new top layer and waits (``-incoming
+    defer``) for the RAM file the back end hands it; never with ``-loadvm`` as well."""
+    top = SLOT / "vm_disk.7.qcow2"
+    argv = build_argv(CONFIG, replace(OPTIONS, disk_overlay=top, incoming=True))
+    assert argv[-2:] == ["-incoming", "defer"] and "-loadvm" not in argv
+    assert f"file.filename={top}" in " ".join(argv)
+    assert "-incoming" not in build_argv(CONFIG, OPTIONS)

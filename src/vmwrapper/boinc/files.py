@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from vmwrapper import hostos
 from vmwrapper.boinc.messages import parse_str
 from vmwrapper.errors import ProtocolError
@@ -57,6 +59,7 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     (protocol files, checkpoint record, back-off state, consumed triggers)."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _remove_dead_writers_files(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         view = memoryview(payload)
@@ -67,6 +70,18 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         os.close(fd)
     os.replace(tmp, path)
     hostos.sync_directory(path.parent)
+
+
+def _remove_dead_writers_files(path: Path) -> None:
+    """Temporary files of ``path`` whose writer was killed before its rename (a SIGKILL of
+    the wrapper in the middle of a checkpoint record): nothing else would remove them."""
+    prefix = f".{path.name}.tmp"
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            pid = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
+            if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def _read_text(path: Path) -> str | None:

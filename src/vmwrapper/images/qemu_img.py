@@ -1,14 +1,20 @@
-"""`qemu-img` wrappers: info, convert, compact. We never write VDI or qcow2 by hand."""
+"""`qemu-img` wrappers: info, convert, compact, and :class:`QemuImg`, a runner for one
+qemu-img binary whose running call another thread can cut short (the QEMU back end's overlays
+and snapshots go through it). We never write VDI or qcow2 by hand."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmwrapper import hostos
 from vmwrapper.errors import ImageError
 from vmwrapper.images import disk
 from vmwrapper.images.mbr import read_partition_table
@@ -25,7 +31,9 @@ class ImageInfo:
     virtual_size: int
     actual_size: int
     snapshots: tuple[str, ...] = ()
-    backing_file: str = ""
+    backing_file: str = ""  # as the image names it (may be relative to the image)
+    full_backing_file: str = ""  # as qemu-img resolved it
+    disk_only_snapshots: tuple[str, ...] = ()  # no VM state saved with them
 
 
 def parse_info(text: str) -> ImageInfo:
@@ -39,9 +47,71 @@ def parse_info(text: str) -> ImageInfo:
             actual_size=int(data.get("actual-size", 0)),
             snapshots=tuple(str(s["name"]) for s in data.get("snapshots", [])),
             backing_file=str(data.get("backing-filename", "")),
+            full_backing_file=str(data.get("full-backing-filename", "")),
+            disk_only_snapshots=tuple(
+                str(s["name"]) for s in data.get("snapshots", []) if not s.get("vm-state-size")
+            ),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ImageError(f"qemu-img info gave unexpected output: {text[:300]!r}") from exc
+
+
+class QemuImgFailed(ImageError):
+    """A qemu-img call failed, timed out or was cancelled: what was run and what it said."""
+
+    def __init__(
+        self, message: str, argv: Sequence[str], exit_code: int | None = None, output: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.argv = tuple(argv)
+        self.exit_code = exit_code
+        self.output = output
+
+
+class QemuImg:
+    """Runs one ``qemu-img`` binary (the one a back end was given); :meth:`cancel` cuts the
+    running call short from another thread (a conversion can take an hour)."""
+
+    def __init__(self, binary: str = "qemu-img") -> None:
+        self.binary = binary
+        self._tool: subprocess.Popen[str] | None = None  # the qemu-img running now, if any
+
+    def run(self, *args: str, timeout: float = 120.0) -> str:
+        """Its stdout; :class:`QemuImgFailed` when it fails, times out or is cancelled."""
+        argv = [self.binary, *args]
+        try:
+            with subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                creationflags=hostos.NO_CONSOLE_WINDOW,  # a console-less wrapper on Windows
+            ) as proc:
+                self._tool = proc
+                try:
+                    out, err = proc.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    raise
+                finally:
+                    self._tool = None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise QemuImgFailed(f"qemu-img failed: {exc}", argv) from exc
+        if proc.returncode != 0:
+            raise QemuImgFailed("qemu-img failed", argv, proc.returncode, err)
+        return out
+
+    def info(self, path: Path) -> ImageInfo:
+        """``qemu-img info`` (``-U``: QEMU may hold the image)."""
+        return parse_info(self.run("info", "-U", "--output=json", str(path)))
+
+    def cancel(self) -> None:
+        tool = self._tool
+        if tool is not None:
+            with contextlib.suppress(OSError):
+                tool.kill()
 
 
 def info(path: Path) -> ImageInfo:

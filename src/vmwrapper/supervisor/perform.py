@@ -149,8 +149,8 @@ class Performer:
         """Run a back-end call that may take long (an image conversion, a snapshot) in a
         worker thread and keep serving the client meanwhile: its messages read, a status
         message (with the CPU time last known) every serve period, trickles handed over. A
-        quit, an abort or a lost client cuts the call short where the back end can
-        (:class:`Cancellable`) and interrupts the step."""
+        quit, an abort or a lost client that comes after the call began cuts it short where
+        the back end can (:class:`Cancellable`) and interrupts the step."""
         ctx = self.ctx
         done: list[_T] = []
         failed: list[Exception] = []
@@ -161,6 +161,10 @@ class Performer:
             except Exception as exc:  # re-raised in the loop's thread
                 failed.append(exc)
 
+        # What the client asked before this call is what the step answers (the save after a
+        # quit, or after the client went away): only a new request cuts the call short.
+        before = ctx.client.poll()
+        asked_quit = before.quit_request or ctx.rt.quit_requested
         worker = threading.Thread(target=work, name=f"vmwrapper-{what}", daemon=True)
         worker.start()
         worker.join(ctx.timers.serve_period)
@@ -172,9 +176,9 @@ class Performer:
             self.status.report_held()
             ctx.client.tick()
             wanted = (
-                "abort" if cs.abort_request else
-                "quit" if cs.quit_request or ctx.rt.quit_requested else
-                "stop (client gone)" if cs.no_heartbeat else ""
+                "abort" if cs.abort_request and not before.abort_request else
+                "quit" if (cs.quit_request or ctx.rt.quit_requested) and not asked_quit else
+                "stop (client gone)" if cs.no_heartbeat and not before.no_heartbeat else ""
             )  # fmt: skip
             if wanted and not stop:
                 stop = wanted

@@ -22,7 +22,13 @@ from types import TracebackType
 from typing import Any
 
 from vmwrapper import hostos
-from vmwrapper.errors import BackendError, CheckpointError, HostNotReady, VmStartError
+from vmwrapper.errors import (
+    BackendError,
+    CheckpointError,
+    CheckpointRefused,
+    HostNotReady,
+    VmStartError,
+)
 from vmwrapper.hostports import free_port
 from vmwrapper.hypervisor.base import (
     SCREENSHOT_FILE,
@@ -44,6 +50,8 @@ from vmwrapper.hypervisor.qemu.accel import (
     choose_accel,
 )
 from vmwrapper.hypervisor.qemu.cmdline import (
+    CACHE_NODE,
+    DISK_NODE,
     NETDEV_ID,
     STATE_NODE,
     Accel,
@@ -58,6 +66,7 @@ from vmwrapper.hypervisor.qemu.cpucap import (
     DutyCycleCpuCap,
     make_cpu_cap,
 )
+from vmwrapper.hypervisor.qemu.live import LiveCheckpoints
 from vmwrapper.hypervisor.qemu.monitor import StopCause
 from vmwrapper.hypervisor.qemu.nettaps import NET_QUEUES, NET_ROTATE_BYTES, NetTaps
 from vmwrapper.hypervisor.qemu.overlays import SNAPSHOT_SAFE_FORMATS, Overlays, QemuImg
@@ -104,6 +113,7 @@ class QemuBackend:
         start_timeout: float = 60.0,
         checkpoint_timeout: float = 120.0,
         cpu_cap_method: str = "auto",
+        checkpoint_method: str = "auto",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         port_picker: Picker = free_port,
@@ -138,6 +148,9 @@ class QemuBackend:
         )
         self._execute, self._hmp = channel.execute, channel.hmp
         self._net = NetTaps(config.slot_dir, self._execute)
+        self._live = LiveCheckpoints(
+            self._overlays, self._img, channel, method=checkpoint_method, clock=clock, sleep=sleep
+        )
         self._stop = StopCause.NONE
         self._saved_state_present = False
         self._ports: QemuPorts | None = None
@@ -188,14 +201,23 @@ class QemuBackend:
                 f"cannot restore checkpoint {loadvm!r}: {self._overlays.qcow2_files[0][1]} "
                 f"has only {list(existing)}"
             )
-        if loadvm is not None and self._overlays.revert_disks(loadvm):
+        incoming: tuple[str, str] | None = None  # a live checkpoint's (name, RAM file)
+        if loadvm is not None and loadvm in self._live.names():
+            manifest = self._live.prepare_restore(loadvm)
+            incoming = (loadvm, manifest.ram) if manifest.ram else None
+            loadvm = None
+        elif loadvm is not None and self._overlays.revert_disks(loadvm):
             loadvm = None  # the disks alone were saved: boot afresh from them
+        self._live.collect_garbage()
         if self.accel is None:
             setting = self.accel_setting if self.config.hw_acceleration else AccelSetting.TCG
             self.accel = choose_accel(setting, self.config.arch, self.binary)
             # the operator's own choice counts, not the TCG the client's report forces
             self._refuse_software_emulation(self.accel_setting)
-        self._launch_with_free_ports(loadvm)
+        self._launch_with_free_ports(loadvm, incoming is not None)
+        if incoming is not None:
+            self._restore_live(*incoming)
+            loadvm = incoming[0]
         try:
             self._after_start()
         except BackendError as exc:  # a half-started VM is not left running
@@ -211,12 +233,25 @@ class QemuBackend:
         )
         return pid
 
-    def _launch_with_free_ports(self, loadvm: str | None) -> None:
+    def _restore_live(self, name: str, ram: str) -> None:
+        """Feed the waiting QEMU the checkpoint's RAM; a failure is a CheckpointError (the
+        supervisor then boots afresh) and leaves no QEMU behind."""
+        try:
+            self._live.incoming(name, ram, self.checkpoint_timeout)
+        except BackendError as exc:
+            self._process.kill()
+            raise CheckpointError(
+                f"restoring live checkpoint {name!r} failed: {exc}",
+                argv=self.argv,
+                output=self._logs.stderr_text(),
+            ) from exc
+
+    def _launch_with_free_ports(self, loadvm: str | None, incoming: bool = False) -> None:
         """Spawn QEMU and connect QMP; when another program took a port we picked before
         QEMU could bind it, pick that one anew and start again (a few times at most)."""
         for attempt in range(1, PORT_CLASH_ATTEMPTS + 1):
             try:
-                self._launch(loadvm)
+                self._launch(loadvm, incoming)
                 return
             except (VmStartError, CheckpointError) as exc:
                 lost = unbound_picked_ports(exc.output, self.ports())
@@ -236,27 +271,29 @@ class QemuBackend:
                     lost=lost,
                 )
 
-    def _launch(self, loadvm: str | None) -> None:
+    def _launch(self, loadvm: str | None, incoming: bool = False) -> None:
         assert self.accel is not None
         ports = self.ports()
-        state_node = self._overlays.qcow2_files[0][0] == STATE_NODE
+        tops = dict(self._overlays.qcow2_files)  # a live checkpoint's layer, or the overlay
         options = QemuOptions(
             accel=self.accel.accel,
             qmp_socket=self.files.qmp_socket,
             console_path=self.files.console,
             pidfile=self.files.pidfile,
-            disk_overlay=self.files.disk_overlay if self._overlays.disk_parent() else None,
-            cache_overlay=self.files.cache_overlay if self.config.cache_disk else None,
-            state_disk=self.files.state_disk if state_node else None,
+            disk_overlay=tops.get(DISK_NODE),
+            cache_overlay=tops.get(CACHE_NODE),
+            state_disk=tops.get(STATE_NODE),
             port_rules=ports.forwards if self.config.network.enabled else (),
             vnc_port=ports.vnc,
             loadvm=loadvm,
             share_service_port=self._share_service_port(),
             qmp_port=self._qmp_port(),
             data_dir=bundled_data_dir(self.binary),
+            incoming=incoming,
         )
         self.argv = tuple(build_argv(self.config, options, self.binary))
         self._spawn()
+        self._live.launched()
         self._connect_qmp(loadvm)
 
     def _qmp_port(self) -> int | None:
@@ -394,6 +431,8 @@ class QemuBackend:
         if self._process.alive():
             try:
                 reply = self._execute("query-status")
+                if self._live.merging:
+                    self._live.maintain()  # ends a merge in the background: cheap when idle
                 self._logs.pull_console()
                 return VmStatus(monitor.vm_state(str(reply["status"])), str(reply["status"]))
             except BackendError:
@@ -429,6 +468,12 @@ class QemuBackend:
         if not self._process.alive():
             raise CheckpointError(f"cannot take checkpoint {name!r}: the VM is not running")
         started = self.clock()
+        if self._take_live(name):
+            log.info(
+                "checkpoint %s taken live in %.2f s", name, self.clock() - started,
+                extra={"event": "qemu_checkpoint", "checkpoint": name, "live": True},
+            )  # fmt: skip
+            return
         try:
             reply = self._hmp(f"savevm {name}", timeout=self.checkpoint_timeout)
         except BackendError as exc:
@@ -441,6 +486,18 @@ class QemuBackend:
             extra={"event": "qemu_checkpoint", "checkpoint": name},
         )  # fmt: skip
 
+    def _take_live(self, name: str, disks_only: bool = False) -> bool:
+        """A live checkpoint where the host can take one (docs/qemu-backend.md#live-checkpoints);
+        False: take it with savevm (or internal disk snapshots)."""
+        try:
+            return self._live.usable() and self._live.take(
+                name, self.checkpoint_timeout, disks_only=disks_only
+            )
+        except (CheckpointRefused, CheckpointError):
+            raise
+        except BackendError as exc:
+            raise CheckpointError(f"checkpoint {name!r} failed: {exc}") from exc
+
     def checkpoint_disks(self, name: str) -> None:
         """The disks alone, the VM paused meanwhile: what still works while the guest keeps
         a 9p share mounted (QEMU then refuses every savevm). start(restore=name) boots afresh
@@ -448,7 +505,13 @@ class QemuBackend:
         monitor.check_tag(name)
         if not self._process.alive():
             raise CheckpointError(f"cannot take checkpoint {name!r}: the VM is not running")
-        nodes = [node for node, _ in self._overlays.qcow2_files if node != STATE_NODE]
+        if self._take_live(name, disks_only=True):
+            return
+        nodes = [
+            self._live.top_node(node)
+            for node, _ in self._overlays.qcow2_files
+            if node != STATE_NODE
+        ]
         if not nodes:
             raise CheckpointError(f"cannot save the disks alone for {name!r}: the VM has none")
         running = self._execute("query-status")["status"] == "running"
@@ -465,7 +528,11 @@ class QemuBackend:
                     self._execute("cont")
 
     def checkpoints(self) -> tuple[str, ...]:
-        node = self._overlays.qcow2_files[0][0]
+        live = self._live.names()
+        return (*(n for n in self._internal_snapshots() if n not in live), *live)
+
+    def _internal_snapshots(self) -> tuple[str, ...]:
+        node = self._live.top_node(self._overlays.qcow2_files[0][0])
         if self._process.alive():
             try:
                 nodes = self._execute("query-named-block-nodes")
@@ -479,6 +546,12 @@ class QemuBackend:
     def delete_checkpoint(self, name: str) -> None:
         """Delete snapshot ``name``; deleting one that does not exist is a no-op."""
         monitor.check_tag(name)
+        if name in self._live.names():
+            try:
+                self._live.delete(name)
+            except BackendError as exc:  # deleted; only the merge after it failed
+                log.warning("after deleting %s: %s", name, exc)
+            return
         if name not in self.checkpoints():
             return
         if self._process.alive():
@@ -542,6 +615,7 @@ class QemuBackend:
                 self._share_service = None
         finally:
             self.files.remove(self.config.slot_dir)
+            self._live.remove_files()
             self._net.reset()
             self._overlays.remove_converted_bases()
             self._stop = StopCause.NONE

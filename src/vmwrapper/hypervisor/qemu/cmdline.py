@@ -139,6 +139,7 @@ class QemuOptions:
     share_service_port: int | None = None  # the file service of a "serial" share
     qmp_port: int | None = None  # QMP on 127.0.0.1:port instead of qmp_socket (Windows)
     data_dir: Path | None = None  # -L: firmware beside a QEMU that does not look there itself
+    incoming: bool = False  # wait for a migration stream (a live checkpoint's RAM) over QMP
 
 
 def arch_profile(arch: str) -> ArchProfile:
@@ -172,6 +173,7 @@ def build_argv(config: VmConfig, options: QemuOptions, binary: str | None = None
         *_network_args(config, options, arch),
         *_display_args(config, options, arch),
         *(["-loadvm", options.loadvm] if options.loadvm else []),
+        *(["-incoming", "defer"] if options.incoming else []),
     ]
 
 

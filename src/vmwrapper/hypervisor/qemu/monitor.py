@@ -78,13 +78,6 @@ def snapshot_names(image_info: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(str(s["name"]) for s in snaps)
 
 
-def disk_only_snapshot_names(image_info: Mapping[str, Any]) -> tuple[str, ...]:
-    """Tags of snapshots with no VM state (``blockdev-snapshot-internal-sync``): a restore
-    boots from the disks rather than ``-loadvm``."""
-    snaps: Sequence[Mapping[str, Any]] = image_info.get("snapshots") or ()
-    return tuple(str(s["name"]) for s in snaps if not s.get("vm-state-size"))
-
-
 def node_snapshot_names(nodes: Sequence[Mapping[str, Any]], node_name: str) -> tuple[str, ...]:
     """Snapshot tags of one node in a ``query-named-block-nodes`` reply."""
     for node in nodes:

@@ -1,28 +1,23 @@
 """The VM's qcow2 files: overlays over the job's images (a snapshot-capable base converted
 once where QEMU cannot snapshot over the image), and their snapshots while QEMU is not
-running, all through ``qemu-img``."""
+running, all through ``images.qemu_img.QemuImg``."""
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
-import json
 import logging
 import os
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from vmwrapper import hostos
 from vmwrapper.boinc import files as boinc_files
 from vmwrapper.errors import BackendError, VmStartError
 from vmwrapper.hypervisor.base import VmConfig
-from vmwrapper.hypervisor.qemu import monitor
 from vmwrapper.hypervisor.qemu.cmdline import CACHE_NODE, DISK_NODE, STATE_NODE
 from vmwrapper.hypervisor.qemu.slotfiles import SlotFiles
+from vmwrapper.images import qemu_img as images_qemu_img
 
 log = logging.getLogger(__name__)
 
@@ -30,49 +25,18 @@ log = logging.getLogger(__name__)
 SNAPSHOT_SAFE_FORMATS = frozenset({"qcow2", "raw"})
 
 
-class QemuImg:
-    """Runs ``qemu-img`` (the binary the back end was given); :meth:`cancel` cuts the running
-    one short from another thread (a conversion can take an hour)."""
-
-    def __init__(self, binary: str = "qemu-img") -> None:
-        self.binary = binary
-        self._tool: subprocess.Popen[str] | None = None  # the qemu-img running now, if any
+class QemuImg(images_qemu_img.QemuImg):
+    """``images.qemu_img.QemuImg`` whose failures are the back end's: a qemu-img that fails
+    under a running job (a full disk, a cancelled conversion) is a BackendError, retried
+    later, not a broken image."""
 
     def run(self, *args: str, timeout: float = 120.0) -> str:
-        argv = [self.binary, *args]
         try:
-            with subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                creationflags=hostos.NO_CONSOLE_WINDOW,  # no window flashing on Windows
-            ) as proc:
-                self._tool = proc
-                try:
-                    out, err = proc.communicate(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate()
-                    raise
-                finally:
-                    self._tool = None
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BackendError(f"qemu-img failed: {exc}", argv=argv) from exc
-        if proc.returncode != 0:
-            raise BackendError("qemu-img failed", argv=argv, exit_code=proc.returncode, output=err)
-        return out
-
-    def info(self, path: Path) -> Any:
-        """``qemu-img info`` as JSON (``-U``: QEMU may hold the image)."""
-        return json.loads(self.run("info", "-U", "--output=json", str(path)))
-
-    def cancel(self) -> None:
-        tool = self._tool
-        if tool is not None:
-            with contextlib.suppress(OSError):
-                tool.kill()
+            return super().run(*args, timeout=timeout)
+        except images_qemu_img.QemuImgFailed as exc:
+            raise BackendError(
+                str(exc), argv=exc.argv, exit_code=exc.exit_code, output=exc.output
+            ) from exc
 
 
 class Overlays:
@@ -82,13 +46,21 @@ class Overlays:
         self.config = config
         self.files = files
         self.img = img
+        self.tops: dict[str, Path] = {}  # node → its top layer, set by the live checkpoints
 
     def disk_parent(self) -> Path | None:
         return self.config.multiattach_parent or self.config.disk_image
 
     @property
     def qcow2_files(self) -> tuple[tuple[str, Path], ...]:
-        """(node, path) of every qcow2 this VM uses; the first holds the VM state."""
+        """(node, path of its top file) of every qcow2 this VM uses; the first holds the VM
+        state. The top is the overlay create() made, or the newest layer a live checkpoint
+        put over it (``tops``)."""
+        return tuple((node, self.tops.get(node, path)) for node, path in self.bottom_files)
+
+    @property
+    def bottom_files(self) -> tuple[tuple[str, Path], ...]:
+        """(node, path) of the overlays create() makes: the bottom of each disk's chain."""
         nodes: list[tuple[str, Path]] = []
         if self.disk_parent() is not None:
             nodes.append((DISK_NODE, self.files.disk_overlay))
@@ -99,7 +71,7 @@ class Overlays:
         return tuple(nodes)
 
     def exists(self) -> bool:
-        return self.qcow2_files[0][1].exists()
+        return self.bottom_files[0][1].exists()
 
     def create(self) -> None:
         """Make the overlays in the slot (kept if present: they hold this job's snapshots)."""
@@ -145,7 +117,7 @@ class Overlays:
                         "start (abort it: the client will fetch the image for a new one)"
                     )
                 return linked, "qcow2"
-        fmt = str(self.img.info(parent)["format"])
+        fmt = self.img.info(parent).fmt
         if fmt in SNAPSHOT_SAFE_FORMATS:
             return parent, fmt
         shared_by_tasks = in_slot and self.config.project_dir.is_dir()
@@ -184,11 +156,11 @@ class Overlays:
         path = self.qcow2_files[0][1]
         if not path.exists():
             return ()
-        return monitor.snapshot_names(self.img.info(path))
+        return self.img.info(path).snapshots
 
     def delete_snapshot(self, name: str) -> None:
         for _node, path in self.qcow2_files:
-            if name in monitor.snapshot_names(self.img.info(path)):
+            if name in self.img.info(path).snapshots:
                 self.img.run("snapshot", "-d", name, str(path))
 
     def revert_disks(self, name: str) -> bool:
@@ -196,10 +168,10 @@ class Overlays:
         The first qcow2 decides: a full snapshot keeps the VM state there (the others have
         none in any snapshot)."""
         infos = [(path, self.img.info(path)) for _node, path in self.qcow2_files]
-        if name not in monitor.disk_only_snapshot_names(infos[0][1]):
+        if name not in infos[0][1].disk_only_snapshots:
             return False
         for path, info in infos:
-            if name in monitor.snapshot_names(info):
+            if name in info.snapshots:
                 self.img.run("snapshot", "-a", name, str(path))
         return True
 

@@ -66,6 +66,17 @@ class Qmp:
             self.disconnect()
             raise BackendError(f"QMP {cmd}: no answer ({type(exc).__name__}: {exc})") from exc
 
+    def send_fd(self, fd: int, fdname: str, timeout: float) -> None:
+        """Hand QEMU an open file (SCM_RIGHTS) under ``fdname``, for a ``fd:`` migration URI:
+        QEMU then needs no path and no shell."""
+        if self._client is None:
+            raise BackendError(f"QMP not connected (for getfd {fdname})")
+        try:
+            self._client.send_fd_scm(fd)
+        except (OSError, ValueError, AttributeError) as exc:
+            raise BackendError(f"cannot pass a file to QEMU: {exc}") from exc
+        self.execute("getfd", {"fdname": fdname}, timeout)
+
     def disconnect(self) -> None:
         client, self._client = self._client, None
         if client is not None:
@@ -108,6 +119,17 @@ class QmpChannel:
             self.qmp.connect(self.socket, timeout=self.timeout)
         with self._hold():
             return self.qmp.execute(cmd, args, timeout or self.timeout)
+
+    def alive(self) -> bool:
+        return self._alive()
+
+    def send_fd(self, fd: int, fdname: str) -> None:
+        if not self._alive():
+            raise BackendError(f"VM {self.vm_name} is not running (getfd {fdname})")
+        if not self.qmp.connected:
+            self.qmp.connect(self.socket, timeout=self.timeout)
+        with self._hold():
+            self.qmp.send_fd(fd, fdname, self.timeout)
 
     def hmp(self, line: str, timeout: float = 0) -> str:
         """A human monitor command through QMP; its reply text."""
