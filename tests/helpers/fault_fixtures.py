@@ -258,7 +258,7 @@ class PhaseKiller:
     recognised from the slot itself: events.jsonl (``wrapper_start``, ``vm_started``, the
     guest's ``running boinc_app`` line), the shared ``result`` file, the image conversion's
     temporary file, and QEMU writing more than :data:`SNAPSHOT_BURST` between two looks
-    (only a snapshot writes that much)."""
+    once the guest's app counts (only a snapshot writes that much then)."""
 
     slot: Path
     phases: Sequence[Phase]
@@ -327,7 +327,9 @@ class PhaseKiller:
                 and (len(events(self.slot, "checkpoint")) > checkpoints)
             ):
                 return True
-            if phase is Phase.CHECKPOINT and now_started:
+            # once the app counts: on a busy host this thread may look seldom, and a boot's
+            # writes between two looks then exceed the burst without any snapshot
+            if phase is Phase.CHECKPOINT and now_started and _steps(self.slot) >= 1:
                 written = qemu_written(self.slot)
                 if last_written >= 0 and written - last_written > SNAPSHOT_BURST:
                     return True
