@@ -2,8 +2,9 @@
 
 The back end composes one module per concern: ``qmp`` (the QMP session), ``process`` (the
 QEMU process and its :class:`~vmwrapper.hypervisor.qemu.process.Runstate`), ``overlays``
-(the qcow2 files, through qemu-img), ``cpucap`` (the CPU cap), ``nettaps`` (NIC byte
-counting) and ``slotfiles`` (the files in the slot, listed there, and this run's logs).
+(the qcow2 files, through qemu-img), ``live`` and ``snapshots`` (the checkpoints),
+``sharing`` (a "serial" share's file service), ``cpucap`` (the CPU cap), ``nettaps`` (NIC
+byte counting) and ``slotfiles`` (the files in the slot, listed there, and this run's logs).
 
 State comes from QMP ``query-status`` and from the process's exit status, never from logs.
 Every method is synchronous and bounded in time.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +25,6 @@ from vmwrapper import hostos
 from vmwrapper.errors import (
     BackendError,
     CheckpointError,
-    CheckpointRefused,
     HostNotReady,
     VmStartError,
 )
@@ -71,22 +70,16 @@ from vmwrapper.hypervisor.qemu.monitor import StopCause
 from vmwrapper.hypervisor.qemu.nettaps import NET_QUEUES, NET_ROTATE_BYTES, NetTaps
 from vmwrapper.hypervisor.qemu.overlays import SNAPSHOT_SAFE_FORMATS, Overlays, QemuImg
 from vmwrapper.hypervisor.qemu.ports import Picker, QemuPorts, pick_ports, unbound_picked_ports
-from vmwrapper.hypervisor.qemu.process import Exit, QemuProcess, Runstate
+from vmwrapper.hypervisor.qemu.process import QMP_LOST_GRACE, Exit, QemuProcess, Runstate
 from vmwrapper.hypervisor.qemu.qmp import Qmp, QmpChannel
-from vmwrapper.hypervisor.qemu.shareport import (
-    chardev_source_port,
-    has_virtio_9p,
-    resolve_transports,
-)
+from vmwrapper.hypervisor.qemu.sharing import ShareTransports
 from vmwrapper.hypervisor.qemu.slotfiles import RunLogs, SlotFiles
-from vmwrapper.shared_dir.fileservice import FileService
+from vmwrapper.hypervisor.qemu.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
 
 #: The snapshot tag save_state() writes; the next start() resumes from it and drops it.
 SAVED_STATE_TAG = "vmwrapper_saved_state"
-#: Seconds to wait for QEMU's exit when its QMP connection drops.
-QMP_LOST_GRACE = 5.0
 #: Starts tried when QEMU cannot bind a host port we picked (another program took it).
 PORT_CLASH_ATTEMPTS = 3
 
@@ -151,13 +144,16 @@ class QemuBackend:
         self._live = LiveCheckpoints(
             self._overlays, self._img, channel, method=checkpoint_method, clock=clock, sleep=sleep
         )
+        self._snapshots = Snapshots(
+            channel, self._process, self._overlays, self._live, checkpoint_timeout, clock
+        )
+        self._shares = ShareTransports(config.shares, self.binary)  # "serial": a file service
         self._stop = StopCause.NONE
         self._saved_state_present = False
         self._ports: QemuPorts | None = None
         self._no_hw_acceleration = False  # a 64-bit guest was refused software emulation
         self._bandwidth_warned = False
         self._priority_noted: PriorityNote = None
-        self._share_service: FileService | None = None  # a "serial" share's file service
 
     # --- context manager ---------------------------------------------------------------
 
@@ -196,19 +192,7 @@ class QemuBackend:
         loadvm = restore
         if loadvm is None and self._saved_state_present:
             loadvm = SAVED_STATE_TAG
-        if loadvm is not None and loadvm not in existing:
-            raise CheckpointError(
-                f"cannot restore checkpoint {loadvm!r}: {self._overlays.qcow2_files[0][1]} "
-                f"has only {list(existing)}"
-            )
-        incoming: tuple[str, str] | None = None  # a live checkpoint's (name, RAM file)
-        if loadvm is not None and loadvm in self._live.names():
-            manifest = self._live.prepare_restore(loadvm)
-            incoming = (loadvm, manifest.ram) if manifest.ram else None
-            loadvm = None
-        elif loadvm is not None and self._overlays.revert_disks(loadvm):
-            loadvm = None  # the disks alone were saved: boot afresh from them
-        self._live.collect_garbage()
+        loadvm, incoming = self._snapshots.prepare_restore(loadvm, existing)
         if self.accel is None:
             setting = self.accel_setting if self.config.hw_acceleration else AccelSetting.TCG
             self.accel = choose_accel(setting, self.config.arch, self.binary)
@@ -216,7 +200,7 @@ class QemuBackend:
             self._refuse_software_emulation(self.accel_setting)
         self._launch_with_free_ports(loadvm, incoming is not None)
         if incoming is not None:
-            self._restore_live(*incoming)
+            self._snapshots.restore_live(*incoming, self.argv, self._logs.stderr_text)
             loadvm = incoming[0]
         try:
             self._after_start()
@@ -232,19 +216,6 @@ class QemuBackend:
             extra={"event": "qemu_started", "pid": pid, "restore": loadvm},
         )
         return pid
-
-    def _restore_live(self, name: str, ram: str) -> None:
-        """Feed the waiting QEMU the checkpoint's RAM; a failure is a CheckpointError (the
-        supervisor then boots afresh) and leaves no QEMU behind."""
-        try:
-            self._live.incoming(name, ram, self.checkpoint_timeout)
-        except BackendError as exc:
-            self._process.kill()
-            raise CheckpointError(
-                f"restoring live checkpoint {name!r} failed: {exc}",
-                argv=self.argv,
-                output=self._logs.stderr_text(),
-            ) from exc
 
     def _launch_with_free_ports(self, loadvm: str | None, incoming: bool = False) -> None:
         """Spawn QEMU and connect QMP; when another program took a port we picked before
@@ -286,11 +257,13 @@ class QemuBackend:
             port_rules=ports.forwards if self.config.network.enabled else (),
             vnc_port=ports.vnc,
             loadvm=loadvm,
-            share_service_port=self._share_service_port(),
+            share_service_port=self._shares.port(),  # resolves "auto" first
             qmp_port=self._qmp_port(),
             data_dir=bundled_data_dir(self.binary),
             incoming=incoming,
         )
+        if self._shares.shares != self.config.shares:  # "auto" resolved
+            self.config = dataclasses.replace(self.config, shares=self._shares.shares)
         self.argv = tuple(build_argv(self.config, options, self.binary))
         self._spawn()
         self._live.launched()
@@ -340,45 +313,8 @@ class QemuBackend:
             )
         raise VmStartError(what, argv=self.argv, exit_code=code, output=output)
 
-    def _share_service_port(self) -> int | None:
-        """The file service of a "serial" share, listening before QEMU connects to it."""
-        self._resolve_share_transports()
-        share = next((s for s in self.config.shares if s.transport == "serial"), None)
-        if share is None:
-            return None
-        if self._share_service is None:
-            self._share_service = FileService(share.host_path)
-        return self._share_service.listen()
-
-    def _resolve_share_transports(self) -> None:
-        """ "auto" → 9p where this QEMU has it, else serial (docs/shared-transport.md)."""
-        if not any(s.transport not in ("9p", "serial") for s in self.config.shares):
-            return
-        try:
-            help_text = subprocess.run(
-                [self.binary, "-device", "help"],
-                capture_output=True, text=True, timeout=60, check=False,
-                stdin=subprocess.DEVNULL, creationflags=hostos.NO_CONSOLE_WINDOW,
-            ).stdout  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise VmStartError(f"cannot run {self.binary}: {exc}") from exc
-        shares = resolve_transports(self.config.shares, has_virtio_9p(help_text))
-        self.config = dataclasses.replace(self.config, shares=shares)
-        log.info(
-            "shared directory transport: %s",
-            ", ".join(f"{s.name} {s.transport}" for s in shares),
-            extra={"event": "share_transport", "shares": {s.name: s.transport for s in shares}},
-        )
-
-    def _attach_share_service(self) -> None:
-        """Serve the connection that QEMU says is its own (docs/shared-transport.md)."""
-        service = self._share_service
-        if service is not None:
-            source = chardev_source_port(self._execute("query-chardev"), service.port)
-            service.attach(source, timeout=self.qmp_timeout)
-
     def _after_start(self) -> None:
-        self._attach_share_service()
+        self._shares.attach(self._execute, self.qmp_timeout)
         rd = self.config.remote_desktop
         if rd is not None:
             self._execute("set_password", {"protocol": "vnc", "password": rd.password})
@@ -464,106 +400,18 @@ class QemuBackend:
     # --- checkpoints -------------------------------------------------------------------
 
     def checkpoint(self, name: str) -> None:
-        monitor.check_tag(name)
-        if not self._process.alive():
-            raise CheckpointError(f"cannot take checkpoint {name!r}: the VM is not running")
-        started = self.clock()
-        if self._take_live(name):
-            log.info(
-                "checkpoint %s taken live in %.2f s", name, self.clock() - started,
-                extra={"event": "qemu_checkpoint", "checkpoint": name, "live": True},
-            )  # fmt: skip
-            return
-        try:
-            reply = self._hmp(f"savevm {name}", timeout=self.checkpoint_timeout)
-        except BackendError as exc:
-            raise CheckpointError(f"checkpoint {name!r} failed: {exc}") from exc
-        failure = monitor.snapshot_failure(reply, "take checkpoint", name)
-        if failure is not None:
-            raise failure
-        log.info(
-            "checkpoint %s taken in %.2f s", name, self.clock() - started,
-            extra={"event": "qemu_checkpoint", "checkpoint": name},
-        )  # fmt: skip
-
-    def _take_live(self, name: str, disks_only: bool = False) -> bool:
-        """A live checkpoint where the host can take one (docs/qemu-backend.md#live-checkpoints);
-        False: take it with savevm (or internal disk snapshots)."""
-        try:
-            return self._live.usable() and self._live.take(
-                name, self.checkpoint_timeout, disks_only=disks_only
-            )
-        except (CheckpointRefused, CheckpointError):
-            raise
-        except BackendError as exc:
-            raise CheckpointError(f"checkpoint {name!r} failed: {exc}") from exc
+        self._snapshots.take(name)
 
     def checkpoint_disks(self, name: str) -> None:
-        """The disks alone, the VM paused meanwhile: what still works while the guest keeps
-        a 9p share mounted (QEMU then refuses every savevm). start(restore=name) boots afresh
-        from them. docs/compatibility.md#runtime"""
-        monitor.check_tag(name)
-        if not self._process.alive():
-            raise CheckpointError(f"cannot take checkpoint {name!r}: the VM is not running")
-        if self._take_live(name, disks_only=True):
-            return
-        nodes = [
-            self._live.top_node(node)
-            for node, _ in self._overlays.qcow2_files
-            if node != STATE_NODE
-        ]
-        if not nodes:
-            raise CheckpointError(f"cannot save the disks alone for {name!r}: the VM has none")
-        running = self._execute("query-status")["status"] == "running"
-        if running:
-            self._execute("stop")
-        try:
-            for node in nodes:
-                self._execute("blockdev-snapshot-internal-sync", {"device": node, "name": name})
-        except BackendError as exc:
-            raise CheckpointError(f"disk checkpoint {name!r} failed: {exc}") from exc
-        finally:
-            if running:
-                with contextlib.suppress(BackendError):
-                    self._execute("cont")
+        """The disks alone, the VM paused meanwhile (see Snapshots.take_disks)."""
+        self._snapshots.take_disks(name)
 
     def checkpoints(self) -> tuple[str, ...]:
-        live = self._live.names()
-        return (*(n for n in self._internal_snapshots() if n not in live), *live)
-
-    def _internal_snapshots(self) -> tuple[str, ...]:
-        node = self._live.top_node(self._overlays.qcow2_files[0][0])
-        if self._process.alive():
-            try:
-                nodes = self._execute("query-named-block-nodes")
-                return monitor.node_snapshot_names(nodes, node)
-            except BackendError:
-                self._process.reap(wait=QMP_LOST_GRACE)
-                if self._process.alive():
-                    raise
-        return self._overlays.snapshot_names()
+        return self._snapshots.names()
 
     def delete_checkpoint(self, name: str) -> None:
         """Delete snapshot ``name``; deleting one that does not exist is a no-op."""
-        monitor.check_tag(name)
-        if name in self._live.names():
-            try:
-                self._live.delete(name)
-            except BackendError as exc:  # deleted; only the merge after it failed
-                log.warning("after deleting %s: %s", name, exc)
-            return
-        if name not in self.checkpoints():
-            return
-        if self._process.alive():
-            failure = monitor.snapshot_failure(
-                self._hmp(f"delvm {name}", timeout=self.checkpoint_timeout),
-                "delete checkpoint",
-                name,
-            )
-            if failure is not None:
-                raise failure
-            return
-        self._overlays.delete_snapshot(name)
+        self._snapshots.delete(name)
 
     def save_state(self) -> None:
         """A snapshot, then quit: the next start() resumes from it (VirtualBox's savestate)."""
@@ -610,9 +458,7 @@ class QemuBackend:
     def _release(self) -> None:
         try:
             self._qmp.close()
-            if self._share_service is not None:
-                self._share_service.close()
-                self._share_service = None
+            self._shares.close()
         finally:
             self.files.remove(self.config.slot_dir)
             self._live.remove_files()

@@ -12,8 +12,8 @@ Crash safety: the RAM goes to ``live_NAME.ram.tmp``; once QEMU reports the migra
 the file is synced, checked and renamed, the frozen layers are synced, and only then is the
 manifest ``live_NAME.json`` written (atomically). A file a manifest names is never written
 again: the merges that keep the chain short (``block-commit`` into the bottom overlay, in the
-background) only run when no other checkpoint needs the bottom, and the manifest is pointed at
-the bottom before the merged layers are deleted.
+background, ``livemerge.py``) only run when no other checkpoint needs the bottom, and the
+manifest is pointed at the bottom before the merged layers are deleted.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from vmwrapper.errors import BackendError, CheckpointError, CheckpointRefused
 from vmwrapper.hypervisor.qemu import livestate as ls
 from vmwrapper.hypervisor.qemu import monitor
 from vmwrapper.hypervisor.qemu.cmdline import STATE_NODE
+from vmwrapper.hypervisor.qemu.livemerge import POLL, LayerMerges, sync_dir, sync_file
 from vmwrapper.hypervisor.qemu.overlays import Overlays, QemuImg
 from vmwrapper.hypervisor.qemu.qmp import QmpChannel
 
@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 
 #: The name QEMU knows the checkpoint's RAM file by (``getfd``), while it writes or reads it.
 FD_NAME = "vmwrapper_live"
-#: Seconds between two ``query-migrate`` / ``query-jobs`` while waiting.
-POLL = 0.02
 #: Bytes per second: no rate limit on writing the RAM file (QEMU's default is 128 MiB/s).
 UNLIMITED = 1 << 50
 #: How checkpoints are taken: "auto" (live where the host can, else savevm), "live", "savevm".
@@ -50,13 +48,6 @@ METHODS = ("auto", "live", "savevm")
 
 class _MigrateRefused(BackendError):
     """QEMU would not start the background snapshot for this VM (not for now: at all)."""
-
-
-@dataclass(frozen=True)
-class _MergeJob:
-    node: str
-    plan: ls.Merge
-    job_id: str
 
 
 class LiveCheckpoints:
@@ -84,8 +75,7 @@ class LiveCheckpoints:
         self.top_nodes: dict[str, str] = {}  # node as on the command line → its top's node now
         self._usable: bool | None = None  # probed once: None = not yet
         self._capability_set = False  # per QEMU process
-        self._merge: _MergeJob | None = None
-        self._merge_broken = False
+        self.merges = LayerMerges(self, clock, sleep)  # older layers, in the background
         self.overlays.tops = self._read_tops()
 
     # --- files (QEMU need not run) -------------------------------------------------------
@@ -93,7 +83,7 @@ class LiveCheckpoints:
     def _path(self, name: str) -> Path:
         return self.slot / name
 
-    def _layered(self) -> list[tuple[str, Path]]:
+    def layered(self) -> list[tuple[str, Path]]:
         """(node, bottom) of the disks the guest sees: those get layers (a state-only node
         holds no guest data, and the VM state goes to the RAM file)."""
         return [(n, p) for n, p in self.overlays.bottom_files if n != STATE_NODE]
@@ -138,7 +128,7 @@ class LiveCheckpoints:
         then merge what no checkpoint needs any more if QEMU runs."""
         found = self.manifest(name)
         self._path(ls.manifest_file(name)).unlink(missing_ok=True)
-        _sync_dir(self.slot)
+        sync_dir(self.slot)
         self._path(ls.ram_file(name)).unlink(missing_ok=True)
         if found is not None:
             log.info("live checkpoint %s deleted", name, extra={"event": "qemu_live_deleted"})
@@ -153,7 +143,7 @@ class LiveCheckpoints:
             raise CheckpointError(f"live checkpoint {name!r} is incomplete or gone")
         number = ls.next_layer_number([p.name for p in self.slot.iterdir()])
         tops = dict(self.overlays.tops)
-        for node, bottom in self._layered():
+        for node, bottom in self.layered():
             frozen = self._path(found.disks.get(node, bottom.name))
             top = self._path(ls.layer_file(bottom.name, number))
             top.unlink(missing_ok=True)
@@ -222,7 +212,7 @@ class LiveCheckpoints:
         """A new QEMU runs: the command line named each top by its node."""
         self.top_nodes = {node: node for node, _ in self.overlays.bottom_files}
         self._capability_set = False
-        self._merge = None
+        self.merges.launched()
 
     def top_node(self, node: str) -> str:
         return self.top_nodes.get(node, node)
@@ -278,7 +268,7 @@ class LiveCheckpoints:
         falls back to savevm, as it will from now on). ``disks_only``: the disks alone (a 9p
         share is mounted: no migration), a restore then boots afresh from them."""
         deadline = self.clock() + timeout
-        self._finish_merge(deadline)  # its block job would refuse a new layer
+        self.merges.finish(deadline)  # its block job would refuse a new layer
         tmp = self._path(ls.ram_file(name) + ".tmp")
         was_running = self._running()
         layers = self._prepare_layers()
@@ -350,7 +340,7 @@ class LiveCheckpoints:
         nodes = self.channel.execute("query-named-block-nodes")
         layers: dict[str, tuple[str, Path, str]] = {}
         try:
-            for node, bottom in self._layered():
+            for node, bottom in self.layered():
                 old = self.overlays.tops.get(node, bottom)
                 new = self._path(ls.layer_file(bottom.name, number))
                 new_node = f"{node}-{number}"
@@ -468,8 +458,8 @@ class LiveCheckpoints:
             tmp.replace(final)
             ram = final.name
         for filename in frozen.values():
-            _sync_file(self._path(filename))
-        _sync_dir(self.slot)
+            sync_file(self._path(filename))
+        sync_dir(self.slot)
         write_atomic(
             self._path(ls.manifest_file(name)),
             ls.format_manifest(ls.Manifest(name, ram, dict(frozen))),
@@ -487,126 +477,12 @@ class LiveCheckpoints:
             raise failure
         self.channel.execute("cont")
 
-    # --- merging, in the background --------------------------------------------------------
+    # --- merging, in the background (livemerge.py) ----------------------------------------
 
     @property
     def merging(self) -> bool:
-        return self._merge is not None
+        return self.merges.merging
 
     def maintain(self) -> None:
         """Finish a merge that has ended; start the next one a disk needs (one at a time)."""
-        if self._merge is not None:
-            self._poll_merge()
-        if self._merge is not None or self._merge_broken:
-            return
-        try:
-            nodes = self.channel.execute("query-named-block-nodes")
-            for node, bottom in self._layered():
-                if self._start_merge(node, bottom, nodes):
-                    return
-        except BackendError as exc:
-            self._merge_failed(exc)
-
-    def _start_merge(self, node: str, bottom: Path, nodes: Any) -> bool:
-        chain_paths = ls.chain_from_node(nodes, self.top_node(node))
-        names = [Path(p).name for p in chain_paths]
-        if bottom.name not in names:
-            return False
-        chain_paths = chain_paths[: names.index(bottom.name) + 1]  # the job's image is below
-        if not all(Path(p).parent.resolve() == self.slot.resolve() for p in chain_paths):
-            return False
-        chain = [Path(p).name for p in chain_paths]
-        referenced = {
-            filename: name
-            for name in self.names()
-            if (found := self.manifest(name)) is not None
-            for n, filename in found.disks.items()
-            if n == node
-        }
-        plan = ls.plan_merge(chain, referenced)
-        if plan is None:
-            return False
-        top = ls.node_for_file(nodes, chain_paths[chain.index(plan.top)])
-        base = ls.node_for_file(nodes, chain_paths[-1])
-        if top is None or base is None:
-            return False
-        job_id = f"vmwrapper-merge-{node}"
-        self.channel.execute(
-            "block-commit",
-            {
-                "job-id": job_id,
-                "device": self.top_node(node),
-                "top-node": top,
-                "base-node": base,
-                "auto-dismiss": False,
-            },
-        )
-        self._merge = _MergeJob(node, plan, job_id)
-        log.debug("merging %s into %s", ", ".join(plan.drop), plan.base)
-        return True
-
-    def _poll_merge(self) -> None:
-        job = self._merge
-        assert job is not None
-        try:
-            jobs = self.channel.execute("query-jobs")
-            mine = [j for j in jobs if j.get("id") == job.job_id]
-            if mine and mine[0].get("status") != "concluded":
-                return  # still copying
-            if mine:
-                self.channel.execute("job-dismiss", {"id": job.job_id})
-                if mine[0].get("error"):
-                    raise BackendError(str(mine[0]["error"]))
-        except BackendError as exc:
-            self._merge = None
-            self._merge_failed(exc)
-            return
-        self._merge = None
-        self._merged(job)
-
-    def _merged(self, job: _MergeJob) -> None:
-        """The layers are in the bottom: point the checkpoint at it, then drop them."""
-        plan = job.plan
-        _sync_file(self._path(plan.base))
-        _sync_file(self.overlays.tops.get(job.node, self._path(plan.base)))
-        if plan.owner is not None:
-            found = self.manifest(plan.owner)
-            if found is not None:
-                write_atomic(
-                    self._path(ls.manifest_file(plan.owner)),
-                    ls.format_manifest(found.with_disk(job.node, plan.base)),
-                )
-        for filename in plan.drop:
-            self._path(filename).unlink(missing_ok=True)
-        log.info(
-            "merged %s into %s", ", ".join(plan.drop), plan.base,
-            extra={"event": "qemu_live_merged", "layers": list(plan.drop)},
-        )  # fmt: skip
-
-    def _finish_merge(self, deadline: float) -> None:
-        while self._merge is not None and self.clock() < deadline:
-            self._poll_merge()
-            if self._merge is not None:
-                self.sleep(POLL)
-
-    def _merge_failed(self, exc: BackendError) -> None:
-        """A failed merge leaves a longer chain, not a wrong one: logged, not retried this run."""
-        self._merge_broken = True
-        log.warning(
-            "Merging older disk layers failed (%s); the chain stays longer until the next start.",
-            exc,
-            extra={"event": "qemu_live_merge_failed"},
-        )
-
-
-def _sync_file(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _sync_dir(path: Path) -> None:
-    _sync_file(path)
+        self.merges.maintain()

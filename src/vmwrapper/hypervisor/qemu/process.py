@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two looks at a process we wait for.
 POLL = 0.05
+#: Seconds to wait for QEMU's exit when its QMP connection drops.
+QMP_LOST_GRACE = 5.0
 
 
 class Runstate(enum.Enum):

@@ -1,0 +1,78 @@
+"""The host side of a "serial" share's transport (docs/shared-transport.md).
+
+A share's transport "auto" is resolved once per back end to 9p where this QEMU has it, else
+serial; a "serial" share's file service listens before QEMU starts, is attached to the
+connection QEMU says is its own once QMP answers, and is closed in the clean-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from vmwrapper import hostos
+from vmwrapper.errors import VmStartError
+from vmwrapper.hypervisor.base import Share
+from vmwrapper.hypervisor.qemu.shareport import (
+    chardev_source_port,
+    has_virtio_9p,
+    resolve_transports,
+)
+from vmwrapper.shared_dir.fileservice import FileService
+
+log = logging.getLogger(__name__)
+
+
+class ShareTransports:
+    """The shares of one VM, their transports resolved, and a "serial" share's file service.
+
+    ``shares`` is the configuration's shares, "auto" replaced once :meth:`port` has run.
+    """
+
+    def __init__(self, shares: tuple[Share, ...], binary: str) -> None:
+        self.shares = shares
+        self.binary = binary
+        self._service: FileService | None = None
+
+    def port(self) -> int | None:
+        """The file service of a "serial" share, listening before QEMU connects to it."""
+        self._resolve()
+        share = next((s for s in self.shares if s.transport == "serial"), None)
+        if share is None:
+            return None
+        if self._service is None:
+            self._service = FileService(share.host_path)
+        return self._service.listen()
+
+    def _resolve(self) -> None:
+        """ "auto" → 9p where this QEMU has it, else serial (docs/shared-transport.md)."""
+        if not any(s.transport not in ("9p", "serial") for s in self.shares):
+            return
+        try:
+            help_text = subprocess.run(
+                [self.binary, "-device", "help"],
+                capture_output=True, text=True, timeout=60, check=False,
+                stdin=subprocess.DEVNULL, creationflags=hostos.NO_CONSOLE_WINDOW,
+            ).stdout  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise VmStartError(f"cannot run {self.binary}: {exc}") from exc
+        self.shares = shares = resolve_transports(self.shares, has_virtio_9p(help_text))
+        log.info(
+            "shared directory transport: %s",
+            ", ".join(f"{s.name} {s.transport}" for s in shares),
+            extra={"event": "share_transport", "shares": {s.name: s.transport for s in shares}},
+        )
+
+    def attach(self, execute: Callable[[str], Any], timeout: float) -> None:
+        """Serve the connection that QEMU says is its own (docs/shared-transport.md)."""
+        service = self._service
+        if service is not None:
+            source = chardev_source_port(execute("query-chardev"), service.port)
+            service.attach(source, timeout=timeout)
+
+    def close(self) -> None:
+        if self._service is not None:
+            self._service.close()
+            self._service = None
