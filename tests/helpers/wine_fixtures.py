@@ -54,16 +54,21 @@ class Toolchain:
     def env(self) -> dict[str, str]:
         return {**os.environ, "WINEPREFIX": str(self.root / "prefix"), "WINEDEBUG": "-all"}
 
-    def run(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: list[str], timeout: float, path: Iterable[Path] = ()
+    ) -> subprocess.CompletedProcess[str]:
         """A Windows program under Wine, its standard handles pipes (a file or a closed
-        handle kills Windows Python at start under Wine)."""
+        handle kills Windows Python at start under Wine); ``path`` goes on its PATH."""
+        env = self.env()
+        if path:
+            env["WINEPATH"] = ";".join(windows_path(p) for p in path)
         return subprocess.run(
             ["wine", *argv],
             input="",
             capture_output=True,
             text=True,
             errors="replace",
-            env=self.env(),
+            env=env,
             timeout=timeout,
             check=False,
         )
@@ -147,13 +152,19 @@ def make_slot(root: Path, script: FakeScript, job: str = JOB) -> Path:
     """A client data directory with one slot for the fake guest: what the Windows client
     leaves there before it starts the app (init_data.xml gets its segment name and pid
     from winclient.py)."""
+    slot = make_client_slot(root, job)
+    (slot / "vm_image.vdi").write_bytes(b"not a real image: the fake back end never opens it")
+    (slot / SCRIPT_FILE).write_text(script.to_json())
+    return slot
+
+
+def make_client_slot(root: Path, job: str, *, checkpoint_period: int = 60) -> Path:
+    """slots/0 with ``shared/``, vbox_job.xml and init_data.xml, and the project directory."""
     slot = root / "slots" / "0"
     (slot / "shared").mkdir(parents=True)
     project = root / "projects" / "example.org"
     project.mkdir(parents=True)
     (slot / "vbox_job.xml").write_text(job)
-    (slot / "vm_image.vdi").write_bytes(b"not a real image: the fake back end never opens it")
-    (slot / SCRIPT_FILE).write_text(script.to_json())
     aid = AppInitData(
         major_version=8,
         minor_version=0,
@@ -161,7 +172,7 @@ def make_slot(root: Path, script: FakeScript, job: str = JOB) -> Path:
         wu_name="wu",
         result_name="wu_0",
         slot=0,
-        checkpoint_period=60,
+        checkpoint_period=checkpoint_period,
         ncpus=1,
         project_dir=windows_path(project),
         boinc_dir=windows_path(root),
@@ -178,8 +189,10 @@ def run_client(
     actions: Iterable[dict[str, Any]] = (),
     deadline: float = 90,
     wu_command_line: str = "--backend fake",
+    path: Iterable[Path] = (),
 ) -> dict[str, Any]:
-    """winclient.py under Wine runs ``program`` in ``slot`` as the Windows client; its report."""
+    """winclient.py under Wine runs ``program`` in ``slot`` as the Windows client; its report.
+    ``path``: directories Windows programs find on their PATH (Wine's ``WINEPATH``)."""
     report = slot.parent.parent / "report.json"
     scenario = slot.parent.parent / "scenario.json"
     scenario.write_text(
@@ -196,6 +209,7 @@ def run_client(
     done = toolchain.run(
         [str(toolchain.python), windows_path(CLIENT), windows_path(scenario)],
         timeout=deadline + 60,
+        path=path,
     )
     assert done.returncode == 0 and report.exists(), done.stdout[-2000:] + done.stderr[-2000:]
     result: dict[str, Any] = json.loads(report.read_text())

@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from vmwrapper import hostos
@@ -48,6 +51,22 @@ def test_priority_classes() -> None:
     assert winnames.nice_of_priority_class(winnames.BELOW_NORMAL_PRIORITY_CLASS) == 10
     assert winnames.nice_of_priority_class(winnames.NORMAL_PRIORITY_CLASS) == 0
     assert winnames.nice_of_priority_class(0x1234) == 0
+
+
+@pytest.mark.parametrize(
+    ("nice", "priority_class"),
+    [
+        (19, winnames.IDLE_PRIORITY_CLASS),
+        (15, winnames.IDLE_PRIORITY_CLASS),  # nearer 19 than 10
+        (10, winnames.BELOW_NORMAL_PRIORITY_CLASS),
+        (5, winnames.BELOW_NORMAL_PRIORITY_CLASS),  # a tie: the lower priority
+        (0, winnames.NORMAL_PRIORITY_CLASS),
+        (-5, winnames.ABOVE_NORMAL_PRIORITY_CLASS),
+        (-20, winnames.HIGH_PRIORITY_CLASS),  # never realtime
+    ],
+)
+def test_the_vms_nice_as_a_priority_class(nice: int, priority_class: int) -> None:
+    assert winnames.priority_class_of_nice(nice) == priority_class
 
 
 def test_vboxmanage_registry_first_then_the_installers_variables() -> None:
@@ -105,6 +124,36 @@ def test_posix_host_facts(tmp_path: Path) -> None:
     hostos.sync_directory(tmp_path)
     hostos.redirect_stderr(tmp_path)  # the POSIX client redirects stderr itself
     assert not (tmp_path / "stderr.txt").exists()
+
+
+def test_posix_vm_process_facts() -> None:
+    assert hostos.UNIX_SOCKETS and not hostos.PRIORITY_CLASSES
+    assert hostos.NO_CONSOLE_WINDOW == 0  # Popen refuses creationflags on POSIX
+
+
+def test_stop_and_continue_a_process() -> None:
+    """The duty-cycle CPU cap's stop/continue (SIGSTOP/SIGCONT here)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        proc = psutil.Process(child.pid)
+        assert hostos.stop_process(child.pid)
+        assert _within(5.0, lambda: proc.status() == psutil.STATUS_STOPPED)  # signals are async
+        assert hostos.continue_process(child.pid)
+        assert _within(5.0, lambda: proc.status() != psutil.STATUS_STOPPED)
+        assert not hostos.end_with_this_process(child.pid)  # POSIX: the next start's job
+    finally:
+        child.kill()
+        child.wait()
+    assert not hostos.stop_process(child.pid)  # gone
+
+
+def _within(seconds: float, condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_pid_alive() -> None:

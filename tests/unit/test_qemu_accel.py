@@ -14,12 +14,17 @@ from vmwrapper.hypervisor.qemu.accel import (
     PROBE_EXIT_VALUE,
     AccelChoice,
     AccelSetting,
+    bundled_data_dir,
     cpu_has_virt_flags,
+    listed_accelerators,
+    probe_argv,
     probe_boot_sector,
     software_emulation_refused,
 )
 from vmwrapper.hypervisor.qemu.backend import ACCEL_ENV, QemuBackend
 from vmwrapper.hypervisor.qemu.cmdline import Accel
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "qemu"
 
 # What the lab hosts show: a kvm_pvm nested KVM, no vmx/svm flag.
 PVM_CPUINFO = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr pae hypervisor lahf_lm\n"
@@ -88,3 +93,34 @@ def test_software_emulation_rule(
     assert bool(why) is refused
     if refused:
         assert "64-bit guest" in why and choice.reason in why
+
+
+@pytest.mark.parametrize(
+    ("capture", "listed"),
+    [
+        ("accel-help-windows.txt", {"tcg", "whpx"}),  # CRLF line ends
+        ("accel-help-linux.txt", {"tcg", "kvm"}),
+    ],
+)
+def test_listed_accelerators_from_real_qemu_builds(capture: str, listed: set[str]) -> None:
+    """WHPX is probed only where QEMU lists it (tests/data/qemu/README.md)."""
+    assert listed_accelerators((DATA / capture).read_bytes().decode()) == listed
+
+
+def test_bundled_data_dir_only_beside_a_qemu_that_ships_its_firmware(tmp_path: Path) -> None:
+    qemu = tmp_path / "qemu-system-x86_64"
+    qemu.write_text("#!/bin/sh\n")
+    qemu.chmod(0o755)
+    assert bundled_data_dir(str(qemu)) is None  # a distribution's QEMU knows its data dir
+    data = tmp_path / "share" / "qemu"
+    data.mkdir(parents=True)
+    (data / "bios-256k.bin").write_bytes(b"")
+    assert bundled_data_dir(str(qemu)) == data
+    assert bundled_data_dir(str(tmp_path / "missing")) is None
+    argv = probe_argv(str(qemu), Accel.WHPX, tmp_path / "probe.img", data)
+    assert argv[argv.index("-accel") + 1] == "whpx" and argv[-2:] == ["-L", str(data)]
+
+
+def test_accel_setting_whpx(tmp_path: Path) -> None:
+    config = VmConfig(name="vm", description="r", slot_dir=tmp_path, project_dir=tmp_path)
+    assert QemuBackend(config, accel="whpx").accel_setting is AccelSetting.WHPX

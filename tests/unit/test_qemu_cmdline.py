@@ -264,6 +264,28 @@ def test_a_serial_share_is_a_virtio_serial_port_to_the_file_service_not_9p() -> 
         build_argv(config, OPTIONS)
 
 
+def test_qmp_on_tcp_listens_on_loopback_only_and_names_no_socket() -> None:
+    """Windows has no Unix socket QEMU and asyncio share: QMP on a loopback port instead."""
+    argv = build_argv(CONFIG, replace(OPTIONS, qmp_port=45678))
+    chardev = argv[argv.index("-mon") - 1]
+    assert chardev == "socket,id=qmp0,host=127.0.0.1,port=45678,server=on,wait=off"
+    assert "qemu-qmp.sock" not in " ".join(argv)
+
+
+def test_data_dir_is_passed_as_minus_l() -> None:
+    """A Windows QEMU unpacked on its own gets its firmware directory named."""
+    data = Path("C:/qemu/share/qemu")
+    argv = build_argv(CONFIG, replace(OPTIONS, data_dir=data))
+    assert argv[argv.index("-L") + 1] == str(data)
+    assert "-L" not in build_argv(CONFIG, OPTIONS)
+
+
+def test_whpx_gets_the_default_cpu_model() -> None:
+    argv = build_argv(CONFIG, replace(OPTIONS, accel=Accel.WHPX))
+    assert argv[argv.index("-accel") + 1] == "whpx"
+    assert "-cpu" not in argv  # "host" is KVM's; WHPX runs QEMU's default model
+
+
 def test_a_live_restore_waits_for_its_ram_over_qmp() -> None:
     """A live checkpoint's restore: QEMU starts on the new top layer and waits (``-incoming
     defer``) for the RAM file the back end hands it; never with ``-loadvm`` as well."""

@@ -8,8 +8,9 @@ SCENARIO: ``slot`` (the slot directory, with init_data.xml to complete), ``comma
 program's path, the workunit's command line, the client's arguments), ``actions`` (a list of
 ``{"when": ..., "do": ...}``), ``deadline`` (s), ``report`` (where to write the JSON report).
 ``when`` is ``{"after": seconds since start}`` or ``{"fraction": f}`` (a status reported at
-least f done) or ``{"suspended_for": seconds}``; ``do`` is suspend, resume, quit, abort, or
-``kill`` (TerminateProcess with the client's abort code 194).
+least f done) or ``{"suspended_for": seconds}`` or ``{"checkpointed": true}`` (a status with
+a checkpoint's CPU time), or several of them, all to be met; ``do`` is suspend, resume, quit,
+abort, or ``kill`` (TerminateProcess with the client's abort code 194).
 
 The client side, as BOINC's Windows client does it: take the first free file mapping
 ``shm_boinc_N``, zero it, write ``<comm_obj_name>boinc_N`` and our pid into init_data.xml,
@@ -130,6 +131,7 @@ def main(scenario_path: str) -> int:
     last_beat = 0.0
     suspended_at: float | None = None
     fraction = 0.0
+    checkpointed = False
     while True:
         now = time.monotonic()
         if proc.poll() is not None:
@@ -146,6 +148,7 @@ def main(scenario_path: str) -> int:
         if text is not None:
             status = parse_app_status(text)
             fraction = status.fraction_done or fraction
+            checkpointed = checkpointed or (status.checkpoint_cpu_time or 0) > 0
             report["statuses"].append(
                 {
                     "t": round(now - start, 2),
@@ -166,15 +169,14 @@ def main(scenario_path: str) -> int:
                 trickle.unlink()
         if actions:
             when = actions[0]["when"]
-            due = (
-                ("after" in when and now - start >= when["after"])
-                or ("fraction" in when and fraction >= when["fraction"])
-                or (
-                    "suspended_for" in when
-                    and suspended_at is not None
-                    and now - suspended_at >= when["suspended_for"]
-                )
-            )
+            met = {
+                "after": now - start >= when.get("after", 0),
+                "fraction": fraction >= when.get("fraction", 0),
+                "checkpointed": checkpointed,
+                "suspended_for": suspended_at is not None
+                and now - suspended_at >= when.get("suspended_for", 0),
+            }
+            due = all(met[key] for key in when)
             if due:
                 what = actions.pop(0)["do"]
                 report["controls_sent"].append({"t": round(now - start, 2), "do": what})

@@ -8,6 +8,12 @@
 * :func:`sync_directory`: make a rename durable (POSIX fsyncs the directory; Windows cannot
   open one and its file systems journal renames).
 * :func:`own_nice`: this process's priority as a nice value (Windows: from its priority class).
+* The VM process (docs/windows.md#the-qemu-back-end-on-windows): :data:`UNIX_SOCKETS` (QMP on a
+  Unix socket, else on TCP loopback), :data:`NO_CONSOLE_WINDOW` (Windows opens a console
+  window for a console program started by a wrapper that has none), :func:`set_priority`
+  (nice values per thread on POSIX are the caller's; Windows has priority classes),
+  :func:`stop_process`/:func:`continue_process` (SIGSTOP/SIGCONT, or NtSuspendProcess) and
+  :func:`end_with_this_process` (a Windows job object).
 * :func:`redirect_stderr`: the Windows client starts an app without standard handles and the
   BOINC API's diagnostics open ``stderr.txt`` themselves; the POSIX client redirects it for us.
 * :mod:`~vmwrapper.hostos.locks`: the BOINC lock file and our own advisory locks.
@@ -20,6 +26,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Final
@@ -33,6 +41,14 @@ NOFOLLOW: Final[int] = getattr(os, "O_NOFOLLOW", 0)
 #: ``O_NONBLOCK`` where it exists (a FIFO planted in a share must not hang an open); Windows
 #: has neither the flag nor FIFOs in a directory.
 NONBLOCK: Final[int] = getattr(os, "O_NONBLOCK", 0)
+
+#: QEMU's QMP and asyncio can share a Unix socket here; Windows has none they both support,
+#: so there QMP listens on TCP loopback.
+UNIX_SOCKETS: Final = not WINDOWS
+#: ``creationflags`` for a console program the wrapper starts (QEMU): no window of its own.
+NO_CONSOLE_WINDOW: Final[int] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+#: Windows schedules a process by its priority class, not by a nice value per thread.
+PRIORITY_CLASSES: Final = WINDOWS
 
 
 def pid_alive(pid: int) -> bool:
@@ -79,3 +95,47 @@ def redirect_stderr(slot_dir: Path, name: str = "stderr.txt") -> None:
     os.dup2(fd, 2)
     os.close(fd)
     sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+
+
+def set_priority_class(pid: int, nice: int) -> bool:
+    """Windows only: give ``pid`` the priority class nearest to ``nice``; False when refused."""
+    from vmwrapper.hostos import winnames, winproc
+
+    return winproc.set_priority_class(pid, winnames.priority_class_of_nice(nice))
+
+
+def stop_process(pid: int) -> bool:
+    """Stop every thread of ``pid`` until :func:`continue_process`; False when it is gone."""
+    if WINDOWS:
+        from vmwrapper.hostos import winproc
+
+        return winproc.suspend(pid)
+    return _signal(pid, signal.SIGSTOP)
+
+
+def continue_process(pid: int) -> bool:
+    """Undo :func:`stop_process`."""
+    if WINDOWS:
+        from vmwrapper.hostos import winproc
+
+        return winproc.resume(pid)
+    return _signal(pid, signal.SIGCONT)
+
+
+def _signal(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def end_with_this_process(pid: int) -> bool:
+    """Make ``pid`` end when this process ends, where the OS can (a Windows job object: the
+    client's ``TerminateProcess`` ends the wrapper with no chance to stop its VM). POSIX:
+    False; there a QEMU left by a killed wrapper is stopped by the next start in the slot."""
+    if WINDOWS:
+        from vmwrapper.hostos import winproc
+
+        return winproc.end_with_this_process(pid)
+    return False

@@ -34,6 +34,10 @@ def kernel32() -> Any:
         ("OpenProcess", [dword, bool_, dword], handle),
         ("WaitForSingleObject", [handle, dword], dword),
         ("TerminateProcess", [handle, ctypes.c_uint], bool_),
+        ("SetPriorityClass", [handle, dword], bool_),
+        ("CreateJobObjectW", [ctypes.c_void_p, wintypes.LPCWSTR], handle),
+        ("SetInformationJobObject", [handle, ctypes.c_int, ctypes.c_void_p, dword], bool_),
+        ("AssignProcessToJobObject", [handle, handle], bool_),
         (
             "CreateFileW",
             [wintypes.LPCWSTR, dword, dword, ctypes.c_void_p, dword, dword, handle],
@@ -42,6 +46,17 @@ def kernel32() -> Any:
     ):
         fn = getattr(dll, name)
         fn.argtypes, fn.restype = args, res
+    return dll
+
+
+@functools.cache
+def ntdll() -> Any:
+    """ntdll's process suspension (what Process Explorer's "Suspend" calls): every thread of
+    a process at once, which ``SuspendThread`` one by one cannot do atomically."""
+    dll = getattr(ctypes, "WinDLL")("ntdll")  # noqa: B009
+    for name in ("NtSuspendProcess", "NtResumeProcess"):
+        fn = getattr(dll, name)
+        fn.argtypes, fn.restype = [wintypes.HANDLE], ctypes.c_long
     return dll
 
 

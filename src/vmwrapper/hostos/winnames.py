@@ -87,6 +87,13 @@ def nice_of_priority_class(priority_class: int) -> int:
     return _NICE_OF_CLASS.get(priority_class, 0)
 
 
+def priority_class_of_nice(nice: int) -> int:
+    """The priority class nearest to a nice value (a tie goes to the lower priority); never
+    realtime, which would starve the host's own threads."""
+    classes = [c for c in _NICE_OF_CLASS if c != REALTIME_PRIORITY_CLASS]
+    return min(classes, key=lambda c: (abs(_NICE_OF_CLASS[c] - nice), -_NICE_OF_CLASS[c]))
+
+
 def priority_class(high_priority: bool) -> int:
     """The client's default priority class: a wrapper (or a job using less than a CPU, or a
     GPU job) runs below normal, everything else at idle priority."""

@@ -1,13 +1,16 @@
 """Windows processes as the client and the API handle them
 (docs/compatibility.md#how-the-windows-client-controls-an-app): liveness by handle (never
 ``os.kill(pid, 0)``, which terminates on Windows) and ``TerminateProcess`` with the client's
-exit codes."""
+exit codes; and the VM process's Windows side: its priority class, suspension for the CPU cap,
+and a job object that ends it with the wrapper."""
 
 from __future__ import annotations
 
-from typing import Final
+import ctypes
+from collections.abc import Callable
+from typing import Any, Final
 
-from vmwrapper.hostos._win32 import ERROR_ACCESS_DENIED, kernel32, last_error
+from vmwrapper.hostos._win32 import ERROR_ACCESS_DENIED, kernel32, last_error, ntdll
 
 SYNCHRONIZE: Final = 0x00100000
 PROCESS_TERMINATE: Final = 0x0001
@@ -46,3 +49,91 @@ def own_priority_class() -> int:
     """This process's priority class (``GetPriorityClass``)."""
     k32 = kernel32()
     return int(k32.GetPriorityClass(k32.GetCurrentProcess()))
+
+
+PROCESS_SET_INFORMATION: Final = 0x0200
+PROCESS_SUSPEND_RESUME: Final = 0x0800
+PROCESS_ALL_ACCESS: Final = 0x1F0FFF
+#: JOBOBJECT_EXTENDED_LIMIT_INFORMATION's class and its "kill the processes when the job's
+#: last handle closes" flag (winnt.h).
+JOB_OBJECT_EXTENDED_LIMIT_INFORMATION: Final = 9
+JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE: Final = 0x2000
+
+
+def _with_process(pid: int, access: int, action: Callable[[Any], object]) -> bool:
+    """Open ``pid`` with ``access`` and run ``action`` on the handle; False when it cannot be
+    opened (gone, or another user's) or the action reports failure."""
+    k32 = kernel32()
+    handle = k32.OpenProcess(access, False, pid)
+    if not handle:
+        return False
+    try:
+        return bool(action(handle))
+    finally:
+        k32.CloseHandle(handle)
+
+
+def set_priority_class(pid: int, priority_class: int) -> bool:
+    """``SetPriorityClass`` on ``pid``: Windows schedules by class, for all threads at once."""
+    return _with_process(
+        pid, PROCESS_SET_INFORMATION, lambda h: kernel32().SetPriorityClass(h, priority_class)
+    )
+
+
+def suspend(pid: int) -> bool:
+    """Stop every thread of ``pid`` (the duty-cycle CPU cap's SIGSTOP)."""
+    return _with_process(pid, PROCESS_SUSPEND_RESUME, lambda h: ntdll().NtSuspendProcess(h) == 0)
+
+
+def resume(pid: int) -> bool:
+    """Let ``pid`` run again (SIGCONT)."""
+    return _with_process(pid, PROCESS_SUSPEND_RESUME, lambda h: ntdll().NtResumeProcess(h) == 0)
+
+
+class _BasicLimits(ctypes.Structure):
+    _fields_ = [
+        ("PerProcessUserTimeLimit", ctypes.c_int64),
+        ("PerJobUserTimeLimit", ctypes.c_int64),
+        ("LimitFlags", ctypes.c_uint32),
+        ("MinimumWorkingSetSize", ctypes.c_size_t),
+        ("MaximumWorkingSetSize", ctypes.c_size_t),
+        ("ActiveProcessLimit", ctypes.c_uint32),
+        ("Affinity", ctypes.c_size_t),
+        ("PriorityClass", ctypes.c_uint32),
+        ("SchedulingClass", ctypes.c_uint32),
+    ]
+
+
+class _ExtendedLimits(ctypes.Structure):
+    _fields_ = [
+        ("BasicLimitInformation", _BasicLimits),
+        ("IoInfo", ctypes.c_uint64 * 6),
+        ("ProcessMemoryLimit", ctypes.c_size_t),
+        ("JobMemoryLimit", ctypes.c_size_t),
+        ("PeakProcessMemoryUsed", ctypes.c_size_t),
+        ("PeakJobMemoryUsed", ctypes.c_size_t),
+    ]
+
+
+#: The job objects made by :func:`end_with_this_process`, kept open for this process's life.
+_jobs: list[int] = []
+
+
+def end_with_this_process(pid: int) -> bool:
+    """Put ``pid`` into a job object that ends it when this process ends, however it ends
+    (the client's ``TerminateProcess`` included): Windows has no parent-death signal, and a
+    VM left running would hold the slot's disk files. The job's handle is never closed."""
+    k32 = kernel32()
+    job = k32.CreateJobObjectW(None, None)
+    if not job:
+        return False
+    limits = _ExtendedLimits()
+    limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+    ok = k32.SetInformationJobObject(
+        job, JOB_OBJECT_EXTENDED_LIMIT_INFORMATION, ctypes.byref(limits), ctypes.sizeof(limits)
+    ) and _with_process(pid, PROCESS_ALL_ACCESS, lambda h: k32.AssignProcessToJobObject(job, h))
+    if not ok:
+        k32.CloseHandle(job)
+        return False
+    _jobs.append(job)
+    return True

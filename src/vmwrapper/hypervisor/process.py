@@ -13,6 +13,8 @@ import os
 
 import psutil
 
+from vmwrapper import hostos
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +28,10 @@ def thread_ids(pid: int) -> tuple[int, ...]:
 
 def renice(pid: int, nice: int) -> bool:
     """Set every thread of ``pid`` to ``nice``. False when the OS refused any of them (raising
-    a priority needs privilege) or the process is gone; never raises."""
+    a priority needs privilege) or the process is gone; never raises. On Windows the whole
+    process gets the priority class nearest to ``nice``."""
+    if hostos.PRIORITY_CLASSES:
+        return hostos.set_priority_class(pid, nice)
     done = True
     for tid in thread_ids(pid):
         try:

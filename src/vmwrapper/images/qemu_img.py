@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmwrapper import hostos
 from vmwrapper.errors import ImageError
 from vmwrapper.images import disk
 from vmwrapper.images.mbr import read_partition_table
@@ -80,7 +81,12 @@ class QemuImg:
         argv = [self.binary, *args]
         try:
             with subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                creationflags=hostos.NO_CONSOLE_WINDOW,  # a console-less wrapper on Windows
             ) as proc:
                 self._tool = proc
                 try:

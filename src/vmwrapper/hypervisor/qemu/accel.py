@@ -8,6 +8,10 @@ before a deadline: SeaBIOS loads a 512-byte boot sector that writes to QEMU's
 ``isa-debug-exit`` port, so a working KVM ends QEMU with a known exit code within a second.
 Anything else means TCG. The answer is cached per QEMU binary for the process's lifetime.
 
+A host without ``/dev/kvm`` whose QEMU lists ``whpx`` (a Windows host) gets the same probe
+boot under WHPX, the Windows Hypervisor Platform: listed is not enough there either, WHPX
+fails to start when the Windows feature is off (docs/windows.md#the-qemu-back-end-on-windows).
+
 The decision helpers are pure; :func:`choose_accel` and :func:`probe_kvm_boot` touch the host.
 """
 
@@ -17,12 +21,15 @@ import enum
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmwrapper import hostos
 from vmwrapper.errors import BackendError, HostNotReady
+from vmwrapper.hostos.winnames import choose_windows_accel
 from vmwrapper.hypervisor.qemu.cmdline import Accel
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ class AccelSetting(enum.Enum):
 
     AUTO = "auto"
     KVM = "kvm"
+    WHPX = "whpx"
     TCG = "tcg"
 
 
@@ -72,13 +80,38 @@ def probe_boot_sector() -> bytes:
     return code + bytes(510 - len(code)) + b"\x55\xaa"
 
 
-def probe_argv(binary: str, accel: Accel, image: Path) -> list[str]:
+def probe_argv(binary: str, accel: Accel, image: Path, data_dir: Path | None = None) -> list[str]:
     return [
         binary, "-accel", accel.value, "-machine", "pc", "-m", "16", "-nodefaults",
         "-no-user-config", "-display", "none",
         "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04",
         "-drive", f"file={image},format=raw,if=ide,index=0",
+        *(["-L", str(data_dir)] if data_dir is not None else []),
     ]  # fmt: skip
+
+
+def listed_accelerators(help_text: str) -> frozenset[str]:
+    """The accelerators ``qemu-system-* -accel help`` lists (pure)."""
+    return frozenset(
+        line.strip()
+        for line in help_text.splitlines()
+        if line.strip() and ":" not in line and " " not in line.strip()
+    )
+
+
+#: A firmware file every x86 QEMU needs; its directory is what ``-L`` must name.
+BIOS_FILE = "bios-256k.bin"
+
+
+def bundled_data_dir(binary: str) -> Path | None:
+    """``share/qemu`` beside ``binary`` when the firmware is there (a QEMU unpacked on its
+    own, as the Windows builds are, does not look there by itself); None when it is not, as
+    for a distribution's QEMU, which knows its data directory."""
+    found = shutil.which(binary)
+    if found is None:
+        return None
+    data = Path(found).resolve().parent / "share" / "qemu"
+    return data if (data / BIOS_FILE).is_file() else None
 
 
 def probe_kvm_boot(binary: str, accel: Accel = Accel.KVM, timeout: float = 8.0) -> bool:
@@ -86,9 +119,16 @@ def probe_kvm_boot(binary: str, accel: Accel = Accel.KVM, timeout: float = 8.0) 
     with tempfile.TemporaryDirectory(prefix="vmwrapper-kvmprobe-") as tmp:
         image = Path(tmp) / "probe.img"
         image.write_bytes(probe_boot_sector())
-        argv = probe_argv(binary, accel, image)
+        argv = probe_argv(binary, accel, image, bundled_data_dir(binary))
         try:
-            done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+                creationflags=hostos.NO_CONSOLE_WINDOW,
+            )
         except subprocess.TimeoutExpired:
             log.info("%s probe boot did not finish within %.0f s", accel.value, timeout)
             return False
@@ -156,7 +196,8 @@ def accel_setting(accel: AccelSetting | str | None) -> AccelSetting:
         return AccelSetting(value)
     except ValueError:
         raise BackendError(
-            f"acceleration {value!r} is not one of auto, kvm, tcg (fix: --accel or ${ACCEL_ENV})"
+            f"acceleration {value!r} is not one of auto, kvm, whpx, tcg "
+            f"(fix: --accel or ${ACCEL_ENV})"
         ) from None
 
 
@@ -170,10 +211,10 @@ def choose_accel(
     if setting is AccelSetting.AUTO and key in _cache:
         return _cache[key]
     choice = _probe(arch, binary, probe_timeout)
-    if setting is AccelSetting.KVM:
-        if choice.accel is not Accel.KVM:
+    if setting is not AccelSetting.AUTO:
+        if choice.accel.value != setting.value:
             raise HostNotReady(
-                f"KVM was forced but is not usable here ({choice.reason}); "
+                f"{setting.value.upper()} was forced but is not usable here ({choice.reason}); "
                 "use --accel auto or tcg, or enable VT-x/AMD-V"
             )
         return choice
@@ -188,6 +229,8 @@ def _probe(arch: str, binary: str, probe_timeout: float) -> AccelChoice:
     if not same_arch:
         return AccelChoice(Accel.TCG, f"guest {arch} on host {host}")
     if not _kvm_device_usable():
+        if arch == "x86_64" and "whpx" in _accelerators(binary):
+            return _probe_whpx(binary, probe_timeout)
         return AccelChoice(Accel.TCG, "/dev/kvm missing or not accessible")
     if arch != "x86_64":
         return AccelChoice(Accel.KVM, "/dev/kvm usable (no boot probe for this arch)")
@@ -196,3 +239,26 @@ def _probe(arch: str, binary: str, probe_timeout: float) -> AccelChoice:
     if not probe_kvm_boot(binary, Accel.KVM, probe_timeout):
         return AccelChoice(Accel.TCG, "KVM probe boot failed or timed out")
     return AccelChoice(Accel.KVM, "KVM probe boot succeeded")
+
+
+def _accelerators(binary: str) -> frozenset[str]:
+    try:
+        done = subprocess.run(
+            [binary, "-accel", "help"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            creationflags=hostos.NO_CONSOLE_WINDOW,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    return listed_accelerators(done.stdout)
+
+
+def _probe_whpx(binary: str, probe_timeout: float) -> AccelChoice:
+    windows = choose_windows_accel(
+        whpx_listed=True, whpx_boots=probe_kvm_boot(binary, Accel.WHPX, probe_timeout)
+    )
+    return AccelChoice(Accel(windows.name), windows.reason)

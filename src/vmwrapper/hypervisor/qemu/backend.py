@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from vmwrapper import hostos
 from vmwrapper.errors import (
     BackendError,
     CheckpointError,
@@ -44,6 +45,7 @@ from vmwrapper.hypervisor.qemu.accel import (
     AccelSetting,
     accel_setting,
     accept_software_emulation,
+    bundled_data_dir,
     choose_accel,
 )
 from vmwrapper.hypervisor.qemu.cmdline import (
@@ -184,7 +186,7 @@ class QemuBackend:
             raise VmStartError(f"VM {self.config.name} is already running (pid {self.pid()})")
         if not self.exists():
             self.create()
-        self._process.stop_stale(self.files.pidfile, str(self.files.qmp_socket))
+        self._process.stop_stale(self.files.pidfile, str(self.files.pidfile))
         existing = self.checkpoints()
         self._saved_state_present = SAVED_STATE_TAG in existing
         loadvm = restore
@@ -256,6 +258,8 @@ class QemuBackend:
             vnc_port=ports.vnc,
             loadvm=loadvm,
             share_service_port=self._shares.port(),  # resolves "auto" first
+            qmp_port=self._qmp_port(),
+            data_dir=bundled_data_dir(self.binary),
             incoming=incoming,
         )
         if self._shares.shares != self.config.shares:  # "auto" resolved
@@ -264,6 +268,14 @@ class QemuBackend:
         self._spawn()
         self._live.launched()
         self._connect_qmp(loadvm)
+
+    def _qmp_port(self) -> int | None:
+        """Without Unix sockets (Windows), QMP on a loopback port picked for this start."""
+        if hostos.UNIX_SOCKETS:
+            return None
+        port = self.port_picker()
+        self._channel.socket = ("127.0.0.1", port)
+        return port
 
     def _spawn(self) -> None:
         self.files.qmp_socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ remote desktop          VNC on 127.0.0.1 with ``password=on`` (the password is s
 guest panic             ``pvpanic`` + ``-action panic=exit-failure`` (QEMU exits 1, not 0)
 reboot                  ``-no-reboot``: a reboot request ends the VM
 console                 the first serial port to a file in the slot (the guest log)
+QMP                     a Unix socket in the slot; TCP on 127.0.0.1 where there is none (Windows)
 ======================  =====================================================================
 
 Architectures come from :data:`ARCHES` (x86_64 first; aarch64 is in the table with its
@@ -54,6 +55,7 @@ class Accel(enum.Enum):
     """How QEMU runs guest code."""
 
     KVM = "kvm"
+    WHPX = "whpx"  # Windows Hypervisor Platform (docs/windows.md#the-qemu-back-end-on-windows)
     TCG = "tcg"
 
 
@@ -135,6 +137,8 @@ class QemuOptions:
     vnc_port: int | None = None
     loadvm: str | None = None
     share_service_port: int | None = None  # the file service of a "serial" share
+    qmp_port: int | None = None  # QMP on 127.0.0.1:port instead of qmp_socket (Windows)
+    data_dir: Path | None = None  # -L: firmware beside a QEMU that does not look there itself
     incoming: bool = False  # wait for a migration stream (a live checkpoint's RAM) over QMP
 
 
@@ -191,13 +195,21 @@ def _machine_args(config: VmConfig, options: QemuOptions, arch: ArchProfile) -> 
     ]  # fmt: skip
     if arch.firmware:
         args += ["-bios", arch.firmware]
+    if options.data_dir is not None:
+        args += ["-L", str(options.data_dir)]
     return args
 
 
 def _control_args(config: VmConfig, options: QemuOptions) -> list[str]:
-    """QMP socket, serial console file, pidfile: the back end's handles on the VM."""
+    """QMP socket, serial console file, pidfile: the back end's handles on the VM. QMP on TCP
+    listens on loopback only: it controls the VM."""
+    where = (
+        f"host=127.0.0.1,port={options.qmp_port}"
+        if options.qmp_port is not None
+        else f"path={opt(options.qmp_socket)}"
+    )
     return [
-        "-chardev", f"socket,id={QMP_ID},path={opt(options.qmp_socket)},server=on,wait=off",
+        "-chardev", f"socket,id={QMP_ID},{where},server=on,wait=off",
         "-mon", f"chardev={QMP_ID},mode=control",
         "-chardev", f"file,id={CONSOLE_ID},path={opt(options.console_path)},append=on",
         "-serial", f"chardev:{CONSOLE_ID}",

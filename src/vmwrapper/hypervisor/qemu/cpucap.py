@@ -1,16 +1,16 @@
 """The CPU cap of a QEMU process: a cgroup's CFS bandwidth where one can be made, else a
-SIGSTOP/SIGCONT duty cycle in a small thread."""
+SIGSTOP/SIGCONT duty cycle in a small thread (on Windows: NtSuspendProcess/NtResumeProcess,
+through ``hostos``)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from vmwrapper import hostos
 from vmwrapper.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -116,23 +116,16 @@ class DutyCycleCpuCap(CpuCap):
                 self._stop.wait(self.period)
                 continue
             with self._lock:
-                if not self._signal(signal.SIGSTOP):
+                if not hostos.stop_process(self.pid):
                     return
                 self._stop.wait(self.period * (100 - percent) / 100)
-                self._signal(signal.SIGCONT)
+                hostos.continue_process(self.pid)
             self._stop.wait(self.period * percent / 100)
-
-    def _signal(self, sig: signal.Signals) -> bool:
-        try:
-            os.kill(self.pid, sig)
-        except ProcessLookupError:
-            return False
-        return True
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        self._signal(signal.SIGCONT)
+        hostos.continue_process(self.pid)
 
 
 def make_cpu_cap(

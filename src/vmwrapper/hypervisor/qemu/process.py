@@ -1,6 +1,8 @@
 """The QEMU process: spawn, reap (exit status and CPU time from rusage), kill, and a QEMU
 left running by a killed wrapper. Its lifecycle is a :class:`Runstate` with a guard, after
-``qemu.qmp``'s ``Runstate``; every wait uses the injected clock and sleep."""
+``qemu.qmp``'s ``Runstate``; every wait uses the injected clock and sleep. On Windows
+(docs/windows.md#the-qemu-back-end-on-windows): no console window, a job object that ends
+QEMU with the wrapper, and the CPU time last read while it ran (Windows keeps no rusage)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import contextlib
 import enum
 import logging
 import os
-import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from vmwrapper import hostos
 from vmwrapper.errors import BackendError, VmStartError
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class QemuProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._state = Runstate.IDLE
         self.exit: Exit | None = None
+        self._cpu_seen = 0.0  # the last CPU time read while QEMU ran (Windows has no rusage)
 
     @property
     def runstate(self) -> Runstate:
@@ -79,10 +82,13 @@ class QemuProcess:
                     stdout=err,
                     stderr=err,
                     start_new_session=True,  # a Ctrl-C for the wrapper is not one for QEMU
+                    creationflags=hostos.NO_CONSOLE_WINDOW,
                 )
             except OSError as exc:
                 raise VmStartError(f"cannot run QEMU: {exc}", argv=argv) from exc
+        hostos.end_with_this_process(proc.pid)
         self._proc, self.exit, self._state = proc, None, Runstate.RUNNING
+        self._cpu_seen = 0.0
 
     def forget(self) -> None:
         """Back to IDLE (the back end cleaned up)."""
@@ -95,15 +101,10 @@ class QemuProcess:
             return
         deadline = self.clock() + wait
         while True:
-            try:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status, usage = proc.pid, 0, None
-            if pid:
-                code = os.waitstatus_to_exitcode(status)
-                proc.returncode = code  # Popen must not wait for it again
-                cpu = usage.ru_utime + usage.ru_stime if usage else 0.0
-                self.exit = Exit(code, cpu)
+            done = _collect(proc)
+            if done is not None:
+                code, cpu = done
+                self.exit = Exit(code, self._cpu_seen if cpu is None else cpu)
                 self._state = Runstate.EXITED
                 self._on_exit(self.exit)
                 return
@@ -127,7 +128,7 @@ class QemuProcess:
         if self.alive():
             assert self._proc is not None
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, signal.SIGKILL)
+                self._proc.kill()  # SIGKILL; TerminateProcess on Windows
             self.reap(wait=10.0)
 
     def wait_exit(self, timeout: float) -> bool:
@@ -141,7 +142,8 @@ class QemuProcess:
             try:
                 times = psutil.Process(self._proc.pid).cpu_times()
                 # QEMU forks no helpers; children() would read all of /proc
-                return float(times.user + times.system)
+                self._cpu_seen = float(times.user + times.system)
+                return self._cpu_seen
             except psutil.Error:
                 self.reap(wait=1.0)
         return self.exit.cpu_time if self.exit else 0.0
@@ -166,3 +168,20 @@ class QemuProcess:
                     self.sleep(POLL)
                     continue
             break
+
+
+def _collect(proc: subprocess.Popen[bytes]) -> tuple[int, float | None] | None:
+    """QEMU's exit code and CPU time (None where the OS keeps no rusage for a child: Windows)
+    once it has exited, else None."""
+    if not hasattr(os, "wait4"):
+        code = proc.poll()
+        return None if code is None else (code, None)
+    try:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        pid, status, usage = proc.pid, 0, None
+    if not pid:
+        return None
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code  # Popen must not wait for it again
+    return code, (usage.ru_utime + usage.ru_stime if usage else 0.0)

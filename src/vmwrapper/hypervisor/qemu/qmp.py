@@ -11,11 +11,15 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from qemu.qmp import ExecuteError, QMPClient
 
 from vmwrapper.errors import BackendError
+
+#: Where QMP listens: a Unix socket, or (host, port) on TCP loopback where the host has no
+#: Unix socket that QEMU and asyncio share (Windows).
+QmpAddress: TypeAlias = Path | tuple[str, int]
 
 
 class Qmp:
@@ -34,7 +38,7 @@ class Qmp:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
-    def connect(self, path: Path, timeout: float, *, quiet: bool = False) -> None:
+    def connect(self, address: QmpAddress, timeout: float, *, quiet: bool = False) -> None:
         """Connect to QEMU's QMP socket; ``quiet``: a refusal is expected (QEMU starting)."""
         client = QMPClient("vmwrapper")
         qmp_log = logging.getLogger("qemu.qmp")
@@ -42,9 +46,11 @@ class Qmp:
         if quiet:  # qemu.qmp logs a refused connect as an ERROR; we retry it instead
             qmp_log.setLevel(logging.CRITICAL)
         try:
-            self._run(client.connect(str(path)), timeout)
+            self._run(
+                client.connect(address if isinstance(address, tuple) else str(address)), timeout
+            )
         except (Exception, asyncio.CancelledError) as exc:
-            raise BackendError(f"cannot connect to QMP at {path}: {exc}") from exc
+            raise BackendError(f"cannot connect to QMP at {address}: {exc}") from exc
         finally:
             qmp_log.setLevel(level)
         self._client = client
@@ -92,7 +98,7 @@ class QmpChannel:
     def __init__(
         self,
         qmp: Qmp,
-        socket: Path,
+        socket: QmpAddress,
         timeout: float,
         *,
         vm_name: str,
@@ -139,7 +145,7 @@ class QmpChannel:
         while clock() < deadline:
             if not self._alive():
                 raise ProcessLookupError("QEMU exited during start")
-            if self.socket.exists():
+            if not isinstance(self.socket, Path) or self.socket.exists():
                 try:
                     self.qmp.connect(self.socket, self.timeout, quiet=True)
                     return

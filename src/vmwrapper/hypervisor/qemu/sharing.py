@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
+from vmwrapper import hostos
 from vmwrapper.errors import VmStartError
 from vmwrapper.hypervisor.base import Share
 from vmwrapper.hypervisor.qemu.shareport import (
@@ -53,8 +54,9 @@ class ShareTransports:
             help_text = subprocess.run(
                 [self.binary, "-device", "help"],
                 capture_output=True, text=True, timeout=60, check=False,
+                stdin=subprocess.DEVNULL, creationflags=hostos.NO_CONSOLE_WINDOW,
             ).stdout  # fmt: skip
-        except OSError as exc:
+        except (OSError, subprocess.TimeoutExpired) as exc:
             raise VmStartError(f"cannot run {self.binary}: {exc}") from exc
         self.shares = shares = resolve_transports(self.shares, has_virtio_9p(help_text))
         log.info(

@@ -5,7 +5,8 @@ Files in the slot (all removed by ``QemuBackend.cleanup``)::
     vm_disk.qcow2     overlay over vm_image.vdi or the multiattach parent; holds the snapshots
     vm_cache.qcow2    overlay over vm_cache.vdi (ISO contextualization with a cache disk)
     vm_state.qcow2    ISO mode without disks: a node the guest never sees, holds the VM state
-    qemu-qmp.sock     the QMP socket (a short path under $TMPDIR if the slot path is too long)
+    qemu-qmp.sock     the QMP socket (a short path under $TMPDIR if the slot path is too long;
+                      none on Windows, where QMP is on TCP loopback)
     qemu-console.log  the guest's first serial port (appended across restarts)
     qemu-stderr.log   QEMU's own messages (host out-of-memory, start errors)
     qemu.pid          QEMU's pidfile: a QEMU left by a killed wrapper is found and stopped
@@ -21,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmwrapper import hostos
 from vmwrapper.hypervisor.base import SCREENSHOT_FILE
 from vmwrapper.hypervisor.qemu.console import ConsoleLines
 from vmwrapper.hypervisor.text import whole_lines_tail
@@ -43,7 +45,8 @@ class SlotFiles:
     @classmethod
     def for_slot(cls, slot: Path) -> SlotFiles:
         qmp = slot / "qemu-qmp.sock"
-        if len(str(qmp)) > _UNIX_PATH_MAX:  # a Unix socket path must fit in sun_path
+        # a Unix socket path must fit in sun_path (without Unix sockets QMP is on TCP)
+        if hostos.UNIX_SOCKETS and len(str(qmp)) > _UNIX_PATH_MAX:
             digest = hashlib.sha256(str(slot).encode()).hexdigest()[:16]
             qmp = Path(tempfile.gettempdir()) / f"vmwrapper-{os.getuid()}" / f"{digest}.qmp"
         return cls(
