@@ -171,8 +171,10 @@ def wrapper_procs(slot: Path) -> list[psutil.Process]:
 
 
 def qemu_procs(slot: Path) -> list[psutil.Process]:
-    return _procs(slot, lambda p, cmd: "qemu-system" in (p.info["name"] or "") or
-                  cmd.startswith("qemu-system"))  # fmt: skip
+    """The slot's VM: a QEMU with a pidfile (the back end also runs QEMU briefly in the slot
+    to ask what it has, ``-device help`` and the like; those are not the VM)."""
+    return _procs(slot, lambda p, cmd: ("qemu-system" in (p.info["name"] or "") or
+                  cmd.startswith("qemu-system")) and "-pidfile" in cmd)  # fmt: skip
 
 
 def _kill(procs: list[psutil.Process]) -> list[int]:
