@@ -147,6 +147,17 @@ def events(slot: Path, name: str | None = None) -> list[dict[str, object]]:
     return [e for e in records if name is None or e.get("event") == name]
 
 
+def this_run(slot: Path, name: str) -> list[dict[str, object]]:
+    """The records named ``name`` since the last ``wrapper_start`` (the run going on)."""
+    found: list[dict[str, object]] = []
+    for record in events(slot):
+        if record.get("event") == "wrapper_start":
+            found = []
+        elif record.get("event") == name:
+            found.append(record)
+    return found
+
+
 # -- processes of a slot ---------------------------------------------------------------------
 
 
@@ -313,11 +324,11 @@ class PhaseKiller:
         )
 
     def _wait_phase(self, phase: Phase, episode: int) -> bool:
-        started = len(events(self.slot, "vm_started"))
-        checkpoints = len(events(self.slot, "checkpoint"))
+        # counted from this run's wrapper_start, not from when this thread looked: a restore
+        # can start the VM before a busy host lets this thread see the new run
         last_written = -1
         while not self._stop.is_set():
-            now_started = len(events(self.slot, "vm_started")) > started
+            now_started = bool(this_run(self.slot, "vm_started"))
             if phase is Phase.CREATING and (now_started or _creating(self.slot)):
                 return True  # mid-conversion of the image or making the overlay (else late)
             if phase is Phase.BOOTING and now_started and qemu_procs(self.slot):
@@ -326,7 +337,7 @@ class PhaseKiller:
                 phase is Phase.RUNNING
                 and now_started
                 and _steps(self.slot) >= 3
-                and (len(events(self.slot, "checkpoint")) > checkpoints)
+                and this_run(self.slot, "checkpoint")
             ):
                 return True
             # once the app counts: on a busy host this thread may look seldom, and a boot's
