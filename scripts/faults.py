@@ -43,6 +43,7 @@ from helpers.fault_fixtures import (  # noqa: E402
     COUNTING_JOB,
     EXPECTED_OUTPUT,
     RESUMABLE_APP,
+    SNAPSHOT_BURST,
     events,
     kill_qemu,
     kill_wrapper,
@@ -52,6 +53,7 @@ from helpers.fault_fixtures import (  # noqa: E402
     qemu_written,
     run,
     wait_for,
+    wait_next_run,
     wrapper_procs,
 )
 from helpers.image_fixtures import guest_image  # noqa: E402
@@ -118,18 +120,17 @@ class RandomKiller:
     def _run(self) -> None:
         handled = 0
         for _ in range(self.count):
-            while not self._stop.is_set() and (
-                len(events(self.slot, "wrapper_start")) <= handled or not wrapper_procs(self.slot)
-            ):
-                time.sleep(0.01)
-            handled = len(events(self.slot, "wrapper_start"))
+            runs = wait_next_run(self.slot, handled, self._stop)
+            if runs is None:
+                return
+            handled = runs
             delay = self.rng.uniform(0.0, 40.0)
             if self._stop.wait(delay):
                 return
             phase = phase_of(self.slot)
             written = qemu_written(self.slot)
             time.sleep(0.005)
-            if qemu_written(self.slot) - written > 512 * 1024:
+            if qemu_written(self.slot) - written > SNAPSHOT_BURST:
                 phase += " (mid-snapshot)"
             with_qemu = self.rng.random() < self.qemu_too
             if not kill_wrapper(self.slot):

@@ -158,6 +158,17 @@ def this_run(slot: Path, name: str) -> list[dict[str, object]]:
     return found
 
 
+def wait_next_run(slot: Path, handled: int, stop: threading.Event) -> int | None:
+    """Wait for a wrapper run after the first ``handled`` ones (the previous one is dead):
+    how many runs there are then, or None when ``stop`` was set first."""
+    while not stop.is_set():
+        runs = len(events(slot, "wrapper_start"))
+        if runs > handled and wrapper_procs(slot):
+            return runs
+        time.sleep(0.005)
+    return None
+
+
 # -- processes of a slot ---------------------------------------------------------------------
 
 
@@ -290,20 +301,13 @@ class PhaseKiller:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def _runs(self) -> int:
-        return len(events(self.slot, "wrapper_start"))
-
     def _watch(self) -> None:
         handled = 0  # wrapper runs already seen
         for phase in self.phases:
-            # wait for the next wrapper run (the previous one is dead)
-            while not self._stop.is_set() and (
-                self._runs() <= handled or not wrapper_procs(self.slot)
-            ):
-                time.sleep(0.005)
-            if self._stop.is_set():
+            runs = wait_next_run(self.slot, handled, self._stop)
+            if runs is None:
                 return
-            episode = handled = self._runs()
+            episode = handled = runs
             if not self._wait_phase(phase, episode):
                 return
             detail = self._state()
