@@ -215,8 +215,9 @@ VM_JOB_XML = """<vbox_job>
 """
 #: The guest app: one-second steps, a tick counter and the fraction done for the host; `starts`
 #: gets a line each time the app starts, so a job resumed from a snapshot shows one start and a
-#: job that booted afresh shows two.
-VM_STEPS = 30
+#: job that booted afresh shows two. A minute: the client's shutdown must come while it runs,
+#: after a checkpoint that a 15 s interval and a slow TCG boot can put half a minute in.
+VM_STEPS = 60
 VM_APP = f"""#!/bin/sh
 # runs in the guest, in /root/shared
 echo started >> starts

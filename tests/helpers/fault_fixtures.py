@@ -50,16 +50,21 @@ COUNTING_JOB = f"""<vbox_job>
 </vbox_job>
 """
 
-# Runs in the guest in /root/shared. It starts counting after the lines already in `result`:
-# restored from a snapshot it continues from memory, rebooted it continues from the file the
-# guest pulled from the host. Either way the output is the same as an uninterrupted run.
-RESUMABLE_APP = f"""#!/bin/sh
+
+def resumable_app(steps: int = STEPS) -> str:
+    """A guest app that counts to ``steps``, a second a step, run in the guest in /root/shared.
+
+    It starts counting after the lines already in `result`: restored from a snapshot it
+    continues from memory, rebooted it continues from the file the guest pulled from the host.
+    Either way the output is the same as an uninterrupted run (:func:`expected_output`).
+    """
+    return f"""#!/bin/sh
 i=$(grep -c '^step ' result 2>/dev/null)
 i=${{i:-0}}
-while [ $i -lt {STEPS} ]; do
+while [ $i -lt {steps} ]; do
   i=$((i+1))
   echo "step $i" >> result
-  echo "$i" | awk '{{ print $1 / {STEPS} }}' > progress
+  echo "$i" | awk '{{ print $1 / {steps} }}' > progress
   sleep 1
 done
 sleep 2
@@ -67,9 +72,16 @@ printf '0\\n0\\nCounted to %s.\\n' "$i" > done
 sleep 600
 """
 
+
+def expected_output(steps: int = STEPS) -> str:
+    """What an uninterrupted run of :func:`resumable_app` writes."""
+    return "".join(f"step {i}\n" for i in range(1, steps + 1))
+
+
+RESUMABLE_APP = resumable_app()
 #: What an uninterrupted run of RESUMABLE_APP writes (tests/system/test_load.py runs it
 #: four times uninterrupted and checks it; the fault tests compare against it).
-EXPECTED_OUTPUT = "".join(f"step {i}\n" for i in range(1, STEPS + 1))
+EXPECTED_OUTPUT = expected_output()
 
 
 def package_app(

@@ -203,3 +203,51 @@ def test_advisory_locks_exclude_each_other(tmp_path: Path) -> None:
         locks.lock(second.fileno())
         assert not locks.try_lock(first.fileno())
         locks.unlock(second.fileno())
+
+
+# -- starting a program: a transient CreateProcess failure is tried again ----------------------
+
+
+def _failing_start(failures: list[int | None]) -> Callable[[], str]:
+    """A start that raises OSError with each of ``failures``' winerror in turn, then succeeds."""
+
+    def start() -> str:
+        if failures:
+            exc = OSError("CreateProcess failed")
+            exc.winerror = failures.pop(0)  # type: ignore[attr-defined]  # as on Windows
+            raise exc
+        return "started"
+
+    return start
+
+
+def test_a_transient_start_failure_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostos, "SPAWN_RETRY_WAIT", 0.001)
+    failures: list[int | None] = [1359, 1359]  # Wine's ERROR_INTERNAL_ERROR, twice
+    assert hostos._retry_start(_failing_start(failures)) == "started"
+    assert failures == []
+
+
+def test_a_start_that_keeps_failing_raises_after_the_last_try(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hostos, "SPAWN_RETRY_WAIT", 0.001)
+    failures: list[int | None] = [1359] * hostos.SPAWN_TRIES
+    with pytest.raises(OSError, match="CreateProcess failed"):
+        hostos._retry_start(_failing_start(failures))
+    assert failures == []  # every try was made
+
+
+@pytest.mark.parametrize("winerror", [None, 2, 5])  # POSIX; file not found; access denied
+def test_other_start_failures_are_not_retried(winerror: int | None) -> None:
+    failures: list[int | None] = [winerror, None]
+    with pytest.raises(OSError):
+        hostos._retry_start(_failing_start(failures))
+    assert len(failures) == 1  # one try only
+
+
+def test_spawn_and_run_program_start_a_real_program() -> None:
+    done = hostos.run_program([sys.executable, "-c", "print('hi')"], capture_output=True)
+    assert done.returncode == 0 and done.stdout.strip() == b"hi"
+    with hostos.spawn([sys.executable, "-c", "raise SystemExit(3)"]) as proc:
+        assert proc.wait(timeout=30) == 3

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.fault_fixtures import COUNTING_JOB, EXPECTED_OUTPUT, RESUMABLE_APP, events
+from helpers.fault_fixtures import COUNTING_JOB, events, expected_output, resumable_app
 from helpers.wine_fixtures import Toolchain, make_client_slot, run_client
 from vmwrapper.boinc import files
 
@@ -24,6 +24,9 @@ pytestmark = pytest.mark.system
 #: The fault tests' counting job, without a saved state: a quit powers the VM off, so the
 #: next episode has only the checkpoint to resume from.
 JOB = COUNTING_JOB.replace("  <enable_vm_savestate_usage/>\n", "")
+#: The count: long enough that the quit after the first checkpoint (every 10 s, each one
+#: pausing the guest for seconds under Wine) comes well before its end.
+STEPS = 30
 #: s per episode: a TCG boot under Wine on a busy 2-core host, the count, a checkpoint.
 DEADLINE = 300
 
@@ -36,7 +39,7 @@ def test_a_vm_job_checkpoints_quits_and_resumes_under_windows_qemu(
     # Wine, and a share transfer in flight then has to wait for it
     slot = make_client_slot(tmp_path, JOB, checkpoint_period=10)
     shutil.copyfile(default_guest_image, slot / "vm_image.vdi")
-    (slot / "shared" / "boinc_app").write_text(RESUMABLE_APP)
+    (slot / "shared" / "boinc_app").write_text(resumable_app(STEPS))
     qemu_on_path = [wine_toolchain.qemu]
 
     first = run_client(
@@ -56,7 +59,7 @@ def test_a_vm_job_checkpoints_quits_and_resumes_under_windows_qemu(
     assert "shared directory transport: shared serial" in stderr  # no 9p in this QEMU
     assert events(slot, "checkpoint"), stderr[-3000:]
     counted_before_quit = (slot / "shared" / "result").read_text().count("step")
-    assert 0 < counted_before_quit < len(EXPECTED_OUTPUT.splitlines())
+    assert 0 < counted_before_quit < STEPS
 
     second = run_client(
         wine_toolchain,
@@ -70,7 +73,7 @@ def test_a_vm_job_checkpoints_quits_and_resumes_under_windows_qemu(
     assert second["exit_code"] == 0, second["client_output"] + stderr[-3000:]
     finish = files.read_finish_file(slot)
     assert finish is not None and finish.status == 0, stderr[-3000:]
-    assert finish.message.strip() == "Counted to 10."
+    assert finish.message.strip() == f"Counted to {STEPS}."
     # the second episode restored the checkpoint (a snapshot name), it did not boot afresh
     assert str(events(slot, "vm_started")[-1]["snapshot"]).startswith("boinc_"), stderr[-3000:]
-    assert (slot / "shared" / "result").read_text() == EXPECTED_OUTPUT
+    assert (slot / "shared" / "result").read_text() == expected_output(STEPS)

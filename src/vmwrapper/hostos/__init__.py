@@ -14,6 +14,8 @@
   (nice values per thread on POSIX are the caller's; Windows has priority classes),
   :func:`stop_process`/:func:`continue_process` (SIGSTOP/SIGCONT, or NtSuspendProcess) and
   :func:`end_with_this_process` (a Windows job object).
+* :func:`spawn` and :func:`run_program`: start a console program with no window of its own,
+  trying again when Windows' ``CreateProcess`` fails for a reason a retry gets past.
 * :func:`redirect_stderr`: the Windows client starts an app without standard handles and the
   BOINC API's diagnostics open ``stderr.txt`` themselves; the POSIX client redirects it for us.
 * :mod:`~vmwrapper.hostos.locks`: the BOINC lock file and our own advisory locks.
@@ -29,8 +31,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
+
+T = TypeVar("T")
 
 #: True on a Windows host (the frozen vmwrapper.exe, or Windows Python under Wine in tests).
 WINDOWS: Final = sys.platform == "win32"
@@ -47,6 +53,12 @@ NONBLOCK: Final[int] = getattr(os, "O_NONBLOCK", 0)
 UNIX_SOCKETS: Final = not WINDOWS
 #: ``creationflags`` for a console program the wrapper starts (QEMU): no window of its own.
 NO_CONSOLE_WINDOW: Final[int] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+#: ``CreateProcess`` failures that a second try gets past: ERROR_INTERNAL_ERROR (1359), seen
+#: under Wine about once in twenty VM jobs when ``qemu-img`` was started (docs/windows.md).
+TRANSIENT_SPAWN_ERRORS: Final = frozenset({1359})
+#: Tries of a start that fails that way, and the wait before the second (doubled after).
+SPAWN_TRIES: Final = 3
+SPAWN_RETRY_WAIT: Final = 0.2
 #: Windows schedules a process by its priority class, not by a nice value per thread.
 PRIORITY_CLASSES: Final = WINDOWS
 
@@ -139,3 +151,29 @@ def end_with_this_process(pid: int) -> bool:
 
         return winproc.end_with_this_process(pid)
     return False
+
+
+def spawn(argv: Sequence[str], **popen_args: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen(argv, **popen_args)`` for a console program the wrapper starts
+    (qemu-img, QEMU): no console window on Windows, and a transient start failure retried."""
+    popen_args.setdefault("creationflags", NO_CONSOLE_WINDOW)
+    return _retry_start(lambda: subprocess.Popen(argv, **popen_args))
+
+
+def run_program(argv: Sequence[str], **run_args: Any) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run`` as :func:`spawn` starts a program."""
+    run_args.setdefault("creationflags", NO_CONSOLE_WINDOW)
+    return _retry_start(lambda: subprocess.run(argv, **run_args))
+
+
+def _retry_start(start: Callable[[], T]) -> T:
+    wait = SPAWN_RETRY_WAIT
+    for _ in range(SPAWN_TRIES - 1):
+        try:
+            return start()
+        except OSError as exc:
+            if getattr(exc, "winerror", None) not in TRANSIENT_SPAWN_ERRORS:
+                raise
+        time.sleep(wait)
+        wait *= 2
+    return start()

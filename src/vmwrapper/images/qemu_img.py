@@ -79,14 +79,15 @@ class QemuImg:
     def run(self, *args: str, timeout: float = 120.0) -> str:
         """Its stdout; :class:`QemuImgFailed` when it fails, times out or is cancelled."""
         argv = [self.binary, *args]
+        out: str  # text=True
+        err: str
         try:
-            with subprocess.Popen(
+            with hostos.spawn(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                creationflags=hostos.NO_CONSOLE_WINDOW,  # a console-less wrapper on Windows
             ) as proc:
                 self._tool = proc
                 try:

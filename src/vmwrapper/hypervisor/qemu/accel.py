@@ -121,13 +121,12 @@ def probe_kvm_boot(binary: str, accel: Accel = Accel.KVM, timeout: float = 8.0) 
         image.write_bytes(probe_boot_sector())
         argv = probe_argv(binary, accel, image, bundled_data_dir(binary))
         try:
-            done = subprocess.run(
+            done = hostos.run_program(
                 argv,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=timeout,
                 check=False,
-                creationflags=hostos.NO_CONSOLE_WINDOW,
             )
         except subprocess.TimeoutExpired:
             log.info("%s probe boot did not finish within %.0f s", accel.value, timeout)
@@ -243,14 +242,13 @@ def _probe(arch: str, binary: str, probe_timeout: float) -> AccelChoice:
 
 def _accelerators(binary: str) -> frozenset[str]:
     try:
-        done = subprocess.run(
+        done = hostos.run_program(
             [binary, "-accel", "help"],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=30,
             check=False,
-            creationflags=hostos.NO_CONSOLE_WINDOW,
         )
     except (OSError, subprocess.TimeoutExpired):
         return frozenset()

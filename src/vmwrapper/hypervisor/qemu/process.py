@@ -75,14 +75,13 @@ class QemuProcess:
         self._require(Runstate.IDLE, Runstate.EXITED, what="start QEMU")
         with stderr.open("ab") as err:
             try:
-                proc = subprocess.Popen(
+                proc = hostos.spawn(
                     argv,
                     cwd=cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=err,
                     stderr=err,
                     start_new_session=True,  # a Ctrl-C for the wrapper is not one for QEMU
-                    creationflags=hostos.NO_CONSOLE_WINDOW,
                 )
             except OSError as exc:
                 raise VmStartError(f"cannot run QEMU: {exc}", argv=argv) from exc

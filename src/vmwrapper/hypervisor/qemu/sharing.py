@@ -53,10 +53,10 @@ class ShareTransports:
         if not any(s.transport not in ("9p", "serial") for s in self.shares):
             return
         try:
-            help_text = subprocess.run(
+            help_text = hostos.run_program(
                 [self.binary, "-device", "help"],
                 capture_output=True, text=True, timeout=60, check=False,
-                stdin=subprocess.DEVNULL, creationflags=hostos.NO_CONSOLE_WINDOW,
+                stdin=subprocess.DEVNULL,
             ).stdout  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise VmStartError(f"cannot run {self.binary}: {exc}") from exc
