@@ -68,3 +68,16 @@ def test_vboxmanage_from_the_registry_install_dir(
         wine_toolchain.run(["reg", "delete", VBOX_KEY, "/f"], 60)
     assert facts["executable"] == win_dir + "VBoxManage.exe"
     assert facts["path"].startswith(windows_path(install) + ";")  # first on PATH
+
+
+def test_vboxmanage_timeout_ends_the_command_and_its_children(
+    wine_toolchain: Toolchain, tmp_path: Path
+) -> None:
+    """The runner's tree (hostos.spawn_tree: a job object here, no os.killpg): a timed-out
+    command and the child that holds its output pipe both end, and the runner returns within
+    its timeout plus a moment, not after the pipe's 5 s grace."""
+    facts = check(wine_toolchain, "vbox_runner_tree", windows_path(tmp_path))
+    assert facts["timed_out"] is True, facts
+    assert facts["output"].startswith("child "), facts
+    assert facts["took"] < 15 + 4, facts
+    assert facts["child_alive"] is False, facts
