@@ -156,6 +156,13 @@ def _within(seconds: float, condition: Callable[[], bool]) -> bool:
     return True
 
 
+def test_kill_process_ends_a_process_and_shrugs_at_a_gone_one() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    hostos.kill_process(child.pid)
+    assert child.wait(timeout=10) == -9  # SIGKILL here; TerminateProcess on Windows
+    hostos.kill_process(child.pid)  # gone (reaped): nothing raised
+
+
 def test_a_tree_is_a_session_on_posix_and_a_job_started_suspended_on_windows() -> None:
     """What makes a program (VBoxManage) the head of a tree one kill ends: on Windows no
     console window, and suspended until it is in its job object (none of its children can

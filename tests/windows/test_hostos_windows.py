@@ -25,6 +25,7 @@ def check(toolchain: Toolchain, name: str, *args: str) -> dict[str, Any]:
 def test_process_liveness_without_os_kill(wine_toolchain: Toolchain) -> None:
     facts = check(wine_toolchain, "processes")
     assert facts["self_alive"] is True and facts["exited_alive"] is False
+    assert facts["killed_exit_code"] == 1  # hostos.kill_process: TerminateProcess(1)
     assert facts["nofollow"] == 0  # Windows has no O_NOFOLLOW
 
 

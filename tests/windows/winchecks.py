@@ -41,7 +41,12 @@ def child(code: str, *args: str) -> str:
 def check_processes() -> dict[str, Any]:
     gone = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
     gone.communicate()
+    hung = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], stdin=subprocess.PIPE
+    )
+    hostos.kill_process(hung.pid)  # no SIGKILL on Windows: TerminateProcess
     return {
+        "killed_exit_code": hung.wait(timeout=30),
         "self_alive": hostos.pid_alive(os.getpid()),
         "exited_alive": hostos.pid_alive(gone.pid),
         "own_nice": hostos.own_nice(),

@@ -14,6 +14,8 @@
   (nice values per thread on POSIX are the caller's; Windows has priority classes),
   :func:`stop_process`/:func:`continue_process` (SIGSTOP/SIGCONT, or NtSuspendProcess) and
   :func:`end_with_this_process` (a Windows job object).
+* :func:`kill_process`: SIGKILL, or ``TerminateProcess`` (a VirtualBox VM that will not power
+  off).
 * A program's whole tree (VBoxManage and what it started): :func:`spawn_tree`,
   :func:`kill_tree`, :func:`release_tree` (a POSIX process group, or a Windows job object).
 * :func:`spawn` and :func:`run_program`: start a console program with no window of its own,
@@ -154,6 +156,19 @@ def end_with_this_process(pid: int) -> bool:
 
         return winproc.end_with_this_process(pid)
     return False
+
+
+def kill_process(pid: int) -> None:
+    """End ``pid`` at once, whatever it is doing: SIGKILL, or on Windows ``TerminateProcess``
+    (Windows has no SIGKILL; ``os.kill`` there terminates with the signal number as exit code
+    only for the numbers it knows). Nothing happens when it is already gone."""
+    if WINDOWS:
+        from vmwrapper.hostos import winproc
+
+        winproc.terminate(pid, 1)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def tree_start_args(windows: bool = WINDOWS) -> dict[str, Any]:
