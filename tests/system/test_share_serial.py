@@ -255,6 +255,57 @@ def test_the_share_stays_in_step_after_a_transfer_cut_short(
     assert not list(shared.glob(".vmwrapper-tmp.*"))
 
 
+# A big result, then a while later a small one: the big one's push is what the test breaks.
+BIG_RESULT_APP = """#!/bin/sh
+cp big_in .vmwrapper-tmp.big && mv .vmwrapper-tmp.big big_out
+sleep 12
+echo "after the big one" > after
+"""
+
+
+def test_the_guest_sends_a_file_again_after_its_transfer_was_dropped(
+    tmp_path: Path, guest_image: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The VM stopped in the middle of a push behind the file service's back (a plain QMP
+    stop, not the back end's pause): to the host the bytes stopped coming, as when they are
+    lost, so it drops the transfer and listens for HELLO; the guest, resumed, gets no OK and
+    sends the file again in a new window, and everything arrives whole."""
+    slot, _project, config = make_guest_slot(tmp_path, guest_image, BIG_RESULT_APP, {})
+    config = replace(_serial(config), memory_mb=512)
+    shared = slot / "shared"
+    big = os.urandom(BIG)
+    (shared / "big_in").write_bytes(big)
+
+    def dropped() -> list[str]:
+        return [
+            str(getattr(r, "path", ""))
+            for r in caplog.records
+            if getattr(r, "event", "") == "share_transfer_dropped"
+        ]
+
+    with (
+        caplog.at_level("WARNING", logger="vmwrapper.shared_dir.fileservice"),
+        qemu_backend(config) as vm,
+    ):
+        vm.start()
+        watch = GuestWatch(vm)
+        assert wait_for((shared / ".vmwrapper-tmp.big_out").exists, timeout=120, interval=0.005)
+        vm.qmp("stop")  # the file service is not told: to it, the guest went quiet
+        try:
+            assert wait_for(lambda: dropped() == ["big_out"], timeout=30), caplog.text
+        finally:
+            vm.qmp("cont")
+        status = watch.wait_stopped(180)
+    assert status.state is VmState.POWERED_OFF and status.exit_code == 0, watch.lines
+    assert any("out of step after ./big_out; sending it again" in x for x in watch.lines), (
+        watch.lines
+    )
+    assert dropped() == ["big_out"]  # once: the second window was in step
+    assert (shared / "big_out").read_bytes() == big
+    assert (shared / "after").read_text() == "after the big one\n"
+    assert not list(shared.glob(".vmwrapper-tmp.*"))
+
+
 #: The fault tests' counting job, its shared directory over the serial transport.
 SERIAL_COUNTING_JOB = COUNTING_JOB.replace(
     "<enable_shared_directory/>",
