@@ -78,6 +78,7 @@ def test_vboxmanage_timeout_ends_the_command_and_its_children(
     command and the child that holds its output pipe both end, and the runner returns within
     its timeout plus a moment, not after the pipe's 5 s grace."""
     facts = check(wine_toolchain, "vbox_runner_tree", windows_path(tmp_path))
+    assert facts["normal"] == [0, "ok"], facts  # a call that ends by itself: its output
     assert facts["timed_out"] is True, facts
     assert facts["output"].startswith("child "), facts
     assert facts["took"] < 15 + 4, facts

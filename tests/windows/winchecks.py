@@ -142,6 +142,7 @@ def check_vbox_runner_tree(trace_dir: str) -> dict[str, Any]:
         "time.sleep(600)\n"
     )
     runner = VBoxManage(Path(trace_dir), executable=sys.executable, timeout=15)
+    normal = runner.probe(Step(("-c", "print('ok')"), "normal", retry=False))
     started = time.monotonic()
     result = runner.probe(Step(("-c", code), "hang", retry=False))
     took = time.monotonic() - started
@@ -151,6 +152,7 @@ def check_vbox_runner_tree(trace_dir: str) -> dict[str, Any]:
     while child is not None and hostos.pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     return {
+        "normal": [normal.exit_code, normal.output.strip()],
         "timed_out": result.timed_out,
         "output": result.output,
         "took": took,
