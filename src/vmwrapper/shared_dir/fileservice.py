@@ -54,7 +54,7 @@ _CHUNK = 256 * 1024
 MAX_LOGGED_REFUSALS = 10
 #: A payload that gets no byte for this long while the guest runs has been given up by the
 #: guest (bytes lost on the way, or its wait for GO timed out): the host drops that file and
-#: waits for the next HELLO (docs/shared-transport.md#staying-in-step). Shorter than the
+#: waits for the next HELLO (docs/shared-transport.md#the-protocol). Shorter than the
 #: agent's wait for a reply (SERIAL_WAIT, 5 s, in guest/vmwrapper-lib.sh), so the host already
 #: listens for HELLO when the guest opens its next window.
 PAYLOAD_IDLE = 3.0
