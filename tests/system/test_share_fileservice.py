@@ -10,6 +10,7 @@ import resource
 import signal
 import socket
 import tarfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -240,3 +241,37 @@ def test_the_host_is_silent_until_hello_and_drops_a_payload_without_its_trailer(
         service.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]
     assert (tmp_path / "victim").read_bytes() == b"the real one"
+
+
+def test_a_transfer_the_guest_gave_up_is_dropped_and_the_next_window_is_in_step(
+    tmp_path: Path,
+) -> None:
+    """Bytes lost on the way (a PUT announced 1 MiB, a few KiB came): the host must not wait
+    for the rest for ever, eating every later window as payload; it drops the file once no
+    byte came for ``payload_idle`` and answers the guest's next HELLO."""
+    with served(tmp_path) as (service, guest):
+        service.payload_idle = 0.5
+        guest.sock.settimeout(20)  # a host still waiting for the payload never answers
+        assert guest.ask(Put(1 << 20, 0, ("broken.bin",))) == Go()
+        guest.sock.sendall(b"\0" * 4096 + fsproto.encode_trailer(Put(1 << 20, 0, ("broken.bin",))))
+        assert wait_for(lambda: service.dropped == 1, timeout=20)
+        guest.sock.sendall(b"\n")  # as the agent opens its next window
+        assert guest.ask(Hello("again")) == Hello("again")
+        assert guest.put("after.txt", b"still flowing") == Ok()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after.txt"]
+
+
+def test_a_transfer_waits_without_limit_while_the_vm_is_held(tmp_path: Path) -> None:
+    """A savevm or a pause stops the guest in the middle of a payload: that is no give-up."""
+    with served(tmp_path) as (service, guest):
+        service.payload_idle = 0.2
+        service.held = True
+        put = Put(8, 0, ("held.bin",))
+        assert guest.ask(put) == Go()
+        guest.sock.sendall(b"half")
+        time.sleep(1.0)  # five idle limits with the VM stopped
+        service.held = False
+        guest.sock.sendall(b"full" + fsproto.encode_trailer(put))
+        assert guest.reply() == Ok()
+        assert service.dropped == 0
+    assert (tmp_path / "held.bin").read_bytes() == b"halffull"

@@ -209,6 +209,103 @@ def test_a_hostile_guest_cannot_write_or_read_outside_the_share(
     assert "secret_link" not in pulled and "link_out" not in pulled and "boinc_app" in pulled
 
 
+# An app that breaks one transfer the way lost bytes do: it announces 1 MiB, sends 4 KiB and
+# no trailer, and leaves. Every later file must still reach the host (the host drops the cut
+# transfer and listens for HELLO again; the agent's next windows are in step).
+BROKEN_TRANSFER_APP = """#!/bin/sh
+. /opt/vmwrapper/vmwrapper-lib.sh
+find_serial_port || { echo "no port"; exit 1; }
+n=0
+until serial_open; do  # the agent may hold the port for its own window
+    n=$((n + 1)); [ $n -lt 40 ] || { echo "no window"; exit 1; }; sleep 0.2
+done
+printf 'PUT 1048576 1.0 %s\\n' "$(printf broken.bin | od -An -tx1 -v | tr -d ' \\n')" >&3
+IFS= read -r -t 30 reply <&3
+echo "broken transfer: $reply"
+head -c 4096 /dev/zero >&3
+serial_close
+echo "written after the break" > after_break
+i=0
+while [ $i -lt 4 ]; do i=$((i + 1)); echo "0.$i" > fraction_done; sleep 1; done
+echo done > trigger_done
+"""
+
+
+def test_the_share_stays_in_step_after_a_transfer_cut_short(
+    tmp_path: Path, guest_image: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    slot, _project, config = make_guest_slot(tmp_path, guest_image, BROKEN_TRANSFER_APP, {})
+    shared = slot / "shared"
+    with (
+        caplog.at_level("WARNING", logger="vmwrapper.shared_dir.fileservice"),
+        qemu_backend(_serial(config)) as vm,
+    ):
+        vm.start()
+        watch = GuestWatch(vm)
+        status = watch.wait_stopped(180)
+    assert "broken transfer: GO" in watch.lines, watch.lines
+    # the final push reached the host: the guest powered off with the app's status
+    assert status.state is VmState.POWERED_OFF and status.exit_code == 0, watch.lines
+    dropped = [r for r in caplog.records if getattr(r, "event", "") == "share_transfer_dropped"]
+    assert [getattr(r, "path", "") for r in dropped] == ["broken.bin"], caplog.text
+    assert (shared / "after_break").read_text() == "written after the break\n"
+    assert (shared / "fraction_done").read_text() == "0.4\n"
+    assert (shared / "trigger_done").read_text() == "done\n"
+    assert not (shared / "broken.bin").exists()
+    assert not list(shared.glob(".vmwrapper-tmp.*"))
+
+
+# A big result, then a while later a small one: the big one's push is what the test breaks.
+BIG_RESULT_APP = """#!/bin/sh
+cp big_in .vmwrapper-tmp.big && mv .vmwrapper-tmp.big big_out
+sleep 12
+echo "after the big one" > after
+"""
+
+
+def test_the_guest_sends_a_file_again_after_its_transfer_was_dropped(
+    tmp_path: Path, guest_image: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The VM stopped in the middle of a push behind the file service's back (a plain QMP
+    stop, not the back end's pause): to the host the bytes stopped coming, as when they are
+    lost, so it drops the transfer and listens for HELLO; the guest, resumed, gets no OK and
+    sends the file again in a new window, and everything arrives whole."""
+    slot, _project, config = make_guest_slot(tmp_path, guest_image, BIG_RESULT_APP, {})
+    config = replace(_serial(config), memory_mb=512)
+    shared = slot / "shared"
+    big = os.urandom(BIG)
+    (shared / "big_in").write_bytes(big)
+
+    def dropped() -> list[str]:
+        return [
+            str(getattr(r, "path", ""))
+            for r in caplog.records
+            if getattr(r, "event", "") == "share_transfer_dropped"
+        ]
+
+    with (
+        caplog.at_level("WARNING", logger="vmwrapper.shared_dir.fileservice"),
+        qemu_backend(config) as vm,
+    ):
+        vm.start()
+        watch = GuestWatch(vm)
+        assert wait_for((shared / ".vmwrapper-tmp.big_out").exists, timeout=120, interval=0.005)
+        vm.qmp("stop")  # the file service is not told: to it, the guest went quiet
+        try:
+            assert wait_for(lambda: dropped() == ["big_out"], timeout=30), caplog.text
+        finally:
+            vm.qmp("cont")
+        status = watch.wait_stopped(180)
+    assert status.state is VmState.POWERED_OFF and status.exit_code == 0, watch.lines
+    assert any("out of step after ./big_out; sending it again" in x for x in watch.lines), (
+        watch.lines
+    )
+    assert dropped() == ["big_out"]  # once: the second window was in step
+    assert (shared / "big_out").read_bytes() == big
+    assert (shared / "after").read_text() == "after the big one\n"
+    assert not list(shared.glob(".vmwrapper-tmp.*"))
+
+
 #: The fault tests' counting job, its shared directory over the serial transport.
 SERIAL_COUNTING_JOB = COUNTING_JOB.replace(
     "<enable_shared_directory/>",

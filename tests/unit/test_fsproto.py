@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from vmwrapper.hypervisor.qemu.shareport import (
     resolve_transports,
 )
 from vmwrapper.shared_dir import fsproto
+from vmwrapper.shared_dir.fileservice import PAYLOAD_IDLE
 from vmwrapper.shared_dir.fsproto import (
     Data,
     Err,
@@ -164,3 +166,13 @@ def test_auto_is_9p_where_qemu_has_it_and_serial_where_it_has_not(tmp_path: Path
     assert resolve_transports(chosen, with_9p=True)[0].transport == "serial"
     linux = 'name "virtio-9p-pci", bus PCI, alias "virtio-9p"\nname "virtserialport"'
     assert has_virtio_9p(linux) and not has_virtio_9p('name "virtserialport", bus virtio')
+
+
+def test_the_host_gives_up_a_payload_before_the_guest_gives_up_its_reply() -> None:
+    """The resynchronisation after a broken transfer relies on the order of two timeouts: the
+    host drops a payload that stopped coming (PAYLOAD_IDLE) before the guest's wait for OK
+    runs out (SERIAL_WAIT in the agent), so the guest's next HELLO finds the host listening."""
+    agent = (Path(fsproto.__file__).parents[1] / "guest" / "vmwrapper-lib.sh").read_text()
+    match = re.search(r"^SERIAL_WAIT=(\d+)$", agent, re.MULTILINE)
+    assert match is not None
+    assert 0 < PAYLOAD_IDLE < int(match.group(1))

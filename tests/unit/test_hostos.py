@@ -156,6 +156,49 @@ def _within(seconds: float, condition: Callable[[], bool]) -> bool:
     return True
 
 
+def test_kill_process_ends_a_process_and_shrugs_at_a_gone_one() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    hostos.kill_process(child.pid)
+    assert child.wait(timeout=10) == -9  # SIGKILL here; TerminateProcess on Windows
+    hostos.kill_process(child.pid)  # gone (reaped): nothing raised
+
+
+def test_a_tree_is_a_session_on_posix_and_a_job_started_suspended_on_windows() -> None:
+    """What makes a program (VBoxManage) the head of a tree one kill ends: on Windows no
+    console window, and suspended until it is in its job object (none of its children can
+    escape the job); never a POSIX session there, nor Windows flags here."""
+    windows = hostos.tree_start_args(windows=True)
+    assert windows == {"creationflags": winnames.CREATE_NO_WINDOW | winnames.CREATE_SUSPENDED}
+    assert winnames.CREATE_SUSPENDED == 0x4  # winbase.h
+    assert hostos.tree_start_args(windows=False) == {"start_new_session": True}
+
+
+def test_kill_tree_ends_what_the_program_started() -> None:
+    """A grandchild that holds the output pipe ends with the tree: the caller's read ends."""
+    proc = hostos.spawn_tree(
+        ["sh", "-c", "sleep 600 & echo $!; wait"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        grandchild = psutil.Process(int(proc.stdout.readline()))
+        hostos.kill_tree(proc)
+        out, _ = proc.communicate(timeout=10)  # EOF: nobody holds the pipe any more
+        assert out == b""
+        assert _within(10.0, lambda: not grandchild.is_running() or _zombie(grandchild))
+        hostos.kill_tree(proc)  # again: the group is gone, nothing raised
+    finally:
+        hostos.release_tree(proc)
+
+
+def _zombie(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_pid_alive() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # reaped: the pid is gone

@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from helpers.common import FakeClock
+from helpers.common import FakeClock, wait_for
 from vmwrapper.errors import BackendError
 from vmwrapper.hypervisor.virtualbox import output
 from vmwrapper.hypervisor.virtualbox.commands import Step
@@ -127,6 +128,28 @@ def test_timeout_kills_a_hung_command(tmp_path: Path) -> None:
     result = runner.probe(Step(("controlvm", "vm", "pause"), "pause", retry=False))
     assert time.monotonic() - started < 10
     assert result.timed_out and not result.ok and result.code == -182
+
+
+def test_timeout_also_ends_what_vboxmanage_started(tmp_path: Path) -> None:
+    """A child of VBoxManage that holds the output pipe ends with it (a process group here,
+    a job object on Windows: hostos.spawn_tree), so the runner's read returns at once."""
+    script = tmp_path / "VBoxManage"
+    script.write_text("#!/bin/sh\nsleep 60 &\necho child $!\nwait\n")
+    script.chmod(0o755)
+    runner = runner_for(tmp_path, script, [], timeout=1.0)
+    started = time.monotonic()
+    result = runner.probe(Step(("startvm", "vm"), "start", retry=False))
+    assert time.monotonic() - started < 5  # no wait for the pipe's 5 s grace
+    assert result.timed_out and result.output.startswith("child ")
+    child = int(result.output.split()[1])
+    assert wait_for(lambda: not _running(child), timeout=10)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_missing_executable(tmp_path: Path) -> None:

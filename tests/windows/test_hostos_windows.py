@@ -25,6 +25,7 @@ def check(toolchain: Toolchain, name: str, *args: str) -> dict[str, Any]:
 def test_process_liveness_without_os_kill(wine_toolchain: Toolchain) -> None:
     facts = check(wine_toolchain, "processes")
     assert facts["self_alive"] is True and facts["exited_alive"] is False
+    assert facts["killed_exit_code"] == 1  # hostos.kill_process: TerminateProcess(1)
     assert facts["nofollow"] == 0  # Windows has no O_NOFOLLOW
 
 
@@ -68,3 +69,17 @@ def test_vboxmanage_from_the_registry_install_dir(
         wine_toolchain.run(["reg", "delete", VBOX_KEY, "/f"], 60)
     assert facts["executable"] == win_dir + "VBoxManage.exe"
     assert facts["path"].startswith(windows_path(install) + ";")  # first on PATH
+
+
+def test_vboxmanage_timeout_ends_the_command_and_its_children(
+    wine_toolchain: Toolchain, tmp_path: Path
+) -> None:
+    """The runner's tree (hostos.spawn_tree: a job object here, no os.killpg): a timed-out
+    command and the child that holds its output pipe both end, and the runner returns within
+    its timeout plus a moment, not after the pipe's 5 s grace."""
+    facts = check(wine_toolchain, "vbox_runner_tree", windows_path(tmp_path))
+    assert facts["normal"] == [0, "ok"], facts  # a call that ends by itself: its output
+    assert facts["timed_out"] is True, facts
+    assert facts["output"].startswith("child "), facts
+    assert facts["took"] < 15 + 4, facts
+    assert facts["child_alive"] is False, facts

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,12 @@ def child(code: str, *args: str) -> str:
 def check_processes() -> dict[str, Any]:
     gone = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
     gone.communicate()
+    hung = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], stdin=subprocess.PIPE
+    )
+    hostos.kill_process(hung.pid)  # no SIGKILL on Windows: TerminateProcess
     return {
+        "killed_exit_code": hung.wait(timeout=30),
         "self_alive": hostos.pid_alive(os.getpid()),
         "exited_alive": hostos.pid_alive(gone.pid),
         "own_nice": hostos.own_nice(),
@@ -120,12 +126,47 @@ def check_advisory_locks(path: str) -> dict[str, Any]:
     return {"mine": mine, "other_while_held": other, "other_after": after}
 
 
+def check_vbox_runner_tree(trace_dir: str) -> dict[str, Any]:
+    """The VBoxManage runner's timeout on Windows: the command (a Windows Python standing in
+    for VBoxManage.exe, ``python -q -c CODE``: ``-q`` is the runner's first argument and
+    Python's "quiet") starts a child that holds the output pipe and hangs; the runner's kill
+    of the tree (a job object) must end both, so the runner returns at once."""
+    from vmwrapper.hypervisor.virtualbox.commands import Step
+    from vmwrapper.hypervisor.virtualbox.runner import VBoxManage
+
+    code = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],"
+        " stdin=subprocess.PIPE)\n"
+        "print('child', child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    runner = VBoxManage(Path(trace_dir), executable=sys.executable, timeout=15)
+    normal = runner.probe(Step(("-c", "print('ok')"), "normal", retry=False))
+    started = time.monotonic()
+    result = runner.probe(Step(("-c", code), "hang", retry=False))
+    took = time.monotonic() - started
+    words = result.output.split()
+    child = int(words[1]) if len(words) > 1 and words[0] == "child" else None
+    deadline = time.monotonic() + 10
+    while child is not None and hostos.pid_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return {
+        "normal": [normal.exit_code, normal.output.strip()],
+        "timed_out": result.timed_out,
+        "output": result.output,
+        "took": took,
+        "child_alive": None if child is None else hostos.pid_alive(child),
+    }
+
+
 CHECKS = {
     "processes": check_processes,
     "lockfile": check_lockfile,
     "segment": check_segment,
     "vboxmanage": check_vboxmanage,
     "advisory_locks": check_advisory_locks,
+    "vbox_runner_tree": check_vbox_runner_tree,
 }
 
 if __name__ == "__main__":

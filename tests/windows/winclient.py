@@ -9,8 +9,9 @@ program's path, the workunit's command line, the client's arguments), ``actions`
 ``{"when": ..., "do": ...}``), ``deadline`` (s), ``report`` (where to write the JSON report).
 ``when`` is ``{"after": seconds since start}`` or ``{"fraction": f}`` (a status reported at
 least f done) or ``{"suspended_for": seconds}`` or ``{"checkpointed": true}`` (a status with
-a checkpoint's CPU time), or several of them, all to be met; ``do`` is suspend, resume, quit,
-abort, or ``kill`` (TerminateProcess with the client's abort code 194).
+a checkpoint's CPU time) or ``{"event": name}`` (the wrapper wrote that event into the slot's
+events.jsonl, e.g. ``vm_started``), or several of them, all to be met; ``do`` is suspend,
+resume, quit, abort, or ``kill`` (TerminateProcess with the client's abort code 194).
 
 The client side, as BOINC's Windows client does it: take the first free file mapping
 ``shm_boinc_N``, zero it, write ``<comm_obj_name>boinc_N`` and our pid into init_data.xml,
@@ -48,6 +49,7 @@ from vmwrapper.boinc.messages import (
 )
 from vmwrapper.boinc.shmem import Segment
 from vmwrapper.hostos import winnames, winproc
+from vmwrapper.supervisor.events import read_events
 
 POLL = 0.25  # s: faster than the client's 1 s, so tests wait less; heartbeats stay at 1 s
 CONTROL = {
@@ -84,6 +86,13 @@ def _wrapper_after_exit(slot: Path, wait: float = 10.0) -> tuple[int | None, boo
     while winproc.process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     return pid, winproc.process_alive(pid)
+
+
+def _logged(slot: Path, event: str) -> bool:
+    try:
+        return any(record.get("event") == event for record in read_events(slot))
+    except (OSError, ValueError):
+        return False  # being written: the next poll reads it whole
 
 
 def main(scenario_path: str) -> int:
@@ -176,7 +185,7 @@ def main(scenario_path: str) -> int:
                 "suspended_for": suspended_at is not None
                 and now - suspended_at >= when.get("suspended_for", 0),
             }
-            due = all(met[key] for key in when)
+            due = all(met[key] if key != "event" else _logged(slot, when[key]) for key in when)
             if due:
                 what = actions.pop(0)["do"]
                 report["controls_sent"].append({"t": round(now - start, 2), "do": what})

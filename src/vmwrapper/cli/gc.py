@@ -14,12 +14,10 @@ has no wrapper running (no one would ever stop it; the next wrapper restores its
 from __future__ import annotations
 
 import argparse
-import contextlib
 import enum
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -29,7 +27,9 @@ from pathlib import Path
 
 import psutil
 
+from vmwrapper import hostos
 from vmwrapper.hostos import locks
+from vmwrapper.hypervisor.virtualbox.runner import vbox_environment
 from vmwrapper.supervisor import events
 
 NAME = "gc"
@@ -139,19 +139,36 @@ def unused_locks(directory: Path) -> list[GcAction]:
     ]
 
 
-def virtualbox_orphans(slots_dir: Path) -> list[GcAction]:
+def vboxmanage(data_dir: Path) -> tuple[str, dict[str, str]] | None:
+    """VBoxManage and its environment as the wrapper finds them (on Windows the registry's
+    install directory first: it is rarely on PATH), or None when there is none."""
+    found = vbox_environment(os.environ, boinc_dir=data_dir)
+    path = found.env.get("PATH")
+    if shutil.which(found.executable, path=path) is None:
+        return None
+    return found.executable, found.env
+
+
+def _vbm(vbm: tuple[str, dict[str, str]], *args: str) -> subprocess.CompletedProcess[str]:
+    """One VBoxManage call, without a console window on Windows."""
+    return hostos.run_program(
+        [vbm[0], "-q", *args],
+        capture_output=True,
+        text=True,
+        env=vbm[1],
+        stdin=subprocess.DEVNULL,
+        timeout=VBOXMANAGE_TIMEOUT,
+        check=False,
+    )
+
+
+def virtualbox_orphans(slots_dir: Path, data_dir: Path) -> list[GcAction]:
     """Registered ``boinc_*`` VMs whose settings live in a slot that has no task."""
-    vbm = shutil.which("VBoxManage")
+    vbm = vboxmanage(data_dir)
     if vbm is None:
         return []
     try:
-        listing = subprocess.run(
-            [vbm, "-q", "list", "vms"],
-            capture_output=True,
-            text=True,
-            timeout=VBOXMANAGE_TIMEOUT,
-            check=False,
-        ).stdout
+        listing = _vbm(vbm, "list", "vms").stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     actions = []
@@ -159,13 +176,7 @@ def virtualbox_orphans(slots_dir: Path) -> list[GcAction]:
         name = line.split('"')[1] if line.count('"') >= 2 else ""
         if not name.startswith("boinc_"):
             continue
-        info = subprocess.run(
-            [vbm, "-q", "showvminfo", name, "--machinereadable"],
-            capture_output=True,
-            text=True,
-            timeout=VBOXMANAGE_TIMEOUT,
-            check=False,
-        ).stdout
+        info = _vbm(vbm, "showvminfo", name, "--machinereadable").stdout
         cfg = next(
             (
                 ln.split("=", 1)[1].strip('"')
@@ -189,30 +200,26 @@ def plan(data_dir: Path, tmp_dir: Path | None = None) -> list[GcAction]:
     if slots_dir.is_dir():
         for slot in sorted(p for p in slots_dir.iterdir() if p.is_dir()):
             actions += plan_slot(slot_facts(slot))
-    actions += stale_sockets(tmp / f"vmwrapper-{os.getuid()}")
+    if hostos.UNIX_SOCKETS:  # QMP on TCP loopback (Windows) leaves no socket file
+        actions += stale_sockets(tmp / f"vmwrapper-{os.getuid()}")
     actions += unused_locks(tmp / "vmwrapper-locks")
-    actions += virtualbox_orphans(slots_dir.resolve())
+    actions += virtualbox_orphans(slots_dir.resolve(), data_dir)
     return actions
 
 
-def perform(actions: Iterable[GcAction]) -> int:
-    """Do the actions; returns how many failed."""
+def perform(actions: Iterable[GcAction], data_dir: Path | None = None) -> int:
+    """Do the actions (VirtualBox's as the wrapper in ``data_dir`` finds it); returns how
+    many failed."""
     failed = 0
     for action in actions:
         try:
             if action.kind is Kind.KILL_QEMU:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(action.target), signal.SIGKILL)
+                hostos.kill_process(int(action.target))  # SIGKILL; Windows: TerminateProcess
             elif action.kind is Kind.REMOVE_FILE:
                 Path(action.target).unlink(missing_ok=True)
             else:
-                vbm = shutil.which("VBoxManage") or "VBoxManage"
-                subprocess.run(
-                    [vbm, "-q", "unregistervm", action.target, "--delete"],
-                    capture_output=True,
-                    timeout=VBOXMANAGE_TIMEOUT,
-                    check=True,
-                )
+                vbm = vboxmanage(data_dir or Path.cwd()) or ("VBoxManage", dict(os.environ))
+                _vbm(vbm, "unregistervm", action.target, "--delete").check_returncode()
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             failed += 1
             log.error("gc: %s %s failed: %s", action.kind.value, action.target, exc)
@@ -247,7 +254,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     uninstall = events.install(None)
     try:
-        failed = perform(actions)
+        failed = perform(actions, Path(args.dir))
     finally:
         uninstall()
     print(f"cleaned {len(actions) - failed} item(s), {failed} failed")

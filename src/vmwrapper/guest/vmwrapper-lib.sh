@@ -226,6 +226,10 @@ serial_put() {
     serial_reply OK
 }
 
+# A file whose transfer left the stream out of step (no reply: bytes lost on the way, or the
+# host gone) is sent again once in a new window: by the time our wait for a reply ran out, the
+# host has dropped the transfer and listens for HELLO (its PAYLOAD_IDLE is shorter than
+# SERIAL_WAIT). A second failure ends this push; the caller retries later.
 serial_push_files() { # LIST
     serial_open || return 1
     rc=0
@@ -234,10 +238,18 @@ serial_push_files() { # LIST
         top=${path#./}
         excluded "${top%%/*}" && continue  # never over the host's own files
         serial_put "$path"
-        case $? in
+        step=$?
+        if [ $step -ge 2 ]; then
+            say "share channel: out of step after $path; sending it again in a new window"
+            serial_close
+            serial_open || { rc=1; break; }
+            serial_put "$path"
+            step=$?
+        fi
+        case $step in
             0) ;;
             1) rc=1 ;;            # refused (ERR): the next file may go
-            *) rc=1; break ;;     # out of step: the next window starts with HELLO
+            *) rc=1; break ;;     # out of step again: the caller's next window retries
         esac
     done < "$1"
     serial_close
@@ -358,6 +370,13 @@ share_final_push() {
     share_list > "$STATE/now"
     # Everything that differs from what was pulled, whatever was pushed before.
     share_changed "$STATE/pulled" "$STATE/now" > "$STATE/changed"
-    share_push_files "$STATE/changed" || return 1
+    # A failed window is tried again (each ends with the stream back in step); the last
+    # results are what the task is for.
+    tries=1
+    until share_push_files "$STATE/changed"; do
+        [ $tries -lt 3 ] || return 1
+        tries=$((tries + 1))
+        say "final push to the host failed; trying again ($tries of 3)"
+    done
     say "pushed $(wc -l < "$STATE/changed") files to the host"
 }

@@ -14,6 +14,10 @@
   (nice values per thread on POSIX are the caller's; Windows has priority classes),
   :func:`stop_process`/:func:`continue_process` (SIGSTOP/SIGCONT, or NtSuspendProcess) and
   :func:`end_with_this_process` (a Windows job object).
+* :func:`kill_process`: SIGKILL, or ``TerminateProcess`` (a VirtualBox VM that will not power
+  off).
+* A program's whole tree (VBoxManage and what it started): :func:`spawn_tree`,
+  :func:`kill_tree`, :func:`release_tree` (a POSIX process group, or a Windows job object).
 * :func:`spawn` and :func:`run_program`: start a console program with no window of its own,
   trying again when Windows' ``CreateProcess`` fails for a reason a retry gets past.
 * :func:`redirect_stderr`: the Windows client starts an app without standard handles and the
@@ -27,6 +31,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -151,6 +156,62 @@ def end_with_this_process(pid: int) -> bool:
 
         return winproc.end_with_this_process(pid)
     return False
+
+
+def kill_process(pid: int) -> None:
+    """End ``pid`` at once, whatever it is doing: SIGKILL, or on Windows ``TerminateProcess``
+    (Windows has no SIGKILL; ``os.kill`` there terminates with the signal number as exit code
+    only for the numbers it knows). Nothing happens when it is already gone."""
+    if WINDOWS:
+        from vmwrapper.hostos import winproc
+
+        winproc.terminate(pid, 1)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def tree_start_args(windows: bool = WINDOWS) -> dict[str, Any]:
+    """``Popen`` arguments that make a program the head of a tree :func:`kill_tree` can end:
+    a session (and process group) of its own on POSIX; on Windows no console window, and
+    started suspended, so it is in its job object before it can start anything."""
+    if windows:
+        from vmwrapper.hostos import winnames
+
+        return {"creationflags": winnames.CREATE_NO_WINDOW | winnames.CREATE_SUSPENDED}
+    return {"start_new_session": True}
+
+
+def spawn_tree(argv: Sequence[str], **popen_args: Any) -> subprocess.Popen[Any]:
+    """:func:`spawn` a program whose whole tree :func:`kill_tree` ends (VBoxManage: a timed-out
+    call and whatever it started that still holds its output pipe). Call :func:`release_tree`
+    once it has ended."""
+    proc = spawn(argv, **tree_start_args(), **popen_args)
+    if WINDOWS:
+        from vmwrapper.hostos import winproc
+
+        winproc.adopt_tree(proc.pid)
+    return proc
+
+
+def kill_tree(proc: subprocess.Popen[Any]) -> None:
+    """End a program started by :func:`spawn_tree` and every process it started (SIGKILL to
+    its process group; Windows: its job object)."""
+    if WINDOWS:
+        from vmwrapper.hostos import winproc
+
+        winproc.kill_tree(proc.pid)
+        return
+    with contextlib.suppress(ProcessLookupError):  # already gone, with its group
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def release_tree(proc: subprocess.Popen[Any]) -> None:
+    """Forget the tree of a program started by :func:`spawn_tree` (nothing to do on POSIX)."""
+    if WINDOWS:
+        from vmwrapper.hostos import winproc
+
+        winproc.release_tree(proc.pid)
 
 
 def spawn(argv: Sequence[str], **popen_args: Any) -> subprocess.Popen[Any]:

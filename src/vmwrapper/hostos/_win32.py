@@ -38,6 +38,7 @@ def kernel32() -> Any:
         ("CreateJobObjectW", [ctypes.c_void_p, wintypes.LPCWSTR], handle),
         ("SetInformationJobObject", [handle, ctypes.c_int, ctypes.c_void_p, dword], bool_),
         ("AssignProcessToJobObject", [handle, handle], bool_),
+        ("TerminateJobObject", [handle, ctypes.c_uint], bool_),
         (
             "CreateFileW",
             [wintypes.LPCWSTR, dword, dword, ctypes.c_void_p, dword, dword, handle],

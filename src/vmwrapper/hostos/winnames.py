@@ -27,6 +27,8 @@ KILL_EXIT_CODE_ABORT: Final = 194
 # Process creation flags (winbase.h) the client starts every app with.
 CREATE_NEW_PROCESS_GROUP: Final = 0x00000200
 CREATE_NO_WINDOW: Final = 0x08000000
+#: Started with its first thread stopped: put into a job object before it can start another.
+CREATE_SUSPENDED: Final = 0x00000004
 IDLE_PRIORITY_CLASS: Final = 0x00000040
 BELOW_NORMAL_PRIORITY_CLASS: Final = 0x00004000
 

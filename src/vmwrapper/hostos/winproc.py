@@ -137,3 +137,42 @@ def end_with_this_process(pid: int) -> bool:
         return False
     _jobs.append(job)
     return True
+
+
+#: The job object of each process tree started by ``hostos.spawn_tree``, by its head's pid.
+_trees: dict[int, int] = {}
+
+
+def adopt_tree(pid: int) -> bool:
+    """Put ``pid`` (started suspended: none of its children can exist yet) into a job object
+    of its own, then let it run: every process it starts joins the job, so :func:`kill_tree`
+    reaches them all, as a POSIX process group does. False when the job could not be made
+    (``pid`` then runs anyway, and a kill reaches only it)."""
+    k32 = kernel32()
+    job = k32.CreateJobObjectW(None, None)
+    try:
+        ok = bool(job) and _with_process(
+            pid, PROCESS_ALL_ACCESS, lambda h: k32.AssignProcessToJobObject(job, h)
+        )
+    finally:
+        resume(pid)  # always: a program left suspended would hang its caller
+    if ok:
+        _trees[pid] = job
+    elif job:
+        k32.CloseHandle(job)
+    return ok
+
+
+def kill_tree(pid: int, exit_code: int = 1) -> None:
+    """End the tree ``pid`` heads (its job object), or ``pid`` alone when it has none."""
+    job = _trees.get(pid)
+    if job is None or not kernel32().TerminateJobObject(job, exit_code):
+        terminate(pid, exit_code)
+
+
+def release_tree(pid: int) -> None:
+    """Forget the tree of a finished ``pid`` (close its job object's handle). The job has no
+    "kill on close": a program the tree left running on purpose goes on."""
+    job = _trees.pop(pid, None)
+    if job is not None:
+        kernel32().CloseHandle(job)

@@ -16,13 +16,14 @@ import contextlib
 import fnmatch
 import logging
 import os
+import select
 import socket
 import stat
 import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -51,6 +52,14 @@ TMP_PREFIX = ".vmwrapper-tmp."
 _CHUNK = 256 * 1024
 #: Refused requests logged as warnings per service; the rest go to debug.
 MAX_LOGGED_REFUSALS = 10
+#: A payload that gets no byte for this long while the guest runs has been given up by the
+#: guest (bytes lost on the way, or its wait for GO timed out): the host drops that file and
+#: waits for the next HELLO (docs/shared-transport.md#the-protocol). Shorter than the
+#: agent's wait for a reply (SERIAL_WAIT, 5 s, in guest/vmwrapper-lib.sh), so the host already
+#: listens for HELLO when the guest opens its next window.
+PAYLOAD_IDLE = 3.0
+#: How often a blocked read looks at the clock and at ``held``.
+_POLL = 0.25
 
 
 class FileService:
@@ -63,10 +72,14 @@ class FileService:
         self.quota = quota
         self.written = 0
         self.refused = 0  # requests answered ERR (tests and logs read it)
+        self.dropped = 0  # transfers dropped out of step (the guest pushes them again)
         self._host = host
         self._listener: socket.socket | None = None
         self._conn: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        #: Set while the VM is stopped (a pause, a savevm): a payload waits without a limit.
+        self.held = False
+        self.payload_idle = PAYLOAD_IDLE
         # With share_slot_dir the share is the slot: the wrapper's own files (the patterns in
         # .vmwrapper-exclude, written by the wrapper before the start) are neither served nor
         # overwritten. Read once: the guest cannot change the list.
@@ -150,7 +163,7 @@ class FileService:
     # --- requests ----------------------------------------------------------------------
 
     def _serve(self, conn: socket.socket) -> None:
-        reader = conn.makefile("rb")
+        reader = _Channel(conn, lambda: self.held)
         in_step = False  # a new connection waits for the guest's HELLO (fsproto's docstring)
         try:
             while True:
@@ -163,12 +176,10 @@ class FileService:
                     _skip_line(reader)
                     line = b"\0"  # too long: unparsable, like any other junk
                 in_step = self._handle(conn, reader, line, in_step)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: select on a socket just closed
             log.debug("share channel closed: %s", exc)
-        finally:
-            reader.close()
 
-    def _handle(self, conn: socket.socket, reader: BinaryIO, line: bytes, in_step: bool) -> bool:
+    def _handle(self, conn: socket.socket, reader: _Channel, line: bytes, in_step: bool) -> bool:
         """Answer one line; whether the two sides are in step after it."""
         try:
             request = fsproto.parse_request(line)
@@ -244,22 +255,24 @@ class FileService:
     def _is_excluded(self, top_name: str) -> bool:
         return any(fnmatch.fnmatchcase(top_name, p) for p in self._excluded)
 
-    def _put(self, conn: socket.socket, reader: BinaryIO, put: Put) -> bool:
+    def _put(self, conn: socket.socket, reader: _Channel, put: Put) -> bool:
         shown = "/".join(put.path)
         if self._is_excluded(put.path[0]) or put.path[-1].startswith(TMP_PREFIX):
             raise Refused(f"{shown!r} is the host's own file")
         if put.size > self.quota:  # before touching anything
             raise Refused(f"{put.size} bytes: more than the share's quota")
         try:
-            target, temp, fd = self._open_for(put)
+            target, temp, fd, growth = self._open_for(put)
         except OSError as exc:  # the host's file system said no: the channel goes on
             raise Refused(f"cannot write {shown!r} on the host: {exc.strerror}") from exc
         self._send(conn, Go())
         in_step = True
         try:
             with os.fdopen(fd, "wb") as out:
-                failed = _receive(reader, out, put.size)
-            if not fsproto.trailer_matches(reader.readline(fsproto.MAX_LINE + 1), put):
+                failed = _receive(reader, out, put.size, self.payload_idle)
+            if isinstance(failed, PayloadStalled):
+                in_step = False  # the rest of this payload, if it ever comes, is no request
+            elif not fsproto.trailer_matches(reader.readline(fsproto.MAX_LINE + 1), put):
                 # these bytes were not the file: the guest gave up on it and went on
                 in_step = False
                 failed = failed or OSError("the payload did not end with its trailer")
@@ -273,16 +286,25 @@ class FileService:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(temp)  # gone after the rename; else a half file
+        if failed is not None:
+            self.written -= growth  # nothing grew: a retry of the file costs no more quota
         if failed is not None and in_step:  # a disk full, say: this file failed, not the next
             raise Refused(f"writing {shown!r} on the host failed: {failed}")
         if failed is not None:
-            log.warning("Share channel: dropped %r (%s)", shown, failed)
+            self.dropped += 1
+            log.warning(
+                "Share channel: dropped %r (%s); listening for the guest's next HELLO",
+                shown,
+                failed,
+                extra={"event": "share_transfer_dropped", "path": shown, "reason": str(failed)},
+            )
             return False
         self._send(conn, Ok())
         return True
 
-    def _open_for(self, put: Put) -> tuple[Path, Path, int]:
-        """(target, temp name, fd of the new temp file), after the checks and the quota."""
+    def _open_for(self, put: Put) -> tuple[Path, Path, int, int]:
+        """(target, temp name, fd of the new temp file, bytes it grows the share by), after
+        the checks and the quota."""
         parent = self._make_parents(put.path[:-1])
         target = parent / put.path[-1]
         replaced = 0
@@ -302,7 +324,7 @@ class FileService:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(temp, flags | getattr(os, "O_BINARY", 0), 0o644)
         self.written += growth  # counted before the bytes come: a refused PUT sends none
-        return target, temp, fd
+        return target, temp, fd, growth
 
     def _make_parents(self, parts: tuple[str, ...]) -> Path:
         """root/parts..., each a real directory (made when missing), none a symlink."""
@@ -319,13 +341,17 @@ class FileService:
         return here
 
 
-def _receive(reader: BinaryIO, out: BinaryIO, size: int) -> OSError | None:
+def _receive(reader: _Channel, out: BinaryIO, size: int, idle: float) -> OSError | None:
     """Read exactly ``size`` payload bytes into ``out``. A failed write (the host's disk) is
-    returned, and the rest of the payload read and dropped so the stream stays in step; a
-    guest gone mid-file raises ConnectionError."""
+    returned, and the rest of the payload read and dropped so the stream stays in step; so is
+    PayloadStalled when the bytes stop coming (the guest gave up); a guest gone mid-file raises
+    ConnectionError."""
     left, failed = size, None
     while left:
-        chunk = reader.read(min(left, _CHUNK))
+        try:
+            chunk = reader.read(min(left, _CHUNK), idle)
+        except PayloadStalled as exc:
+            return exc
         if not chunk:
             raise ConnectionError(f"the guest closed the channel {left} bytes short")
         left -= len(chunk)
@@ -342,7 +368,58 @@ def _receive(reader: BinaryIO, out: BinaryIO, size: int) -> OSError | None:
     return failed
 
 
-def _skip_line(reader: BinaryIO) -> None:
+class PayloadStalled(OSError):
+    """No byte of a payload for ``PAYLOAD_IDLE`` seconds while the guest ran."""
+
+
+class _Channel:
+    """Buffered reads from the guest's connection. Between requests a read waits as long as it
+    takes (the guest speaks about once a second, or not at all while the app runs); a payload
+    read gives up after ``idle`` seconds without a byte, not counting time the VM was held.
+    The socket stays blocking (``select`` waits), so the host's replies are never cut short."""
+
+    def __init__(self, conn: socket.socket, held: Callable[[], bool]) -> None:
+        self._conn = conn
+        self._held = held
+        self._buf = bytearray()
+
+    def _fill(self, idle: float | None) -> bool:
+        """More bytes into the buffer; False when the guest's side is closed."""
+        quiet_since = time.monotonic()
+        while True:
+            ready, _, _ = select.select([self._conn], [], [], _POLL)
+            if ready:
+                chunk = self._conn.recv(_CHUNK)
+                self._buf += chunk
+                return bool(chunk)
+            now = time.monotonic()
+            if idle is None or self._held():
+                quiet_since = now  # a stopped VM sends nothing, and has given up nothing
+            elif now - quiet_since >= idle:
+                raise PayloadStalled(f"no byte from the guest for {idle:.0f} s")
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def readline(self, limit: int) -> bytes:
+        """Up to and with the next newline, at most ``limit`` bytes; b"" at the end."""
+        while True:
+            end = self._buf.find(b"\n", 0, limit)
+            if end >= 0:
+                return self._take(end + 1)
+            if len(self._buf) >= limit or not self._fill(None):
+                return self._take(limit)
+
+    def read(self, n: int, idle: float) -> bytes:
+        """1 to ``n`` bytes (b"" at the end); PayloadStalled after ``idle`` quiet seconds."""
+        if not self._buf and not self._fill(idle):
+            return b""
+        return self._take(n)
+
+
+def _skip_line(reader: _Channel) -> None:
     while True:
         rest = reader.readline(fsproto.MAX_LINE)
         if not rest or rest.endswith(b"\n"):

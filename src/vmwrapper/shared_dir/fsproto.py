@@ -21,6 +21,9 @@ the middle of a window whose other half died with the old QEMU, and its leftover
 neither get answers it could take for its own nor be written anywhere. The trailer after a
 payload names the file again: a payload that is really the guest's next window (it gave up
 waiting) does not end in it, so the host drops that file instead of writing those bytes.
+A payload that stops coming (bytes lost on the way) is dropped too, after a few seconds of
+silence from a running guest, and the host waits for the next ``HELLO``; the guest, which got
+no ``OK``, sends the file again in a new window.
 
 ``<mtime>`` is the guest file's modification time, ``SECONDS[.FRACTION]`` (up to 9 digits, as
 ``stat -c %Y`` and the fraction of ``%y`` print it); ``<hex path>`` is the path relative to

@@ -392,15 +392,22 @@ class QemuBackend:
         return self._logs.console.done_status
 
     def pause(self) -> None:
+        self._shares.hold(True)
         self._execute("stop")
 
     def resume(self) -> None:
         self._execute("cont")
+        self._shares.hold(False)
 
     # --- checkpoints -------------------------------------------------------------------
 
     def checkpoint(self, name: str) -> None:
-        self._snapshots.take(name)
+        paused = self._shares.held
+        self._shares.hold(True)  # savevm stops the VM for as long as it takes
+        try:
+            self._snapshots.take(name)
+        finally:
+            self._shares.hold(paused)
 
     def checkpoint_disks(self, name: str) -> None:
         """The disks alone, the VM paused meanwhile (see Snapshots.take_disks)."""

@@ -35,6 +35,7 @@ class ShareTransports:
         self.shares = shares
         self.binary = binary
         self._service: FileService | None = None
+        self.held = False  # the VM stopped by the wrapper (see hold)
 
     def port(self) -> int | None:
         """The file service of a "serial" share, listening before QEMU connects to it."""
@@ -44,6 +45,7 @@ class ShareTransports:
             return None
         if self._service is None:
             self._service = FileService(share.host_path)
+        self.held = self._service.held = False  # a new QEMU runs its guest
         return self._service.listen()
 
     def _resolve(self) -> None:
@@ -71,6 +73,13 @@ class ShareTransports:
         if service is not None:
             source = chardev_source_port(execute("query-chardev"), service.port)
             service.attach(source, timeout=timeout)
+
+    def hold(self, held: bool) -> None:
+        """The VM stops (a pause, a savevm) or runs again: a transfer the stop cut in two
+        waits for its bytes rather than being dropped as given up."""
+        self.held = held
+        if self._service is not None:
+            self._service.held = held
 
     def close(self) -> None:
         if self._service is not None:

@@ -22,16 +22,15 @@ detected." and "Successfully started VM.").
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
 
+from vmwrapper import hostos
 from vmwrapper.cputime import CpuTotal
 from vmwrapper.errors import BackendError, CheckpointError, HostNotReady, VmStartError
 from vmwrapper.hypervisor.base import (
@@ -367,8 +366,7 @@ class VirtualBoxBackend:
         pid = self._pid or logs.process_id(self._vm_log.read())
         if pid is not None and psutil.pid_exists(pid):
             log.warning("VM %s did not power off; killing process %d", self.config.name, pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            hostos.kill_process(pid)  # SIGKILL; TerminateProcess on Windows
             self._wait_offline(10.0)
 
     def _wait_offline(self, timeout: float) -> bool:

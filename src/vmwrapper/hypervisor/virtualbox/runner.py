@@ -23,19 +23,18 @@ unset is dereferenced.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmwrapper import hostos
 from vmwrapper.errors import BackendError
 from vmwrapper.hypervisor.virtualbox import failures, output
 from vmwrapper.hypervisor.virtualbox.commands import Step
@@ -242,26 +241,24 @@ class VBoxManage:
     def _attempt(self, args: tuple[str, ...], timeout: float) -> CommandResult:
         argv = (self.executable, "-q", *args)
         try:
-            # own process group: a timeout kills VBoxManage and anything it started that still
-            # holds the output pipe
-            proc = subprocess.Popen(
+            # a tree of its own (a POSIX process group, a Windows job object): a timeout kills
+            # VBoxManage and anything it started that still holds the output pipe
+            proc = hostos.spawn_tree(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=self.env,
-                start_new_session=True,
             )
         except (FileNotFoundError, PermissionError) as exc:
             return CommandResult(argv, None, f"{self.executable}: not found ({exc.strerror})")
         try:
             data, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            hostos.kill_tree(proc)
             try:
                 data, _ = proc.communicate(timeout=5)
-            except subprocess.TimeoutExpired:  # a grandchild in another group keeps the pipe
+            except subprocess.TimeoutExpired:  # a grandchild outside the tree keeps the pipe
                 proc.kill()
                 data = b""
             text = _decode(data)
@@ -272,6 +269,8 @@ class VBoxManage:
                 output.error_code(text),
                 timed_out=True,
             )
+        finally:
+            hostos.release_tree(proc)
         text = _decode(data)
         code = output.error_code(text) if proc.returncode != 0 else None
         return CommandResult(argv, proc.returncode, text, code)
