@@ -1,0 +1,121 @@
+"""A VirtualBox job end to end on Windows, under Wine (docs/windows.md#how-it-is-tested):
+``vmwrapper.exe`` started as BOINC's Windows client starts an app (tests/windows/winclient.py),
+its VirtualBox back end finding ``VBoxManage.exe`` through ``VBOX_MSI_INSTALL_PATH`` as on a
+Windows host. That ``VBoxManage.exe`` is the VBoxManage simulator (tests/vboxsim) frozen for
+Windows (``vboxsim_exe``): its VM is a Windows process that runs the job's ``boinc_app`` (Python
+source) in the shared folder, so the wrapper's whole VirtualBox path runs as Windows code:
+every VBoxManage call in a job object, the VM created in the slot, ``VBox.log`` followed,
+trigger files and progress read from the shared folder, the VM powered off and unregistered.
+
+What this cannot prove (real VirtualBox: VBoxSVC, VBoxHeadless, Guest Additions) is in
+docs/windows.md#what-wine-cannot-prove.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers.fault_fixtures import events, expected_output
+from helpers.wine_fixtures import Toolchain, make_client_slot, run_client, windows_path
+from vmwrapper.boinc import files
+from vmwrapper.boinc.init_data import format_init_data, parse_init_data
+
+pytestmark = pytest.mark.system
+
+JOB = """<vbox_job>
+  <os_name>Linux26_64</os_name>
+  <memory_size_mb>256</memory_size_mb>
+  <enable_shared_directory/>
+  <completion_trigger_file>done</completion_trigger_file>
+  <fraction_done_filename>progress</fraction_done_filename>
+  <minimum_checkpoint_interval>2</minimum_checkpoint_interval>
+</vbox_job>
+"""
+
+#: Steps of the count, a second each.
+STEPS = 8
+
+
+def counting_app(steps: int) -> str:
+    """The guest's job as Python source (the simulated guest on Windows runs ``boinc_app``
+    with Python; there is no /bin/sh): counts on after the lines already in ``result``, so a
+    rerun after a quit ends with the output of an uninterrupted run; then the completion
+    trigger, and it idles until the wrapper powers the VM off."""
+    return f"""#!/usr/bin/env python3
+import os, time
+done = 0
+if os.path.exists("result"):
+    with open("result") as f:
+        done = sum(1 for line in f if line.startswith("step "))
+for i in range(done + 1, {steps} + 1):
+    with open("result", "a") as f:
+        f.write(f"step {{i}}\\n")
+    with open("progress.tmp", "w") as f:
+        f.write(str(i / {steps}))
+    os.replace("progress.tmp", "progress")
+    print(f"guest says {{i}}", flush=True)
+    time.sleep(1)
+with open("done.tmp", "w") as f:
+    f.write("0\\n1\\nCounted to {steps}.\\n")
+os.replace("done.tmp", "done")
+time.sleep(120)
+"""
+
+
+def vbox_slot(root: Path, steps: int, checkpoint_period: int) -> Path:
+    slot = make_client_slot(root, JOB, checkpoint_period=checkpoint_period)
+    # VirtualBox 7 refuses a 64-bit guest without VT-x; the client reports the host's CPU
+    init = slot / "init_data.xml"
+    aid = parse_init_data(init.read_text())
+    host = dataclasses.replace(aid.host_info, p_features="fpu vme pae vmx sse2")
+    init.write_text(format_init_data(dataclasses.replace(aid, host_info=host)))
+    # the simulator checks the image exists, never boots it
+    image = slot / "vm_image.vdi"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vdi", str(image), "32M"], check=True)
+    (slot / "shared" / "boinc_app").write_text(counting_app(steps))
+    return slot
+
+
+@pytest.fixture(name="windows_vbox")
+def windows_vbox_fixture(
+    vboxsim_exe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """VirtualBox "installed" for Wine's programs: the simulator's directory in
+    ``VBOX_MSI_INSTALL_PATH`` (as its installer sets it), its state in a fresh directory, a
+    guest that runs the shared folder's ``boinc_app``. The state directory is returned."""
+    state = tmp_path / "vboxsim-state"
+    state.mkdir()
+    (state / "config.json").write_text(json.dumps({"guest": [{"run_shared_app": True}]}))
+    # Toolchain.env() passes the environment on to Wine, which hands it to Windows programs
+    monkeypatch.setenv("VBOX_MSI_INSTALL_PATH", windows_path(vboxsim_exe.parent) + "\\")
+    monkeypatch.setenv("VBOXSIM_STATE", windows_path(state))
+    monkeypatch.setenv("VBOX_USER_HOME", windows_path(tmp_path / "vbox-profile"))
+    return state
+
+
+def test_a_virtualbox_job_runs_to_its_end_under_windows(
+    wine_toolchain: Toolchain, windows_exe: Path, windows_vbox: Path, tmp_path: Path
+) -> None:
+    slot = vbox_slot(tmp_path, STEPS, checkpoint_period=60)
+    report = run_client(
+        wine_toolchain, windows_exe, slot, deadline=120, wu_command_line="--backend virtualbox"
+    )
+    stderr = (slot / "stderr.txt").read_text(errors="replace")
+    assert not report["timed_out"], report["client_output"] + stderr[-3000:]
+    assert report["exit_code"] == 0, stderr[-3000:]
+    finish = files.read_finish_file(slot)
+    assert finish is not None and finish.status == 0, stderr[-3000:]
+    assert finish.message.strip() == f"Counted to {STEPS}."
+    assert (slot / "shared" / "result").read_text() == expected_output(STEPS)
+    # the guest's output came through VBox.log, as Guest Additions' log lines do
+    assert stderr.count("Guest Log: guest says 3") == 1  # once, not again at each append
+    assert "VM Completion File Detected." in stderr
+    # the VM was created in the slot and removed at the end
+    registry = json.loads((windows_vbox / "registry.json").read_text())
+    assert registry["vms"] == {}, registry
+    assert events(slot, "vm_started"), stderr[-3000:]
