@@ -5,7 +5,8 @@ Windows host. That ``VBoxManage.exe`` is the VBoxManage simulator (tests/vboxsim
 Windows (``vboxsim_exe``): its VM is a Windows process that runs the job's ``boinc_app`` (Python
 source) in the shared folder, so the wrapper's whole VirtualBox path runs as Windows code:
 every VBoxManage call in a job object, the VM created in the slot, ``VBox.log`` followed,
-trigger files and progress read from the shared folder, the VM powered off and unregistered.
+trigger files and progress read from the shared folder, checkpoints as snapshots, a quit, a
+restore, the VM powered off and unregistered.
 
 What this cannot prove (real VirtualBox: VBoxSVC, VBoxHeadless, Guest Additions) is in
 docs/windows.md#what-wine-cannot-prove.
@@ -36,9 +37,6 @@ JOB = """<vbox_job>
   <minimum_checkpoint_interval>2</minimum_checkpoint_interval>
 </vbox_job>
 """
-
-#: Steps of the count, a second each.
-STEPS = 8
 
 
 def counting_app(steps: int) -> str:
@@ -98,24 +96,50 @@ def windows_vbox_fixture(
     return state
 
 
-def test_a_virtualbox_job_runs_to_its_end_under_windows(
+def test_a_virtualbox_job_checkpoints_quits_and_resumes_under_windows(
     wine_toolchain: Toolchain, windows_exe: Path, windows_vbox: Path, tmp_path: Path
 ) -> None:
-    slot = vbox_slot(tmp_path, STEPS, checkpoint_period=60)
-    report = run_client(
+    """The job runs to its end in two episodes: VirtualBox's checkpoint is a snapshot
+    (``snapshot take``); the client's quit after one powers the VM off, and the next run
+    restores the last snapshot before ``startvm``; the guest counts on, and the completion
+    trigger ends the task with status 0 and the output of an uninterrupted run. (One test, not
+    two: each Windows run of the wrapper costs seconds of Wine time.)"""
+    # the quit waits for a checkpoint (seconds of VBoxManage calls under Wine): it must still
+    # come well before the count's end
+    steps = 20
+    slot = vbox_slot(tmp_path, steps, checkpoint_period=3)
+    first = run_client(
+        wine_toolchain,
+        windows_exe,
+        slot,
+        actions=[{"when": {"fraction": 0.1, "checkpointed": True}, "do": "quit"}],
+        deadline=120,
+        wu_command_line="--backend virtualbox",
+    )
+    stderr = (slot / "stderr.txt").read_text(errors="replace")
+    assert not first["timed_out"], first["client_output"] + stderr[-3000:]
+    assert [c["do"] for c in first["controls_sent"]] == ["quit"], stderr[-3000:]
+    assert first["exit_code"] == 0 and files.read_finish_file(slot) is None, stderr[-3000:]
+    taken = [str(e["snapshot"]) for e in events(slot, "checkpoint")]
+    assert taken and all(name.startswith("boinc_") for name in taken), stderr[-3000:]
+    counted_before_quit = (slot / "shared" / "result").read_text().count("step")
+    assert 0 < counted_before_quit < steps
+
+    second = run_client(
         wine_toolchain, windows_exe, slot, deadline=120, wu_command_line="--backend virtualbox"
     )
     stderr = (slot / "stderr.txt").read_text(errors="replace")
-    assert not report["timed_out"], report["client_output"] + stderr[-3000:]
-    assert report["exit_code"] == 0, stderr[-3000:]
+    assert second["exit_code"] == 0, second["client_output"] + stderr[-3000:]
     finish = files.read_finish_file(slot)
     assert finish is not None and finish.status == 0, stderr[-3000:]
-    assert finish.message.strip() == f"Counted to {STEPS}."
-    assert (slot / "shared" / "result").read_text() == expected_output(STEPS)
-    # the guest's output came through VBox.log, as Guest Additions' log lines do
-    assert stderr.count("Guest Log: guest says 3") == 1  # once, not again at each append
+    # the second run restored the last checkpoint's snapshot, it did not start afresh
+    assert events(slot, "vm_started")[-1]["snapshot"] == taken[-1], stderr[-3000:]
+    assert finish.message.strip() == f"Counted to {steps}."
+    assert (slot / "shared" / "result").read_text() == expected_output(steps)
     assert "VM Completion File Detected." in stderr
-    # the VM was created in the slot and removed at the end
-    registry = json.loads((windows_vbox / "registry.json").read_text())
-    assert registry["vms"] == {}, registry
-    assert events(slot, "vm_started"), stderr[-3000:]
+    # the guest's output came through VBox.log, as Guest Additions' log lines do: each line
+    # once (the first episode's log is not read again by the second)
+    assert stderr.count("Guest Log: guest says 1\n") == 1, stderr[-3000:]
+    assert f"Guest Log: guest says {steps}\n" in stderr
+    # the VM was created in the slot and unregistered at the end
+    assert json.loads((windows_vbox / "registry.json").read_text())["vms"] == {}
