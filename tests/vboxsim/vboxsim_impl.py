@@ -413,12 +413,18 @@ def rotate_logs(vm: dict[str, Any]) -> None:
 def log_header(vm: dict[str, Any], pid: int) -> None:
     vm["log_started"] = time.time()
     ver = version_string()
-    log_line(vm, f"VirtualBox VM {ver} r161095 linux.amd64 (Jan 15 2024 14:21:53) release log")
+    # the host's build, as a real VBox.log names it (Windows: win.amd64, WINDOWS_64BITS_GENERIC)
+    build, product, package = (
+        ("win.amd64", "Windows 10", "WINDOWS")
+        if hostos.WINDOWS
+        else ("linux.amd64", "Linux", "LINUX")
+    )
+    log_line(vm, f"VirtualBox VM {ver} r161095 {build} (Jan 15 2024 14:21:53) release log")
     log_line(vm, f"Log opened {now_iso()}Z")
     log_line(vm, "Build Type: release")
-    log_line(vm, "OS Product: Linux")
+    log_line(vm, f"OS Product: {product}")
     log_line(vm, f"Process ID: {pid}")
-    log_line(vm, "Package type: LINUX_64BITS_GENERIC")
+    log_line(vm, f"Package type: {package}_64BITS_GENERIC")
 
 
 # ---- output -----------------------------------------------------------------------------
