@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.fault_fixtures import events, expected_output
+from helpers.fault_fixtures import events, expected_output, this_run
 from helpers.wine_fixtures import Toolchain, make_client_slot, run_client, windows_path
 from vmwrapper.boinc import files
 from vmwrapper.boinc.init_data import format_init_data, parse_init_data
@@ -126,10 +126,23 @@ def test_a_virtualbox_job_checkpoints_quits_and_resumes_under_windows(
     assert 0 < counted_before_quit < steps
 
     second = run_client(
-        wine_toolchain, windows_exe, slot, deadline=120, wu_command_line="--backend virtualbox"
+        wine_toolchain,
+        windows_exe,
+        slot,
+        # a pause on the way: the guest app is suspended with the VM (NtSuspendProcess, which
+        # counts: one too many and it would never run again) and must count on after it
+        actions=[
+            {"when": {"after": 8}, "do": "suspend"},
+            {"when": {"suspended_for": 2}, "do": "resume"},
+        ],
+        deadline=120,
+        wu_command_line="--backend virtualbox",
     )
     stderr = (slot / "stderr.txt").read_text(errors="replace")
     assert second["exit_code"] == 0, second["client_output"] + stderr[-3000:]
+    assert [c["do"] for c in second["controls_sent"]] == ["suspend", "resume"]
+    states = [str(e["new"]) for e in this_run(slot, "vm_state")]
+    assert "running" in states[states.index("paused") :], states  # paused, then running again
     finish = files.read_finish_file(slot)
     assert finish is not None and finish.status == 0, stderr[-3000:]
     # the second run restored the last checkpoint's snapshot, it did not start afresh
