@@ -97,8 +97,8 @@ def _digest(paths: Iterable[Path]) -> str:
 KEEP_EXES = 3
 
 
-def _prune(folder: Path, keep: int) -> None:
-    builds = sorted(folder.glob("exe-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+def _prune(folder: Path, kind: str, keep: int) -> None:
+    builds = sorted(folder.glob(f"{kind}-*"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in builds[keep:]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -106,21 +106,43 @@ def _prune(folder: Path, keep: int) -> None:
 @pytest.fixture(scope="session")
 def windows_exe(wine_toolchain: Toolchain) -> Path:
     """dist/vmwrapper.exe of this source tree: built once (about 80 s), then from the cache."""
+    return _cached_build("exe", EXE_INPUTS, BUILD_SCRIPT, "vmwrapper.exe")
+
+
+#: What goes into VBoxManage.exe: the simulator and the wrapper's hostos it imports.
+VBOXSIM_INPUTS = ("tests/vboxsim", "src/vmwrapper/hostos", "scripts/build-vboxsim-windows.sh")
+
+
+@pytest.fixture(scope="session")
+def vboxsim_exe(wine_toolchain: Toolchain) -> Path:
+    """The VBoxManage simulator as ``VBoxManage.exe`` (a PyInstaller one-dir build, about
+    15 s, then from the cache); its directory is what ``VBOX_MSI_INSTALL_PATH`` names."""
+    return _cached_build(
+        "vboxsim",
+        VBOXSIM_INPUTS,
+        ROOT / "scripts" / "build-vboxsim-windows.sh",
+        "VBoxManage/VBoxManage.exe",
+    )
+
+
+def _cached_build(kind: str, inputs: Iterable[str], script: Path, product: str) -> Path:
+    """``script OUT`` run once per hash of ``inputs`` into ``$VMWRAPPER_CACHE/windows/
+    <kind>-<hash>`` behind a lock (xdist workers: one builds); ``OUT/product``."""
     files = [
         f
-        for name in EXE_INPUTS
+        for name in inputs
         for f in ((ROOT / name).rglob("*") if (ROOT / name).is_dir() else [ROOT / name])
         if f.is_file() and "__pycache__" not in f.parts
     ]
-    out = cache_dir() / "windows" / f"exe-{_digest(files)}"
-    path = out / "vmwrapper.exe"
+    out = cache_dir() / "windows" / f"{kind}-{_digest(files)}"
+    path = out / product
     out.parent.mkdir(parents=True, exist_ok=True)
-    with (out.parent / ".exe.lock").open("a") as lock:  # xdist workers: one builds
+    with (out.parent / f".{kind}.lock").open("a") as lock:
         locks.lock(lock.fileno())
         try:
             if not path.is_file():
                 build = subprocess.run(
-                    [str(BUILD_SCRIPT), str(out)],
+                    [str(script), str(out)],
                     cwd=ROOT,
                     env={**os.environ, "WORK_DIR": str(out / "build")},
                     capture_output=True,
@@ -130,7 +152,7 @@ def windows_exe(wine_toolchain: Toolchain) -> Path:
                 )
                 assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
                 shutil.rmtree(out / "build", ignore_errors=True)
-                _prune(out.parent, keep=KEEP_EXES)
+                _prune(out.parent, kind, keep=KEEP_EXES)
         finally:
             locks.unlock(lock.fileno())
     return path

@@ -5,7 +5,8 @@ The tests put ``tests/vboxsim`` first on PATH; ``VBoxManage`` there runs :func:`
 in the directory named by ``VBOXSIM_STATE`` (created on first use):
 
 * ``registry.json`` — VMs (settings, storage, NICs, shares, bandwidth groups, snapshots, state),
-  media (location, type, parent/children, attachments); changed under ``registry.lock`` (flock).
+  media (location, type, parent/children, attachments); changed under ``registry.lock`` (an
+  advisory lock: ``flock``, or a ``msvcrt.locking`` region on Windows).
 * ``config.json`` (optional) — ``version`` ("7.0.14", "6.1.50", "4.1.22" (no ``snapshot take
   --live``), or anything unparseable),
   ``extpack`` (bool), ``bridged_interfaces``, ``guest_additions_iso``, ``kernel_module_missing``,
@@ -26,12 +27,18 @@ in the directory named by ``VBOXSIM_STATE`` (created on first use):
   parent is closed and reopened).
 
 A started VM is a real process (this file run with ``__vm__``), so PIDs, CPU time, kill -9 and
-"aborted" behave as with VBoxHeadless. It writes ``<basefolder>/<vm>/Logs/VBox.log`` with
+"aborted" behave as with VBoxHeadless.
+
+It runs on Windows too (docs/windows.md#the-vboxmanage-simulator-on-windows): the host-specific
+parts (locks, liveness, pausing the guest app, killing a process) go through the wrapper's
+``vmwrapper.hostos``, and frozen as ``VBoxManage.exe`` (scripts/build-vboxsim-windows.sh) the exe
+is its own VM process (``VBoxManage.exe __vm__ <uuid>``) and guest app runner (``__app__``). It writes ``<basefolder>/<vm>/Logs/VBox.log`` with
 VirtualBox's header, ``Console: Machine state changed to '<State>'`` lines and
 ``VMMDev: Guest Log: <text>`` lines, following a guest script: a list of events
 ``{"at": guest_seconds, "log": text}``, ``{"at": s, "poweroff": true}``, ``{"at": s, "guru": true}``,
 or ``{"run_shared_app": true}`` to run ``<shared folder "shared">/boinc_app`` as the guest's job
-(its output becomes guest log lines; the guest powers off when it exits), or
+(its output becomes guest log lines; the guest powers off when it exits; a ``boinc_app`` whose
+first line names python, and any on Windows, runs as Python source, others with ``/bin/sh``), or
 ``{"at": s, "net": {"sent": n, "received": n}}`` (a burst of n bytes through NIC 1).
 
 The VM process has threads like VBoxHeadless (one EMT per vCPU and a worker), so per-thread
@@ -44,10 +51,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import json
 import os
+import queue
 import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -57,6 +65,14 @@ import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
+
+#: Frozen by PyInstaller (VBoxManage.exe): sys.executable is the simulator itself.
+FROZEN = bool(getattr(sys, "frozen", False))
+if not FROZEN:  # run with ``python -S``: the wrapper's hostos comes from this checkout's src/
+    sys.path.append(str(Path(__file__).resolve().parents[2] / "src"))
+
+from vmwrapper import hostos  # noqa: E402
+from vmwrapper.hostos import locks  # noqa: E402
 
 VBOX_E_OBJECT_NOT_FOUND = ("VBOX_E_OBJECT_NOT_FOUND", 0x80BB0001)
 VBOX_E_INVALID_VM_STATE = ("VBOX_E_INVALID_VM_STATE", 0x80BB0002)
@@ -209,11 +225,11 @@ def save_json(path: Path, data: Any) -> None:
 @contextlib.contextmanager
 def locked(sdir: Path) -> Iterator[None]:
     with open(sdir / "registry.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        locks.lock(handle.fileno())
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            locks.unlock(handle.fileno())
 
 
 class Registry:
@@ -240,7 +256,7 @@ class Registry:
         )
 
     def find_medium(self, ref: str) -> dict[str, Any] | None:
-        path = os.path.abspath(ref) if "/" in ref or "." in ref else ref
+        path = os.path.abspath(ref) if any(c in ref for c in "/\\.") else ref
         for medium in self.media.values():
             if ref == medium["uuid"] or path == medium["location"]:
                 return medium
@@ -283,11 +299,9 @@ def refresh_liveness(vm: dict[str, Any]) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not hostos.pid_alive(pid):
         return False
-    except PermissionError:
+    if hostos.WINDOWS:  # an ended process is gone (a handle still open to it aside)
         return True
     try:  # a zombie child of ours is dead too
         with open(f"/proc/{pid}/stat") as stat:
@@ -399,12 +413,18 @@ def rotate_logs(vm: dict[str, Any]) -> None:
 def log_header(vm: dict[str, Any], pid: int) -> None:
     vm["log_started"] = time.time()
     ver = version_string()
-    log_line(vm, f"VirtualBox VM {ver} r161095 linux.amd64 (Jan 15 2024 14:21:53) release log")
+    # the host's build, as a real VBox.log names it (Windows: win.amd64, WINDOWS_64BITS_GENERIC)
+    build, product, package = (
+        ("win.amd64", "Windows 10", "WINDOWS")
+        if hostos.WINDOWS
+        else ("linux.amd64", "Linux", "LINUX")
+    )
+    log_line(vm, f"VirtualBox VM {ver} r161095 {build} (Jan 15 2024 14:21:53) release log")
     log_line(vm, f"Log opened {now_iso()}Z")
     log_line(vm, "Build Type: release")
-    log_line(vm, "OS Product: Linux")
+    log_line(vm, f"OS Product: {product}")
     log_line(vm, f"Process ID: {pid}")
-    log_line(vm, "Package type: LINUX_64BITS_GENERIC")
+    log_line(vm, f"Package type: {package}_64BITS_GENERIC")
 
 
 # ---- output -----------------------------------------------------------------------------
@@ -1341,12 +1361,12 @@ def cmd_startvm(reg: Registry, args: Args) -> str:
     vm["state"] = "starting"
     vm["state_change"] = now_iso()
     proc = subprocess.Popen(
-        [sys.executable, "-S", os.path.abspath(__file__), "__vm__", vm["uuid"]],
+        [*self_command(), "__vm__", vm["uuid"]],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
         env={**os.environ, "VBOXSIM_RESUME": "1" if resume_saved else ""},
+        **detached(),
     )
     vm["pid"] = proc.pid
     log_header(vm, proc.pid)
@@ -1357,6 +1377,23 @@ def cmd_startvm(reg: Registry, args: Args) -> str:
         f'Waiting for VM "{vm["name"]}" to power on...\n'
         f'VM "{vm["name"]}" has been successfully started.\n'
     )
+
+
+def self_command() -> list[str]:
+    """How to run this simulator again: the frozen exe, or this file with this Python."""
+    if FROZEN:
+        return [sys.executable]
+    return [sys.executable, "-S", os.path.abspath(__file__)]
+
+
+def detached() -> dict[str, Any]:
+    """``Popen`` arguments for the VM process, which outlives the ``startvm`` that started
+    it (VBoxHeadless is VBoxSVC's child, not VBoxManage's): a session of its own on POSIX; on
+    Windows a process group of its own and no console window."""
+    if hostos.WINDOWS:
+        flags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) | hostos.NO_CONSOLE_WINDOW
+        return {"creationflags": flags}
+    return {"start_new_session": True}
 
 
 def wait_state(sdir: Path, vm_uuid: str, states: tuple[str, ...], timeout: float) -> None:
@@ -2054,6 +2091,10 @@ def showvminfo_human(vm: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["__vm__"]:
         vm_process(argv[1])
+    if argv[:1] == ["__app__"]:  # the frozen exe runs a Python guest app (app_command)
+        sys.argv = argv[1:]
+        runpy.run_path(argv[1], run_name="__main__")
+        return 0
     try:
         out, code = run_command(list(argv))
     except Fail as failure:
@@ -2072,8 +2113,9 @@ def main(argv: list[str]) -> int:
 def vm_process(vm_uuid: str) -> NoReturn:
     """The simulated VBoxHeadless: follows the guest script while the registry says running."""
     sdir = state_dir()
-    app: subprocess.Popen[bytes] | None = None
+    app: GuestApp | None = None
     app_buffer = b""
+    app_stopped = False
     last = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     idle = threading.Event()
@@ -2106,13 +2148,13 @@ def vm_process(vm_uuid: str) -> NoReturn:
         last = now
 
         def tick(reg: Registry, vm: dict[str, Any], step: float = step) -> str:
-            nonlocal app, app_buffer
+            nonlocal app, app_buffer, app_stopped
             if vm.get("pid") != os.getpid():
                 return "exit"
             request = vm.pop("request", None)
             if request in ("poweroff", "savestate"):
                 if app is not None:
-                    app.kill()
+                    app.proc.kill()
                 if request == "savestate":
                     vm["state"] = "saved"
                     log_line(vm, "Console: Machine state changed to 'Saved'")
@@ -2125,12 +2167,14 @@ def vm_process(vm_uuid: str) -> NoReturn:
             if request == "acpi":
                 return guest_shutdown(vm)
             script = vm.get("guest") or config().get("guest") or []
-            if vm["state"] == "paused" and app is not None:
-                app.send_signal(signal.SIGSTOP)
+            # the guest app stops with the VM's CPUs (once: Windows counts suspensions)
+            if vm["state"] == "paused" and app is not None and not app_stopped:
+                app_stopped = hostos.stop_process(app.proc.pid)
             if vm["state"] != "running":
                 return ""
-            if app is not None:
-                app.send_signal(signal.SIGCONT)
+            if app is not None and app_stopped:
+                hostos.continue_process(app.proc.pid)
+                app_stopped = False
             before = float(vm.get("guest_time", 0.0))
             after = before + step
             vm["guest_time"] = after
@@ -2163,16 +2207,17 @@ def vm_process(vm_uuid: str) -> NoReturn:
                 if event.get("poweroff"):
                     return guest_shutdown(vm)
             if app is not None:
-                chunk = read_app(app)
+                chunk = app.read()
                 app_buffer += chunk
                 *lines, app_buffer = app_buffer.split(b"\n")
                 for raw in lines:
                     log_line(vm, "VMMDev: Guest Log: " + raw.decode(errors="replace"))
-                if app.poll() is not None:
-                    rest = read_app(app)
+                if app.proc.poll() is not None:
+                    rest = app.read_rest()
                     for raw in (app_buffer + rest).splitlines():
                         log_line(vm, "VMMDev: Guest Log: " + raw.decode(errors="replace"))
-                    log_line(vm, f"VMMDev: Guest Log: VMWRAPPER_GUEST_DONE status={app.returncode}")
+                    status = app.proc.returncode
+                    log_line(vm, f"VMMDev: Guest Log: VMWRAPPER_GUEST_DONE status={status}")
                     vm["app_done"] = True
                     return guest_shutdown(vm)
             return ""
@@ -2181,7 +2226,7 @@ def vm_process(vm_uuid: str) -> NoReturn:
         if outcome in ("exit", None):
             os._exit(0)
         if outcome == "crash":
-            os.kill(os.getpid(), signal.SIGKILL)
+            hostos.kill_process(os.getpid())  # SIGKILL, or TerminateProcess on Windows
 
 
 def guest_shutdown(vm: dict[str, Any]) -> str:
@@ -2193,28 +2238,59 @@ def guest_shutdown(vm: dict[str, Any]) -> str:
     return "exit"
 
 
-def start_app(vm: dict[str, Any]) -> subprocess.Popen[bytes] | None:
+class GuestApp:
+    """The guest's job: ``boinc_app`` running, its output collected by a thread (a pipe
+    cannot be read without blocking on every host)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.reader = threading.Thread(target=self._pump, daemon=True)
+        self.reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        for chunk in iter(lambda: os.read(fd, 65536), b""):
+            self.chunks.put(chunk)
+
+    def read(self) -> bytes:
+        """What the app wrote since the last read."""
+        out = b""
+        while not self.chunks.empty():
+            out += self.chunks.get()
+        return out
+
+    def read_rest(self) -> bytes:
+        """Once the app has ended: the rest of its output."""
+        self.reader.join(timeout=5)
+        return self.read()
+
+
+def app_command(path: str) -> list[str]:
+    """How the guest runs ``boinc_app``: Python source (a first line naming python, and on
+    Windows any app: it has no /bin/sh) with Python (the frozen exe's ``__app__``, or this
+    Python); a shell script with /bin/sh."""
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    if hostos.WINDOWS or (first.startswith(b"#!") and b"python" in first):
+        return [sys.executable, "__app__", path] if FROZEN else [sys.executable, path]
+    return ["/bin/sh", path]
+
+
+def start_app(vm: dict[str, Any]) -> GuestApp | None:
     shared = next((s["hostpath"] for s in vm["shared_folders"] if s["name"] == "shared"), None)
     if shared is None or not os.path.isfile(os.path.join(shared, "boinc_app")):
         return None
     proc = subprocess.Popen(
-        ["/bin/sh", os.path.join(shared, "boinc_app")],
+        app_command(os.path.join(shared, "boinc_app")),
         cwd=shared,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        creationflags=hostos.NO_CONSOLE_WINDOW,
     )
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    return proc
-
-
-def read_app(app: subprocess.Popen[bytes]) -> bytes:
-    assert app.stdout is not None
-    try:
-        return app.stdout.read() or b""
-    except BlockingIOError:
-        return b""
+    return GuestApp(proc)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 it, its new ``Guest Log:`` lines, and the hypervisor log dump for error reports.
 
 VirtualBox rotates ``VBox.log`` at every start (docs/compatibility.md#virtualbox-state-and-logs),
-so a log is this run's only when its identity (inode, ctime) differs from the one before
-``startvm``. The parsing is pure (:mod:`.logs`); this module reads the files.
+so a log is this run's only when its identity (device, inode) differs from the one before
+``startvm``: the log before is renamed, not deleted, so the new one cannot reuse its inode. Not
+the ctime, which every appended line changes (and, under Wine, the creation time too): with it
+each read looked like a new log and every guest line came again. The parsing is pure
+(:mod:`.logs`); this module reads the files.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from vmwrapper.hypervisor.virtualbox.runner import TRACE_FILE
 
 PID_TIMEOUT = 45.0  # vboxwrapper waits ~45 s for "Process ID:" in VBox.log
 
-#: A log file's identity: (inode, ctime in ns); a rotated log has a new one.
+#: A log file's identity: (device, inode); a rotated log has a new one.
 Identity = tuple[int, int]
 
 
@@ -55,7 +58,7 @@ class VmLog:
             st = self.path.stat()
         except OSError:
             return None
-        return (st.st_ino, int(st.st_ctime_ns))
+        return (st.st_dev, st.st_ino)
 
     def is_this_runs(self) -> bool:
         """The current file is the log of the VM this run started."""
