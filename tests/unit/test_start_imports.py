@@ -60,3 +60,23 @@ def test_a_qemu_start_imports_nothing_it_uses_only_later(tmp_path: Path) -> None
     assert "vmwrapper.hypervisor.qemu.backend" in modules  # the start path was walked
     early = sorted(m for m in modules if any(m == d or m.startswith(d + ".") for d in DEFERRED))
     assert not early, f"imported before QEMU's spawn: {early}"
+
+
+def test_vmwrapper_job_starts_the_app_before_loading_its_display() -> None:
+    """The harness (``vmwrapper job``) loads rich at the first progress report, after the
+    app's start; until then it has imported what staging and starting need."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; import vmwrapper.cli.main, vmwrapper.cli.job, "
+            "vmwrapper.harness.job; print(json.dumps(sorted(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    modules = set(json.loads(done.stdout))
+    assert "vmwrapper.harness.task" in modules
+    assert not sorted(m for m in modules if m == "rich" or m.startswith("rich."))
