@@ -450,14 +450,15 @@ def kill_tree(pid: int) -> None:
 
 
 def wait_job(run: JobRun, timeout: float) -> float:
-    """Wait for the job's end; its wall time from the start of `vmwrapper job`."""
-    try:
-        code = run.proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(
-            f"vmwrapper job still running after {timeout} s ({run.workdir})"
-        ) from None
+    """Wait for the job's end; its wall time from the start of `vmwrapper job` (taken at
+    the exit itself: Popen.wait with a timeout would see it up to 50 ms late)."""
+    from vmwrapper.harness.task import wait_for_exit
+
+    wait_for_exit(run.proc, timeout)
     took = time.monotonic() - run.started
+    if run.proc.poll() is None:
+        raise RuntimeError(f"vmwrapper job still running after {timeout} s ({run.workdir})")
+    code = run.proc.wait()
     if code != 0:
         raise RuntimeError(f"vmwrapper job exited {code}; see {run.workdir.with_suffix('.log')}")
     return took

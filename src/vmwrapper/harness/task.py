@@ -556,7 +556,7 @@ class ActiveTask:
         if proc is None or proc.returncode is not None:
             time.sleep(timeout)
             return
-        _wait_for_exit(proc, timeout)
+        wait_for_exit(proc, timeout)
 
     def close(self) -> None:
         """Kill a process still running (harness interrupted) and unmap the segment."""
@@ -568,7 +568,7 @@ class ActiveTask:
             self._release_segment()
 
 
-def _wait_for_exit(proc: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_for_exit(proc: subprocess.Popen[bytes], timeout: float) -> None:
     """Return when ``proc`` exits or ``timeout`` passes. Where the OS gives a process file
     descriptor (Linux), it wakes at the exit itself; ``Popen.wait`` with a timeout polls,
     sleeping up to 50 ms, which every job's end would wait on average half of
