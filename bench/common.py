@@ -381,8 +381,11 @@ def is_wrapper(proc: psutil.Process) -> bool:
 
 
 def is_qemu(proc: psutil.Process) -> bool:
+    """The VM's QEMU (it has a pidfile), not the back end's brief `qemu-system-* -device help`
+    run before it: a sampler that caught that one kept a dead process and never saw the
+    job's markers."""
     try:
-        return proc.name().startswith("qemu-system")
+        return proc.name().startswith("qemu-system") and "-pidfile" in proc.cmdline()
     except psutil.Error:
         return False
 
