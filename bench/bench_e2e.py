@@ -1,8 +1,8 @@
 """A short job end to end: `vmwrapper job` versus bare QEMU on the same image and shared dir.
 
-Goal: the wrapper path at most 10% slower. The job is examples/hello (boot, read `in`, write
-`out`, power off). Variant `wrapper`: `vmwrapper job APP --keep-slot` from its start to its
-exit (harness staging, the wrapper, QEMU through the back end, the harness's 1 s poll, output
+Goal: the wrapper path at most 5% slower (issue 18; it was 10%). The job is examples/hello
+(boot, read `in`, write `out`, power off). Variant `wrapper`: `vmwrapper job APP --keep-slot`
+from its start to its exit (harness staging, the wrapper, QEMU through the back end, output
 copy). Variant `bare`: the same guest image through a qcow2 overlay, the same files in a
 shared dir, QEMU started by hand with the back end's machine options, until power-off, at
 the same niceness as the wrapper's QEMU (the harness, like the client, runs a `<is_wrapper/>`
@@ -26,6 +26,7 @@ from common import (
     Stats,
     alternate,
     bare_qemu_job,
+    compile_bytecode,
     events,
     guest_image,
     machine,
@@ -41,7 +42,7 @@ from common import (
 from vmwrapper.harness.task import NICE_HIGH_PRIORITY
 from vmwrapper.spec import parse_job
 
-GOAL_RATIO = 1.10
+GOAL_RATIO = 1.05
 HELLO = ROOT / "examples" / "hello"
 TIMEOUT = 300.0
 RETRIES = 2  # a TCG guest on a starved host can panic at boot; such a run is redone
@@ -51,8 +52,8 @@ PHASES = (
     ("to_qemu_started", "wrapper start → QEMU started (init_data, vbox_job.xml, VDI → qcow2 "
      "conversion, overlay)"),
     ("vm_run", "QEMU started → outcome (the VM's run as the wrapper sees it)"),
-    ("after_outcome", "outcome → `vmwrapper job` exited (wrapper clean-up and exit, harness "
-     "1 s poll, outputs)"),
+    ("after_outcome", "outcome → `vmwrapper job` exited (the final status and finish file, "
+     "the wrapper's exit, the harness sees it, outputs)"),
 )  # fmt: skip
 
 
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="uncounted runs of each variant")
     args = parser.parse_args()
     load = LoadWatch()
+    compile_bytecode()  # an installed wrapper has its byte code; the harness and wrapper too
     image = guest_image()
     app_script = (HELLO / "hello_app_1.sh").read_text()
     job_xml = (HELLO / "vbox_job_1.xml").read_text()
@@ -160,8 +162,10 @@ def build_result(
 Job: `examples/hello` packaged by `vmwrapper package` ({memory_mb} MB guest in both
 variants, the job's memory_size_mb; boot from the shipped VDI, agent pulls `in`, `boinc_app`
 writes `out`, final push, ACPI power-off). Both variants
-produce the same `out` (checked). One uncounted warm-up run of each variant first (page
-cache, byte code). Bare QEMU runs at nice {NICE_HIGH_PRIORITY}, like the
+produce the same `out` (checked). The package's byte code is compiled first, as an
+installed wrapper has it (these hosts set PYTHONDONTWRITEBYTECODE, so a checkout would
+compile ~90 modules at every interpreter start). One uncounted warm-up run of each variant
+first (page cache). Bare QEMU runs at nice {NICE_HIGH_PRIORITY}, like the
 wrapper's QEMU under the harness (and the client).
 
 | pair | `vmwrapper job` (s) | bare QEMU (s) | ratio |

@@ -167,13 +167,14 @@ def build_result(timings: dict[str, list[Timing]], load: LoadWatch) -> Result:
 
 * trigger written → on the host (the guest agent's next push): {push.show("s")}
 * the wrapper's `completion_trigger` event → the process gone: {after.show("s")}
-* on the host → the wrapper's `completion_trigger` event (its next 1 s tick):
+* on the host → the wrapper's `completion_trigger` event (its look between ticks):
   {notice.show("s")}
 
 The path: the guest agent mounts the share and pushes new files about once a second; the
-wrapper's loop looks for trigger files once a second; then it powers the VM off hard, removes
-the slot's VM files, writes `boinc_finish_called` and exits. The two 1 s periods add up to
-0–2 s, plus the clean-up.
+wrapper looks for the trigger files every 0.2 s between its 1 s ticks (`Timers.trigger_poll`)
+and for the VM's process every 0.05 s (`Timers.exit_poll`, the power-off ending); then it
+powers the VM off hard, removes the slot's VM files, writes its final status and
+`boinc_finish_called` (without waiting for the client's next read) and exits.
 """
     return Result(
         key="trigger_exit",

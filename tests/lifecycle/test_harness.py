@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from vmwrapper.harness.job import (
 )
 from vmwrapper.harness.slot import build_init_data, escape_project_url, host_info
 from vmwrapper.harness.staging import parse_command_line, stage_job
-from vmwrapper.harness.task import Limits, TaskEvent, limits_for
+from vmwrapper.harness.task import Limits, TaskEvent, limits_for, wait_for_exit
 from vmwrapper.outcome import ERR_FILE_MISSING
 
 GOLDEN = DATA / "real-client-slot"
@@ -466,3 +468,22 @@ def test_descendants_listed_at_quit_are_killed_after_the_exit(tmp_path: Path) ->
     if alive:  # leave no stray process behind, even when failing
         psutil.Process(pid).kill()
     assert not alive
+
+
+def test_the_wait_between_polls_ends_when_the_app_exits() -> None:
+    """The harness's wait between two polls returns at the app's exit, not at its end."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    started = time.monotonic()
+    wait_for_exit(proc, 60.0)
+    assert time.monotonic() - started < 30.0  # woken by the exit, not by the 60 s timeout
+    assert proc.wait(timeout=5) == 0
+
+
+def test_the_wait_between_polls_ends_at_its_timeout_while_the_app_runs() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        wait_for_exit(proc, 0.1)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()

@@ -73,17 +73,19 @@ def test_completion_trigger_finishes_with_code_notice_and_message(tmp_path: Path
     assert run.shared("done").exists()  # not deleted, as vboxwrapper
 
 
-def ended_at(tmp: Path, job: JobSpec, script: FakeScript, trigger_poll: float) -> float:
-    """The elapsed time at which a successful job ended, with this between-tick poll."""
+def ended_at(
+    tmp: Path, job: JobSpec, script: FakeScript, trigger_poll: float, exit_poll: float = 0.05
+) -> float:
+    """The elapsed time at which a successful job ended, with these between-tick polls."""
 
     def guest_runs(clock: FakeClock, backend: FakeBackend) -> None:
         backend.status()  # the fake guest acts when asked; a real one writes at any time
 
     run = run_job(
-        tmp / str(trigger_poll),
+        tmp / f"{trigger_poll}-{exit_poll}",
         job,
         script,
-        settings={"trigger_poll": trigger_poll},
+        settings={"trigger_poll": trigger_poll, "exit_poll": exit_poll},
         before_tick=guest_runs,
     )
     assert run.outcome == Finish(0)
@@ -105,6 +107,21 @@ def test_a_jobs_end_is_seen_between_ticks(
     once_a_tick = ended_at(tmp_path, job, script, 0.0)
     # 0.3 s into a tick: seen 0.1 s later instead of 0.7 s later
     assert once_a_tick - ended_at(tmp_path, job, script, 0.2) >= 0.5
+
+
+def test_a_power_off_is_seen_at_the_exit_poll_and_trigger_files_at_the_trigger_poll(
+    tmp_path: Path,
+) -> None:
+    """The VM's process is probed every exit_poll (a syscall), the trigger files looked for
+    every trigger_poll (paths resolved): a power-off 0.3 s into a tick is acted on at the
+    next 0.05 s step, a completion trigger written at the same moment at the next 0.2 s one."""
+    poweroff = FakeScript(steps=steps((10.3, "poweroff", "", "")))
+    trigger = FakeScript(steps=steps(done_at(10.3)))
+    by_exit_poll = ended_at(tmp_path, JobSpec(), poweroff, 0.2, exit_poll=0.05)
+    by_trigger_pace = ended_at(tmp_path, JobSpec(), poweroff, 0.2, exit_poll=0.0)
+    assert by_trigger_pace - by_exit_poll == pytest.approx(0.05)  # seen at 10.35, not 10.4
+    files_seen = ended_at(tmp_path, SHARED, trigger, 0.2, exit_poll=0.05)
+    assert files_seen == ended_at(tmp_path, SHARED, trigger, 0.2, exit_poll=0.0)
 
 
 def test_vm_pid_reported_to_the_client(tmp_path: Path) -> None:

@@ -300,12 +300,16 @@ def test_finish_sends_final_status_then_writes_the_file(slot: Slot) -> None:
     assert (slot.dir / "boinc_finish_called").read_text() == "0\nall good\nnotice\n"
 
 
-def test_finish_waits_at_most_2_s_for_a_full_status_channel(slot: Slot) -> None:
+def test_final_status_replaces_an_unread_one_without_waiting(slot: Slot) -> None:
     with slot.attach() as client:
-        slot.seg.send(Channel.APP_STATUS, "unread")
+        client.report_status(cpu_time=5, checkpoint_cpu_time=4, fraction_done=0.9)
+        assert slot.seg.has_message(Channel.APP_STATUS)  # the client has not read it yet
         client.write_outcome(Finish(1))
-        assert sum(slot.clock.slept) == pytest.approx(2.0)
-        assert slot.seg.peek(Channel.APP_STATUS) == "unread"
+        assert slot.clock.slept == []
+        # what the client reads after the exit is the final status, whole
+        final = slot.seg.receive(Channel.APP_STATUS) or ""
+        assert final.startswith("<current_cpu_time>")
+        assert "<fraction_done>1.000000e+00</fraction_done>" in final
     assert files.read_finish_file(slot.dir) == Finish(1)
 
 

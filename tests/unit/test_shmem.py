@@ -69,6 +69,16 @@ def test_full_channel_is_not_overwritten(tmp_path: Path) -> None:
         assert seg.receive(Channel.HEARTBEAT) is None
 
 
+def test_send_overwrite_replaces_an_unread_message_whole(tmp_path: Path) -> None:
+    with Segment.create(tmp_path) as seg:
+        assert seg.send(Channel.APP_STATUS, "<fraction_done>0.5</fraction_done>")
+        seg.send_overwrite(Channel.APP_STATUS, "<done/>")
+        assert seg.receive(Channel.APP_STATUS) == "<done/>"  # no tail of the longer one
+        seg.send_overwrite(Channel.APP_STATUS, "<again/>")  # an empty channel: a plain send
+        assert seg.receive(Channel.APP_STATUS) == "<again/>"
+        assert seg.receive(Channel.APP_STATUS) is None
+
+
 def test_reading_leaves_stale_text_and_a_shorter_message_ends_at_its_nul(tmp_path: Path) -> None:
     with Segment.create(tmp_path) as seg:
         seg.send(Channel.TRICKLE_UP, "<have_new_trickle_up/>\n")

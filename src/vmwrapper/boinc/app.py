@@ -56,8 +56,6 @@ PID_PROBE_INTERVAL = 10.0
 HEARTBEAT_GIVEUP = 30.0
 #: ``boinc_lockfile`` busy: the API waits this long, retries once, then gives up.
 LOCK_WAIT = 35.0
-#: The API sleeps this long in ``boinc_finish`` so its timer can send the final messages.
-FINISH_GRACE = 2.0
 #: At most this long spent handing queued trickles to the client at the end.
 TRICKLE_FLUSH_LIMIT = 15.0
 #: The client's ``<shm_key>`` for the mmap segment.
@@ -369,13 +367,16 @@ class AppClient:
             assert isinstance(outcome, PlainExit)
 
     def _send_final_status(self) -> None:
+        """The final status replaces an unread one at once, without waiting for the client's
+        next 1 s read: the client reads the channel once more after the app exits
+        (docs/compatibility.md#the-last-status-message)."""
         seg = self._segment
         if seg is None:
             return
-        final = format_wrapper_status(replace(self._last_report, fraction_done=1.0))
-        deadline = self._clock() + FINISH_GRACE
-        while not seg.send(Channel.APP_STATUS, final) and self._clock() < deadline:
-            self._sleep(0.1)
+        seg.send_overwrite(
+            Channel.APP_STATUS,
+            format_wrapper_status(replace(self._last_report, fraction_done=1.0)),
+        )
 
     def _flush_trickles(self) -> None:
         if self._segment is None or self._status.no_heartbeat:

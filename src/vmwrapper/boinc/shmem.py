@@ -185,6 +185,14 @@ class Segment:
         self._map[channel.offset] = FLAG_FULL  # last: the reader may now take it
         return True
 
+    def send_overwrite(self, channel: Channel, text: str) -> None:
+        """Put ``text`` into the channel even if the last message is unread (it is replaced),
+        as BOINC's ``MSG_CHANNEL::send_msg_overwrite`` does."""
+        data = encode_text(text)
+        start = channel.offset + 1
+        self._map[start : start + len(data) + 1] = data + b"\0"
+        self._map[channel.offset] = FLAG_FULL
+
     def receive(self, channel: Channel) -> str | None:
         """Take the unread message from a channel (the flag is cleared after copying)."""
         if not self.has_message(channel):

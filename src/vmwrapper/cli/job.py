@@ -17,12 +17,7 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from vmwrapper.errors import VmWrapperError
 from vmwrapper.harness.job import (
@@ -35,6 +30,10 @@ from vmwrapper.harness.job import (
 )
 from vmwrapper.harness.job import Progress as JobProgress
 from vmwrapper.outcome import EXIT_SIGNAL
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 NAME = "job"
 HELP = "run one job from an app directory under a local stand-in for the BOINC client"
@@ -138,6 +137,9 @@ def exit_code(report: JobReport) -> int:
 
 
 def _summary(report: JobReport, console: Console) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
@@ -182,47 +184,99 @@ def _summary(report: JobReport, console: Console) -> None:
     console.print(table)
 
 
+class _Display:
+    """The terminal output: rich (its import takes ~40 ms) is loaded at the first progress
+    report, which comes once the app has been started, so a job's start does not wait for it
+    (docs/performance.md#the-fixed-cost-around-a-short-job)."""
+
+    def __init__(self, name: str, json_summary: bool) -> None:
+        self.name = name
+        self.json_summary = json_summary
+        self._err: Console | None = None
+        self._bar: tuple[Progress, TaskID] | None = None
+
+    @property
+    def err(self) -> Console:
+        if self._err is None:
+            from rich.console import Console
+
+            self._err = Console(stderr=True)
+        return self._err
+
+    def error(self, text: str) -> None:
+        from rich.text import Text
+
+        self.err.print(Text(f"vmwrapper job: {text}", style="red"))
+
+    def show(self, p: JobProgress) -> None:
+        if self._bar is None:
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+            bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[times]}"),
+                console=self.err,
+                disable=self.json_summary or not self.err.is_terminal,
+                transient=False,
+            )
+            self._bar = bar, bar.add_task(self.name, total=1.0, times="")
+            bar.start()
+        bar, task = self._bar
+        bar.update(
+            task,
+            completed=p.fraction_done,
+            description=f"{self.name} [{p.state}, run {p.episode}]",
+            times=f"{p.elapsed:6.1f} s elapsed  {p.cpu_time:7.2f} s CPU",
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar[0].stop()
+
+
+class _RichOnFirstRecord(logging.Handler):
+    """rich's log handler on the display's console, made when the first record comes."""
+
+    def __init__(self, display: _Display) -> None:
+        super().__init__()
+        self._display = display
+        self._inner: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._inner is None:
+            from rich.logging import RichHandler
+
+            self._inner = RichHandler(console=self._display.err, show_path=False)
+            self._inner.setFormatter(self.formatter)
+        self._inner.emit(record)
+
+
 def main(args: argparse.Namespace) -> int:
-    err = Console(stderr=True)
-    out = Console()
+    display = _Display(args.app_dir.name, args.json)
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,
             format="%(message)s",
-            handlers=[RichHandler(console=err, show_path=False)],
+            handlers=[_RichOnFirstRecord(display)],
         )
     try:
         request = build_request(args)
     except VmWrapperError as exc:
-        err.print(Text(f"vmwrapper job: {exc}", style="red"))
+        display.error(str(exc))
         return EXIT_CANNOT_RUN
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[times]}"),
-        console=err,
-        disable=args.json or not err.is_terminal,
-        transient=False,
-    )
-    task_id = bar.add_task(args.app_dir.name, total=1.0, times="")
-
-    def show(p: JobProgress) -> None:
-        bar.update(
-            task_id,
-            completed=p.fraction_done,
-            description=f"{args.app_dir.name} [{p.state}, run {p.episode}]",
-            times=f"{p.elapsed:6.1f} s elapsed  {p.cpu_time:7.2f} s CPU",
-        )
-
     try:
-        with bar:
-            report = run_job(request, on_progress=show)
+        report = run_job(request, on_progress=display.show)
     except (VmWrapperError, OSError) as exc:
-        err.print(Text(f"vmwrapper job: {exc}", style="red"))
+        display.error(str(exc))
         return EXIT_CANNOT_RUN
+    finally:
+        display.close()
     if args.json:
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
     else:
-        _summary(report, out)
+        from rich.console import Console
+
+        _summary(report, Console())
     return exit_code(report)

@@ -110,16 +110,23 @@ class Supervisor:
         temporary-exit trigger file appears, or the VM's process is gone (the guest powered
         off). The next tick then acts at once."""
         ctx = self.ctx
-        job, step = ctx.job, ctx.timers.trigger_poll
+        job, timers = ctx.job, ctx.timers
         names = [n for n in (job.completion_trigger_file, job.temporary_exit_trigger_file) if n]
-        if step <= 0 or state is not m.State.RUNNING:
+        if timers.trigger_poll <= 0 or state is not m.State.RUNNING:
             ctx.sleep(rest)
             return
+        # the pid probe is a syscall, the file look-up resolves paths: each at its own pace
+        step = min(timers.trigger_poll, timers.exit_poll or timers.trigger_poll)
+        files_every = max(1, round(timers.trigger_poll / step))
         deadline = ctx.clock() + rest
         vm_was_up = self.status.pid() is not None  # (a pid never known must not end every sleep)
+        wakes = 0
         while (left := deadline - ctx.clock()) > 0:
             ctx.sleep(min(step, left))
-            if ctx.shared.present(names) or (vm_was_up and self.status.pid() is None):
+            wakes += 1
+            if vm_was_up and self.status.pid() is None:
+                return
+            if wakes % files_every == 0 and ctx.shared.present(names):
                 return
 
     def _account_elapsed(self, now: float) -> None:

@@ -22,10 +22,16 @@ class Timers:
     #: How often (s of elapsed time) the NIC's byte counts are read when the volunteer set a
     #: daily transfer limit (vboxwrapper's 10 minutes; the client adds them to its history).
     net_usage_period: float = 600.0
-    #: Between ticks the completion and temporary-exit trigger files are looked for this often,
-    #: so a job's end is acted on within a fraction of the poll period (two stats: cheap);
-    #: 0 looks only once a tick.
+    #: Between ticks the completion and temporary-exit trigger files are looked for this
+    #: often, so a job's end is acted on within a fraction of the poll period (the look-up
+    #: resolves the shared dir's path: ~80 µs here); 0 looks only once a tick (and for nothing
+    #: else between ticks).
     trigger_poll: float = 0.2
+    #: ... and whether the VM's process is still there this often (a pid probe, a syscall;
+    #: the wake-ups cost ~0.15% of a core at this pace): every job that ends with a power-off
+    #: waits half of it on average (docs/performance.md#the-fixed-cost-around-a-short-job);
+    #: 0: at the trigger_poll pace.
+    exit_poll: float = 0.05
     #: A tick whose status query fails keeps the last known state; more than this many in a
     #: row and the VM counts as crashed.
     max_status_failures: int = 60

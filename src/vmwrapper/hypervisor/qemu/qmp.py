@@ -2,24 +2,34 @@
 
 ``qemu.qmp`` is asyncio; the back end owns one event loop and runs each call to completion
 within a timeout, so every back end method is synchronous and bounded in time.
+
+``asyncio`` and ``qemu.qmp`` are imported at the first connect, not with this module: the
+wrapper then spawns QEMU before it pays for them, and QEMU starts up meanwhile
+(docs/performance.md#the-fixed-cost-around-a-short-job).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeAlias
-
-from qemu.qmp import ExecuteError, QMPClient
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from vmwrapper.errors import BackendError
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from qemu.qmp import QMPClient
 
 #: Where QMP listens: a Unix socket, or (host, port) on TCP loopback where the host has no
 #: Unix socket that QEMU and asyncio share (Windows).
 QmpAddress: TypeAlias = Path | tuple[str, int]
+
+#: How often a starting QEMU's socket is looked for: QEMU makes it some 20-60 ms after its
+#: spawn, and every run waits for it (a stat and a refused connect are cheap).
+CONNECT_POLL = 0.01
 
 
 class Qmp:
@@ -34,12 +44,18 @@ class Qmp:
         return self._client is not None
 
     def _run(self, coro: Any, timeout: float) -> Any:
+        import asyncio
+
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
     def connect(self, address: QmpAddress, timeout: float, *, quiet: bool = False) -> None:
         """Connect to QEMU's QMP socket; ``quiet``: a refusal is expected (QEMU starting)."""
+        import asyncio
+
+        from qemu.qmp import QMPClient
+
         client = QMPClient("vmwrapper")
         qmp_log = logging.getLogger("qemu.qmp")
         level = qmp_log.level
@@ -56,6 +72,10 @@ class Qmp:
         self._client = client
 
     def execute(self, cmd: str, args: dict[str, object] | None, timeout: float) -> Any:
+        import asyncio
+
+        from qemu.qmp import ExecuteError
+
         if self._client is None:
             raise BackendError(f"QMP not connected (for {cmd})")
         try:
@@ -80,6 +100,8 @@ class Qmp:
     def disconnect(self) -> None:
         client, self._client = self._client, None
         if client is not None:
+            import asyncio
+
             # the error that broke the session comes back here; it was reported already
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 self._run(client.disconnect(), 5.0)
@@ -151,7 +173,7 @@ class QmpChannel:
                     return
                 except BackendError as exc:
                     last = exc
-            sleep(0.05)
+            sleep(CONNECT_POLL)
         raise TimeoutError(str(last))
 
     def screendump(self, path: Path, sleep: Callable[[float], None]) -> None:
