@@ -5,6 +5,7 @@
 at random points and counts how often the job still ends with the output of an uninterrupted
 run. Sweeps (all on by default; pick with --only):
 
+  (first)    one uninterrupted job, timed: the kill and quit moments are drawn inside it
   kills      N jobs, each with 1-3 SIGKILLs of the wrapper at random moments (and, with
              probability --qemu-too, of QEMU with it, as a host crash would); restart until
              done; output must equal the uninterrupted run's, the checkpoint record must parse
@@ -101,10 +102,14 @@ def record_ok(slot: Path) -> bool:
 
 
 class RandomKiller:
-    """Kills the wrapper ``count`` times, each at a random moment in its run."""
+    """Kills the wrapper ``count`` times, each at a random moment in its run, drawn within
+    ``window`` seconds (most of an uninterrupted job: a later moment finds the job over)."""
 
-    def __init__(self, slot: Path, rng: random.Random, count: int, qemu_too: float) -> None:
+    def __init__(
+        self, slot: Path, rng: random.Random, count: int, qemu_too: float, window: float
+    ) -> None:
         self.slot, self.rng, self.count, self.qemu_too = slot, rng, count, qemu_too
+        self.window = window
         self.kills: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -124,7 +129,7 @@ class RandomKiller:
             if runs is None:
                 return
             handled = runs
-            delay = self.rng.uniform(0.0, 40.0)
+            delay = self.rng.uniform(0.0, self.window)
             if self._stop.wait(delay):
                 return
             phase = phase_of(self.slot)
@@ -157,13 +162,30 @@ def check(trial: Trial, report: JobReport, slot: Path, started: float) -> Trial:
     return trial
 
 
-def sweep_kills(app: Path, base: Path, n: int, rng: random.Random, qemu_too: float) -> list[Trial]:
+def job_seconds(app: Path, base: Path) -> float:
+    """How long the job runs uninterrupted, harness start to end: the sweeps draw their
+    moments inside it (a job that got faster would otherwise outrun its faults)."""
+    work = base / "uninterrupted"
+    started = time.monotonic()
+    report = run(app, work, max_episodes=1)
+    seconds = time.monotonic() - started
+    if not report.success or output_text(report) != EXPECTED_OUTPUT:
+        raise SystemExit(f"the uninterrupted job failed, no sweep can run: {report.message}")
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"uninterrupted job: {seconds:.1f} s", flush=True)
+    return seconds
+
+
+def sweep_kills(
+    app: Path, base: Path, n: int, rng: random.Random, qemu_too: float, job: float
+) -> list[Trial]:
     trials = []
     for i in range(n):
         work = base / f"kills-{i}"
         slot = work / "slots" / "0"
         started = time.monotonic()
-        with RandomKiller(slot, rng, rng.randint(1, 3), qemu_too) as killer:
+        # a run starts a little after the harness: 0.9 of the job keeps the moments inside it
+        with RandomKiller(slot, rng, rng.randint(1, 3), qemu_too, 0.9 * job) as killer:
             report = run(app, work, max_episodes=12)
         trial = check(Trial("kills", i, killer.kills), report, slot, started)
         trials.append(trial)
@@ -172,7 +194,7 @@ def sweep_kills(app: Path, base: Path, n: int, rng: random.Random, qemu_too: flo
     return trials
 
 
-def sweep_quit(app: Path, base: Path, n: int, rng: random.Random) -> list[Trial]:
+def sweep_quit(app: Path, base: Path, n: int, rng: random.Random, job: float) -> list[Trial]:
     trials = []
     for i in range(n):
         work = base / f"quit-{i}"
@@ -189,7 +211,8 @@ def sweep_quit(app: Path, base: Path, n: int, rng: random.Random) -> list[Trial]
             kills.append("mid-save" if saving else "after quit (no save seen)")
 
         started = time.monotonic()
-        quit_at = ScheduledAction(rng.uniform(20.0, 35.0), Action.QUIT)
+        # while the guest counts: after its boot, before its end
+        quit_at = ScheduledAction(rng.uniform(0.4 * job, 0.85 * job), Action.QUIT)
         report = run(app, work, on_event=on_event, schedule=(quit_at,), max_episodes=6)
         trial = check(Trial("quit", i, kills), report, slot, started)
         trials.append(trial)
@@ -343,10 +366,11 @@ def main() -> int:
     app = package_app(base / "pkg", guest_image(), RESUMABLE_APP)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     trials: list[Trial] = []
+    job = job_seconds(app, base) if only & {"kills", "quit"} else 0.0
     if "kills" in only:
-        trials += sweep_kills(app, base, args.kills, rng, args.qemu_too)
+        trials += sweep_kills(app, base, args.kills, rng, args.qemu_too, job)
     if "quit" in only:
-        trials += sweep_quit(app, base, args.quit, rng)
+        trials += sweep_quit(app, base, args.quit, rng, job)
     if "heartbeat" in only:
         trials += sweep_heartbeat(base)
     if "hbfile" in only:
