@@ -180,18 +180,18 @@ class Segment:
         data = encode_text(text)
         if self.has_message(channel):
             return False
-        start = channel.offset + 1
-        self._map[start : start + len(data) + 1] = data + b"\0"
-        self._map[channel.offset] = FLAG_FULL  # last: the reader may now take it
+        self._write(channel, data)
         return True
 
     def send_overwrite(self, channel: Channel, text: str) -> None:
         """Put ``text`` into the channel even if the last message is unread (it is replaced),
         as BOINC's ``MSG_CHANNEL::send_msg_overwrite`` does."""
-        data = encode_text(text)
+        self._write(channel, encode_text(text))
+
+    def _write(self, channel: Channel, data: bytes) -> None:
         start = channel.offset + 1
         self._map[start : start + len(data) + 1] = data + b"\0"
-        self._map[channel.offset] = FLAG_FULL
+        self._map[channel.offset] = FLAG_FULL  # last: the reader may now take it
 
     def receive(self, channel: Channel) -> str | None:
         """Take the unread message from a channel (the flag is cleared after copying)."""
