@@ -111,17 +111,22 @@ def longest_stall(arrivals: Sequence[float], start: float, end: float) -> float:
     return longest
 
 
-def quiet_stalls(arrivals: Sequence[float], busy: Sequence[tuple[float, float]]) -> list[float]:
-    """The longest gap inside each stretch between the ``busy`` intervals (sorted, not
-    overlapping): the noise floor the same run shows where nothing was done to the guest."""
+def stalls_inside(arrivals: Sequence[float], spans: Sequence[tuple[float, float]]) -> list[float]:
+    """The longest gap between ``arrivals`` wholly inside each of ``spans`` (a span with
+    fewer than two arrivals gives none)."""
     stalls: list[float] = []
-    edges = [(busy[i][1], busy[i + 1][0]) for i in range(len(busy) - 1)]
-    for start, end in edges:
+    for start, end in spans:
         inside = [t for t in arrivals if start <= t <= end]
         gaps = [b - a for a, b in itertools.pairwise(inside)]
         if gaps:
             stalls.append(max(gaps))
     return stalls
+
+
+def quiet_stalls(arrivals: Sequence[float], busy: Sequence[tuple[float, float]]) -> list[float]:
+    """The longest gap inside each stretch between the ``busy`` intervals (sorted, not
+    overlapping): the noise floor the same run shows where nothing was done to the guest."""
+    return stalls_inside(arrivals, [(busy[i][1], busy[i + 1][0]) for i in range(len(busy) - 1)])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -144,3 +144,10 @@ def test_quiet_stalls_look_between_the_busy_intervals_only() -> None:
     assert bc.quiet_stalls(arrivals, busy) == []
     arrivals += [0.6, 0.62, 1.6, 1.7]
     assert bc.quiet_stalls(sorted(arrivals), busy) == pytest.approx([0.1, 0.1])
+
+
+def test_stalls_inside_take_only_gaps_wholly_inside_each_span() -> None:
+    arrivals = [0.0, 0.1, 0.15, 0.4, 1.0, 1.02, 1.1]
+    # the gap 0.4 → 1.0 straddles both spans and counts in neither
+    assert bc.stalls_inside(arrivals, [(0.05, 0.5), (0.9, 1.2)]) == pytest.approx([0.25, 0.08])
+    assert bc.stalls_inside(arrivals, [(0.5, 0.9)]) == []

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -116,3 +117,36 @@ def test_a_merge_never_changes_what_a_checkpoint_shows(depth: int, owners: list[
     assert plan.owner == referenced.get(plan.top)
     # the dropped files are exactly the ones from the merged top down to the bottom
     assert plan.drop == tuple(chain[chain.index(plan.top) : -1])
+
+
+def test_the_setup_lead_waits_for_a_measured_setup() -> None:
+    lead = ls.SetupLead()
+    assert lead.lead() is None  # the first checkpoint of a QEMU: guest stopped first
+    lead.measured(None)
+    lead.measured(-1)
+    lead.measured("9")
+    assert lead.lead() is None  # not a setup time
+    lead.measured(24)
+    assert lead.lead() == pytest.approx(0.012)
+    lead.measured(3)
+    assert lead.lead() is None  # 1.5 ms saves too little for the risk of a second try
+    lead.measured(24)
+    lead.forget()  # a new QEMU
+    assert lead.lead() is None
+
+
+def test_a_late_stop_halves_the_lead_and_stops_in_time_win_it_back() -> None:
+    lead = ls.SetupLead()
+    lead.measured(20)
+    lead.lost()
+    assert lead.lead() == pytest.approx(0.005)
+    lead.lost()
+    lead.lost()
+    assert lead.lead() is None  # 1.25 ms: stop first until the lead is worth it again
+    lead.won()  # (a checkpoint taken the overlapped way before the losses)
+    lead.won()
+    lead.won()
+    assert lead.lead() == pytest.approx(0.020 * 0.0625 * 1.25**3)
+    for _ in range(10):
+        lead.won()
+    assert lead.lead() == pytest.approx(0.010)  # never more than the first share

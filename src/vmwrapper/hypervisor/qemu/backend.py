@@ -172,6 +172,7 @@ class QemuBackend:
 
     def create(self) -> None:
         """Make the overlays in the slot (kept if present: they hold this job's snapshots)."""
+        self._shares.prefetch()  # QEMU lists its devices while the disks are made
         self._overlays.create()
 
     def cancel(self) -> None:

@@ -6,7 +6,9 @@ new, empty layer (``blockdev-snapshot-sync``), and a migration with QEMU's
 ``background-snapshot`` capability starts, writing to a file handed over with ``getfd``. QEMU
 saves the devices, write-protects the RAM (userfaultfd) and lets the guest run on while it
 writes the RAM, copying a page first when the guest writes to it. A restore starts QEMU over a
-new layer on the frozen one with ``-incoming defer`` and feeds it the file.
+new layer on the frozen one with ``-incoming defer`` and feeds it the file. From the second
+checkpoint of a QEMU on, the migration may start before the ``stop``, so that the guest runs
+while QEMU reads its RAM (docs/qemu-backend.md#the-stopped-window).
 
 Crash safety: the RAM goes to ``live_NAME.ram.tmp``; once QEMU reports the migration complete,
 the file is synced, checked and renamed, the frozen layers are synced, and only then is the
@@ -75,6 +77,7 @@ class LiveCheckpoints:
         self.top_nodes: dict[str, str] = {}  # node as on the command line → its top's node now
         self._usable: bool | None = None  # probed once: None = not yet
         self._capability_set = False  # per QEMU process
+        self.setup_lead = ls.SetupLead()
         self.merges = LayerMerges(self, clock, sleep)  # older layers, in the background
         self.overlays.tops = self._read_tops()
 
@@ -212,6 +215,7 @@ class LiveCheckpoints:
         """A new QEMU runs: the command line named each top by its node."""
         self.top_nodes = {node: node for node, _ in self.overlays.bottom_files}
         self._capability_set = False
+        self.setup_lead.forget()
         self.merges.launched()
 
     def top_node(self, node: str) -> str:
@@ -269,6 +273,16 @@ class LiveCheckpoints:
         share is mounted: no migration), a restore then boots afresh from them."""
         deadline = self.clock() + timeout
         self.merges.finish(deadline)  # its block job would refuse a new layer
+        lead = None if disks_only else self.setup_lead.lead()
+        if lead is not None and self._running():
+            done = self._take_overlapped(name, lead, deadline)
+            if done is not None:
+                return done
+        return self._take_stopped(name, deadline, disks_only)
+
+    def _take_stopped(self, name: str, deadline: float, disks_only: bool) -> bool:
+        """The guest stopped first, then the disks frozen and the migration started: QEMU
+        sets the migration up while the guest stands still."""
         tmp = self._path(ls.ram_file(name) + ".tmp")
         was_running = self._running()
         layers = self._prepare_layers()
@@ -309,9 +323,11 @@ class LiveCheckpoints:
         finally:
             if frozen:
                 self._write_tops()
+        steps = [(b - a) * 1000 for a, b in itertools.pairwise(marks)]
         log.debug(
             "live checkpoint %s: stop+check %.1f ms, disk layers %.1f ms, migrate %.1f ms",
-            name, *((b - a) * 1000 for a, b in itertools.pairwise(marks)),
+            name, *steps,
+            extra={"event": "qemu_live_window", "window_ms": round(sum(steps), 1), "lead_ms": 0},
         )  # fmt: skip
         if disks_only:
             if was_running:
@@ -320,6 +336,73 @@ class LiveCheckpoints:
             self._wait_written(name, tmp, was_running, deadline)
         self._seal(name, tmp, frozen, disks_only)
         return True
+
+    def _take_overlapped(self, name: str, lead: float, deadline: float) -> bool | None:
+        """The migration started with the guest running; ``lead`` later the guest stopped
+        and the disks frozen. Sound only if QEMU had not yet saved the devices then (the
+        migration still in ``setup``, asked after the freeze): QEMU saves them with the guest
+        stopped since before the freeze, so RAM and disks are of one instant. Otherwise the
+        migration's file is dropped and None returned: the caller takes it the stopped way."""
+        tmp = self._path(ls.ram_file(name) + ".tmp")
+        layers = self._prepare_layers()
+        try:
+            self._hand_over(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            self._start_migration(name)
+        except _MigrateRefused as exc:
+            self._abandon(tmp, was_running=False)
+            self._drop_layers(layers)
+            self._fall_back(f"QEMU refused the background snapshot: {exc}")
+            return False
+        except BackendError:  # CheckpointRefused too: the guest never stopped
+            self._abandon(tmp, was_running=False)
+            self._drop_layers(layers)
+            raise
+        self.sleep(lead)
+        started, frozen = self.clock(), {}
+        try:
+            self.channel.execute("stop")
+            frozen = self._freeze_disks(layers)
+            status = self.channel.execute("query-migrate").get("status")
+        except BackendError as exc:
+            self._discard(tmp, deadline)
+            raise CheckpointError(f"live checkpoint {name!r} failed: {exc}") from exc
+        finally:
+            if frozen:
+                self._write_tops()
+            else:
+                self._drop_layers(layers)
+        if status not in ls.BEFORE_DEVICE_SAVE:  # the devices may be older than the disks
+            self._discard(tmp, deadline)
+            self.setup_lead.lost()
+            log.info(
+                "live checkpoint %s: the guest was stopped after QEMU's setup (%s); taking it "
+                "again with the guest stopped first",
+                name, status, extra={"event": "qemu_live_stop_late", "status": status},
+            )  # fmt: skip
+            return None
+        self.setup_lead.won()
+        log.debug(
+            "live checkpoint %s: stopped %.1f ms after the migration's start",
+            name, lead * 1000,
+            extra={
+                "event": "qemu_live_window",
+                "window_ms": round((self.clock() - started) * 1000, 1),
+                "lead_ms": round(lead * 1000, 1),
+            },
+        )  # fmt: skip
+        self._wait_written(name, tmp, True, deadline)
+        self._seal(name, tmp, frozen, False)
+        return True
+
+    def _discard(self, tmp: Path, deadline: float) -> None:
+        """Let a migration this checkpoint will not use run to its end (QEMU 7.2 can hang
+        when a background snapshot is cancelled while the guest is stopped, and a new one
+        is refused while one runs), then drop its file and run the guest again."""
+        with contextlib.suppress(BackendError):
+            self._migration_end(deadline)
+        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(BackendError):
+            self._restore_runstate(True)
 
     def _running(self) -> bool:
         return bool(self.channel.execute("query-status")["status"] == "running")
@@ -415,16 +498,22 @@ class LiveCheckpoints:
             self._restore_runstate(was_running)
             raise CheckpointError(f"live checkpoint {name!r}: the RAM was not written in time")
         self._restore_runstate(was_running)
+        self.setup_lead.measured(reply.get("setup-time"))
         failure = ls.migration_failure(reply, name)
         if failure is not None:
             tmp.unlink(missing_ok=True)
             raise failure
         log.debug(
-            "live checkpoint %s: QEMU's downtime %s ms, total %s ms",
+            "live checkpoint %s: QEMU's setup %s ms, downtime %s ms, total %s ms",
             name,
+            reply.get("setup-time"),
             reply.get("downtime"),
             reply.get("total-time"),
-            extra={"event": "qemu_live_written", "downtime_ms": reply.get("downtime")},
+            extra={
+                "event": "qemu_live_written",
+                "setup_ms": reply.get("setup-time"),
+                "downtime_ms": reply.get("downtime"),
+            },
         )
 
     def _migration_end(self, deadline: float) -> Mapping[str, Any] | None:

@@ -211,3 +211,49 @@ def migration_blocked(reply: Mapping[str, Any], name: str) -> CheckpointRefused 
 def stream_looks_whole(head: bytes, size: int) -> bool:
     """A RAM file a restore can start on: QEMU's stream header, and more than the header."""
     return head.startswith(STREAM_MAGIC) and size > len(STREAM_MAGIC)
+
+
+#: The migration states in which QEMU's thread has not yet stopped the guest to save its
+#: devices: it reads the RAM (``setup``) first, then marks the migration ``active`` (or
+#: ``wait-unplug``) and only then takes the lock that stops the guest.
+BEFORE_DEVICE_SAVE: Final = frozenset({"setup"})
+
+
+@dataclass
+class SetupLead:
+    """How long to let QEMU set up a background snapshot while the guest still runs, before
+    the wrapper stops the guest and freezes the disks (docs/qemu-backend.md#the-stopped-window).
+
+    QEMU 7.2 reads every page of the RAM before it write-protects it, without its big lock:
+    ~1 ms at 256 MB and 3 ms at 1 GB while the RAM is in huge pages, 9 and ~23 ms once the
+    first snapshot has split them into 4 KiB pages; then it takes the lock to finish its setup
+    and save the devices. Stopped before the migration starts, the guest stands still for all
+    of it. Started with the guest running and stopped ``lead`` later (a ``share`` of the last
+    setup time: the reading is ~60% of it), the guest stands still only for the rest. None
+    (stop first) while no setup time is known or the lead would save too little. A stop that
+    came too late (the devices may be saved already) is ``lost()`` and halves the share; one
+    in time is ``won()`` and wins a quarter of it back, up to the first share."""
+
+    share: float = 0.5
+    least: float = 0.002  #: a smaller lead is not worth the risk of a checkpoint taken twice
+    setup: float | None = None  #: the last measured setup time, seconds
+
+    def lead(self) -> float | None:
+        if self.setup is None:
+            return None
+        lead = self.setup * self.share
+        return lead if lead >= self.least else None
+
+    def measured(self, setup_ms: object) -> None:
+        if isinstance(setup_ms, int | float) and setup_ms >= 0:
+            self.setup = float(setup_ms) / 1000
+
+    def won(self) -> None:
+        self.share = min(SetupLead.share, self.share * 1.25)
+
+    def lost(self) -> None:
+        self.share /= 2
+
+    def forget(self) -> None:
+        """A new QEMU: its RAM's pages are as the guest made them (huge again, at first)."""
+        self.setup = None

@@ -35,7 +35,38 @@ class ShareTransports:
         self.shares = shares
         self.binary = binary
         self._service: FileService | None = None
+        self._probe: subprocess.Popen[str] | None = None  # QEMU listing its devices
         self.held = False  # the VM stopped by the wrapper (see hold)
+
+    def _unresolved(self) -> bool:
+        return any(s.transport not in ("9p", "serial") for s in self.shares)
+
+    def prefetch(self) -> None:
+        """Start asking this QEMU whether it has 9p, if a share needs to know: it answers
+        (~40 ms) while the wrapper makes the disks
+        (docs/performance.md#the-fixed-cost-around-a-short-job)."""
+        if self._probe is not None or not self._unresolved():
+            return
+        try:
+            self._probe = hostos.spawn(
+                [self.binary, "-device", "help"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                text=True,
+            )  # fmt: skip
+        except OSError:
+            self._probe = None  # _resolve says why, when it needs the answer
+
+    def _device_help(self) -> str:
+        self.prefetch()
+        probe, self._probe = self._probe, None
+        if probe is None:
+            raise VmStartError(f"cannot run {self.binary} -device help")
+        try:
+            return probe.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired as exc:
+            probe.kill()
+            probe.communicate()
+            raise VmStartError(f"{self.binary} -device help did not answer: {exc}") from exc
 
     def port(self) -> int | None:
         """The file service of a "serial" share, listening before QEMU connects to it."""
@@ -50,16 +81,9 @@ class ShareTransports:
 
     def _resolve(self) -> None:
         """ "auto" → 9p where this QEMU has it, else serial (docs/shared-transport.md)."""
-        if not any(s.transport not in ("9p", "serial") for s in self.shares):
+        if not self._unresolved():
             return
-        try:
-            help_text = hostos.run_program(
-                [self.binary, "-device", "help"],
-                capture_output=True, text=True, timeout=60, check=False,
-                stdin=subprocess.DEVNULL,
-            ).stdout  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise VmStartError(f"cannot run {self.binary}: {exc}") from exc
+        help_text = self._device_help()
         self.shares = shares = resolve_transports(self.shares, has_virtio_9p(help_text))
         log.info(
             "shared directory transport: %s",
@@ -82,6 +106,10 @@ class ShareTransports:
             self._service.held = held
 
     def close(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:  # a back end that never started
+            probe.kill()
+            probe.communicate()
         if self._service is not None:
             self._service.close()
             self._service = None
