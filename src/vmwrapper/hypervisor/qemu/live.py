@@ -395,9 +395,10 @@ class LiveCheckpoints:
         return True
 
     def _discard(self, tmp: Path, deadline: float) -> None:
-        """Let a migration this checkpoint will not use run to its end (QEMU 7.2 can hang
-        when a background snapshot is cancelled while the guest is stopped, and a new one
-        is refused while one runs), then drop its file and run the guest again."""
+        """Let a migration this checkpoint will not use run to its end (in a try here, QEMU
+        7.2 stopped answering QMP after a background snapshot was cancelled while the guest
+        was stopped; and a new one is refused while one runs), then drop its file and run
+        the guest again."""
         with contextlib.suppress(BackendError):
             self._migration_end(deadline)
         tmp.unlink(missing_ok=True)
