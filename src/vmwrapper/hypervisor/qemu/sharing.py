@@ -36,6 +36,7 @@ class ShareTransports:
         self.binary = binary
         self._service: FileService | None = None
         self._probe: subprocess.Popen[str] | None = None  # QEMU listing its devices
+        self._probe_error: OSError | None = None  # why it could not start
         self.held = False  # the VM stopped by the wrapper (see hold)
 
     def _unresolved(self) -> bool:
@@ -53,14 +54,14 @@ class ShareTransports:
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 text=True,
             )  # fmt: skip
-        except OSError:
-            self._probe = None  # _resolve says why, when it needs the answer
+        except OSError as exc:
+            self._probe_error = exc  # said when the answer is needed
 
     def _device_help(self) -> str:
         self.prefetch()
         probe, self._probe = self._probe, None
         if probe is None:
-            raise VmStartError(f"cannot run {self.binary} -device help")
+            raise VmStartError(f"cannot run {self.binary}: {self._probe_error}")
         try:
             return probe.communicate(timeout=60)[0]
         except subprocess.TimeoutExpired as exc:
